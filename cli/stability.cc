@@ -1,0 +1,48 @@
+// The `stability` command: one binary, one subcommand per task.
+//
+//   bazel run //cli:stability -- info
+//   bazel run //cli:stability -- help
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "cli/info.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr Subcommand kSubcommands[] = {
+    {"info", "version, backends (CPU, CUDA + GPUs), threads, GEMM library, bundled data",
+     stability::cli::RunInfo},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out, "usage: stability <subcommand> [flags]\n\nsubcommands:\n");
+  for (const Subcommand& s : kSubcommands) std::fprintf(out, "  %-8s %s\n", s.name, s.summary);
+  std::fprintf(out, "  %-8s %s\n", "help", "this list");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  if (name == "help" || name == "--help" || name == "-h") {
+    PrintUsage(stdout);
+    return 0;
+  }
+  for (const Subcommand& s : kSubcommands) {
+    if (name == s.name) return s.run(argc - 1, argv + 1);
+  }
+  std::fprintf(stderr, "stability: unknown subcommand '%s'\n\n", name.c_str());
+  PrintUsage(stderr);
+  return 2;
+}
