@@ -1,0 +1,151 @@
+// The op interface: every computation the model needs, forward and hand-written backward,
+// as one abstract class with one implementation per device (CPU in ops/cpu, CUDA in
+// ops/cuda), as ggml does. Kernels take raw, contiguous, row-major fp32 buffers on the
+// backend's device; shapes are checked once, above, in ops.h. One virtual call per op,
+// never per element.
+//
+// Conventions: "N" rows of width "C"; backward outputs named d* are OVERWRITTEN when they
+// are activations and ACCUMULATED (+=) when they are parameter gradients, so gradient
+// accumulation over micro-batches needs no extra buffers. Pointers documented as nullable
+// may be nullptr to skip that term.
+#ifndef STABILITY_OPS_BACKEND_H_
+#define STABILITY_OPS_BACKEND_H_
+
+#include <cstdint>
+
+#include "stability/base/tensor.h"
+
+namespace stability::ops {
+
+enum class NormKind { kLayerNorm, kRMSNorm };
+enum class Activation { kGelu, kRelu };
+
+// Attention logits and softmax, per head, for query t and key s ≤ t (causal):
+//   a  = (q_t · k_s) · scale                    scale = 1/sqrt(head_dim); max_logit is of a
+//   u  = a / temperature                        soft_temp (temperature = 1: off)
+//   z  = soft_cap · tanh(u / soft_cap)          soft_cap  (0: off)
+//   p  = softmax_s(z)                           (entropy is of p)
+//   p' = clip((zeta − gamma)·p + gamma, 0, 1)   soft_clip (clip = false: p' = p)
+//   o_t = Σ_s p'_ts v_s
+struct AttentionOptions {
+  float scale = 1.0f;
+  float temperature = 1.0f;
+  float soft_cap = 0.0f;
+  bool clip = false;
+  float clip_zeta = 1.03f;
+  float clip_gamma = -0.03f;
+};
+
+// Telemetry of one attention call, over all batches, heads and queries.
+struct AttentionStats {
+  float max_logit = 0;     // max of a (before temperature and cap)
+  double entropy_sum = 0;  // Σ over (b, h, t) of −Σ_s p log p; divide by B·H·T for the mean
+};
+
+// Cross-entropy over V classes per row with the optional final-logit soft cap and z-loss:
+//   z = cap · tanh(l / cap) (cap 0: z = l),  lse = log Σ_j exp(z_j)
+//   loss = mean_rows(lse − z_target) + z_loss · mean_rows(lse²)
+struct CrossEntropyOptions {
+  float soft_cap = 0.0f;
+  float z_loss = 0.0f;
+};
+
+struct CrossEntropyStats {
+  double loss = 0;          // the total loss above (cross-entropy + z-loss term)
+  double ce_loss = 0;       // the cross-entropy part only
+  double mean_lse = 0;      // mean log Z
+  float max_logit = 0;      // max of l (before the cap)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual const char* name() const = 0;
+
+  // out[n, :] = wte[ids[n], :] + wpe[n % T, :]   (wpe nullable: RoPE or no positions)
+  virtual void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
+                                int64_t c, float* out) = 0;
+  // dwte[ids[n], :] += dout[n, :];  dwpe[n % T, :] += dout[n, :]
+  virtual void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
+                                 float* dwte, float* dwpe) = 0;
+
+  // y[N, Out] = x[N, In] · w[Out, In]ᵀ + b[Out]   (b nullable)
+  virtual void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                             float* y) = 0;
+  // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable)
+  virtual void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
+                              float* dx, float* dw, float* db) = 0;
+
+  // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
+  //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
+  // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable.
+  virtual void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
+                           float eps, float* y, float* mean, float* rstd) = 0;
+  virtual void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                            const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) = 0;
+
+  // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous). probs: [B, H, T, T], the
+  // softmax p (not p'), saved for backward; stats nullable.
+  virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                                int64_t hd, const AttentionOptions& opt, float* out, float* probs,
+                                AttentionStats* stats) = 0;
+  // dq, dk, dv overwritten.
+  virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
+                                 const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                 const AttentionOptions& opt, float* dq, float* dk, float* dv) = 0;
+
+  // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] in place, positions 0..T−1:
+  //   (x1, x2) ← (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)
+  // inverse = true rotates by −θ, which is the backward (the map is orthogonal).
+  virtual void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) = 0;
+
+  // y = act(x); GELU is the tanh approximation. dx = act'(x)·dy (overwritten).
+  virtual void ActivationForward(Activation act, const float* x, int64_t n, float* y) = 0;
+  virtual void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) = 0;
+
+  // y = x + a (y may alias x or a); y += x.
+  virtual void Add(const float* x, const float* a, int64_t n, float* y) = 0;
+  virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
+  virtual void Copy(const float* x, int64_t n, float* y) = 0;
+  // Columns [col0, col0 + cols) of src [rows, src_cols] to dst [rows, dst_cols] at dst_col0.
+  virtual void CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
+                           int64_t dst_cols, int64_t dst_col0) = 0;
+
+  // Layer scale: y[n, c] = x[n, c]·s[c];  dx = dy·s (overwritten), ds += Σ_n dy·x.
+  virtual void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) = 0;
+  virtual void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
+                                    float* ds) = 0;
+
+  // σ-reparam of w [out, in] with persistent unit vectors u [out], v [in]:
+  //   v ← normalize(wᵀu), u ← normalize(w v)   (power iteration, if update)
+  //   σ = uᵀ w v,  w_eff = (g / σ)·w          returns σ
+  virtual float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
+                                    float* v, float* w_eff) = 0;
+  // u, v held constant (stop-gradient, as Zhai et al.): with G = dw_eff,
+  //   dw += (g/σ)·G − (g/σ²)·⟨G, w⟩·u vᵀ,   returns dg = ⟨G, w⟩ / σ
+  virtual float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
+                                     const float* dw_eff, int64_t out, int64_t in, float* dw) = 0;
+
+  // Forward: per-row lse [N] saved; stats filled. Backward: dlogits [N, V] overwritten with
+  // d(loss)/d(logits)·dloss.
+  virtual void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
+                                   const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) = 0;
+  virtual void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+                                    int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) = 0;
+
+  // Reductions for telemetry and clipping, accumulated in double.
+  virtual double SumSquares(const float* x, int64_t n) = 0;
+  // mean over rows of the L2 norm of each row: (1/N) Σ_n ‖x[n, :]‖
+  virtual double MeanRowNorm(const float* x, int64_t rows, int64_t d) = 0;
+  virtual void Scale(float* x, int64_t n, float s) = 0;
+};
+
+// The backend for a device: CPU is always registered; CUDA when its backend is linked in
+// and a GPU is present. nullptr when none.
+Backend* GetBackend(Device device);
+void RegisterBackend(DeviceType type, Backend* backend);
+
+}  // namespace stability::ops
+
+#endif  // STABILITY_OPS_BACKEND_H_

@@ -1,0 +1,257 @@
+// Elementwise, embedding, linear, layer-scale, σ-reparam and reduction kernels, and the
+// backend's registration. Attention, norms and cross-entropy have files of their own.
+#include "stability/ops/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "stability/ops/cpu/gemm.h"
+
+namespace stability::ops::cpu {
+
+using stability::cpu::Sgemm;
+using stability::cpu::Trans;
+
+CpuBackend& GetCpuBackend() {
+  static CpuBackend backend;
+  return backend;
+}
+
+namespace {
+// Registered before main(): the CPU backend is always there.
+const bool kRegistered = [] {
+  RegisterBackend(DeviceType::kCpu, &GetCpuBackend());
+  return true;
+}();
+
+// Deterministic parallel sum: fixed chunks, each summed serially, chunks added in order.
+template <typename F>
+double ChunkedSum(int64_t n, F term) {
+  constexpr int kChunks = 64;
+  double partial[kChunks] = {};
+#pragma omp parallel for schedule(static)
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t lo = n * c / kChunks, hi = n * (c + 1) / kChunks;
+    double s = 0;
+    for (int64_t i = lo; i < hi; ++i) s += term(i);
+    partial[c] = s;
+  }
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
+}
+}  // namespace
+
+void CpuBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
+                                  int64_t c, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* e = wte + static_cast<int64_t>(ids[i]) * c;
+    const float* p = wpe ? wpe + (i % t) * c : nullptr;
+    float* o = out + i * c;
+    for (int64_t j = 0; j < c; ++j) o[j] = e[j] + (p ? p[j] : 0.0f);
+  }
+}
+
+void CpuBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
+                                   float* dwte, float* dwpe) {
+  // Parallel over channel blocks: no two threads touch one row of dwte/dwpe's columns.
+  constexpr int64_t kBlock = 16;
+#pragma omp parallel for schedule(static)
+  for (int64_t j0 = 0; j0 < c; j0 += kBlock) {
+    const int64_t j1 = std::min(c, j0 + kBlock);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* d = dout + i * c;
+      float* e = dwte + static_cast<int64_t>(ids[i]) * c;
+      for (int64_t j = j0; j < j1; ++j) e[j] += d[j];
+      if (dwpe) {
+        float* p = dwpe + (i % t) * c;
+        for (int64_t j = j0; j < j1; ++j) p[j] += d[j];
+      }
+    }
+  }
+}
+
+void CpuBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                               float* y) {
+  // Arguments are checked by the caller; Sgemm cannot fail on them.
+  (void)Sgemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  if (b) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < out; ++j) y[i * out + j] += b[j];
+  }
+}
+
+void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
+                                float* dx, float* dw, float* db) {
+  if (dx) (void)Sgemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+  (void)Sgemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  if (db) {
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < out; ++j) {
+      float s = 0;
+      for (int64_t i = 0; i < n; ++i) s += dy[i * out + j];
+      db[j] += s;
+    }
+  }
+}
+
+void CpuBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) {
+  const int64_t half = hd / 2;
+  const float sign = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static)
+  for (int64_t pos = 0; pos < t; ++pos) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double theta = pos * std::pow(static_cast<double>(base), -2.0 * i / hd);
+      const float c = static_cast<float>(std::cos(theta)), s = sign * static_cast<float>(std::sin(theta));
+      for (int64_t bi = 0; bi < b; ++bi) {
+        for (int64_t hi = 0; hi < h; ++hi) {
+          float* row = x + ((bi * t + pos) * h + hi) * hd;
+          const float x1 = row[i], x2 = row[i + half];
+          row[i] = x1 * c - x2 * s;
+          row[i + half] = x1 * s + x2 * c;
+        }
+      }
+    }
+  }
+}
+
+namespace {
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
+}  // namespace
+
+void CpuBackend::ActivationForward(Activation act, const float* x, int64_t n, float* y) {
+  if (act == Activation::kRelu) {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : 0.0f;
+    return;
+  }
+  // GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + 0.044715f * v * v * v)));
+  }
+}
+
+void CpuBackend::ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) {
+  if (act == Activation::kRelu) {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0.0f;
+    return;
+  }
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float th = std::tanh(kGeluScale * (v + 0.044715f * v * v * v));
+    const float dth = (1.0f - th * th) * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
+    dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * dth);
+  }
+}
+
+void CpuBackend::Add(const float* x, const float* a, int64_t n, float* y) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] + a[i];
+}
+
+void CpuBackend::AddInPlace(float* y, const float* x, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void CpuBackend::Copy(const float* x, int64_t n, float* y) { std::memcpy(y, x, n * sizeof(float)); }
+
+void CpuBackend::CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols,
+                             float* dst, int64_t dst_cols, int64_t dst_col0) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_cols + dst_col0, src + r * src_cols + col0, cols * sizeof(float));
+}
+
+void CpuBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) y[i * c + j] = x[i * c + j] * s[j];
+}
+
+void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
+                                      float* dx, float* ds) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < c; ++j) dx[i * c + j] = dy[i * c + j] * s[j];
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < c; ++j) {
+    double acc = 0;
+    for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(dy[i * c + j]) * x[i * c + j];
+    ds[j] += static_cast<float>(acc);
+  }
+}
+
+float CpuBackend::SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
+                                      float* v, float* w_eff) {
+  if (update) {
+    // v ← normalize(wᵀu)
+    double norm = 0;
+    for (int64_t j = 0; j < in; ++j) {
+      double s = 0;
+      for (int64_t i = 0; i < out; ++i) s += static_cast<double>(w[i * in + j]) * u[i];
+      v[j] = static_cast<float>(s);
+      norm += s * s;
+    }
+    const float inv_v = static_cast<float>(1.0 / std::max(std::sqrt(norm), 1e-12));
+    for (int64_t j = 0; j < in; ++j) v[j] *= inv_v;
+    // u ← normalize(w v)
+    norm = 0;
+    for (int64_t i = 0; i < out; ++i) {
+      double s = 0;
+      for (int64_t j = 0; j < in; ++j) s += static_cast<double>(w[i * in + j]) * v[j];
+      u[i] = static_cast<float>(s);
+      norm += s * s;
+    }
+    const float inv_u = static_cast<float>(1.0 / std::max(std::sqrt(norm), 1e-12));
+    for (int64_t i = 0; i < out; ++i) u[i] *= inv_u;
+  }
+  double sigma = 0;  // uᵀ w v
+  for (int64_t i = 0; i < out; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < in; ++j) s += static_cast<double>(w[i * in + j]) * v[j];
+    sigma += s * u[i];
+  }
+  const float scale = static_cast<float>(g / sigma);
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < out * in; ++i) w_eff[i] = scale * w[i];
+  return static_cast<float>(sigma);
+}
+
+float CpuBackend::SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
+                                       const float* dw_eff, int64_t out, int64_t in, float* dw) {
+  const double gw = ChunkedSum(out * in, [&](int64_t i) { return static_cast<double>(dw_eff[i]) * w[i]; });
+  const float a = g / sigma;
+  const float b = static_cast<float>(g * gw / (static_cast<double>(sigma) * sigma));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < out; ++i)
+    for (int64_t j = 0; j < in; ++j) dw[i * in + j] += a * dw_eff[i * in + j] - b * u[i] * v[j];
+  return static_cast<float>(gw / sigma);
+}
+
+double CpuBackend::SumSquares(const float* x, int64_t n) {
+  return ChunkedSum(n, [x](int64_t i) { return static_cast<double>(x[i]) * x[i]; });
+}
+
+double CpuBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
+  if (rows == 0) return 0;
+  const double total = ChunkedSum(rows, [x, d](int64_t r) {
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(x[r * d + j]) * x[r * d + j];
+    return std::sqrt(s);
+  });
+  return total / rows;
+}
+
+void CpuBackend::Scale(float* x, int64_t n, float s) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] *= s;
+}
+
+}  // namespace stability::ops::cpu

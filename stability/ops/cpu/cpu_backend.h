@@ -1,0 +1,62 @@
+// The CPU backend: fp32 kernels, OpenMP across rows / heads / channels, oneDNN for GEMM.
+// Deterministic for a given thread count: parallel loops never race on one output, and
+// reductions sum fixed-size chunks in a fixed order.
+#ifndef STABILITY_OPS_CPU_CPU_BACKEND_H_
+#define STABILITY_OPS_CPU_CPU_BACKEND_H_
+
+#include "stability/ops/backend.h"
+
+namespace stability::ops::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  Device device() const override { return kCpu; }
+  const char* name() const override { return "cpu"; }
+
+  void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe, int64_t c,
+                        float* out) override;
+  void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
+                         float* dwpe) override;
+  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                     float* y) override;
+  void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
+                      float* dw, float* db) override;
+  void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
+                   float* y, float* mean, float* rstd) override;
+  void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                    const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) override;
+  void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
+                        const AttentionOptions& opt, float* out, float* probs, AttentionStats* stats) override;
+  void AttentionBackward(const float* q, const float* k, const float* v, const float* probs, const float* dout,
+                         int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
+                         float* dk, float* dv) override;
+  void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) override;
+  void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
+  void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override;
+  void Add(const float* x, const float* a, int64_t n, float* y) override;
+  void AddInPlace(float* y, const float* x, int64_t n) override;
+  void Copy(const float* x, int64_t n, float* y) override;
+  void CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
+                   int64_t dst_cols, int64_t dst_col0) override;
+  void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
+  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
+                            float* ds) override;
+  float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u, float* v,
+                            float* w_eff) override;
+  float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
+                             const float* dw_eff, int64_t out, int64_t in, float* dw) override;
+  void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
+                           const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
+  void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
+                            const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
+  double SumSquares(const float* x, int64_t n) override;
+  double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
+  void Scale(float* x, int64_t n, float s) override;
+};
+
+// The registered instance (also what tests use directly).
+CpuBackend& GetCpuBackend();
+
+}  // namespace stability::ops::cpu
+
+#endif  // STABILITY_OPS_CPU_CPU_BACKEND_H_

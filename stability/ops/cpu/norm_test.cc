@@ -1,0 +1,49 @@
+#include <cmath>
+
+#include "gtest/gtest.h"
+#include "stability/ops/cpu/cpu_backend.h"
+#include "stability/ops/cpu/grad_check.h"
+
+namespace stability::ops::cpu {
+namespace {
+
+class NormGradTest : public ::testing::TestWithParam<std::tuple<NormKind, int64_t, bool>> {};
+
+TEST_P(NormGradTest, BackwardMatchesFiniteDifferences) {
+  const auto [kind, d, with_bias] = GetParam();  // d = 12: full width; d = 3: per head
+  const int64_t rows = 24 / d * 2;
+  std::vector<float> x = RandomVector(rows * d, 1, 2.0f), g = RandomVector(d, 2), b = RandomVector(d, 3);
+  for (float& v : g) v += 1.0f;
+  const std::vector<float> r = RandomVector(rows * d, 4);
+  std::vector<float> y(rows * d), mean(rows), rstd(rows);
+  CpuBackend& be = GetCpuBackend();
+  auto forward = [&] {
+    be.NormForward(kind, x.data(), g.data(), with_bias ? b.data() : nullptr, rows, d, 1e-5f, y.data(), mean.data(),
+                   rstd.data());
+    return y;
+  };
+  forward();
+  std::vector<float> dx(x.size()), dg(d, 0.0f), db(d, 0.0f);
+  be.NormBackward(kind, x.data(), g.data(), mean.data(), rstd.data(), r.data(), rows, d, dx.data(), dg.data(),
+                  with_bias ? db.data() : nullptr);
+  std::vector<GradInput> inputs = {{"x", &x, &dx}, {"g", &g, &dg}};
+  if (with_bias) inputs.push_back({"b", &b, &db});
+  ExpectGradientsMatch(forward, r, inputs);
+}
+
+INSTANTIATE_TEST_SUITE_P(KindsAndWidths, NormGradTest,
+                         ::testing::Combine(::testing::Values(NormKind::kLayerNorm, NormKind::kRMSNorm),
+                                            ::testing::Values(int64_t{12}, int64_t{3}), ::testing::Bool()));
+
+TEST(NormTest, NormalisesRows) {
+  const float x[4] = {1, 2, 3, 4}, g[4] = {1, 1, 1, 1};
+  float y[4], mean[1], rstd[1];
+  GetCpuBackend().NormForward(NormKind::kLayerNorm, x, g, nullptr, 1, 4, 0.0f, y, mean, rstd);
+  EXPECT_FLOAT_EQ(mean[0], 2.5f);
+  EXPECT_NEAR(y[0], -1.5 / std::sqrt(1.25), 1e-6);
+  GetCpuBackend().NormForward(NormKind::kRMSNorm, x, g, nullptr, 1, 4, 0.0f, y, nullptr, rstd);
+  EXPECT_NEAR(y[3], 4 / std::sqrt(7.5), 1e-6);  // mean(x²) = 30/4
+}
+
+}  // namespace
+}  // namespace stability::ops::cpu
