@@ -1,11 +1,13 @@
 // The `stability` command: one binary, one subcommand per task.
 //
 //   bazel run //cli:stability -- info
+//   bazel run //cli:stability -- dump --preset=tiny --variant=qk_norm --out=/tmp/d.safetensors
 //   bazel run //cli:stability -- help
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include "cli/dump.h"
 #include "cli/info.h"
 
 namespace {
@@ -19,6 +21,8 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"info", "version, backends (CPU, CUDA + GPUs), threads, GEMM library, bundled data",
      stability::cli::RunInfo},
+    {"dump", "one forward + backward to a safetensors file (parameters, logits, loss, gradients, telemetry)",
+     stability::cli::RunDump},
 };
 
 void PrintUsage(FILE* out) {

@@ -1,0 +1,262 @@
+#include "stability/model/config.h"
+
+#include <functional>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace stability::model {
+namespace {
+
+using nlohmann::json;
+
+// String names of the enums, as they appear in JSON and on the command line.
+const std::map<std::string, ops::NormKind> kNormKinds = {{"layernorm", ops::NormKind::kLayerNorm},
+                                                          {"rmsnorm", ops::NormKind::kRMSNorm}};
+const std::map<std::string, ops::Activation> kActivations = {{"gelu", ops::Activation::kGelu},
+                                                              {"relu", ops::Activation::kRelu}};
+const std::map<std::string, Position> kPositions = {{"learned", Position::kLearned}, {"rope", Position::kRope}};
+
+template <typename E>
+std::string EnumName(const std::map<std::string, E>& names, E value) {
+  for (const auto& [n, v] : names)
+    if (v == value) return n;
+  return "?";
+}
+
+template <typename E>
+std::string EnumChoices(const std::map<std::string, E>& names) {
+  std::vector<std::string> keys;
+  for (const auto& [n, v] : names) keys.push_back(n);
+  return absl::StrJoin(keys, ", ");
+}
+
+// One row per field: its JSON name, how to write it, how to read it (with a typed error).
+struct Field {
+  const char* name;
+  std::function<json(const ModelConfig&)> get;
+  std::function<absl::Status(const json&, ModelConfig&)> set;
+};
+
+template <typename T>
+absl::Status ReadScalar(const char* name, const json& j, T& out) {
+  const bool ok = std::is_same_v<T, bool>      ? j.is_boolean()
+                  : std::is_integral_v<T>      ? j.is_number_integer()
+                  : std::is_floating_point_v<T> ? j.is_number()
+                                                : j.is_string();
+  if (!ok) {
+    const char* want = std::is_same_v<T, bool> ? "true or false"
+                       : std::is_integral_v<T> ? "an integer"
+                       : std::is_floating_point_v<T> ? "a number"
+                                                      : "a string";
+    return absl::InvalidArgumentError(absl::StrCat("config field \"", name, "\" must be ", want, ", got ", j.dump()));
+  }
+  out = j.get<T>();
+  return absl::OkStatus();
+}
+
+template <typename E>
+absl::Status ReadEnum(const char* name, const json& j, const std::map<std::string, E>& names, E& out) {
+  if (j.is_string()) {
+    auto it = names.find(j.get<std::string>());
+    if (it != names.end()) {
+      out = it->second;
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("config field \"", name, "\" must be one of ", EnumChoices(names), ", got ", j.dump()));
+}
+
+#define SCALAR(f) \
+  Field { #f, [](const ModelConfig& c) { return json(c.f); }, [](const json& j, ModelConfig& c) { return ReadScalar(#f, j, c.f); } }
+#define ENUM(f, names) \
+  Field { #f, [](const ModelConfig& c) { return json(EnumName(names, c.f)); }, [](const json& j, ModelConfig& c) { return ReadEnum(#f, j, names, c.f); } }
+
+const std::vector<Field>& Fields() {
+  static const std::vector<Field> fields = {
+      SCALAR(size), SCALAR(variant), SCALAR(vocab_size), SCALAR(seq_len), SCALAR(n_layer), SCALAR(n_head),
+      SCALAR(n_embd), SCALAR(mlp_ratio), ENUM(norm, kNormKinds), SCALAR(norm_eps), SCALAR(n1), SCALAR(n2),
+      SCALAR(qk_norm), SCALAR(v_norm), SCALAR(per_head_norm), SCALAR(proj_norm), SCALAR(fc2_norm),
+      SCALAR(attn_temperature), SCALAR(attn_soft_cap), SCALAR(softmax_clip), SCALAR(clip_zeta), SCALAR(clip_gamma),
+      SCALAR(sigma_reparam), SCALAR(layer_scale), SCALAR(layer_scale_init), SCALAR(z_loss), SCALAR(logit_soft_cap),
+      ENUM(position, kPositions), SCALAR(rope_base), SCALAR(tie_embeddings), SCALAR(bias),
+      ENUM(activation, kActivations), SCALAR(init_std),
+  };
+  return fields;
+}
+
+#undef SCALAR
+#undef ENUM
+
+struct SizePreset {
+  int64_t vocab_size, seq_len, n_layer, n_head, n_embd;
+  bool tie_embeddings;
+};
+
+// tiny/small: fast on a 2-core CPU. mid: the benchmark's 8 × 512. gpt2_124m: GPT-2 small.
+// paper_830m: Rybakov et al.'s 24 blocks × 1024 wide × 16 heads; with a 256k vocabulary
+// and untied embeddings (NeMo's GPT setup) the count is ≈ 830M, which the paper reports.
+const std::map<std::string, SizePreset>& SizePresets() {
+  static const std::map<std::string, SizePreset> presets = {
+      {"tiny", {50257, 64, 2, 4, 64, true}},
+      {"small", {50257, 128, 4, 4, 128, true}},
+      {"mid", {50257, 512, 8, 8, 512, true}},
+      {"gpt2_124m", {50257, 1024, 12, 12, 768, true}},
+      {"paper_830m", {256000, 2048, 24, 16, 1024, false}},
+  };
+  return presets;
+}
+
+const std::map<std::string, std::function<void(ModelConfig&)>>& Variants() {
+  static const std::map<std::string, std::function<void(ModelConfig&)>> variants = {
+      {"baseline", [](ModelConfig&) {}},
+      {"qk_norm", [](ModelConfig& c) { c.qk_norm = true; }},
+      {"qkv_norm",
+       [](ModelConfig& c) {
+         c.qk_norm = c.v_norm = true;
+         c.n1 = false;
+       }},
+      {"qk_fc_norm", [](ModelConfig& c) { c.qk_norm = c.proj_norm = c.fc2_norm = true; }},
+      {"soft_cap", [](ModelConfig& c) { c.attn_soft_cap = 50.0f; }},
+      {"qk_norm_cap",
+       [](ModelConfig& c) {
+         c.qk_norm = true;
+         c.attn_soft_cap = 50.0f;
+       }},
+      {"soft_temp", [](ModelConfig& c) { c.attn_temperature = 0.5f; }},
+      {"soft_clip", [](ModelConfig& c) { c.softmax_clip = true; }},
+      {"sigma_reparam", [](ModelConfig& c) { c.sigma_reparam = true; }},
+      {"layer_scale", [](ModelConfig& c) { c.layer_scale = true; }},
+  };
+  return variants;
+}
+
+template <typename M>
+std::vector<std::string> Keys(const M& m) {
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : m) keys.push_back(k);
+  return keys;
+}
+
+}  // namespace
+
+absl::Status ModelConfig::Validate() const {
+  const auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("invalid model config: " + msg); };
+  const std::pair<const char*, int64_t> positive[] = {{"vocab_size", vocab_size}, {"seq_len", seq_len},
+                                                      {"n_layer", n_layer},       {"n_head", n_head},
+                                                      {"n_embd", n_embd},         {"mlp_ratio", mlp_ratio}};
+  for (const auto& [name, value] : positive) {
+    if (value <= 0) return bad(absl::StrCat(name, " = ", value, " must be at least 1"));
+  }
+  if (vocab_size > (int64_t{1} << 31) - 1) return bad(absl::StrCat("vocab_size = ", vocab_size, " exceeds int32 ids"));
+  if (n_embd % n_head != 0) {
+    return bad(absl::StrCat("n_embd = ", n_embd, " must be divisible by n_head = ", n_head,
+                            " (head_dim = n_embd / n_head); e.g. n_embd = ", (n_embd / n_head + 1) * n_head));
+  }
+  if (position == Position::kRope && head_dim() % 2 != 0) {
+    return bad(absl::StrCat("position = rope needs an even head_dim, got n_embd / n_head = ", head_dim()));
+  }
+  if (!(norm_eps > 0)) return bad(absl::StrCat("norm_eps = ", norm_eps, " must be > 0"));
+  if (!(attn_temperature > 0)) return bad(absl::StrCat("attn_temperature = ", attn_temperature, " must be > 0 (1 = off)"));
+  if (!(attn_soft_cap >= 0)) return bad(absl::StrCat("attn_soft_cap = ", attn_soft_cap, " must be >= 0 (0 = off)"));
+  if (!(logit_soft_cap >= 0)) return bad(absl::StrCat("logit_soft_cap = ", logit_soft_cap, " must be >= 0 (0 = off)"));
+  if (!(z_loss >= 0)) return bad(absl::StrCat("z_loss = ", z_loss, " must be >= 0 (0 = off)"));
+  if (softmax_clip && !(clip_zeta > clip_gamma && clip_zeta >= 1 && clip_gamma <= 0)) {
+    return bad(absl::StrCat("softmax_clip needs clip_zeta >= 1 >= 0 >= clip_gamma, got zeta = ", clip_zeta,
+                            ", gamma = ", clip_gamma, " (paper: 1.03, -0.03)"));
+  }
+  if (layer_scale && layer_scale_init == 0) return bad("layer_scale_init = 0 makes every block the identity forever");
+  if (!(init_std > 0)) return bad(absl::StrCat("init_std = ", init_std, " must be > 0"));
+  if (position == Position::kRope && !(rope_base > 1)) return bad(absl::StrCat("rope_base = ", rope_base, " must be > 1"));
+  return absl::OkStatus();
+}
+
+nlohmann::json ModelConfig::ToJson() const {
+  json j = json::object();
+  for (const Field& f : Fields()) j[f.name] = f.get(*this);
+  return j;
+}
+
+absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
+  if (!j.is_object()) return absl::InvalidArgumentError("model config must be a JSON object, got " + j.dump());
+  ModelConfig c;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const Field* field = nullptr;
+    for (const Field& f : Fields())
+      if (it.key() == f.name) field = &f;
+    if (field == nullptr) {
+      std::vector<std::string> names;
+      for (const Field& f : Fields()) names.push_back(f.name);
+      return absl::InvalidArgumentError(absl::StrCat("unknown model config field \"", it.key(),
+                                                     "\"; known fields: ", absl::StrJoin(names, ", ")));
+    }
+    if (absl::Status s = field->set(it.value(), c); !s.ok()) return s;
+  }
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+std::vector<std::string> SizePresetNames() { return Keys(SizePresets()); }
+std::vector<std::string> VariantPresetNames() { return Keys(Variants()); }
+
+absl::Status ApplyVariant(const std::string& variant, ModelConfig* config) {
+  auto it = Variants().find(variant);
+  if (it == Variants().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown variant \"", variant,
+                                                   "\"; choose one of: ", absl::StrJoin(VariantPresetNames(), ", ")));
+  }
+  it->second(*config);
+  config->variant = variant;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ModelConfig> MakeConfig(const std::string& size, const std::string& variant) {
+  auto it = SizePresets().find(size);
+  if (it == SizePresets().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown size preset \"", size,
+                                                   "\"; choose one of: ", absl::StrJoin(SizePresetNames(), ", ")));
+  }
+  ModelConfig c;
+  c.size = size;
+  c.vocab_size = it->second.vocab_size;
+  c.seq_len = it->second.seq_len;
+  c.n_layer = it->second.n_layer;
+  c.n_head = it->second.n_head;
+  c.n_embd = it->second.n_embd;
+  c.tie_embeddings = it->second.tie_embeddings;
+  if (absl::Status s = ApplyVariant(variant, &c); !s.ok()) return s;
+  if (absl::Status s = c.Validate(); !s.ok()) return s;
+  return c;
+}
+
+absl::StatusOr<ModelConfig> MakeConfig(const std::string& size, const std::string& variant,
+                                       const nlohmann::json& overrides) {
+  absl::StatusOr<ModelConfig> base = MakeConfig(size, variant);
+  if (!base.ok()) return base.status();
+  if (overrides.is_null()) return base;
+  if (!overrides.is_object()) {
+    return absl::InvalidArgumentError("config overrides must be a JSON object, got " + overrides.dump());
+  }
+  json merged = base->ToJson();
+  for (auto it = overrides.begin(); it != overrides.end(); ++it) merged[it.key()] = it.value();
+  return ConfigFromJson(merged);
+}
+
+int64_t ParameterCount(const ModelConfig& c) {
+  const int64_t C = c.n_embd, F = c.mlp_ratio * c.n_embd, b = c.bias ? 1 : 0;
+  const int64_t norm_params = c.norm == ops::NormKind::kLayerNorm && c.bias ? 2 : 1;  // gain (+ bias)
+  const int64_t qkv_norm_width = c.per_head_norm ? c.head_dim() : C;
+  int64_t block = (3 * C * C + 3 * C * b) + (C * C + C * b) + (F * C + F * b) + (C * F + C * b);
+  block += (c.n1 + c.n2 + c.proj_norm + c.fc2_norm) * norm_params * C;
+  block += (2 * c.qk_norm + c.v_norm) * norm_params * qkv_norm_width;
+  if (c.layer_scale) block += 2 * C;
+  if (c.sigma_reparam) block += 4;
+  int64_t total = c.n_layer * block + c.vocab_size * C + norm_params * C;
+  if (c.position == Position::kLearned) total += c.seq_len * C;
+  if (!c.tie_embeddings) total += c.vocab_size * C;
+  return total;
+}
+
+}  // namespace stability::model

@@ -1,0 +1,530 @@
+#include "stability/model/model.h"
+
+#include <cmath>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "stability/base/rng.h"
+
+namespace stability::model {
+
+void Telemetry::Set(const std::string& name, double value) {
+  for (auto& [n, v] : values_) {
+    if (n == name) {
+      v = value;
+      return;
+    }
+  }
+  values_.emplace_back(name, value);
+}
+
+double Telemetry::Get(const std::string& name) const {
+  for (const auto& [n, v] : values_)
+    if (n == name) return v;
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+namespace {
+
+struct Norm {
+  Parameter* g = nullptr;  // nullptr: this norm is switched off
+  Parameter* b = nullptr;
+  bool on() const { return g != nullptr; }
+};
+
+struct Linear {
+  Parameter* w = nullptr;
+  Parameter* b = nullptr;
+  Parameter* gain = nullptr;  // σ-reparam only
+  Tensor* u = nullptr;
+  Tensor* v = nullptr;
+  Tensor w_eff, dw_eff;
+  float sigma = 1.0f;
+  int64_t in = 0, out = 0;
+  // The weight the layer computes with: W, or (g/σ)·W under σ-reparam.
+  const float* weight() const { return gain ? w_eff.f32() : w->value.f32(); }
+  float* weight_grad() { return gain ? dw_eff.f32() : w->grad.f32(); }
+};
+
+// Saved activations of one norm call.
+struct NormActs {
+  Tensor y, mean, rstd;
+};
+
+struct Layer {
+  Norm n1, q_norm, k_norm, v_norm, proj_norm, n2, fc2_norm;
+  Linear qkv, proj, fc1, fc2;
+  Parameter* ls1 = nullptr;
+  Parameter* ls2 = nullptr;
+  // Activations of the last Forward (x, the block input, is Impl::stream[l]).
+  NormActs a1, qn, kn, vn, pn, a2, fn;
+  Tensor qkv_out, q_raw, k_raw, v_raw, probs, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
+  Tensor q_att, k_att, v_att;  // attention inputs: after norms and RoPE
+  const Tensor* branch1_in = nullptr;  // what layer scale 1 multiplied
+  const Tensor* branch2_in = nullptr;
+};
+
+}  // namespace
+
+struct Model::Impl {
+  std::vector<Layer> layers;
+  Parameter* wte = nullptr;
+  Parameter* wpe = nullptr;
+  Parameter* lm_head = nullptr;
+  Norm nf;
+  int64_t B = 0, T = 0;
+  std::vector<Tensor> stream;  // residual stream: input of block l, and stream[L] = output
+  NormActs xf;
+  Tensor logits, lse, ids, targets;
+  bool have_forward = false;
+  // Backward scratch.
+  Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dlogits, dtmp;
+};
+
+Model::Model(ModelConfig config, Device device)
+    : config_(std::move(config)), device_(device), backend_(ops::GetBackend(device)), impl_(new Impl) {}
+Model::~Model() = default;
+
+Parameter* Model::FindParameter(const std::string& name) {
+  for (Parameter& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+const Tensor& Model::logits() const { return impl_->logits; }
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, uint64_t seed, Device device) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (ops::GetBackend(device) == nullptr) {
+    return absl::UnavailableError(absl::StrCat("no backend for device ", device.ToString(),
+                                               " (CPU is always available; CUDA needs a GPU and a CUDA build)"));
+  }
+  std::unique_ptr<Model> m(new Model(config, device));
+  const ModelConfig& c = m->config_;
+  const int64_t C = c.n_embd, F = c.mlp_ratio * C, L = c.n_layer;
+  const int64_t qkv_norm_width = c.per_head_norm ? c.head_dim() : C;
+  const bool norm_bias = c.norm == ops::NormKind::kLayerNorm && c.bias;
+  Rng rng(seed);
+
+  // Creation order is the initialisation order (and the dump's order): keep it stable.
+  enum Init { kNormal, kResidual, kZero, kOne, kLayerScale };
+  auto add = [&](const std::string& name, Shape shape, Init init, bool decay) {
+    Tensor value = Tensor::Empty(shape, DType::kF32, kCpu);
+    float* p = value.f32();
+    const double residual_std = c.init_std / std::sqrt(2.0 * L);
+    for (int64_t i = 0; i < value.numel(); ++i) {
+      switch (init) {
+        case kNormal: p[i] = static_cast<float>(rng.Normal() * c.init_std); break;
+        case kResidual: p[i] = static_cast<float>(rng.Normal() * residual_std); break;
+        case kZero: p[i] = 0.0f; break;
+        case kOne: p[i] = 1.0f; break;
+        case kLayerScale: p[i] = c.layer_scale_init; break;
+      }
+    }
+    m->params_.push_back({name, value, Tensor::Zeros(shape), decay});
+  };
+  auto add_norm = [&](const std::string& name, int64_t width) {
+    add(name + ".weight", {width}, kOne, false);
+    if (norm_bias) add(name + ".bias", {width}, kZero, false);
+  };
+  auto add_linear = [&](const std::string& name, int64_t out, int64_t in, Init init) {
+    add(name + ".weight", {out, in}, init, true);
+    if (c.bias) add(name + ".bias", {out}, kZero, false);
+    if (c.sigma_reparam) {
+      add(name + ".sigma_gain", {1}, kOne, false);
+      // u starts as a random unit vector; v is computed by the first power-iteration step.
+      Tensor u = Tensor::Empty({out});
+      double norm = 0;
+      for (int64_t i = 0; i < out; ++i) {
+        u.f32()[i] = static_cast<float>(rng.Normal());
+        norm += double(u.f32()[i]) * u.f32()[i];
+      }
+      for (int64_t i = 0; i < out; ++i) u.f32()[i] = static_cast<float>(u.f32()[i] / std::sqrt(norm));
+      m->buffers_.emplace_back(name + ".sigma_u", u);
+      m->buffers_.emplace_back(name + ".sigma_v", Tensor::Zeros({in}));
+    }
+  };
+
+  add("wte.weight", {c.vocab_size, C}, kNormal, false);
+  if (c.position == Position::kLearned) add("wpe.weight", {c.seq_len, C}, kNormal, false);
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string h = absl::StrCat("h.", l, ".");
+    if (c.n1) add_norm(h + "n1", C);
+    add_linear(h + "qkv", 3 * C, C, kNormal);
+    if (c.qk_norm) {
+      add_norm(h + "q_norm", qkv_norm_width);
+      add_norm(h + "k_norm", qkv_norm_width);
+    }
+    if (c.v_norm) add_norm(h + "v_norm", qkv_norm_width);
+    add_linear(h + "proj", C, C, kResidual);
+    if (c.proj_norm) add_norm(h + "proj_norm", C);
+    if (c.layer_scale) add(h + "proj_scale", {C}, kLayerScale, false);
+    if (c.n2) add_norm(h + "n2", C);
+    add_linear(h + "fc1", F, C, kNormal);
+    add_linear(h + "fc2", C, F, kResidual);
+    if (c.fc2_norm) add_norm(h + "fc2_norm", C);
+    if (c.layer_scale) add(h + "fc2_scale", {C}, kLayerScale, false);
+  }
+  add_norm("nf", C);
+  if (!c.tie_embeddings) add("lm_head.weight", {c.vocab_size, C}, kNormal, true);
+
+  // Resolve names to pointers now that params_ no longer grows.
+  Impl& impl = *m->impl_;
+  auto param = [&](const std::string& name) { return m->FindParameter(name); };
+  auto buffer = [&](const std::string& name) -> Tensor* {
+    for (auto& [n, t] : m->buffers_)
+      if (n == name) return &t;
+    return nullptr;
+  };
+  auto norm = [&](const std::string& name) { return Norm{param(name + ".weight"), param(name + ".bias")}; };
+  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+    Linear lin;
+    lin.w = param(name + ".weight");
+    lin.b = param(name + ".bias");
+    lin.gain = param(name + ".sigma_gain");
+    lin.u = buffer(name + ".sigma_u");
+    lin.v = buffer(name + ".sigma_v");
+    lin.in = in;
+    lin.out = out;
+    if (lin.gain) {
+      lin.w_eff = Tensor::Zeros({out, in});
+      lin.dw_eff = Tensor::Zeros({out, in});
+    }
+    return lin;
+  };
+  impl.wte = param("wte.weight");
+  impl.wpe = param("wpe.weight");
+  impl.lm_head = param("lm_head.weight");
+  impl.nf = norm("nf");
+  impl.layers.resize(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string h = absl::StrCat("h.", l, ".");
+    Layer& y = impl.layers[l];
+    y.n1 = norm(h + "n1");
+    y.q_norm = norm(h + "q_norm");
+    y.k_norm = norm(h + "k_norm");
+    y.v_norm = norm(h + "v_norm");
+    y.proj_norm = norm(h + "proj_norm");
+    y.n2 = norm(h + "n2");
+    y.fc2_norm = norm(h + "fc2_norm");
+    y.qkv = linear(h + "qkv", 3 * C, C);
+    y.proj = linear(h + "proj", C, C);
+    y.fc1 = linear(h + "fc1", F, C);
+    y.fc2 = linear(h + "fc2", C, F);
+    y.ls1 = param(h + "proj_scale");
+    y.ls2 = param(h + "fc2_scale");
+  }
+  return m;
+}
+
+void Model::ZeroGrad() {
+  for (Parameter& p : params_) p.grad.SetZero();
+}
+
+namespace {
+
+void Alloc(Tensor& t, const Shape& shape) {
+  if (!t.defined() || t.shape() != shape) t = Tensor::Empty(shape);
+}
+
+void AllocNorm(NormActs& a, int64_t rows, int64_t d) {
+  Alloc(a.y, {rows * d});
+  Alloc(a.mean, {rows});
+  Alloc(a.rstd, {rows});
+}
+
+}  // namespace
+
+absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) {
+  const ModelConfig& c = config_;
+  if (ids.dtype() != DType::kI32 || targets.dtype() != DType::kI32 || ids.rank() != 2 ||
+      ids.shape() != targets.shape()) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: ids and targets must both be int32 [B, T], got ",
+                                                   ShapeToString(ids.shape()), " and ",
+                                                   ShapeToString(targets.shape())));
+  }
+  const int64_t B = ids.dim(0), T = ids.dim(1), N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
+  const int64_t H = c.n_head, HD = c.head_dim();
+  if (T < 1 || B < 1 || T > c.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: sequence length ", T, " must be in [1, seq_len = ",
+                                                   c.seq_len, "] and batch ", B, " at least 1"));
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    for (const Tensor* t : {&ids, &targets}) {
+      const int32_t id = t->i32()[i];
+      if (id < 0 || id >= V) {
+        return absl::InvalidArgumentError(absl::StrCat("Forward: ", t == &ids ? "input" : "target", " token ", id,
+                                                       " at position ", i, " is outside the vocabulary [0, ", V,
+                                                       ") of this model (vocab_size)"));
+      }
+    }
+  }
+  Impl& m = *impl_;
+  ops::Backend& be = *backend_;
+  m.B = B;
+  m.T = T;
+  m.ids = ids;
+  m.targets = targets;
+  telemetry_.Clear();
+  const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
+    AllocNorm(a, rows, d);
+    be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
+                   a.y.f32(), a.mean.f32(), a.rstd.f32());
+  };
+  const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name) {
+    if (lin.gain) {
+      lin.sigma = be.SigmaReparamForward(lin.w->value.f32(), lin.gain->value.f32()[0], lin.out, lin.in, training_,
+                                         lin.u->f32(), lin.v->f32(), lin.w_eff.f32());
+    }
+    Alloc(y, {N, lin.out});
+    be.LinearForward(x.f32(), lin.weight(), lin.b ? lin.b->value.f32() : nullptr, N, lin.in, lin.out, y.f32());
+    if (telemetry_on_) {
+      telemetry_.Set(name + ".out_norm", be.MeanRowNorm(y.f32(), N, lin.out));
+      telemetry_.Set(name + ".in_norm", be.MeanRowNorm(x.f32(), N, lin.in));
+      telemetry_.Set(name + ".weight_norm", std::sqrt(be.SumSquares(lin.weight(), lin.out * lin.in)));
+      if (lin.gain) telemetry_.Set(name + ".sigma", lin.sigma);
+    }
+  };
+
+  m.stream.resize(c.n_layer + 1);
+  for (Tensor& t : m.stream) Alloc(t, {N, C});
+  be.EmbeddingForward(ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
+                      m.stream[0].f32());
+
+  ops::AttentionOptions attn;
+  attn.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+  attn.temperature = c.attn_temperature;
+  attn.soft_cap = c.attn_soft_cap;
+  attn.clip = c.softmax_clip;
+  attn.clip_zeta = c.clip_zeta;
+  attn.clip_gamma = c.clip_gamma;
+  const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    Layer& y = m.layers[l];
+    const std::string name = absl::StrCat("h.", l, ".");
+    const Tensor& x = m.stream[l];
+    const Tensor* a1 = &x;
+    if (y.n1.on()) {
+      run_norm(y.n1, x, N, C, y.a1);
+      a1 = &y.a1.y;
+    }
+    run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
+    Alloc(y.q_raw, {N, C});
+    Alloc(y.k_raw, {N, C});
+    Alloc(y.v_raw, {N, C});
+    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 0, C, y.q_raw.f32(), C, 0);
+    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, C, C, y.k_raw.f32(), C, 0);
+    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 2 * C, C, y.v_raw.f32(), C, 0);
+    // Norm outputs (or the raw slices) become the attention inputs; RoPE rotates them in
+    // place, which is safe: backward needs only the norms' inputs, not their outputs.
+    y.q_att = y.q_raw;
+    y.k_att = y.k_raw;
+    y.v_att = y.v_raw;
+    if (y.q_norm.on()) {
+      run_norm(y.q_norm, y.q_raw, qkv_rows, qkv_d, y.qn);
+      run_norm(y.k_norm, y.k_raw, qkv_rows, qkv_d, y.kn);
+      y.q_att = y.qn.y;
+      y.k_att = y.kn.y;
+    }
+    if (y.v_norm.on()) {
+      run_norm(y.v_norm, y.v_raw, qkv_rows, qkv_d, y.vn);
+      y.v_att = y.vn.y;
+    }
+    if (c.position == Position::kRope) {
+      if (!y.q_norm.on()) {  // don't rotate q_raw itself: keep the raw slices intact for telemetry/debug
+        y.q_att = y.q_raw.Clone();
+        y.k_att = y.k_raw.Clone();
+      }
+      be.Rope(y.q_att.f32(), B, T, H, HD, c.rope_base, false);
+      be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);
+    }
+    Alloc(y.probs, {B, H, T, T});
+    Alloc(y.att, {N, C});
+    ops::AttentionStats stats;
+    be.AttentionForward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), B, T, H, HD, attn, y.att.f32(), y.probs.f32(),
+                        telemetry_on_ ? &stats : nullptr);
+    if (telemetry_on_) {
+      telemetry_.Set(name + "attn.max_logit", stats.max_logit);
+      telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
+    }
+    run_linear(y.proj, y.att, y.proj_out, name + "proj");
+    const Tensor* branch = &y.proj_out;
+    if (y.proj_norm.on()) {
+      run_norm(y.proj_norm, y.proj_out, N, C, y.pn);
+      branch = &y.pn.y;
+    }
+    y.branch1_in = branch;
+    if (y.ls1) {
+      Alloc(y.ls1_out, {N, C});
+      be.ChannelScaleForward(branch->f32(), y.ls1->value.f32(), N, C, y.ls1_out.f32());
+      branch = &y.ls1_out;
+    }
+    Alloc(y.h, {N, C});
+    be.Add(x.f32(), branch->f32(), N * C, y.h.f32());
+
+    const Tensor* a2 = &y.h;
+    if (y.n2.on()) {
+      run_norm(y.n2, y.h, N, C, y.a2);
+      a2 = &y.a2.y;
+    }
+    run_linear(y.fc1, *a2, y.fc1_out, name + "fc1");
+    Alloc(y.act, {N, F});
+    be.ActivationForward(c.activation, y.fc1_out.f32(), N * F, y.act.f32());
+    run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
+    branch = &y.fc2_out;
+    if (y.fc2_norm.on()) {
+      run_norm(y.fc2_norm, y.fc2_out, N, C, y.fn);
+      branch = &y.fn.y;
+    }
+    y.branch2_in = branch;
+    if (y.ls2) {
+      Alloc(y.ls2_out, {N, C});
+      be.ChannelScaleForward(branch->f32(), y.ls2->value.f32(), N, C, y.ls2_out.f32());
+      branch = &y.ls2_out;
+    }
+    be.Add(y.h.f32(), branch->f32(), N * C, m.stream[l + 1].f32());
+  }
+
+  run_norm(m.nf, m.stream[c.n_layer], N, C, m.xf);
+  Alloc(m.logits, {N, V});
+  const Parameter* head = m.lm_head ? m.lm_head : m.wte;
+  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32());
+  Alloc(m.lse, {N});
+  ops::CrossEntropyStats ce;
+  be.CrossEntropyForward(m.logits.f32(), targets.i32(), N, V, {c.logit_soft_cap, c.z_loss}, m.lse.f32(), &ce);
+  telemetry_.Set("loss", ce.loss);
+  telemetry_.Set("ce_loss", ce.ce_loss);
+  telemetry_.Set("logits.max", ce.max_logit);
+  telemetry_.Set("logits.mean_log_z", ce.mean_lse);
+  m.have_forward = true;
+  return ce.loss;
+}
+
+absl::Status Model::Backward(float dloss) {
+  Impl& m = *impl_;
+  if (!m.have_forward) return absl::FailedPreconditionError("Backward needs a Forward first");
+  const ModelConfig& c = config_;
+  ops::Backend& be = *backend_;
+  const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
+  const int64_t H = c.n_head, HD = c.head_dim();
+  const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(*t, {N, C});
+  Alloc(m.dqkv, {N, 3 * C});
+  Alloc(m.dF1, {N, F});
+  Alloc(m.dF2, {N, F});
+  Alloc(m.dlogits, {N, V});
+  Alloc(m.dtmp, {N, C});
+
+  const auto norm_back = [&](const Norm& n, const Tensor& x, const NormActs& a, const float* dy, int64_t rows,
+                             int64_t d, float* dx) {
+    be.NormBackward(c.norm, x.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, rows, d, dx, n.g->grad.f32(),
+                    n.b ? n.b->grad.f32() : nullptr);
+  };
+  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx) {
+    if (lin.gain) lin.dw_eff.SetZero();
+    be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
+                      lin.b ? lin.b->grad.f32() : nullptr);
+    if (lin.gain) {
+      lin.gain->grad.f32()[0] += be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32()[0], lin.sigma,
+                                                         lin.u->f32(), lin.v->f32(), lin.dw_eff.f32(), lin.out,
+                                                         lin.in, lin.w->grad.f32());
+    }
+  };
+
+  be.CrossEntropyBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss}, dloss,
+                          m.dlogits.f32());
+  Parameter* head = m.lm_head ? m.lm_head : m.wte;
+  be.LinearBackward(m.xf.y.f32(), head->value.f32(), m.dlogits.f32(), N, C, V, m.dxf.f32(), head->grad.f32(),
+                    nullptr);
+  norm_back(m.nf, m.stream[c.n_layer], m.xf, m.dxf.f32(), N, C, m.dres.f32());
+
+  for (int64_t l = c.n_layer - 1; l >= 0; --l) {
+    Layer& y = m.layers[l];
+    // MLP branch: dres holds d(block output); it is also d(h) through the residual.
+    const float* g = m.dres.f32();
+    if (y.ls2) {
+      be.ChannelScaleBackward(y.branch2_in->f32(), y.ls2->value.f32(), g, N, C, m.t1.f32(), y.ls2->grad.f32());
+      g = m.t1.f32();
+    }
+    if (y.fc2_norm.on()) {
+      norm_back(y.fc2_norm, y.fc2_out, y.fn, g, N, C, m.t2.f32());
+      g = m.t2.f32();
+    }
+    linear_back(y.fc2, y.act, g, m.dF1.f32());
+    be.ActivationBackward(c.activation, y.fc1_out.f32(), m.dF1.f32(), N * F, m.dF2.f32());
+    const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
+    linear_back(y.fc1, a2, m.dF2.f32(), m.t3.f32());
+    if (y.n2.on()) {
+      norm_back(y.n2, y.h, y.a2, m.t3.f32(), N, C, m.dtmp.f32());
+      be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
+    } else {
+      be.AddInPlace(m.dres.f32(), m.t3.f32(), N * C);
+    }
+
+    // Attention branch: dres now holds d(h), also d(x) through the residual.
+    g = m.dres.f32();
+    if (y.ls1) {
+      be.ChannelScaleBackward(y.branch1_in->f32(), y.ls1->value.f32(), g, N, C, m.t1.f32(), y.ls1->grad.f32());
+      g = m.t1.f32();
+    }
+    if (y.proj_norm.on()) {
+      norm_back(y.proj_norm, y.proj_out, y.pn, g, N, C, m.t2.f32());
+      g = m.t2.f32();
+    }
+    linear_back(y.proj, y.att, g, m.t3.f32());
+    ops::AttentionOptions attn;
+    attn.scale = 1.0f / std::sqrt(static_cast<float>(HD));
+    attn.temperature = c.attn_temperature;
+    attn.soft_cap = c.attn_soft_cap;
+    attn.clip = c.softmax_clip;
+    attn.clip_zeta = c.clip_zeta;
+    attn.clip_gamma = c.clip_gamma;
+    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.probs.f32(), m.t3.f32(), B, T, H, HD, attn,
+                         m.dq.f32(), m.dk.f32(), m.dv.f32());
+    if (c.position == Position::kRope) {
+      be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
+      be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);
+    }
+    const float* dq = m.dq.f32();
+    const float* dk = m.dk.f32();
+    const float* dv = m.dv.f32();
+    if (y.q_norm.on()) {
+      norm_back(y.q_norm, y.q_raw, y.qn, dq, qkv_rows, qkv_d, m.t1.f32());
+      norm_back(y.k_norm, y.k_raw, y.kn, dk, qkv_rows, qkv_d, m.t2.f32());
+      dq = m.t1.f32();
+      dk = m.t2.f32();
+    }
+    if (y.v_norm.on()) {
+      norm_back(y.v_norm, y.v_raw, y.vn, dv, qkv_rows, qkv_d, m.t3.f32());
+      dv = m.t3.f32();
+    }
+    be.CopyColumns(dq, N, C, 0, C, m.dqkv.f32(), 3 * C, 0);
+    be.CopyColumns(dk, N, C, 0, C, m.dqkv.f32(), 3 * C, C);
+    be.CopyColumns(dv, N, C, 0, C, m.dqkv.f32(), 3 * C, 2 * C);
+    const Tensor& x = m.stream[l];
+    const Tensor& a1 = y.n1.on() ? y.a1.y : x;
+    linear_back(y.qkv, a1, m.dqkv.f32(), m.dtmp.f32());
+    if (y.n1.on()) {
+      norm_back(y.n1, x, y.a1, m.dtmp.f32(), N, C, m.t1.f32());
+      be.AddInPlace(m.dres.f32(), m.t1.f32(), N * C);
+    } else {
+      be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
+    }
+  }
+  be.EmbeddingBackward(m.ids.i32(), N, T, m.dres.f32(), C, m.wte->grad.f32(), m.wpe ? m.wpe->grad.f32() : nullptr);
+  return absl::OkStatus();
+}
+
+double Model::ComputeGradNorms() {
+  double total = 0;
+  for (const Parameter& p : params_) {
+    const double ss = backend_->SumSquares(p.grad.f32(), p.grad.numel());
+    telemetry_.Set("grad_norm." + p.name, std::sqrt(ss));
+    total += ss;
+  }
+  telemetry_.Set("grad_norm", std::sqrt(total));
+  return std::sqrt(total);
+}
+
+}  // namespace stability::model

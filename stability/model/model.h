@@ -1,0 +1,100 @@
+// The GPT: parameters, one forward and one hand-written backward over the op interface,
+// with every stability method as a branch inside the block (DESIGN.md §2):
+//
+//   a1 = N1(x)                      (skipped when !n1, e.g. qkv_norm)
+//   q, k, v = split(QKV(a1))        QKV weight [3C, C], output [q | k | v]
+//   q, k (, v) = norms              (qk_norm, v_norm; per head or full width)
+//   q, k = rope(q, k)               (position = rope)
+//   h = x + LS1 ⊙ Nproj(Proj(Attn(q, k, v)))      (Nproj: proj_norm; LS1: layer_scale)
+//   y = h + LS2 ⊙ Nfc2(FC2(act(FC1(N2(h)))))      (Nfc2: fc2_norm)
+//   logits = Nf(x_L) · Wᵀ (W = wte when tied, else lm_head); loss = CE + z-loss
+//
+// With sigma_reparam each of QKV, Proj, FC1, FC2 uses W_eff = (g/σ(W))·W, σ from one
+// power-iteration step per training forward (buffers sigma_u, sigma_v).
+//
+//   auto model = Model::Create(config, /*seed=*/1);
+//   double loss = *model->Forward(ids, targets);   // ids, targets: int32 [B, T]
+//   model->ZeroGrad(); model->Backward();
+//   for (Parameter& p : model->parameters()) ... p.grad ...
+#ifndef STABILITY_MODEL_MODEL_H_
+#define STABILITY_MODEL_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "stability/base/tensor.h"
+#include "stability/model/config.h"
+#include "stability/ops/backend.h"
+
+namespace stability::model {
+
+struct Parameter {
+  std::string name;  // "h.0.qkv.weight": the names of the README's parameter table
+  Tensor value;
+  Tensor grad;
+  bool weight_decay;  // false for norms, biases, embeddings, gains and scales
+};
+
+// Telemetry values by their fixed names (README: "Telemetry"), in a stable order.
+class Telemetry {
+ public:
+  void Set(const std::string& name, double value);
+  const std::vector<std::pair<std::string, double>>& values() const { return values_; }
+  double Get(const std::string& name) const;  // NaN when absent
+  void Clear() { values_.clear(); }
+
+ private:
+  std::vector<std::pair<std::string, double>> values_;
+};
+
+class Model {
+ public:
+  // Builds the parameters with GPT-2 initialisation from `seed`: N(0, init_std), residual
+  // projections (Proj, FC2) N(0, init_std / sqrt(2·n_layer)), norm gains 1, biases 0,
+  // layer scales layer_scale_init, σ-reparam gains 1.
+  static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config, uint64_t seed,
+                                                       Device device = kCpu);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  std::vector<Parameter>& parameters() { return params_; }
+  // Non-trainable state saved with the parameters (σ-reparam power-iteration vectors).
+  std::vector<std::pair<std::string, Tensor>>& buffers() { return buffers_; }
+  Parameter* FindParameter(const std::string& name);
+
+  // Training mode advances the σ-reparam power iteration in each Forward (default on).
+  void set_training(bool training) { training_ = training; }
+  // Telemetry in Forward (norms, attention stats) costs a few percent; on by default.
+  void set_telemetry(bool on) { telemetry_on_ = on; }
+
+  // ids, targets: int32 [B, T], T <= seq_len, values < vocab_size. Returns the loss.
+  absl::StatusOr<double> Forward(const Tensor& ids, const Tensor& targets);
+  // Accumulates d(loss)/d(param)·dloss into every Parameter::grad. Needs a Forward first.
+  absl::Status Backward(float dloss = 1.0f);
+  void ZeroGrad();
+  // Global and per-tensor gradient L2 norms, into telemetry (grad_norm, grad_norm.<name>).
+  double ComputeGradNorms();
+
+  const Telemetry& telemetry() const { return telemetry_; }
+  const Tensor& logits() const;  // [B·T, vocab_size] of the last Forward
+
+ private:
+  struct Impl;
+  Model(ModelConfig config, Device device);
+  ModelConfig config_;
+  Device device_;
+  ops::Backend* backend_;
+  bool training_ = true;
+  bool telemetry_on_ = true;
+  std::vector<Parameter> params_;
+  std::vector<std::pair<std::string, Tensor>> buffers_;
+  Telemetry telemetry_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stability::model
+
+#endif  // STABILITY_MODEL_MODEL_H_
