@@ -60,6 +60,7 @@ struct Layer {
   NormActs a1, qn, kn, vn, pn, a2, fn;
   Tensor qkv_out, q_raw, k_raw, v_raw, probs, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
   Tensor q_att, k_att, v_att;  // attention inputs: after norms and RoPE
+  Tensor q_rope, k_rope;       // RoPE's own buffers when there is no q/k norm
   const Tensor* branch1_in = nullptr;  // what layer scale 1 multiplied
   const Tensor* branch2_in = nullptr;
 };
@@ -213,6 +214,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     y.fc2 = linear(h + "fc2", C, F);
     y.ls1 = param(h + "proj_scale");
     y.ls2 = param(h + "fc2_scale");
+    // One power-iteration step now, so σ is defined even before the first training step.
+    for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
+      if (lin->gain) {
+        lin->sigma = m->backend_->SigmaReparamForward(lin->w->value.f32(), 1.0f, lin->out, lin->in, true,
+                                                      lin->u->f32(), lin->v->f32(), lin->w_eff.f32());
+      }
+    }
   }
   return m;
 }
@@ -332,9 +340,13 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.v_att = y.vn.y;
     }
     if (c.position == Position::kRope) {
-      if (!y.q_norm.on()) {  // don't rotate q_raw itself: keep the raw slices intact for telemetry/debug
-        y.q_att = y.q_raw.Clone();
-        y.k_att = y.k_raw.Clone();
+      if (!y.q_norm.on()) {  // keep q_raw/k_raw as QKV produced them
+        Alloc(y.q_rope, {N, C});
+        Alloc(y.k_rope, {N, C});
+        be.Copy(y.q_raw.f32(), N * C, y.q_rope.f32());
+        be.Copy(y.k_raw.f32(), N * C, y.k_rope.f32());
+        y.q_att = y.q_rope;
+        y.k_att = y.k_rope;
       }
       be.Rope(y.q_att.f32(), B, T, H, HD, c.rope_base, false);
       be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);

@@ -54,7 +54,8 @@ class Model {
  public:
   // Builds the parameters with GPT-2 initialisation from `seed`: N(0, init_std), residual
   // projections (Proj, FC2) N(0, init_std / sqrt(2·n_layer)), norm gains 1, biases 0,
-  // layer scales layer_scale_init, σ-reparam gains 1.
+  // layer scales layer_scale_init, σ-reparam gains 1 (σ-reparam's u: a random unit vector,
+  // then one power-iteration step, so σ is defined before training).
   static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config, uint64_t seed,
                                                        Device device = kCpu);
   ~Model();
