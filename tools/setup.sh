@@ -21,7 +21,7 @@ apt_packages=(
   # C++ libraries (third_party/BUILD wraps each)
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
   pybind11-dev python3-dev libdnnl-dev libopenblas-dev libgomp1
-  libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece
+  libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece libicu-dev
   # Python side: tests, reference parity, plots
   python3-numpy python3-pytest python3-torch python3-matplotlib python3-venv python3-pip
   # report tests: a real browser
