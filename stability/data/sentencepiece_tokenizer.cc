@@ -64,8 +64,8 @@ absl::Status TrainSentencePiece(const std::vector<std::string>& inputs, const st
   const std::string args = absl::StrCat(
       "--input=", absl::StrJoin(inputs, ","), " --model_prefix=", model_prefix, " --vocab_size=", o.vocab_size,
       " --model_type=", o.model_type, " --byte_fallback=true --character_coverage=0.9995",
-      " --input_sentence_size=", o.input_sentence_size, " --shuffle_input_sentence=true",
-      " --random_seed=", o.seed, " --num_threads=2 --minloglevel=2 --max_sentence_length=16384",
+      // All lines, in order: sampling would make the vocabulary depend on an unseeded RNG.
+      " --input_sentence_size=0 --shuffle_input_sentence=false --num_threads=2 --minloglevel=2 --max_sentence_length=16384",
       " --split_digits=true --allow_whitespace_only_pieces=true --remove_extra_whitespaces=false",
       " --normalization_rule_name=identity");
   if (std::string e = internal::SentencePieceTrain(args); !e.empty()) {

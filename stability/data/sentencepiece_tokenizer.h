@@ -16,12 +16,11 @@ namespace stability::data {
 struct SentencePieceTrainOptions {
   int vocab_size = 4096;
   std::string model_type = "bpe";      // bpe | unigram | char | word
-  int64_t input_sentence_size = 2000000;  // lines sampled for training (0: all)
-  uint64_t seed = 1;
 };
 
 // Trains on `inputs` (UTF-8 text files) and writes `<model_prefix>.model` and `.vocab`.
-// Byte fallback is on, so every input round-trips; id 3 is the end-of-text token.
+// Byte fallback is on, so every input round-trips; </s> (id 2) is the end-of-text token.
+// Trained on every line in order, so the same inputs give the same vocabulary.
 absl::Status TrainSentencePiece(const std::vector<std::string>& inputs, const std::string& model_prefix,
                                 const SentencePieceTrainOptions& options);
 
