@@ -25,18 +25,14 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "stability/base/parameter.h"
 #include "stability/base/tensor.h"
 #include "stability/model/config.h"
 #include "stability/ops/backend.h"
 
 namespace stability::model {
 
-struct Parameter {
-  std::string name;  // "h.0.qkv.weight": the names of the README's parameter table
-  Tensor value;
-  Tensor grad;
-  bool weight_decay;  // false for norms, biases, embeddings, gains and scales
-};
+using ::stability::Parameter;
 
 // Telemetry values by their fixed names (README: "Telemetry"), in a stable order.
 class Telemetry {

@@ -134,6 +134,13 @@ class Backend {
   virtual void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                     int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) = 0;
 
+  // AdamW (Loshchilov & Hutter; torch.optim.AdamW's order of operations), with g = grad·grad_scale:
+  //   p ← p − lr·wd·p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+  //   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps),   bc_i = 1 − β_i^step
+  virtual void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
+                     float eps, float weight_decay, float bias_correction1, float bias_correction2,
+                     float grad_scale) = 0;
+
   // Reductions for telemetry and clipping, accumulated in double.
   virtual double SumSquares(const float* x, int64_t n) = 0;
   // mean over rows of the L2 norm of each row: (1/N) Σ_n ‖x[n, :]‖

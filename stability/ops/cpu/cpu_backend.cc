@@ -235,6 +235,21 @@ float CpuBackend::SigmaReparamBackward(const float* w, float g, float sigma, con
   return static_cast<float>(gw / sigma);
 }
 
+void CpuBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
+                       float eps, float weight_decay, float bias_correction1, float bias_correction2,
+                       float grad_scale) {
+  const float step_size = lr / bias_correction1;
+  const float sqrt_bc2 = std::sqrt(bias_correction2);
+  const float decay = 1.0f - lr * weight_decay;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = grad[i] * grad_scale;
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+    p[i] = p[i] * decay - step_size * m[i] / (std::sqrt(v[i]) / sqrt_bc2 + eps);
+  }
+}
+
 double CpuBackend::SumSquares(const float* x, int64_t n) {
   return ChunkedSum(n, [x](int64_t i) { return static_cast<double>(x[i]) * x[i]; });
 }

@@ -49,6 +49,8 @@ class CpuBackend final : public Backend {
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
+  void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
+             float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
   double SumSquares(const float* x, int64_t n) override;
   double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
   void Scale(float* x, int64_t n, float s) override;
