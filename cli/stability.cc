@@ -1,5 +1,6 @@
 // The `stability` command: one binary, one subcommand per task.
 //
+//   bazel run //cli:stability -- train            (the tiny preset on the bundled corpus)
 //   bazel run //cli:stability -- info
 //   bazel run //cli:stability -- dump --preset=tiny --variant=qk_norm --out=/tmp/d.safetensors
 //   bazel run //cli:stability -- help
@@ -9,6 +10,7 @@
 
 #include "cli/dump.h"
 #include "cli/info.h"
+#include "cli/train.h"
 
 namespace {
 
@@ -19,6 +21,8 @@ struct Subcommand {
 };
 
 constexpr Subcommand kSubcommands[] = {
+    {"train", "train a model (no flags: the tiny preset on the bundled corpus)", stability::cli::RunTrain},
+    {"prepare", "text files -> train/val token shards", stability::cli::RunPrepare},
     {"info", "version, backends (CPU, CUDA + GPUs), threads, GEMM library, bundled data",
      stability::cli::RunInfo},
     {"dump", "one forward + backward to a safetensors file (parameters, logits, loss, gradients, telemetry)",
@@ -29,6 +33,7 @@ void PrintUsage(FILE* out) {
   std::fprintf(out, "usage: stability <subcommand> [flags]\n\nsubcommands:\n");
   for (const Subcommand& s : kSubcommands) std::fprintf(out, "  %-8s %s\n", s.name, s.summary);
   std::fprintf(out, "  %-8s %s\n", "help", "this list");
+  std::fprintf(out, "\n`stability <subcommand> --help` explains its flags.\n");
 }
 
 }  // namespace

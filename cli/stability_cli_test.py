@@ -1,4 +1,5 @@
 """End-to-end checks of the `stability` binary: exit codes and what it prints."""
+import json
 import os
 import subprocess
 
@@ -39,3 +40,70 @@ def test_info_rejects_arguments():
     r = run("info", "--bogus")
     assert r.returncode == 2
     assert "unexpected argument '--bogus'" in r.stderr
+
+
+def prepare_bytes(tmp_path):
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("The quick brown fox jumps over the lazy dog.\r\n" * 200)
+    r = run("prepare", f"--input={text}", f"--out={tmp_path}/shards", "--tokenizer=bytes")
+    assert r.returncode == 0, r.stderr
+    assert "train tokens" in r.stdout and "vocabulary 257" in r.stdout
+    return tmp_path / "shards"
+
+
+SMALL = ['--vocab_size=257', "--n_embd=32", "--seq_len=32", "--batch=2", "--eval_batches=1"]
+
+
+def test_train_runs_and_never_overwrites_a_run(tmp_path):
+    shards = prepare_bytes(tmp_path)
+    args = ["train", *SMALL, f"--data={shards}", f"--out={tmp_path}/run", "--steps=4", "--variant=qk_norm",
+            "--norm=rmsnorm", "--position=rope"]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "loss:" in r.stdout and f"run: {tmp_path}/run" in r.stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["norm"] == "rmsnorm" and config["model"]["qk_norm"] is True
+    assert config["model"]["position"] == "rope" and config["train"]["steps"] == 4
+    r = run(*args)
+    assert r.returncode == 2 and "holds a finished run" in r.stderr
+    # The saved config reproduces the run's settings.
+    r = run("train", f"--config={tmp_path}/run/config.json", f"--out={tmp_path}/run2", "--steps=2")
+    assert r.returncode == 0, r.stderr
+    config2 = json.loads((tmp_path / "run2" / "config.json").read_text())
+    assert config2["model"] == config["model"]
+
+
+def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
+    shards = prepare_bytes(tmp_path)
+    cases = [
+        (["--preset=huge"], 'unknown size preset "huge"'),
+        (["--lr=-1"], "--lr=-1 must be positive"),
+        (["--lrr=1"], "unknown flag --lrr"),
+        (["--variant=qknorm"], 'unknown variant "qknorm"'),
+        (["--n_head=3"], "must be divisible by n_head = 3"),
+        (["--schedule=exp"], 'unknown schedule "exp"'),
+        (["--qk_norm=maybe"], '"qk_norm" must be true or false'),
+    ]
+    for extra, message in cases:
+        r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/bad", *extra)
+        assert r.returncode == 2, extra
+        assert message in r.stderr, (extra, r.stderr)
+    bad = tmp_path / "badshards"
+    bad.mkdir()
+    (bad / "train_000000.bin").write_bytes(b"\x00" * 2048)
+    (bad / "val_000000.bin").write_bytes(b"\x00" * 2048)
+    r = run("train", *SMALL, f"--data={bad}", f"--out={tmp_path}/bad2")
+    assert r.returncode == 2 and "wrong magic" in r.stderr
+    r = run("prepare", f"--input={tmp_path}/text", f"--out={tmp_path}/p", "--tokenizer=gpt2:/nonexistent")
+    assert r.returncode == 2 and "cannot open GPT-2 encoder.json at /nonexistent/encoder.json" in r.stderr
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/nothing", "--resume")
+    assert r.returncode == 2 and "holds no run" in r.stderr
+
+
+def test_train_help_lists_every_switch():
+    r = run("train", "--help")
+    assert r.returncode == 0
+    for flag in ["--preset", "--variant", "--qk_norm", "--attn_soft_cap", "--z_loss", "--lr", "--schedule",
+                 "--resume", "--config", "--device", "--threads", "--eval_interval"]:
+        assert flag in r.stdout, flag

@@ -38,4 +38,17 @@ BundledData FindBundledData() {
   return d;
 }
 
+std::string ResolveUserPath(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty() || fs::path(path).is_absolute()) return path;
+  const std::string base = Getenv("BUILD_WORKING_DIRECTORY");
+  std::error_code ec;
+  return base.empty() ? fs::absolute(path, ec).string() : (fs::path(base) / path).string();
+}
+
+std::string DefaultRunsDir() {
+  const std::string ws = Getenv("BUILD_WORKSPACE_DIRECTORY");
+  return ws.empty() ? ResolveUserPath("runs") : ws + "/runs";
+}
+
 }  // namespace stability

@@ -25,6 +25,13 @@ struct BundledData {
 // Finds the data root from the environment; never fails (presence flags say what is there).
 BundledData FindBundledData();
 
+// A path the user typed, made absolute against the folder they typed it in: under
+// `bazel run` that is $BUILD_WORKING_DIRECTORY, not the runfiles folder Bazel starts in.
+std::string ResolveUserPath(const std::string& path);
+
+// Where runs go by default: <workspace>/runs under `bazel run`, else ./runs.
+std::string DefaultRunsDir();
+
 }  // namespace stability
 
 #endif  // STABILITY_BASE_PATHS_H_

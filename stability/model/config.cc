@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "stability/base/json_fields.h"
 
 namespace stability::model {
 namespace {
@@ -18,77 +19,20 @@ const std::map<std::string, ops::Activation> kActivations = {{"gelu", ops::Activ
                                                               {"relu", ops::Activation::kRelu}};
 const std::map<std::string, Position> kPositions = {{"learned", Position::kLearned}, {"rope", Position::kRope}};
 
-template <typename E>
-std::string EnumName(const std::map<std::string, E>& names, E value) {
-  for (const auto& [n, v] : names)
-    if (v == value) return n;
-  return "?";
-}
-
-template <typename E>
-std::string EnumChoices(const std::map<std::string, E>& names) {
-  std::vector<std::string> keys;
-  for (const auto& [n, v] : names) keys.push_back(n);
-  return absl::StrJoin(keys, ", ");
-}
-
-// One row per field: its JSON name, how to write it, how to read it (with a typed error).
-struct Field {
-  const char* name;
-  std::function<json(const ModelConfig&)> get;
-  std::function<absl::Status(const json&, ModelConfig&)> set;
-};
-
-template <typename T>
-absl::Status ReadScalar(const char* name, const json& j, T& out) {
-  const bool ok = std::is_same_v<T, bool>      ? j.is_boolean()
-                  : std::is_integral_v<T>      ? j.is_number_integer()
-                  : std::is_floating_point_v<T> ? j.is_number()
-                                                : j.is_string();
-  if (!ok) {
-    const char* want = std::is_same_v<T, bool> ? "true or false"
-                       : std::is_integral_v<T> ? "an integer"
-                       : std::is_floating_point_v<T> ? "a number"
-                                                      : "a string";
-    return absl::InvalidArgumentError(absl::StrCat("config field \"", name, "\" must be ", want, ", got ", j.dump()));
-  }
-  out = j.get<T>();
-  return absl::OkStatus();
-}
-
-template <typename E>
-absl::Status ReadEnum(const char* name, const json& j, const std::map<std::string, E>& names, E& out) {
-  if (j.is_string()) {
-    auto it = names.find(j.get<std::string>());
-    if (it != names.end()) {
-      out = it->second;
-      return absl::OkStatus();
-    }
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("config field \"", name, "\" must be one of ", EnumChoices(names), ", got ", j.dump()));
-}
-
-#define SCALAR(f) \
-  Field { #f, [](const ModelConfig& c) { return json(c.f); }, [](const json& j, ModelConfig& c) { return ReadScalar(#f, j, c.f); } }
-#define ENUM(f, names) \
-  Field { #f, [](const ModelConfig& c) { return json(EnumName(names, c.f)); }, [](const json& j, ModelConfig& c) { return ReadEnum(#f, j, names, c.f); } }
-
-const std::vector<Field>& Fields() {
-  static const std::vector<Field> fields = {
-      SCALAR(size), SCALAR(variant), SCALAR(vocab_size), SCALAR(seq_len), SCALAR(n_layer), SCALAR(n_head),
-      SCALAR(n_embd), SCALAR(mlp_ratio), ENUM(norm, kNormKinds), SCALAR(norm_eps), SCALAR(n1), SCALAR(n2),
-      SCALAR(qk_norm), SCALAR(v_norm), SCALAR(per_head_norm), SCALAR(proj_norm), SCALAR(fc2_norm),
-      SCALAR(attn_temperature), SCALAR(attn_soft_cap), SCALAR(softmax_clip), SCALAR(clip_zeta), SCALAR(clip_gamma),
-      SCALAR(sigma_reparam), SCALAR(layer_scale), SCALAR(layer_scale_init), SCALAR(z_loss), SCALAR(logit_soft_cap),
-      ENUM(position, kPositions), SCALAR(rope_base), SCALAR(tie_embeddings), SCALAR(bias),
-      ENUM(activation, kActivations), SCALAR(init_std),
+const JsonFields<ModelConfig>& Fields() {
+#define F(f) STABILITY_JSON_FIELD(ModelConfig, f)
+#define E(f, names) STABILITY_JSON_ENUM(ModelConfig, f, names)
+  static const JsonFields<ModelConfig> fields = {
+      F(size), F(variant), F(vocab_size), F(seq_len), F(n_layer), F(n_head), F(n_embd), F(mlp_ratio),
+      E(norm, kNormKinds), F(norm_eps), F(n1), F(n2), F(qk_norm), F(v_norm), F(per_head_norm), F(proj_norm),
+      F(fc2_norm), F(attn_temperature), F(attn_soft_cap), F(softmax_clip), F(clip_zeta), F(clip_gamma),
+      F(sigma_reparam), F(layer_scale), F(layer_scale_init), F(z_loss), F(logit_soft_cap), E(position, kPositions),
+      F(rope_base), F(tie_embeddings), F(bias), E(activation, kActivations), F(init_std),
   };
+#undef F
+#undef E
   return fields;
 }
-
-#undef SCALAR
-#undef ENUM
 
 struct SizePreset {
   int64_t vocab_size, seq_len, n_layer, n_head, n_embd;
@@ -173,27 +117,13 @@ absl::Status ModelConfig::Validate() const {
   return absl::OkStatus();
 }
 
-nlohmann::json ModelConfig::ToJson() const {
-  json j = json::object();
-  for (const Field& f : Fields()) j[f.name] = f.get(*this);
-  return j;
-}
+nlohmann::json ModelConfig::ToJson() const { return ::stability::ToJson(*this, Fields()); }
+
+std::vector<std::string> ModelConfigFieldNames() { return FieldNames(Fields()); }
 
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j) {
-  if (!j.is_object()) return absl::InvalidArgumentError("model config must be a JSON object, got " + j.dump());
   ModelConfig c;
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const Field* field = nullptr;
-    for (const Field& f : Fields())
-      if (it.key() == f.name) field = &f;
-    if (field == nullptr) {
-      std::vector<std::string> names;
-      for (const Field& f : Fields()) names.push_back(f.name);
-      return absl::InvalidArgumentError(absl::StrCat("unknown model config field \"", it.key(),
-                                                     "\"; known fields: ", absl::StrJoin(names, ", ")));
-    }
-    if (absl::Status s = field->set(it.value(), c); !s.ok()) return s;
-  }
+  if (absl::Status s = FromJson(j, Fields(), &c, "model config"); !s.ok()) return s;
   if (absl::Status s = c.Validate(); !s.ok()) return s;
   return c;
 }

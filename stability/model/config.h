@@ -83,6 +83,9 @@ struct ModelConfig {
 // that name the field. Missing fields keep the defaults above. The result is validated.
 absl::StatusOr<ModelConfig> ConfigFromJson(const nlohmann::json& j);
 
+// The JSON / flag names of every field, in declaration order.
+std::vector<std::string> ModelConfigFieldNames();
+
 std::vector<std::string> SizePresetNames();
 std::vector<std::string> VariantPresetNames();
 // A size preset with a variant preset applied; errors list the valid names.

@@ -1,0 +1,339 @@
+#include "stability/train/trainer.h"
+
+#include <omp.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "stability/base/paths.h"
+#include "stability/base/status.h"
+#include "stability/data/loader.h"
+#include "stability/data/prepare.h"
+#include "stability/model/model.h"
+#include "stability/optim/adamw.h"
+#include "stability/optim/schedule.h"
+#include "stability/train/checkpoint.h"
+#include "stability/train/metrics.h"
+
+namespace stability::train {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string FormatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const int s = static_cast<int>(seconds + 0.5);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, (s / 60) % 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+std::string FormatCount(double v) {
+  if (v >= 1e6) return absl::StrFormat("%.2fM", v / 1e6);
+  if (v >= 1e3) return absl::StrFormat("%.1fk", v / 1e3);
+  return absl::StrFormat("%.0f", v);
+}
+
+// Prepares the bundled corpus into the default data folder if it is not there yet.
+absl::StatusOr<std::string> ResolveData(const std::string& data, FILE* progress) {
+  if (!data.empty()) return ResolveUserPath(data);
+  const std::string dir = DefaultDataDir();
+  if (data::ListShards(dir, "train").ok() && data::ListShards(dir, "val").ok()) return dir;
+  const BundledData bundled = FindBundledData();
+  if (!bundled.corpus_present) {
+    return absl::NotFoundError(absl::StrCat("the bundled corpus is not installed at ", bundled.corpus_dir,
+                                            "; run `bash tools/setup.sh` or pass --data=DIR"));
+  }
+  if (progress) std::fprintf(progress, "preparing the bundled corpus into %s (once)\n", dir.c_str());
+  data::PrepareOptions o{.inputs = {bundled.corpus_dir}, .out_dir = dir, .tokenizer = "gpt2", .force = true};
+  o.progress = [progress](int64_t done, int64_t total, int64_t tokens) {
+    if (progress) std::fprintf(progress, "\r  %lld/%lld books, %s tokens", (long long)done, (long long)total,
+                               FormatCount(tokens).c_str());
+  };
+  absl::StatusOr<data::PrepareSummary> s = data::Prepare(o);
+  if (progress) std::fprintf(progress, "\n");
+  if (!s.ok()) return s.status();
+  return dir;
+}
+
+std::string DefaultOutDir(const RunConfig& c) {
+  return absl::StrFormat("%s/%s-%s-lr%g-seed%d", DefaultRunsDir(), c.model.size, c.model.variant, c.train.lr,
+                         c.train.seed);
+}
+
+absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError(absl::StrCat(path, " is not valid JSON"));
+  return j;
+}
+
+// State of the divergence detector; saved in checkpoints so a resumed run decides the same.
+struct Detector {
+  double loss_at_init = NAN;
+  int64_t above = 0;  // consecutive steps above the threshold
+  nlohmann::json ToJson() const { return {{"loss_at_init", loss_at_init}, {"above", above}}; }
+  void FromJson(const nlohmann::json& j) {
+    loss_at_init = j.at("loss_at_init").is_number() ? j.at("loss_at_init").get<double>() : NAN;
+    above = j.at("above").get<int64_t>();
+  }
+};
+
+}  // namespace
+
+std::string DefaultDataDir() { return FindBundledData().root + "/data/gutenberg-gpt2"; }
+
+absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions& options) {
+  TrainConfig& tc = config.train;
+  const model::ModelConfig& mc = config.model;
+  STABILITY_RETURN_IF_ERROR(mc.Validate());
+  STABILITY_RETURN_IF_ERROR(tc.Validate());
+  FILE* out = options.progress;
+
+  // Output folder: never overwrite a run unless resuming it.
+  tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
+  const std::string ckpt_dir = tc.out + "/checkpoints";
+  std::error_code ec;
+  const bool has_config = fs::exists(tc.out + "/config.json", ec);
+  const bool finished = fs::exists(tc.out + "/summary.json", ec);
+  if (options.resume) {
+    if (!has_config) return absl::NotFoundError(absl::StrCat("--resume: ", tc.out, " holds no run (no config.json)"));
+    // The run continues with its own configuration; only where it stops may change.
+    STABILITY_ASSIGN_OR_RETURN(nlohmann::json saved, ReadJsonFile(tc.out + "/config.json"));
+    STABILITY_ASSIGN_OR_RETURN(RunConfig saved_config, RunConfigFromJson(saved));
+    const std::string keep_out = tc.out;
+    const int64_t steps = tc.steps;
+    config = saved_config;
+    tc.out = keep_out;
+    if (steps > tc.steps) tc.steps = steps;  // allow extending a run
+  } else if (finished) {
+    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds a finished run; choose another --out"));
+  } else if (has_config) {
+    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds an unfinished run; pass --resume to continue it ",
+                                                 "or choose another --out"));
+  }
+  fs::create_directories(tc.out, ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot create the run folder ", tc.out, ": ", ec.message()));
+  if (::access(tc.out.c_str(), W_OK) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("the run folder ", tc.out, " is not writable"));
+  }
+
+  if (tc.device != "auto" && tc.device != "cpu") {
+    return absl::UnavailableError(absl::StrCat("--device=", tc.device,
+                                               ": the CUDA backend is not part of this build yet; use --device=cpu"));
+  }
+  if (tc.threads > 0) omp_set_num_threads(static_cast<int>(tc.threads));
+  const int64_t seq = tc.seq > 0 ? tc.seq : mc.seq_len;
+  if (seq > mc.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq=", seq, " exceeds the model's seq_len = ", mc.seq_len));
+  }
+  STABILITY_ASSIGN_OR_RETURN(std::string data_dir, ResolveData(tc.data, out));
+  STABILITY_ASSIGN_OR_RETURN(std::vector<std::string> train_shards, data::ListShards(data_dir, "train"));
+  STABILITY_ASSIGN_OR_RETURN(std::vector<std::string> val_shards, data::ListShards(data_dir, "val"));
+  STABILITY_ASSIGN_OR_RETURN(
+      std::unique_ptr<data::DataLoader> train_loader,
+      data::DataLoader::Open(train_shards, {.batch = tc.batch, .seq = seq, .shuffle = true, .seed = tc.seed,
+                                            .vocab_size = mc.vocab_size}));
+  STABILITY_ASSIGN_OR_RETURN(
+      std::unique_ptr<data::DataLoader> val_loader,
+      data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .vocab_size = mc.vocab_size}));
+
+  STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed));
+  optim::AdamW opt(&model->parameters(), {.beta1 = tc.beta1, .beta2 = tc.beta2, .eps = tc.eps,
+                                          .weight_decay = tc.weight_decay, .decay_all = tc.decay_all});
+  optim::Schedule schedule{.lr = tc.lr, .min_lr = tc.min_lr, .warmup = tc.warmup, .total = tc.steps};
+  STABILITY_RETURN_IF_ERROR(optim::ParseDecay(tc.schedule, &schedule.decay));
+  STABILITY_RETURN_IF_ERROR(schedule.Validate());
+
+  Detector detector;
+  int64_t start = 0;
+  double best_val = INFINITY, last_val = NAN;
+  double prior_wall = 0;
+  if (options.resume) {
+    absl::StatusOr<std::string> latest = FindLatestCheckpoint(ckpt_dir);
+    if (!latest.ok()) return absl::NotFoundError(absl::StrCat("--resume: ", latest.status().message()));
+    STABILITY_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(*latest));
+    for (Parameter& p : model->parameters()) {
+      STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(p.name));
+      if (t.shape() != p.value.shape()) {
+        return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": ", p.name, " has shape ",
+                                                ShapeToString(t.shape()), ", the model needs ", ShapeToString(p.value.shape())));
+      }
+      std::memcpy(p.value.data(), t.data(), t.nbytes());
+    }
+    for (auto& [name, buf] : model->buffers()) {
+      STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(name));
+      if (t.numel() != buf.numel()) return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": bad ", name));
+      std::memcpy(buf.data(), t.data(), t.nbytes());
+    }
+    const nlohmann::json& st = ckpt.state;
+    STABILITY_RETURN_IF_ERROR(opt.LoadState(ckpt.tensors.tensors, st.at("optimizer_step").get<int64_t>()));
+    STABILITY_RETURN_IF_ERROR(train_loader->set_position(
+        {st.at("data").at("epoch").get<int64_t>(), st.at("data").at("next").get<int64_t>()}));
+    detector.FromJson(st.at("detector"));
+    best_val = st.value("best_val_loss", INFINITY);
+    prior_wall = st.value("wall_time_s", 0.0);
+    start = st.at("step").get<int64_t>();
+    if (out) std::fprintf(out, "resuming %s from step %lld\n", tc.out.c_str(), (long long)start);
+  }
+  STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/config.json", config.ToJson().dump(2) + "\n"));
+  STABILITY_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::Open(tc.out + "/metrics.jsonl",
+                                                                          options.resume ? start : 0));
+
+  const auto checkpoint = [&](int64_t step, double wall) -> absl::Status {
+    SafetensorsFile f;
+    for (const Parameter& p : model->parameters()) f.tensors.emplace_back(p.name, p.value);
+    for (const auto& [name, t] : model->buffers()) f.tensors.emplace_back(name, t);
+    for (auto& t : opt.StateTensors()) f.tensors.push_back(std::move(t));
+    const data::LoaderPosition pos = train_loader->position();
+    nlohmann::json state = {{"optimizer_step", opt.step()},
+                            {"data", {{"epoch", pos.epoch}, {"next", pos.next}}},
+                            {"detector", detector.ToJson()},
+                            {"best_val_loss", std::isfinite(best_val) ? nlohmann::json(best_val) : nlohmann::json()},
+                            {"wall_time_s", wall},
+                            {"config", config.ToJson()}};
+    return WriteCheckpoint(ckpt_dir, step, f, state, tc.keep_checkpoints);
+  };
+  const auto evaluate = [&]() -> absl::StatusOr<double> {
+    model->set_training(false);
+    model->set_telemetry(false);
+    STABILITY_RETURN_IF_ERROR(val_loader->set_position({0, 0}));
+    Tensor ids, targets;
+    double sum = 0;
+    const int64_t batches = std::min(tc.eval_batches, val_loader->batches_per_epoch());
+    for (int64_t b = 0; b < batches; ++b) {
+      STABILITY_RETURN_IF_ERROR(val_loader->Next(&ids, &targets));
+      STABILITY_ASSIGN_OR_RETURN(double l, model->Forward(ids, targets));
+      sum += l;
+    }
+    model->set_training(true);
+    model->set_telemetry(true);
+    return sum / batches;
+  };
+
+  const int64_t tokens_per_step = tc.batch * seq * tc.grad_accum;
+  const auto t0 = Clock::now();
+  auto last = t0;
+  std::string diverged_reason;
+  int64_t diverged_step = 0, step = start;
+  bool stopped = false;
+  double last_loss = NAN, tokens_per_s = 0;
+  Tensor ids, targets;
+  while (step < tc.steps) {
+    const bool telemetry = (step + 1) % tc.telemetry_interval == 0 || step + 1 == tc.steps;
+    model->set_telemetry(telemetry);
+    model->ZeroGrad();
+    double loss = 0;
+    nlohmann::json row;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+      STABILITY_RETURN_IF_ERROR(train_loader->Next(&ids, &targets));
+      STABILITY_ASSIGN_OR_RETURN(double l, model->Forward(ids, targets));
+      loss += l / tc.grad_accum;
+      if (micro == tc.grad_accum - 1 && telemetry) {
+        for (const auto& [name, v] : model->telemetry().values()) row[name] = v;
+      }
+      STABILITY_RETURN_IF_ERROR(model->Backward(1.0f / static_cast<float>(tc.grad_accum)));
+    }
+    if (telemetry) {
+      model->ComputeGradNorms();
+      for (const auto& [name, v] : model->telemetry().values())
+        if (name.rfind("grad_norm", 0) == 0) row[name] = v;
+    }
+    const double lr = schedule.At(step);
+    const double grad_norm = opt.Step(lr, tc.clip);
+    ++step;
+    const auto now = Clock::now();
+    const double dt = std::chrono::duration<double>(now - last).count();
+    last = now;
+    tokens_per_s = tokens_per_step / std::max(dt, 1e-9);
+    const double elapsed = std::chrono::duration<double>(now - t0).count();
+    last_loss = loss;
+    row["step"] = step;
+    row["lr"] = lr;
+    row["loss"] = loss;
+    row["grad_norm"] = grad_norm;
+    row["tokens_per_s"] = tokens_per_s;
+    row["elapsed_s"] = prior_wall + elapsed;
+    if (std::isnan(detector.loss_at_init)) detector.loss_at_init = loss;
+
+    // Divergence.
+    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+      diverged_reason = !std::isfinite(loss) ? "non-finite loss" : "non-finite gradient norm";
+    } else if (tc.divergence_factor > 0 && step > tc.warmup && loss > tc.divergence_factor * detector.loss_at_init) {
+      if (++detector.above >= tc.divergence_patience) {
+        diverged_reason = absl::StrFormat("loss above %g x the loss at initialisation (%.4f) for %d steps",
+                                          tc.divergence_factor, detector.loss_at_init, tc.divergence_patience);
+      }
+    } else {
+      detector.above = 0;
+    }
+    const bool is_last = step == tc.steps || !diverged_reason.empty();
+    if (diverged_reason.empty() && ((tc.eval_interval > 0 && step % tc.eval_interval == 0) || is_last)) {
+      STABILITY_ASSIGN_OR_RETURN(last_val, evaluate());
+      best_val = std::min(best_val, last_val);
+      row["val_loss"] = last_val;
+      row["val_ppl"] = std::exp(last_val);
+    }
+    STABILITY_RETURN_IF_ERROR(metrics.Write(row));
+    if (!diverged_reason.empty()) diverged_step = step;
+    // A live line on a terminal; one line per ~5% of the run in a log file.
+    const bool tty = out && ::isatty(::fileno(out));
+    if (out && (tty || row.contains("val_loss") || is_last || step % std::max<int64_t>(1, tc.steps / 20) == 0)) {
+      const double eta = (tc.steps - step) * dt;
+      std::fprintf(out, "%sstep %lld/%lld | loss %.4f | lr %.2e | %s tok/s | ETA %s%s   ", tty ? "\r" : "", (long long)step,
+                   (long long)tc.steps, loss, lr, FormatCount(tokens_per_s).c_str(), FormatDuration(eta).c_str(),
+                   row.contains("val_loss") ? absl::StrFormat(" | val %.4f", last_val).c_str() : "");
+      if (!tty || row.contains("val_loss") || is_last) std::fprintf(out, "\n");
+      std::fflush(out);
+    }
+    const bool stop_now = (options.stop_after > 0 && step >= options.stop_after) ||
+                          (options.stop_requested && options.stop_requested->load()) ||
+                          (options.on_step && !options.on_step(row));
+    if (is_last || stop_now || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) {
+      STABILITY_RETURN_IF_ERROR(checkpoint(step, prior_wall + elapsed));
+    }
+    if (!diverged_reason.empty()) break;
+    if (stop_now && !is_last) {
+      stopped = true;
+      break;
+    }
+  }
+  const double wall = prior_wall + std::chrono::duration<double>(Clock::now() - t0).count();
+  const int64_t done_here = step - start;
+  nlohmann::json summary = {
+      {"steps", step},
+      {"finished", !stopped},
+      {"diverged", !diverged_reason.empty()},
+      {"diverged_step", diverged_reason.empty() ? nlohmann::json() : nlohmann::json(diverged_step)},
+      {"diverged_reason", diverged_reason.empty() ? nlohmann::json() : nlohmann::json(diverged_reason)},
+      {"final_train_loss", std::isfinite(last_loss) ? nlohmann::json(last_loss) : nlohmann::json()},
+      {"final_val_loss", std::isfinite(last_val) ? nlohmann::json(last_val) : nlohmann::json()},
+      {"final_val_ppl", std::isfinite(last_val) ? nlohmann::json(std::exp(last_val)) : nlohmann::json()},
+      {"best_val_loss", std::isfinite(best_val) ? nlohmann::json(best_val) : nlohmann::json()},
+      {"best_val_ppl", std::isfinite(best_val) ? nlohmann::json(std::exp(best_val)) : nlohmann::json()},
+      {"loss_at_init", detector.loss_at_init},
+      {"wall_time_s", wall},
+      {"tokens_per_s", done_here > 0 ? done_here * tokens_per_step / std::max(wall - prior_wall, 1e-9) : 0.0},
+      {"parameters", model::ParameterCount(mc)},
+      {"tokens_per_step", tokens_per_step},
+      {"run", tc.out},
+  };
+  if (!stopped) {
+    STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/summary.json", summary.dump(2) + "\n"));
+  }
+  return summary;
+}
+
+}  // namespace stability::train
