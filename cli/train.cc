@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
+#include "cli/run_flags.h"
 #include "stability/base/json_fields.h"
 #include "stability/base/paths.h"
 #include "stability/data/prepare.h"
@@ -15,10 +16,6 @@
 
 namespace stability::cli {
 namespace {
-
-bool Contains(const std::vector<std::string>& names, const std::string& name) {
-  return std::find(names.begin(), names.end(), name) != names.end();
-}
 
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
@@ -28,60 +25,12 @@ int Fail(const std::string& command, const std::string& message) {
   return 2;
 }
 
-// Help lines for the generated per-field flags.
-const std::map<std::string, std::string>& FieldHelp() {
-  static const std::map<std::string, std::string> help = {
-      {"data", "folder of train_*.bin/val_*.bin shards; empty = the bundled corpus (prepared on first use)"},
-      {"out", "run folder; empty = runs/<preset>-<variant>-lr<lr>-seed<seed>"},
-      {"device", "auto | cpu | cuda | cuda:N (auto: a GPU when present)"},
-      {"threads", "OpenMP threads; 0 = all cores"},
-      {"steps", "optimizer steps"},
-      {"batch", "sequences per micro-batch"},
-      {"seq", "tokens per sequence; 0 = the model's seq_len"},
-      {"grad_accum", "micro-batches per step"},
-      {"lr", "peak learning rate"},
-      {"min_lr", "learning rate at the end of the decay"},
-      {"warmup", "linear warmup steps"},
-      {"schedule", "decay after warmup: cosine | linear | constant"},
-      {"beta1", "AdamW beta1"},
-      {"beta2", "AdamW beta2"},
-      {"eps", "AdamW epsilon"},
-      {"weight_decay", "decoupled weight decay (linear weights only unless --decay_all)"},
-      {"decay_all", "also decay norms, biases and embeddings"},
-      {"clip", "clip the gradient to this global L2 norm; 0 = off"},
-      {"eval_interval", "validate every N steps (and at the end); 0 = only at the end"},
-      {"eval_batches", "validation batches per evaluation"},
-      {"telemetry_interval", "record telemetry every N steps"},
-      {"checkpoint_interval", "checkpoint every N steps (and at the end); 0 = only at the end"},
-      {"keep_checkpoints", "checkpoints kept"},
-      {"divergence_factor", "diverged when loss > factor x loss at init for --divergence_patience steps after warmup; 0 = off"},
-      {"divergence_patience", "steps above the threshold before a run counts as diverged"},
-      {"seed", "seed of the parameters and of the data order"},
-  };
-  return help;
-}
-
 }  // namespace
 
 int RunTrain(int argc, char** argv) {
-  const train::TrainConfig defaults;
-  const nlohmann::json default_train = defaults.ToJson();
-  std::vector<FlagSpec> specs = {
-      {"preset", "tiny", "size preset: " + absl::StrJoin(model::SizePresetNames(), ", ")},
-      {"variant", "baseline", "stability method: " + absl::StrJoin(model::VariantPresetNames(), ", ")},
-      {"config", "", "a run config JSON ({\"model\": {...}, \"train\": {...}}, e.g. a run's config.json); flags override it"},
-      {"resume", "false", "continue the run in --out from its latest checkpoint"},
-      {"stop_after", "0", "stop after this step with a checkpoint, as if interrupted (--resume continues)"},
-  };
-  for (const std::string& name : train::TrainConfigFieldNames()) {
-    const nlohmann::json& v = default_train[name];
-    specs.push_back({name, v.is_string() ? v.get<std::string>() : v.dump(), FieldHelp().count(name) ? FieldHelp().at(name) : ""});
-  }
-  const model::ModelConfig model_defaults;
-  for (const std::string& name : model::ModelConfigFieldNames()) {
-    if (name == "size" || name == "variant") continue;
-    specs.push_back({name, "", "model switch (README: Switches); default from --preset/--variant"});
-  }
+  std::vector<FlagSpec> specs = RunFlagSpecs();
+  specs.push_back({"resume", "false", "continue the run in --out from its latest checkpoint"});
+  specs.push_back({"stop_after", "0", "stop after this step with a checkpoint, as if interrupted (--resume continues)"});
   absl::StatusOr<Flags> flags = Flags::Parse("train", argc, argv, specs);
   if (!flags.ok()) {
     std::fprintf(stderr, "%s\n(stability train --help lists them)\n", std::string(flags.status().message()).c_str());
@@ -92,43 +41,9 @@ int RunTrain(int argc, char** argv) {
                 Flags::Usage("train", specs).c_str());
     return 0;
   }
-
-  // Start from --config (if any), then presets, then flags.
-  nlohmann::json model_overrides = nlohmann::json::object(), train_json = nlohmann::json::object();
-  std::string preset = flags->Get("preset"), variant = flags->Get("variant");
-  if (!flags->Get("config").empty()) {
-    const std::string path = ResolveUserPath(flags->Get("config"));
-    std::ifstream in(path);
-    if (!in) return Fail("train", "cannot open --config=" + path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
-    absl::StatusOr<train::RunConfig> rc = j.is_discarded() ? absl::InvalidArgumentError("not valid JSON")
-                                                           : train::RunConfigFromJson(j);
-    if (!rc.ok()) return Fail("train", path + ": " + std::string(rc.status().message()));
-    model_overrides = rc->model.ToJson();
-    train_json = rc->train.ToJson();
-    preset = flags->Get("preset") != "tiny" ? flags->Get("preset") : rc->model.size;
-    variant = flags->Get("variant") != "baseline" ? flags->Get("variant") : rc->model.variant;
-    model_overrides.erase("size");
-    model_overrides.erase("variant");
-  }
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) continue;
-    const std::string name = arg.substr(2, arg.find('=') == std::string::npos ? std::string::npos : arg.find('=') - 2);
-    const std::string value = flags->Get(name);
-    if (Contains(model::ModelConfigFieldNames(), name) && name != "size" && name != "variant") {
-      model_overrides[name] = FlagValueToJson(value);
-    } else if (Contains(train::TrainConfigFieldNames(), name)) {
-      train_json[name] = default_train[name].is_string() ? nlohmann::json(value) : FlagValueToJson(value);
-    }
-  }
-  absl::StatusOr<model::ModelConfig> mc = model::MakeConfig(preset, variant, model_overrides);
-  if (!mc.ok()) return Fail("train", std::string(mc.status().message()));
-  train::RunConfig rc;
-  rc.model = *mc;
-  if (absl::Status s = train::ApplyTrainJson(train_json, &rc.train); !s.ok()) return Fail("train", std::string(s.message()));
+  absl::StatusOr<train::RunConfig> config = RunConfigFromFlags(*flags, argc, argv);
+  if (!config.ok()) return Fail("train", std::string(config.status().message()));
+  train::RunConfig& rc = *config;
 
   absl::StatusOr<int64_t> stop_after = flags->GetInt("stop_after");
   if (!stop_after.ok()) return Fail("train", std::string(stop_after.status().message()));
