@@ -70,8 +70,24 @@ std::vector<FlagSpec> RunFlagSpecs() {
   return specs;
 }
 
-absl::StatusOr<train::RunConfig> RunConfigFromFlags(const Flags& flags, int argc, char** argv) {
+nlohmann::json ExplicitRunFlags(const Flags& flags, int argc, char** argv) {
   const nlohmann::json default_train = train::TrainConfig().ToJson();
+  nlohmann::json out = {{"model", nlohmann::json::object()}, {"train", nlohmann::json::object()}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) continue;
+    const size_t eq = arg.find('=');
+    const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+    if (Contains(model::ModelConfigFieldNames(), name) && name != "size" && name != "variant") {
+      out["model"][name] = FlagValueToJson(flags.Get(name));
+    } else if (Contains(train::TrainConfigFieldNames(), name)) {
+      out["train"][name] = default_train[name].is_string() ? nlohmann::json(flags.Get(name)) : FlagValueToJson(flags.Get(name));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<train::RunConfig> RunConfigFromFlags(const Flags& flags, int argc, char** argv) {
   nlohmann::json model_overrides = nlohmann::json::object(), train_json = nlohmann::json::object();
   std::string preset = flags.Get("preset"), variant = flags.Get("variant");
   if (!flags.Get("config").empty()) {
@@ -91,17 +107,9 @@ absl::StatusOr<train::RunConfig> RunConfigFromFlags(const Flags& flags, int argc
     model_overrides.erase("size");
     model_overrides.erase("variant");
   }
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg.rfind("--", 0) != 0) continue;
-    const size_t eq = arg.find('=');
-    const std::string name = arg.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
-    if (Contains(model::ModelConfigFieldNames(), name) && name != "size" && name != "variant") {
-      model_overrides[name] = FlagValueToJson(flags.Get(name));
-    } else if (Contains(train::TrainConfigFieldNames(), name)) {
-      train_json[name] = default_train[name].is_string() ? nlohmann::json(flags.Get(name)) : FlagValueToJson(flags.Get(name));
-    }
-  }
+  const nlohmann::json given = ExplicitRunFlags(flags, argc, argv);
+  model_overrides.update(given["model"]);
+  train_json.update(given["train"]);
   absl::StatusOr<model::ModelConfig> mc = model::MakeConfig(preset, variant, model_overrides);
   if (!mc.ok()) return mc.status();
   train::RunConfig rc;

@@ -14,6 +14,10 @@ namespace stability::cli {
 
 std::vector<FlagSpec> RunFlagSpecs();
 
+// The model switches and training fields given explicitly on the command line, as JSON
+// objects {"model": {...}, "train": {...}} (values typed as each field expects).
+nlohmann::json ExplicitRunFlags(const Flags& flags, int argc, char** argv);
+
 // The RunConfig from --config (if given), then --preset/--variant, then the flags that
 // were actually given on the command line (argv), in that order of precedence.
 absl::StatusOr<train::RunConfig> RunConfigFromFlags(const Flags& flags, int argc, char** argv);

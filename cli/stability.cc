@@ -10,6 +10,7 @@
 
 #include "cli/dump.h"
 #include "cli/info.h"
+#include "cli/sweep.h"
 #include "cli/train.h"
 
 namespace {
@@ -23,6 +24,9 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"train", "train a model (no flags: the tiny preset on the bundled corpus)", stability::cli::RunTrain},
     {"prepare", "text files -> train/val token shards", stability::cli::RunPrepare},
+    {"sweep", "methods x learning rates x seeds, in parallel; divergence, loss, sensitivity, cost tables",
+     stability::cli::RunSweepCommand},
+    {"report", "one self-contained HTML report of a run or sweep folder", stability::cli::RunReportCommand},
     {"info", "version, backends (CPU, CUDA + GPUs), threads, GEMM library, bundled data",
      stability::cli::RunInfo},
     {"dump", "one forward + backward to a safetensors file (parameters, logits, loss, gradients, telemetry)",
