@@ -183,7 +183,8 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
     STABILITY_RETURN_IF_ERROR(train_loader->set_position(
         {st.at("data").at("epoch").get<int64_t>(), st.at("data").at("next").get<int64_t>()}));
     detector.FromJson(st.at("detector"));
-    best_val = st.value("best_val_loss", INFINITY);
+    best_val = st.contains("best_val_loss") && st["best_val_loss"].is_number() ? st["best_val_loss"].get<double>()
+                                                                              : INFINITY;
     prior_wall = st.value("wall_time_s", 0.0);
     start = st.at("step").get<int64_t>();
     if (out) std::fprintf(out, "resuming %s from step %lld\n", tc.out.c_str(), (long long)start);
