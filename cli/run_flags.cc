@@ -44,6 +44,8 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"keep_checkpoints", "checkpoints kept"},
       {"divergence_factor", "diverged when loss > factor x loss at init for --divergence_patience steps after warmup; 0 = off"},
       {"divergence_patience", "steps above the threshold before a run counts as diverged"},
+      {"spike_skip_factor", "skip an update whose loss or grad norm is this many std devs above the recent mean; 0 = off"},
+      {"spike_window", "updates in the spike-protection window"},
       {"seed", "seed of the parameters and of the data order"},
   };
   return help;

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -84,10 +85,32 @@ absl::StatusOr<nlohmann::json> ReadJsonFile(const std::string& path) {
 struct Detector {
   double loss_at_init = NAN;
   int64_t above = 0;  // consecutive steps above the threshold
-  nlohmann::json ToJson() const { return {{"loss_at_init", loss_at_init}, {"above", above}}; }
+  std::vector<double> recent_loss, recent_grad;  // the last spike_window updates taken
+  int64_t skipped = 0;
+  nlohmann::json ToJson() const {
+    return {{"loss_at_init", loss_at_init}, {"above", above}, {"recent_loss", recent_loss},
+            {"recent_grad", recent_grad}, {"skipped", skipped}};
+  }
   void FromJson(const nlohmann::json& j) {
     loss_at_init = j.at("loss_at_init").is_number() ? j.at("loss_at_init").get<double>() : NAN;
     above = j.at("above").get<int64_t>();
+    recent_loss = j.value("recent_loss", std::vector<double>{});
+    recent_grad = j.value("recent_grad", std::vector<double>{});
+    skipped = j.value("skipped", int64_t{0});
+  }
+  // OLMo-core style skip-step: a loss or gradient norm more than `factor` standard
+  // deviations above the mean of the recent window (needs a full window).
+  static bool Spike(const std::vector<double>& window, double v, double factor, size_t size) {
+    if (factor <= 0 || window.size() < size) return false;
+    double mean = 0, var = 0;
+    for (double x : window) mean += x;
+    mean /= window.size();
+    for (double x : window) var += (x - mean) * (x - mean);
+    return v > mean + factor * std::sqrt(var / window.size());
+  }
+  static void Push(std::vector<double>& window, double v, size_t size) {
+    window.push_back(v);
+    if (window.size() > size) window.erase(window.begin());
   }
 };
 
@@ -161,9 +184,9 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   int64_t start = 0;
   double best_val = INFINITY, last_val = NAN;
   double prior_wall = 0;
-  if (options.resume) {
-    absl::StatusOr<std::string> latest = FindLatestCheckpoint(ckpt_dir);
-    if (!latest.ok()) return absl::NotFoundError(absl::StrCat("--resume: ", latest.status().message()));
+  // A run killed before its first checkpoint resumes from the start.
+  absl::StatusOr<std::string> latest = FindLatestCheckpoint(ckpt_dir);
+  if (options.resume && latest.ok()) {
     STABILITY_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(*latest));
     for (Parameter& p : model->parameters()) {
       STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(p.name));
@@ -188,6 +211,23 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
     prior_wall = st.value("wall_time_s", 0.0);
     start = st.at("step").get<int64_t>();
     if (out) std::fprintf(out, "resuming %s from step %lld\n", tc.out.c_str(), (long long)start);
+  } else if (options.resume && out) {
+    std::fprintf(out, "no checkpoint in %s yet: starting it from step 0\n", tc.out.c_str());
+  }
+  // Checkpoints hold parameters, buffers and two Adam moments: refuse to start a run whose
+  // checkpoints cannot fit, rather than fail hours in.
+  {
+    struct statvfs fs_info;
+    if (::statvfs(tc.out.c_str(), &fs_info) == 0) {
+      const double free_bytes = static_cast<double>(fs_info.f_bavail) * fs_info.f_frsize;
+      const double need = 3.0 * 4.0 * model::ParameterCount(mc) * (tc.keep_checkpoints + 1) + (1 << 20);
+      if (free_bytes < need) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "not enough disk space in %s: checkpoints need about %.1f MB (%d kept + 1 being written), %.1f MB free; "
+            "free space, lower --keep_checkpoints or choose another --out",
+            tc.out, need / 1e6, tc.keep_checkpoints, free_bytes / 1e6));
+      }
+    }
   }
   STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/config.json", config.ToJson().dump(2) + "\n"));
   STABILITY_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::Open(tc.out + "/metrics.jsonl",
@@ -253,7 +293,24 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
         if (name.rfind("grad_norm", 0) == 0) row[name] = v;
     }
     const double lr = schedule.At(step);
-    const double grad_norm = opt.Step(lr, tc.clip);
+    double grad_norm;
+    bool skip = false;
+    if (tc.spike_skip_factor > 0) {  // decide before the update, so a spike never lands
+      grad_norm = opt.GradNorm();
+      const size_t w = static_cast<size_t>(tc.spike_window);
+      skip = std::isfinite(loss) && std::isfinite(grad_norm) &&
+             (Detector::Spike(detector.recent_loss, loss, tc.spike_skip_factor, w) ||
+              Detector::Spike(detector.recent_grad, grad_norm, tc.spike_skip_factor, w));
+      if (skip) {
+        ++detector.skipped;  // parameters and Adam moments stay as they are
+      } else {
+        opt.Step(lr, tc.clip);
+        Detector::Push(detector.recent_loss, loss, w);
+        Detector::Push(detector.recent_grad, grad_norm, w);
+      }
+    } else {
+      grad_norm = opt.Step(lr, tc.clip);
+    }
     ++step;
     const auto now = Clock::now();
     const double dt = std::chrono::duration<double>(now - last).count();
@@ -267,6 +324,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
     row["grad_norm"] = grad_norm;
     row["tokens_per_s"] = tokens_per_s;
     row["elapsed_s"] = prior_wall + elapsed;
+    if (tc.spike_skip_factor > 0) row["skipped"] = skip;
     if (std::isnan(detector.loss_at_init)) detector.loss_at_init = loss;
 
     // Divergence.
@@ -325,6 +383,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       {"best_val_loss", std::isfinite(best_val) ? nlohmann::json(best_val) : nlohmann::json()},
       {"best_val_ppl", std::isfinite(best_val) ? nlohmann::json(std::exp(best_val)) : nlohmann::json()},
       {"loss_at_init", detector.loss_at_init},
+      {"skipped_steps", detector.skipped},
       {"wall_time_s", wall},
       {"tokens_per_s", done_here > 0 ? done_here * tokens_per_step / std::max(wall - prior_wall, 1e-9) : 0.0},
       {"parameters", model::ParameterCount(mc)},
