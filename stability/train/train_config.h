@@ -54,9 +54,10 @@ struct TrainConfig {
   // Loss-spike protection (off by default, and off in sweeps that measure divergence):
   // skip the update of a step whose loss or gradient norm is more than spike_skip_factor
   // standard deviations above the mean of the last spike_window updates (OLMo-core's
-  // skip-step). Skipped steps are counted in metrics ("skipped") and the summary.
+  // skip-step; it uses 6 sigmas over 128 steps). Skipped steps are counted in metrics
+  // ("skipped") and the summary.
   double spike_skip_factor = 0.0;
-  int64_t spike_window = 20;
+  int64_t spike_window = 128;
 
   uint64_t seed = 1;
 

@@ -179,3 +179,31 @@ TEST(MetricsTest, TornLastLineIsReportedAndSkipped) {
 
 }  // namespace
 }  // namespace stability::train
+
+namespace stability::train {
+namespace {
+
+TEST(TrainerTest, SpikeProtectionSkipsUpdatesAndCountsThem) {
+  RunConfig rc = SmallRun("spikes", 60);
+  rc.train.lr = 0.3;
+  rc.train.spike_skip_factor = 2.0;
+  rc.train.spike_window = 10;
+  absl::StatusOr<nlohmann::json> s = RunTraining(rc, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  const int64_t skipped = (*s)["skipped_steps"].get<int64_t>();
+  EXPECT_GT(skipped, 0);
+  const MetricsFile m = *ReadMetrics(rc.train.out + "/metrics.jsonl");
+  int64_t marked = 0;
+  for (const auto& row : m.rows) marked += row["skipped"].get<bool>() ? 1 : 0;
+  EXPECT_EQ(marked, skipped);
+  for (int i = 0; i < 10; ++i) EXPECT_FALSE(m.rows[i]["skipped"].get<bool>());  // needs a full window first
+
+  RunConfig off = SmallRun("no_spikes", 60);
+  off.train.lr = 0.3;
+  ASSERT_TRUE(RunTraining(off, {}).ok());
+  EXPECT_NE(Losses(rc.train.out), Losses(off.train.out));
+  EXPECT_FALSE(ReadMetrics(off.train.out + "/metrics.jsonl")->rows[0].contains("skipped"));
+}
+
+}  // namespace
+}  // namespace stability::train
