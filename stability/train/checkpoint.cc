@@ -88,6 +88,45 @@ absl::StatusOr<std::string> FindLatestCheckpoint(const std::string& checkpoints_
   return dirs.back();
 }
 
+absl::StatusOr<CheckpointState> ParseCheckpointState(const nlohmann::json& j) {
+  const auto bad = [](const std::string& what) {
+    return absl::DataLossError("checkpoint state.json: " + what);
+  };
+  if (!j.is_object()) return bad("not a JSON object");
+  const auto integer = [&](const nlohmann::json& o, const char* key, int64_t* out) -> absl::Status {
+    if (!o.is_object() || !o.contains(key) || !o[key].is_number_integer()) {
+      return bad(absl::StrCat("\"", key, "\" is missing or not an integer"));
+    }
+    *out = o[key].get<int64_t>();
+    if (*out < 0) return bad(absl::StrCat("\"", key, "\" is negative"));
+    return absl::OkStatus();
+  };
+  CheckpointState s;
+  for (auto [key, out] : {std::pair{"step", &s.step}, std::pair{"optimizer_step", &s.optimizer_step}}) {
+    if (absl::Status st = integer(j, key, out); !st.ok()) return st;
+  }
+  if (!j.contains("data")) return bad("\"data\" (the loader position) is missing");
+  if (absl::Status st = integer(j["data"], "epoch", &s.data_epoch); !st.ok()) return st;
+  if (absl::Status st = integer(j["data"], "next", &s.data_next); !st.ok()) return st;
+  if (!j.contains("detector") || !j["detector"].is_object()) return bad("\"detector\" is missing or not an object");
+  const nlohmann::json& d = j["detector"];
+  if (!d.contains("loss_at_init") || !(d["loss_at_init"].is_number() || d["loss_at_init"].is_null()) ||
+      !d.contains("above") || !d["above"].is_number_integer()) {
+    return bad("\"detector\" needs loss_at_init (number or null) and above (integer)");
+  }
+  for (const char* key : {"recent_loss", "recent_grad"}) {
+    if (!d.contains(key)) continue;
+    if (!d[key].is_array()) return bad(absl::StrCat("detector.", key, " is not a list"));
+    for (const auto& v : d[key])
+      if (!v.is_number()) return bad(absl::StrCat("detector.", key, " holds a non-number"));
+  }
+  if (d.contains("skipped") && !d["skipped"].is_number_integer()) return bad("detector.skipped is not an integer");
+  s.detector = d;
+  if (j.contains("best_val_loss") && j["best_val_loss"].is_number()) s.best_val_loss = j["best_val_loss"].get<double>();
+  if (j.contains("wall_time_s") && j["wall_time_s"].is_number()) s.wall_time_s = j["wall_time_s"].get<double>();
+  return s;
+}
+
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& step_dir) {
   Checkpoint c;
   c.path = step_dir;
@@ -96,9 +135,13 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& step_dir) {
   std::stringstream ss;
   ss << in.rdbuf();
   c.state = nlohmann::json::parse(ss.str(), nullptr, false);
-  if (!c.state.is_object() || !c.state.contains("model_checksum_fnv1a64") || !c.state.contains("step")) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", step_dir, "/state.json is corrupt"));
+  if (!c.state.is_object() || !c.state.contains("model_checksum_fnv1a64") ||
+      !c.state["model_checksum_fnv1a64"].is_string()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", step_dir, "/state.json is corrupt (no model checksum)"));
   }
+  absl::StatusOr<CheckpointState> parsed = ParseCheckpointState(c.state);
+  if (!parsed.ok()) return absl::DataLossError(absl::StrCat(step_dir, ": ", parsed.status().message()));
+  c.parsed = *parsed;
   const std::string model = step_dir + "/model.safetensors";
   absl::StatusOr<std::string> sum = FileChecksum(model);
   if (!sum.ok()) return absl::DataLossError(absl::StrCat("checkpoint ", step_dir, ": ", sum.status().message()));

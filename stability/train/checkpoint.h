@@ -8,6 +8,7 @@
 #ifndef STABILITY_TRAIN_CHECKPOINT_H_
 #define STABILITY_TRAIN_CHECKPOINT_H_
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -18,10 +19,25 @@
 
 namespace stability::train {
 
+// The fields of state.json the trainer resumes from, type-checked.
+struct CheckpointState {
+  int64_t step = 0;
+  int64_t optimizer_step = 0;
+  int64_t data_epoch = 0, data_next = 0;
+  nlohmann::json detector;  // the divergence / spike detector's own state (an object)
+  double best_val_loss = NAN;  // NaN: no evaluation yet
+  double wall_time_s = 0;
+};
+
+// Checks every field's presence and type; a hostile or damaged state.json is an error
+// naming the field, never an exception or a crash.
+absl::StatusOr<CheckpointState> ParseCheckpointState(const nlohmann::json& state);
+
 struct Checkpoint {
   std::string path;  // the step folder
   SafetensorsFile tensors;
   nlohmann::json state;
+  CheckpointState parsed;
 };
 
 // Writes checkpoint `step` and keeps only the newest `keep` checkpoints.

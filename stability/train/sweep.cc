@@ -58,6 +58,7 @@ absl::StatusOr<SweepSpec> ExpandSweep(const nlohmann::json& spec) {
                                               seeds = ListOf(spec, "seeds");
   for (const auto* l : {&methods, &lrs, &seeds})
     if (!l->ok()) return l->status();
+  constexpr size_t kMaxCells = 10000;  // a sweep file must not expand into an unbounded grid
   // Extra axes: their cartesian product, as ordered (name, value) lists.
   std::vector<std::vector<std::pair<std::string, nlohmann::json>>> combos = {{}};
   if (spec.contains("axes")) {
@@ -65,6 +66,9 @@ absl::StatusOr<SweepSpec> ExpandSweep(const nlohmann::json& spec) {
     for (auto it = spec["axes"].begin(); it != spec["axes"].end(); ++it) {
       if (!it.value().is_array() || it.value().empty()) {
         return absl::InvalidArgumentError(absl::StrCat("sweep: axis \"", it.key(), "\" must be a non-empty list"));
+      }
+      if (combos.size() * it.value().size() > kMaxCells) {
+        return absl::InvalidArgumentError(absl::StrCat("sweep: the axes expand beyond ", kMaxCells, " combinations"));
       }
       std::vector<std::vector<std::pair<std::string, nlohmann::json>>> next;
       for (const auto& c : combos)
@@ -75,6 +79,10 @@ absl::StatusOr<SweepSpec> ExpandSweep(const nlohmann::json& spec) {
         }
       combos = next;
     }
+  }
+  const size_t cells = combos.size() * methods->size() * lrs->size() * seeds->size();
+  if (cells > kMaxCells) {
+    return absl::InvalidArgumentError(absl::StrCat("sweep: ", cells, " cells exceed the limit of ", kMaxCells));
   }
   const std::vector<std::string> model_fields = model::ModelConfigFieldNames();
   const std::vector<std::string> train_fields = TrainConfigFieldNames();

@@ -58,7 +58,7 @@ MeanCi Stats(const std::vector<double>& v) {
   return m;
 }
 
-std::string Num(double v, const char* fmt = "%.4f") { return std::isfinite(v) ? absl::StrFormat(fmt, v) : ""; }
+std::string Num(double v, int decimals = 4) { return std::isfinite(v) ? absl::StrFormat("%.*f", decimals, v) : ""; }
 
 std::string Csv(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
   const auto quote = [](const std::string& s) {
@@ -194,7 +194,7 @@ absl::StatusOr<SweepResults> ComputeSweepResults(const SweepSpec& sweep, const s
       }
       const MeanCi l = Stats(losses), p = Stats(ppls);
       r2.push_back({g, lr_name(lr), absl::StrFormat("%d/%d", l.n, static_cast<int>(it->second.size())), Num(l.mean),
-                    Num(l.half), Num(p.mean, "%.2f"), Num(p.half, "%.2f")});
+                    Num(l.half), Num(p.mean, 2), Num(p.half, 2)});
       const MeanCi m = Stats(mins);
       clipped.push_back(m.mean);
       clipped_lrs.push_back(lr);
@@ -225,7 +225,7 @@ absl::StatusOr<SweepResults> ComputeSweepResults(const SweepSpec& sweep, const s
     mean_tps[g] = Stats(v).mean;
   }
   const double ref = by.count("baseline") ? mean_tps["baseline"] : mean_tps[groups.front()];
-  for (const std::string& g : groups) r4.push_back({g, Num(mean_tps[g], "%.0f"), Num(mean_tps[g] / ref, "%.3f")});
+  for (const std::string& g : groups) r4.push_back({g, Num(mean_tps[g], 0), Num(mean_tps[g] / ref, 3)});
 
   out.tables = {{"divergence", AsJson(h1, r1)}, {"loss", AsJson(h2, r2)}, {"sensitivity", AsJson(h3, r3)},
                 {"throughput", AsJson(h4, r4)}};

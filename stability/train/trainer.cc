@@ -91,9 +91,10 @@ struct Detector {
     return {{"loss_at_init", loss_at_init}, {"above", above}, {"recent_loss", recent_loss},
             {"recent_grad", recent_grad}, {"skipped", skipped}};
   }
+  // `j` was type-checked by ParseCheckpointState.
   void FromJson(const nlohmann::json& j) {
-    loss_at_init = j.at("loss_at_init").is_number() ? j.at("loss_at_init").get<double>() : NAN;
-    above = j.at("above").get<int64_t>();
+    loss_at_init = j["loss_at_init"].is_number() ? j["loss_at_init"].get<double>() : NAN;
+    above = j["above"].get<int64_t>();
     recent_loss = j.value("recent_loss", std::vector<double>{});
     recent_grad = j.value("recent_grad", std::vector<double>{});
     skipped = j.value("skipped", int64_t{0});
@@ -201,15 +202,17 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       if (t.numel() != buf.numel()) return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": bad ", name));
       std::memcpy(buf.data(), t.data(), t.nbytes());
     }
-    const nlohmann::json& st = ckpt.state;
-    STABILITY_RETURN_IF_ERROR(opt.LoadState(ckpt.tensors.tensors, st.at("optimizer_step").get<int64_t>()));
-    STABILITY_RETURN_IF_ERROR(train_loader->set_position(
-        {st.at("data").at("epoch").get<int64_t>(), st.at("data").at("next").get<int64_t>()}));
-    detector.FromJson(st.at("detector"));
-    best_val = st.contains("best_val_loss") && st["best_val_loss"].is_number() ? st["best_val_loss"].get<double>()
-                                                                              : INFINITY;
-    prior_wall = st.value("wall_time_s", 0.0);
-    start = st.at("step").get<int64_t>();
+    const CheckpointState& st = ckpt.parsed;
+    STABILITY_RETURN_IF_ERROR(opt.LoadState(ckpt.tensors.tensors, st.optimizer_step));
+    STABILITY_RETURN_IF_ERROR(train_loader->set_position({st.data_epoch, st.data_next}));
+    detector.FromJson(st.detector);
+    best_val = std::isnan(st.best_val_loss) ? INFINITY : st.best_val_loss;
+    prior_wall = st.wall_time_s;
+    start = st.step;
+    if (start > tc.steps) {
+      return absl::InvalidArgumentError(absl::StrCat("checkpoint ", ckpt.path, " is at step ", start,
+                                                     ", beyond --steps=", tc.steps));
+    }
     if (out) std::fprintf(out, "resuming %s from step %lld\n", tc.out.c_str(), (long long)start);
   } else if (options.resume && out) {
     std::fprintf(out, "no checkpoint in %s yet: starting it from step 0\n", tc.out.c_str());
