@@ -1,23 +1,48 @@
 // Causal multi-head attention with every softmax option (see AttentionOptions in
-// ops/backend.h for the math). One (batch, head) per OpenMP task; probs hold p.
+// ops/backend.h for the math), as GEMMs per (batch, head) — the llm.c / FlashAttention
+// split of work, on the CPU: one (batch, head) per OpenMP task, single-threaded oneDNN
+// GEMMs inside it, the elementwise softmax transforms between them.
+//
+// Forward, per (b, h):  A = scale·Q Kᵀ (T×T, GEMM);  per row t ≤ T: z = cap(A/τ), p = softmax,
+// p' = clip(p);  O = P' V (GEMM).  probs keeps p for backward.
+// Backward:  dP' = dO Vᵀ (GEMM);  dV = P'ᵀ dO (GEMM);  dP = clip'(p)·dP';
+// dZ = p∘(dP − Σ p∘dP);  dA = dZ·cap'(·)/τ;  dQ = scale·dA K (GEMM);  dK = scale·dAᵀ Q (GEMM).
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "stability/ops/cpu/cpu_backend.h"
+#include "stability/ops/cpu/gemm.h"
 
 namespace stability::ops::cpu {
 namespace {
 
+using stability::cpu::Sgemm;
+using stability::cpu::Trans;
+
 // a → z for one logit: temperature, then the soft cap.
 inline float Transform(float a, const AttentionOptions& opt) {
-  float u = a / opt.temperature;
+  const float u = a / opt.temperature;
   return opt.soft_cap > 0 ? opt.soft_cap * std::tanh(u / opt.soft_cap) : u;
 }
 
 inline float Clip(float p, const AttentionOptions& opt) {
   return std::clamp((opt.clip_zeta - opt.clip_gamma) * p + opt.clip_gamma, 0.0f, 1.0f);
+}
+
+// Causal GEMMs touch the full T×T square; masked entries are ignored or zeroed.
+// Runs `body(bh, scratch)` for every (batch, head) with per-thread T×T scratch buffers.
+template <typename Body>
+void ForEachHead(int64_t bh_count, int64_t t, int buffers, Body body) {
+#pragma omp parallel
+  {
+    std::vector<std::vector<float>> scratch(buffers, std::vector<float>(t * t));
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < bh_count; ++bh) body(bh, scratch);
+  }
 }
 
 }  // namespace
@@ -28,45 +53,45 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
   const int64_t c = h * hd;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
   std::vector<double> entropy(b * h, 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t bh = 0; bh < b * h; ++bh) {
+  ForEachHead(b * h, t, 1, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
     const int64_t bi = bh / h, hi = bh % h;
-    std::vector<float> z(t);
+    const float* qb = q + bi * t * c + hi * hd;
+    const float* kb = k + bi * t * c + hi * hd;
+    const float* vb = v + bi * t * c + hi * hd;
+    float* p = probs + bh * t * t;
+    float* pc = opt.clip ? scratch[0].data() : p;  // P' (clipped) when it differs from P
+    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, qb, c, kb, c, 0.0f, p, t);  // A
+    double ent = 0;
+    float mx = max_logit[bh];
     for (int64_t ti = 0; ti < t; ++ti) {
-      const float* qt = q + (bi * t + ti) * c + hi * hd;
-      float* p = probs + (bh * t + ti) * t;
+      float* row = p + ti * t;
       float zmax = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s <= ti; ++s) {
-        const float* ks = k + (bi * t + s) * c + hi * hd;
-        float dot = 0;
-        for (int64_t i = 0; i < hd; ++i) dot += qt[i] * ks[i];
-        const float a = dot * opt.scale;
-        max_logit[bh] = std::max(max_logit[bh], a);
-        z[s] = Transform(a, opt);
-        zmax = std::max(zmax, z[s]);
+        mx = std::max(mx, row[s]);
+        row[s] = Transform(row[s], opt);
+        zmax = std::max(zmax, row[s]);
       }
       float sum = 0;
       for (int64_t s = 0; s <= ti; ++s) {
-        p[s] = std::exp(z[s] - zmax);
-        sum += p[s];
+        row[s] = std::exp(row[s] - zmax);
+        sum += row[s];
       }
       const float inv = 1.0f / sum;
-      double ent = 0;
       for (int64_t s = 0; s <= ti; ++s) {
-        p[s] *= inv;
-        if (p[s] > 0) ent -= static_cast<double>(p[s]) * std::log(p[s]);
+        row[s] *= inv;
+        if (row[s] > 0) ent -= static_cast<double>(row[s]) * std::log(row[s]);
       }
-      for (int64_t s = ti + 1; s < t; ++s) p[s] = 0;
-      entropy[bh] += ent;
-      float* o = out + (bi * t + ti) * c + hi * hd;
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t s = 0; s <= ti; ++s) {
-        const float ps = opt.clip ? Clip(p[s], opt) : p[s];
-        const float* vs = v + (bi * t + s) * c + hi * hd;
-        for (int64_t i = 0; i < hd; ++i) o[i] += ps * vs[i];
+      std::fill(row + ti + 1, row + t, 0.0f);
+      if (opt.clip) {
+        float* crow = pc + ti * t;
+        for (int64_t s = 0; s <= ti; ++s) crow[s] = Clip(row[s], opt);
+        std::fill(crow + ti + 1, crow + t, 0.0f);
       }
     }
-  }
+    max_logit[bh] = mx;
+    entropy[bh] = ent;
+    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc, t, vb, c, 0.0f, out + bi * t * c + hi * hd, c);  // O
+  });
   if (stats) {
     stats->max_logit = *std::max_element(max_logit.begin(), max_logit.end());
     stats->entropy_sum = 0;
@@ -79,58 +104,48 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
                                    const AttentionOptions& opt, float* dq, float* dk, float* dv) {
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
-#pragma omp parallel for schedule(static)
-  for (int64_t bh = 0; bh < b * h; ++bh) {
+  // scratch[0]: dP' then dA; scratch[1]: P' (clip) or the recomputed logits (cap).
+  ForEachHead(b * h, t, 2, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
     const int64_t bi = bh / h, hi = bh % h;
-    // This task owns the (bi, hi) slices of dq, dk and dv.
-    for (int64_t ti = 0; ti < t; ++ti) {
-      std::fill_n(dq + (bi * t + ti) * c + hi * hd, hd, 0.0f);
-      std::fill_n(dk + (bi * t + ti) * c + hi * hd, hd, 0.0f);
-      std::fill_n(dv + (bi * t + ti) * c + hi * hd, hd, 0.0f);
+    const int64_t off = bi * t * c + hi * hd;
+    const float* p = probs + bh * t * t;
+    float* dp = scratch[0].data();
+    float* aux = scratch[1].data();
+    const float* pc = p;
+    if (opt.clip) {
+      for (int64_t ti = 0; ti < t; ++ti)
+        for (int64_t s = 0; s < t; ++s) aux[ti * t + s] = s <= ti ? Clip(p[ti * t + s], opt) : 0.0f;
+      pc = aux;
     }
-    std::vector<float> dp(t);
+    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + off, c, 0.0f, dp, t);  // dP'
+    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc, t, dout + off, c, 0.0f, dv + off, c);  // dV
+    if (opt.soft_cap > 0) {  // the cap's derivative needs the logits: recompute them
+      (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, q + off, c, k + off, c, 0.0f, aux, t);
+    }
     for (int64_t ti = 0; ti < t; ++ti) {
-      const float* qt = q + (bi * t + ti) * c + hi * hd;
-      const float* dot = dout + (bi * t + ti) * c + hi * hd;
-      const float* p = probs + (bh * t + ti) * t;
-      // dp'_s = dout_t · v_s,  dv_s += p'_s · dout_t,  then through the clip.
-      for (int64_t s = 0; s <= ti; ++s) {
-        const float* vs = v + (bi * t + s) * c + hi * hd;
-        float* dvs = dv + (bi * t + s) * c + hi * hd;
-        float d = 0;
-        for (int64_t i = 0; i < hd; ++i) d += dot[i] * vs[i];
-        float ps = p[s];
-        if (opt.clip) {
-          const float pre = clip_a * p[s] + opt.clip_gamma;
-          ps = std::clamp(pre, 0.0f, 1.0f);
-          d = (pre > 0.0f && pre < 1.0f) ? clip_a * d : 0.0f;
+      const float* prow = p + ti * t;
+      float* drow = dp + ti * t;
+      if (opt.clip) {
+        for (int64_t s = 0; s <= ti; ++s) {
+          const float pre = clip_a * prow[s] + opt.clip_gamma;
+          drow[s] = (pre > 0.0f && pre < 1.0f) ? clip_a * drow[s] : 0.0f;
         }
-        for (int64_t i = 0; i < hd; ++i) dvs[i] += ps * dot[i];
-        dp[s] = d;
       }
-      // softmax: dz_s = p_s (dp_s − Σ_j p_j dp_j)
       float pdp = 0;
-      for (int64_t s = 0; s <= ti; ++s) pdp += p[s] * dp[s];
-      float* dqt = dq + (bi * t + ti) * c + hi * hd;
+      for (int64_t s = 0; s <= ti; ++s) pdp += prow[s] * drow[s];
       for (int64_t s = 0; s <= ti; ++s) {
-        float dz = p[s] * (dp[s] - pdp);
-        if (dz == 0.0f) continue;
-        const float* ks = k + (bi * t + s) * c + hi * hd;
-        if (opt.soft_cap > 0) {  // z = cap·tanh(u/cap): dz/du = 1 − tanh²(u/cap)
-          float dotqk = 0;
-          for (int64_t i = 0; i < hd; ++i) dotqk += qt[i] * ks[i];
-          const float th = std::tanh(dotqk * opt.scale / opt.temperature / opt.soft_cap);
+        float dz = prow[s] * (drow[s] - pdp);
+        if (opt.soft_cap > 0) {
+          const float th = std::tanh(aux[ti * t + s] / opt.temperature / opt.soft_cap);
           dz *= 1.0f - th * th;
         }
-        const float da = dz / opt.temperature * opt.scale;  // includes d(a)/d(q·k)
-        float* dks = dk + (bi * t + s) * c + hi * hd;
-        for (int64_t i = 0; i < hd; ++i) {
-          dqt[i] += da * ks[i];
-          dks[i] += da * qt[i];
-        }
+        drow[s] = dz / opt.temperature;
       }
+      std::fill(drow + ti + 1, drow + t, 0.0f);
     }
-  }
+    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp, t, k + off, c, 0.0f, dq + off, c);   // dQ
+    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp, t, q + off, c, 0.0f, dk + off, c);  // dK
+  });
 }
 
 }  // namespace stability::ops::cpu
