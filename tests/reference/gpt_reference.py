@@ -13,11 +13,12 @@ import torch
 
 
 class GptReference:
-    def __init__(self, config, params, buffers):
+    def __init__(self, config, params, buffers, dtype=torch.float64, telemetry=True):
         self.c = config
-        self.p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
-        self.b = {k: torch.tensor(v, dtype=torch.float64) for k, v in buffers.items()}
+        self.p = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in params.items()}
+        self.b = {k: torch.tensor(v, dtype=dtype) for k, v in buffers.items()}
         self.telemetry = {}
+        self.record = telemetry  # False: no telemetry (for throughput comparisons)
 
     # -- pieces -------------------------------------------------------------------------
     def norm(self, name, x, width):
@@ -26,11 +27,7 @@ class GptReference:
         x = x.reshape(-1, width)
         g = self.p[name + ".weight"]
         if c["norm"] == "layernorm":
-            mu = x.mean(-1, keepdim=True)
-            var = ((x - mu) ** 2).mean(-1, keepdim=True)
-            y = (x - mu) / torch.sqrt(var + c["norm_eps"]) * g
-            if name + ".bias" in self.p:
-                y = y + self.p[name + ".bias"]
+            y = torch.nn.functional.layer_norm(x, (width,), g, self.p.get(name + ".bias"), c["norm_eps"])
         else:
             ms = (x * x).mean(-1, keepdim=True)
             y = x / torch.sqrt(ms + c["norm_eps"]) * g
@@ -45,9 +42,10 @@ class GptReference:
         y = x @ w.T
         if name + ".bias" in self.p:
             y = y + self.p[name + ".bias"]
-        self.telemetry[name + ".out_norm"] = y.detach().norm(dim=-1).mean().item()
-        self.telemetry[name + ".in_norm"] = x.detach().norm(dim=-1).mean().item()
-        self.telemetry[name + ".weight_norm"] = w.detach().norm().item()
+        if self.record:
+            self.telemetry[name + ".out_norm"] = y.detach().norm(dim=-1).mean().item()
+            self.telemetry[name + ".in_norm"] = x.detach().norm(dim=-1).mean().item()
+            self.telemetry[name + ".weight_norm"] = w.detach().norm().item()
         return y
 
     def rope(self, x):  # x: [B, T, H, hd], GPT-NeoX half rotation
@@ -70,14 +68,16 @@ class GptReference:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         a = q @ k.transpose(-1, -2) / math.sqrt(hd)
         mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-        self.telemetry[f"h.{layer}.attn.max_logit"] = a.detach().masked_fill(~mask, -math.inf).max().item()
+        if self.record:
+            self.telemetry[f"h.{layer}.attn.max_logit"] = a.detach().masked_fill(~mask, -math.inf).max().item()
         z = a / c["attn_temperature"]
         if c["attn_soft_cap"] > 0:
             z = c["attn_soft_cap"] * torch.tanh(z / c["attn_soft_cap"])
         z = z.masked_fill(~mask, -math.inf)
         p = torch.softmax(z, dim=-1)
-        plogp = torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))
-        self.telemetry[f"h.{layer}.attn.entropy"] = (-plogp.detach().sum(-1)).mean().item()
+        if self.record:
+            plogp = torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))
+            self.telemetry[f"h.{layer}.attn.entropy"] = (-plogp.detach().sum(-1)).mean().item()
         if c["softmax_clip"]:
             zeta, gamma = c["clip_zeta"], c["clip_gamma"]
             p = torch.clamp((zeta - gamma) * p + gamma, 0.0, 1.0)
@@ -86,7 +86,7 @@ class GptReference:
 
     def act(self, x):
         if self.c["activation"] == "gelu":
-            return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+            return torch.nn.functional.gelu(x, approximate="tanh")
         return torch.relu(x)
 
     # -- the model ------------------------------------------------------------------------
@@ -131,10 +131,11 @@ class GptReference:
         lse = torch.logsumexp(z, dim=-1)
         ce = (lse - z.gather(-1, targets[..., None])[..., 0]).mean()
         loss = ce + c["z_loss"] * (lse**2).mean()
-        self.telemetry["loss"] = loss.item()
-        self.telemetry["ce_loss"] = ce.item()
-        self.telemetry["logits.max"] = logits.detach().max().item()
-        self.telemetry["logits.mean_log_z"] = lse.detach().mean().item()
+        if self.record:
+            self.telemetry["loss"] = loss.item()
+            self.telemetry["ce_loss"] = ce.item()
+            self.telemetry["logits.max"] = logits.detach().max().item()
+            self.telemetry["logits.mean_log_z"] = lse.detach().mean().item()
         return loss, logits
 
     def run(self, ids, targets):
