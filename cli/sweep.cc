@@ -8,11 +8,13 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/flags.h"
 #include "cli/run_flags.h"
 #include "stability/base/json_fields.h"
 #include "stability/base/paths.h"
+#include "stability/dist/communicator.h"
 #include "stability/train/report.h"
 #include "stability/train/sweep.h"
 #include "stability/train/sweep_tables.h"
@@ -99,14 +101,21 @@ int RunSweepCommand(int argc, char** argv) {
   if (!sweep.ok()) return Fail("sweep", std::string(sweep.status().message()));
   absl::StatusOr<int64_t> jobs = flags->GetInt("jobs"), threads = flags->GetInt("threads_per_job");
   if (!jobs.ok() || !threads.ok() || *jobs < 1 || *threads < 1) return Fail("sweep", "--jobs and --threads_per_job must be integers >= 1");
+  absl::StatusOr<std::unique_ptr<dist::Communicator>> comm = dist::CommunicatorFromEnvironment();
+  if (!comm.ok()) return Fail("sweep", std::string(comm.status().message()));
+  const bool root = (*comm)->is_root();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  std::fprintf(stderr, "sweep %s: %zu cells, %lld at a time\n", dir.c_str(), sweep->cells.size(), (long long)*jobs);
+  if (root) {
+    std::fprintf(stderr, "sweep %s: %zu cells, %lld at a time%s\n", dir.c_str(), sweep->cells.size(), (long long)*jobs,
+                 (*comm)->size() > 1 ? absl::StrCat(" on each of ", (*comm)->size(), " ranks").c_str() : "");
+  }
   absl::StatusOr<train::SweepOutcome> outcome =
-      train::RunSweep(*sweep, dir, {.executable = SelfExecutable(), .jobs = static_cast<int>(*jobs),
+      train::RunSweep(*sweep, dir, {.executable = SelfExecutable(), .comm = comm->get(), .jobs = static_cast<int>(*jobs),
                                     .threads_per_job = static_cast<int>(*threads), .progress = stderr,
                                     .stop_requested = &g_stop});
   if (!outcome.ok()) return Fail("sweep", std::string(outcome.status().message()));
+  if (!root) return outcome->failed > 0 ? 1 : 0;
   for (const std::string& f : outcome->failures) std::fprintf(stderr, "failed: %s\n", f.c_str());
   if (outcome->stopped) {
     std::fprintf(stderr, "stopped; `stability sweep --out=%s` continues\n", dir.c_str());

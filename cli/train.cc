@@ -11,6 +11,7 @@
 #include "cli/run_flags.h"
 #include "stability/base/json_fields.h"
 #include "stability/base/paths.h"
+#include "stability/dist/communicator.h"
 #include "stability/data/prepare.h"
 #include "stability/train/trainer.h"
 
@@ -47,15 +48,27 @@ int RunTrain(int argc, char** argv) {
 
   absl::StatusOr<int64_t> stop_after = flags->GetInt("stop_after");
   if (!stop_after.ok()) return Fail("train", std::string(stop_after.status().message()));
+  // Started by mpirun/srun with several ranks: data parallel over MPI.
+  absl::StatusOr<std::unique_ptr<dist::Communicator>> comm = dist::CommunicatorFromEnvironment();
+  if (!comm.ok()) return Fail("train", std::string(comm.status().message()));
+  const bool root = (*comm)->is_root();
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  train::TrainOptions options{.resume = flags->Get("resume") == "true", .stop_after = *stop_after,
-                              .progress = stderr, .stop_requested = &g_stop};
-  std::fprintf(stderr, "training %s / %s (%lld parameters) on cpu\n", rc.model.size.c_str(), rc.model.variant.c_str(),
-               static_cast<long long>(model::ParameterCount(rc.model)));
+  train::TrainOptions options{.comm = comm->get(), .resume = flags->Get("resume") == "true",
+                              .stop_after = *stop_after, .progress = stderr, .stop_requested = &g_stop};
+  if (root) {
+    std::fprintf(stderr, "training %s / %s (%lld parameters) on cpu", rc.model.size.c_str(), rc.model.variant.c_str(),
+                 static_cast<long long>(model::ParameterCount(rc.model)));
+    if ((*comm)->size() > 1) std::fprintf(stderr, ", %d ranks (%s)", (*comm)->size(), (*comm)->name().c_str());
+    std::fprintf(stderr, "\n");
+  }
   absl::StatusOr<nlohmann::json> summary = train::RunTraining(rc, options);
-  if (!summary.ok()) return Fail("train", std::string(summary.status().message()));
+  if (!summary.ok()) {
+    const std::string prefix = (*comm)->size() > 1 ? "rank " + std::to_string((*comm)->rank()) + ": " : "";
+    return Fail("train", prefix + std::string(summary.status().message()));
+  }
   const nlohmann::json& s = *summary;
+  if (!root) return s["diverged"].get<bool>() ? 3 : 0;
   std::printf("\nrun: %s\n", s["run"].get<std::string>().c_str());
   std::printf("steps: %lld%s, %.1f s, %.0f tokens/s\n", (long long)s["steps"].get<int64_t>(),
               s["finished"].get<bool>() ? "" : " (stopped; --resume continues)", s["wall_time_s"].get<double>(),

@@ -124,6 +124,10 @@ absl::StatusOr<CheckpointState> ParseCheckpointState(const nlohmann::json& j) {
   s.detector = d;
   if (j.contains("best_val_loss") && j["best_val_loss"].is_number()) s.best_val_loss = j["best_val_loss"].get<double>();
   if (j.contains("wall_time_s") && j["wall_time_s"].is_number()) s.wall_time_s = j["wall_time_s"].get<double>();
+  if (j.contains("world_size")) {
+    if (absl::Status st = integer(j, "world_size", &s.world_size); !st.ok()) return st;
+    if (s.world_size < 1) return bad("\"world_size\" must be at least 1");
+  }
   return s;
 }
 

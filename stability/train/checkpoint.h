@@ -27,6 +27,7 @@ struct CheckpointState {
   nlohmann::json detector;  // the divergence / spike detector's own state (an object)
   double best_val_loss = NAN;  // NaN: no evaluation yet
   double wall_time_s = 0;
+  int64_t world_size = 1;  // data-parallel ranks that wrote it
 };
 
 // Checks every field's presence and type; a hostile or damaged state.json is an error

@@ -151,7 +151,33 @@ absl::StatusOr<nlohmann::json> ReadSweepSpec(const std::string& dir) {
   return j;
 }
 
+namespace {
+
+// The environment of a cell's process: this one's, less the launcher's variables, so a cell
+// started from an mpirun rank is a single-process run.
+std::vector<std::string> CellEnvironment() {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string v = *e;
+    if (v.rfind("OMPI_", 0) == 0 || v.rfind("PMI_", 0) == 0 || v.rfind("PMIX_", 0) == 0 ||
+        v.rfind("SLURM_", 0) == 0) {
+      continue;
+    }
+    env.push_back(v);
+  }
+  return env;
+}
+
+}  // namespace
+
 absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string& dir, const SweepOptions& options) {
+  std::unique_ptr<dist::Communicator> single;
+  dist::Communicator* comm = options.comm;
+  if (comm == nullptr) {
+    single = dist::MakeSingleProcessCommunicator();
+    comm = single.get();
+  }
+  const bool root = comm->is_root();
   std::error_code ec;
   if (fs::exists(dir + "/sweep.json", ec)) {
     absl::StatusOr<nlohmann::json> existing = ReadSweepSpec(dir);
@@ -163,14 +189,20 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
   } else if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
     return absl::AlreadyExistsError(absl::StrCat(dir, " exists and is not a sweep folder; choose another --out"));
   }
-  for (const char* sub : {"cells", "cell_configs", "logs", "tables"}) fs::create_directories(dir + "/" + sub, ec);
-  if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
-  if (absl::Status s = WriteFileAtomically(dir + "/sweep.json", sweep.spec.dump(2) + "\n"); !s.ok()) return s;
+  if (absl::Status s = comm->Barrier(); !s.ok()) return s;  // every rank checked the folder
+  if (root) {
+    for (const char* sub : {"cells", "cell_configs", "logs", "tables"}) fs::create_directories(dir + "/" + sub, ec);
+    if (ec) return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+    if (absl::Status s = WriteFileAtomically(dir + "/sweep.json", sweep.spec.dump(2) + "\n"); !s.ok()) return s;
+  }
+  if (absl::Status s = comm->Barrier(); !s.ok()) return s;
 
   SweepOutcome outcome;
-  outcome.cells = static_cast<int64_t>(sweep.cells.size());
+  outcome.cells = (static_cast<int64_t>(sweep.cells.size()) - comm->rank() + comm->size() - 1) / comm->size();
   std::deque<const SweepCell*> pending;
-  for (const SweepCell& c : sweep.cells) {
+  for (size_t i = 0; i < sweep.cells.size(); ++i) {
+    const SweepCell& c = sweep.cells[i];
+    if (static_cast<int>(i % comm->size()) != comm->rank()) continue;  // another rank's cell
     const std::string run = dir + "/cells/" + c.name;
     if (fs::exists(run + "/summary.json", ec)) {
       ++outcome.skipped;
@@ -187,7 +219,8 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const int64_t left = static_cast<int64_t>(pending.size() + running.size());
     const double eta = done_now > 0 ? elapsed / done_now * left / 1.0 : NAN;
-    std::fprintf(options.progress, "sweep: %lld/%lld done (%lld diverged, %lld failed), %zu running, ETA %s%s\n",
+    std::fprintf(options.progress, "%ssweep: %lld/%lld done (%lld diverged, %lld failed), %zu running, ETA %s%s\n",
+                 comm->size() > 1 ? absl::StrCat("rank ", comm->rank(), " ").c_str() : "",
                  (long long)outcome.finished, (long long)outcome.cells, (long long)outcome.diverged,
                  (long long)outcome.failed, running.size(),
                  std::isfinite(eta) ? absl::StrFormat("%.0fs", eta).c_str() : "?", event.c_str());
@@ -213,8 +246,12 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     const std::string log = dir + "/logs/" + c.name + ".log";
     posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<std::string> env_strings = CellEnvironment();
+    std::vector<char*> envp;
+    for (std::string& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
     pid_t pid;
-    const int err = posix_spawn(&pid, options.executable.c_str(), &fa, nullptr, argv.data(), environ);
+    const int err = posix_spawn(&pid, options.executable.c_str(), &fa, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&fa);
     if (err != 0) return absl::UnavailableError(absl::StrCat("cannot start ", options.executable, ": ", std::strerror(err)));
     running[pid] = &c;
@@ -256,7 +293,8 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
       report(absl::StrCat(" | ", c.name, " FAILED"));
     }
   }
-  if (!outcome.stopped) {
+  if (absl::Status s = comm->Barrier(); !s.ok()) return s;  // all ranks' cells are done
+  if (!outcome.stopped && root) {
     if (absl::Status s = WriteSweepTables(sweep, dir); !s.ok()) return s;
   }
   return outcome;

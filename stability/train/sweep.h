@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "stability/dist/communicator.h"
 #include "stability/train/train_config.h"
 
 namespace stability::train {
@@ -46,6 +47,9 @@ absl::StatusOr<SweepSpec> ExpandSweep(const nlohmann::json& spec);
 
 struct SweepOptions {
   std::string executable;  // the `stability` binary to run cells with
+  // Under mpirun, each rank runs the cells whose index i has i % ranks == rank (each cell a
+  // single-process run); rank 0 writes sweep.json and the tables. nullptr: one process.
+  dist::Communicator* comm = nullptr;
   int jobs = 1;            // cells at a time
   int threads_per_job = 1;
   FILE* progress = nullptr;

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -124,7 +125,15 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   const model::ModelConfig& mc = config.model;
   STABILITY_RETURN_IF_ERROR(mc.Validate());
   STABILITY_RETURN_IF_ERROR(tc.Validate());
-  FILE* out = options.progress;
+  std::unique_ptr<dist::Communicator> single;
+  dist::Communicator* comm = options.comm;
+  if (comm == nullptr) {
+    single = dist::MakeSingleProcessCommunicator();
+    comm = single.get();
+  }
+  const bool root = comm->is_root();
+  const int world = comm->size();
+  FILE* out = root ? options.progress : nullptr;
 
   // Output folder: never overwrite a run unless resuming it.
   tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
@@ -148,8 +157,11 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
     return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds an unfinished run; pass --resume to continue it ",
                                                  "or choose another --out"));
   }
-  fs::create_directories(tc.out, ec);
+  // Every rank has checked the folder; only now may rank 0 change it.
+  STABILITY_RETURN_IF_ERROR(comm->Barrier());
+  if (root) fs::create_directories(tc.out, ec);
   if (ec) return absl::UnavailableError(absl::StrCat("cannot create the run folder ", tc.out, ": ", ec.message()));
+  STABILITY_RETURN_IF_ERROR(comm->Barrier());
   if (::access(tc.out.c_str(), W_OK) != 0) {
     return absl::PermissionDeniedError(absl::StrCat("the run folder ", tc.out, " is not writable"));
   }
@@ -163,16 +175,24 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   if (seq > mc.seq_len) {
     return absl::InvalidArgumentError(absl::StrCat("--seq=", seq, " exceeds the model's seq_len = ", mc.seq_len));
   }
-  STABILITY_ASSIGN_OR_RETURN(std::string data_dir, ResolveData(tc.data, out));
+  std::string data_dir;
+  if (root) {  // may prepare the bundled corpus, once
+    STABILITY_ASSIGN_OR_RETURN(data_dir, ResolveData(tc.data, out));
+  }
+  STABILITY_RETURN_IF_ERROR(comm->Barrier());
+  if (!root) {
+    STABILITY_ASSIGN_OR_RETURN(data_dir, ResolveData(tc.data, nullptr));
+  }
   STABILITY_ASSIGN_OR_RETURN(std::vector<std::string> train_shards, data::ListShards(data_dir, "train"));
   STABILITY_ASSIGN_OR_RETURN(std::vector<std::string> val_shards, data::ListShards(data_dir, "val"));
   STABILITY_ASSIGN_OR_RETURN(
       std::unique_ptr<data::DataLoader> train_loader,
       data::DataLoader::Open(train_shards, {.batch = tc.batch, .seq = seq, .shuffle = true, .seed = tc.seed,
-                                            .vocab_size = mc.vocab_size}));
+                                            .rank = comm->rank(), .world = world, .vocab_size = mc.vocab_size}));
   STABILITY_ASSIGN_OR_RETURN(
       std::unique_ptr<data::DataLoader> val_loader,
-      data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .vocab_size = mc.vocab_size}));
+      data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .rank = comm->rank(),
+                                          .world = world, .vocab_size = mc.vocab_size}));
 
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed));
   optim::AdamW opt(&model->parameters(), {.beta1 = tc.beta1, .beta2 = tc.beta2, .eps = tc.eps,
@@ -203,6 +223,11 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       std::memcpy(buf.data(), t.data(), t.nbytes());
     }
     const CheckpointState& st = ckpt.parsed;
+    if (st.world_size != world) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "checkpoint ", ckpt.path, " was written by a run of ", st.world_size, " rank(s); resume it with the same ",
+          "number (mpirun -np ", st.world_size, "), this run has ", world));
+    }
     STABILITY_RETURN_IF_ERROR(opt.LoadState(ckpt.tensors.tensors, st.optimizer_step));
     STABILITY_RETURN_IF_ERROR(train_loader->set_position({st.data_epoch, st.data_next}));
     detector.FromJson(st.detector);
@@ -219,7 +244,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   }
   // Checkpoints hold parameters, buffers and two Adam moments: refuse to start a run whose
   // checkpoints cannot fit, rather than fail hours in.
-  {
+  if (root) {
     struct statvfs fs_info;
     if (::statvfs(tc.out.c_str(), &fs_info) == 0) {
       const double free_bytes = static_cast<double>(fs_info.f_bavail) * fs_info.f_frsize;
@@ -232,11 +257,15 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       }
     }
   }
-  STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/config.json", config.ToJson().dump(2) + "\n"));
-  STABILITY_ASSIGN_OR_RETURN(MetricsWriter metrics, MetricsWriter::Open(tc.out + "/metrics.jsonl",
-                                                                          options.resume ? start : 0));
+  std::optional<MetricsWriter> metrics;
+  if (root) {
+    STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/config.json", config.ToJson().dump(2) + "\n"));
+    STABILITY_ASSIGN_OR_RETURN(MetricsWriter m, MetricsWriter::Open(tc.out + "/metrics.jsonl", options.resume ? start : 0));
+    metrics.emplace(std::move(m));
+  }
 
   const auto checkpoint = [&](int64_t step, double wall) -> absl::Status {
+    if (!root) return absl::OkStatus();
     SafetensorsFile f;
     for (const Parameter& p : model->parameters()) f.tensors.emplace_back(p.name, p.value);
     for (const auto& [name, t] : model->buffers()) f.tensors.emplace_back(name, t);
@@ -247,6 +276,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
                             {"detector", detector.ToJson()},
                             {"best_val_loss", std::isfinite(best_val) ? nlohmann::json(best_val) : nlohmann::json()},
                             {"wall_time_s", wall},
+                            {"world_size", world},
                             {"config", config.ToJson()}};
     return WriteCheckpoint(ckpt_dir, step, f, state, tc.keep_checkpoints);
   };
@@ -262,12 +292,13 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       STABILITY_ASSIGN_OR_RETURN(double l, model->Forward(ids, targets));
       sum += l;
     }
+    STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&sum, 1));
     model->set_training(true);
     model->set_telemetry(true);
-    return sum / batches;
+    return sum / (batches * world);
   };
 
-  const int64_t tokens_per_step = tc.batch * seq * tc.grad_accum;
+  const int64_t tokens_per_step = tc.batch * seq * tc.grad_accum * world;
   const auto t0 = Clock::now();
   auto last = t0;
   std::string diverged_reason;
@@ -275,6 +306,8 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   bool stopped = false;
   double last_loss = NAN, tokens_per_s = 0;
   Tensor ids, targets;
+  ops::Backend* backend = ops::GetBackend(kCpu);
+  const auto backend_scale = [backend](Tensor& t, float s) { backend->Scale(t.f32(), t.numel(), s); };
   while (step < tc.steps) {
     const bool telemetry = (step + 1) % tc.telemetry_interval == 0 || step + 1 == tc.steps;
     model->set_telemetry(telemetry);
@@ -289,6 +322,14 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
         for (const auto& [name, v] : model->telemetry().values()) row[name] = v;
       }
       STABILITY_RETURN_IF_ERROR(model->Backward(1.0f / static_cast<float>(tc.grad_accum)));
+    }
+    if (world > 1) {  // data parallelism: average the gradients and the loss over ranks
+      for (Parameter& p : model->parameters()) {
+        STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(p.grad.f32(), p.grad.numel()));
+        backend_scale(p.grad, 1.0f / static_cast<float>(world));
+      }
+      STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&loss, 1));
+      loss /= world;
     }
     if (telemetry) {
       model->ComputeGradNorms();
@@ -348,7 +389,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       row["val_loss"] = last_val;
       row["val_ppl"] = std::exp(last_val);
     }
-    STABILITY_RETURN_IF_ERROR(metrics.Write(row));
+    if (metrics) STABILITY_RETURN_IF_ERROR(metrics->Write(row));
     if (!diverged_reason.empty()) diverged_step = step;
     // A live line on a terminal; one line per ~5% of the run in a log file.
     const bool tty = out && ::isatty(::fileno(out));
@@ -360,9 +401,12 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       if (!tty || row.contains("val_loss") || is_last) std::fprintf(out, "\n");
       std::fflush(out);
     }
-    const bool stop_now = (options.stop_after > 0 && step >= options.stop_after) ||
-                          (options.stop_requested && options.stop_requested->load()) ||
-                          (options.on_step && !options.on_step(row));
+    double stop_votes = ((options.stop_requested && options.stop_requested->load()) ||
+                         (options.on_step && !options.on_step(row)))
+                            ? 1.0
+                            : 0.0;
+    STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&stop_votes, 1));  // every rank stops at the same step
+    const bool stop_now = (options.stop_after > 0 && step >= options.stop_after) || stop_votes > 0;
     if (is_last || stop_now || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) {
       STABILITY_RETURN_IF_ERROR(checkpoint(step, prior_wall + elapsed));
     }
@@ -392,8 +436,10 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       {"parameters", model::ParameterCount(mc)},
       {"tokens_per_step", tokens_per_step},
       {"run", tc.out},
+      {"ranks", world},
   };
-  if (!stopped) {
+  STABILITY_RETURN_IF_ERROR(comm->Barrier());
+  if (!stopped && root) {
     STABILITY_RETURN_IF_ERROR(WriteFileAtomically(tc.out + "/summary.json", summary.dump(2) + "\n"));
   }
   return summary;

@@ -22,11 +22,16 @@
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
+#include "stability/dist/communicator.h"
 #include "stability/train/train_config.h"
 
 namespace stability::train {
 
 struct TrainOptions {
+  // Data parallelism: every rank runs RunTraining with its communicator; each reads its own
+  // slice of every batch, gradients and losses are averaged, only rank 0 writes the run
+  // folder. nullptr: a single process.
+  dist::Communicator* comm = nullptr;
   bool resume = false;       // continue the run in config.train.out from its latest checkpoint
   int64_t stop_after = 0;    // > 0: stop after this step with a checkpoint, as if interrupted
   FILE* progress = nullptr;  // progress line and messages (stderr in the CLI); nullptr: quiet
@@ -35,7 +40,9 @@ struct TrainOptions {
   std::function<bool(const nlohmann::json&)> on_step;
 };
 
-// Runs (or resumes) training; returns summary.json's content. Errors in the config, data,
+// Runs (or resumes) training; returns summary.json's content. With several ranks, --batch
+// is per rank (the global batch is batch × ranks), a checkpoint records the number of ranks
+// and resuming needs the same number. Errors in the config, data,
 // output folder or checkpoint come back before any training work.
 absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions& options);
 

@@ -1,0 +1,52 @@
+// Communicator: the collective operations data-parallel training needs, with three
+// implementations chosen at start-up:
+//
+//   single process   rank 0 of 1, every collective is the identity
+//   MPI              CPU ranks (Open MPI); all-reduces in chunks (large messages are slow
+//                    with the default algorithm)
+//   NCCL             GPU ranks, one GPU per rank, bootstrapped through MPI (rank 0 makes
+//                    the NCCL id and broadcasts it); nccl_communicator.cu
+//
+// FromEnvironment() picks MPI when the process was started by mpirun/mpiexec or srun
+// (OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_RANK or SLURM_NTASKS with more than one task).
+#ifndef STABILITY_DIST_COMMUNICATOR_H_
+#define STABILITY_DIST_COMMUNICATOR_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace stability::dist {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string name() const = 0;  // "single", "mpi", "nccl"
+  // In place: x ← Σ over ranks of x (then divide for a mean).
+  virtual absl::Status AllReduceSum(float* x, int64_t n) = 0;
+  virtual absl::Status AllReduceSum(double* x, int64_t n) = 0;
+  // Every rank gets rank `root`'s bytes.
+  virtual absl::Status Broadcast(void* data, int64_t bytes, int root) = 0;
+  virtual absl::Status Barrier() = 0;
+  bool is_root() const { return rank() == 0; }
+};
+
+std::unique_ptr<Communicator> MakeSingleProcessCommunicator();
+
+// MPI_Init (once per process) and a communicator over MPI_COMM_WORLD.
+absl::StatusOr<std::unique_ptr<Communicator>> MakeMpiCommunicator();
+
+// The world size announced by a launcher (mpirun, srun), or 1.
+int LauncherWorldSize();
+
+// MPI when a launcher started more than one rank, else single process.
+absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorFromEnvironment();
+
+}  // namespace stability::dist
+
+#endif  // STABILITY_DIST_COMMUNICATOR_H_
