@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "stability/train/checkpoint.h"
 #include "stability/train/metrics.h"
@@ -27,9 +28,12 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
   return ss.str();
 }
 
+// Five significant digits are plenty for a chart and keep a 180-run report small.
 nlohmann::json Num(const nlohmann::json& row, const std::string& key) {
   auto it = row.find(key);
-  return it != row.end() && it->is_number() ? *it : nlohmann::json();
+  if (it == row.end() || !it->is_number()) return nlohmann::json();
+  if (it->is_number_integer()) return *it;
+  return std::strtod(absl::StrFormat("%.5g", it->get<double>()).c_str(), nullptr);
 }
 
 // One run's series, at most kMaxPoints per series (every k-th step, k from the planned steps).
