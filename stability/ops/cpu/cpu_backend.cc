@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "stability/ops/cpu/gemm.h"
 
@@ -190,34 +191,23 @@ void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const floa
 
 float CpuBackend::SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
                                       float* v, float* w_eff) {
+  // Matrix-vector products as GEMMs with one column (oneDNN, all threads).
+  const auto normalize = [this](float* x, int64_t n) {
+    const double norm = std::sqrt(SumSquares(x, n));
+    Scale(x, n, static_cast<float>(1.0 / std::max(norm, 1e-12)));
+  };
+  std::vector<float> wv(out);
   if (update) {
-    // v ← normalize(wᵀu)
-    double norm = 0;
-    for (int64_t j = 0; j < in; ++j) {
-      double s = 0;
-      for (int64_t i = 0; i < out; ++i) s += static_cast<double>(w[i * in + j]) * u[i];
-      v[j] = static_cast<float>(s);
-      norm += s * s;
-    }
-    const float inv_v = static_cast<float>(1.0 / std::max(std::sqrt(norm), 1e-12));
-    for (int64_t j = 0; j < in; ++j) v[j] *= inv_v;
-    // u ← normalize(w v)
-    norm = 0;
-    for (int64_t i = 0; i < out; ++i) {
-      double s = 0;
-      for (int64_t j = 0; j < in; ++j) s += static_cast<double>(w[i * in + j]) * v[j];
-      u[i] = static_cast<float>(s);
-      norm += s * s;
-    }
-    const float inv_u = static_cast<float>(1.0 / std::max(std::sqrt(norm), 1e-12));
-    for (int64_t i = 0; i < out; ++i) u[i] *= inv_u;
+    (void)Sgemm(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
+    normalize(v, in);
+  }
+  (void)Sgemm(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv.data(), 1);  // w v
+  if (update) {
+    std::copy(wv.begin(), wv.end(), u);  // u ← normalize(w v)
+    normalize(u, out);
   }
   double sigma = 0;  // uᵀ w v
-  for (int64_t i = 0; i < out; ++i) {
-    double s = 0;
-    for (int64_t j = 0; j < in; ++j) s += static_cast<double>(w[i * in + j]) * v[j];
-    sigma += s * u[i];
-  }
+  for (int64_t i = 0; i < out; ++i) sigma += static_cast<double>(u[i]) * wv[i];
   const float scale = static_cast<float>(g / sigma);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < out * in; ++i) w_eff[i] = scale * w[i];
