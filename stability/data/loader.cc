@@ -22,7 +22,7 @@ absl::StatusOr<std::unique_ptr<DataLoader>> DataLoader::Open(const std::vector<s
     if (!s.ok()) return s.status();
     if (options.vocab_size > 0) {
       for (int64_t i = 0; i < (*s)->size(); ++i) {
-        if ((**s)[i] >= options.vocab_size) {
+        if ((**s)[i] < 0 || (**s)[i] >= options.vocab_size) {  // negative: a v2 token beyond int32
           return absl::InvalidArgumentError(absl::StrCat("token shard ", p, ": token ", (**s)[i], " at ", i,
                                                          " is outside the model's vocabulary (vocab_size = ",
                                                          options.vocab_size, "); was it made with another tokenizer?"));

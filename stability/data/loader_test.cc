@@ -1,5 +1,6 @@
 #include "stability/data/loader.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <set>
 
@@ -93,6 +94,28 @@ TEST(LoaderTest, ErrorsAreClear) {
   EXPECT_EQ(ListShards("/nonexistent", "train").status().code(), absl::StatusCode::kNotFound);
   auto d = *DataLoader::Open(paths, {.batch = 1, .seq = 10});
   EXPECT_FALSE(d->set_position({0, 100000}).ok());
+}
+
+}  // namespace
+}  // namespace stability::data
+
+namespace stability::data {
+namespace {
+
+TEST(LoaderTest, Version2TokensBeyondInt32AreOutsideTheVocabulary) {
+  // Found by shard_fuzzer: a uint32 token >= 2^31 reads as a negative int32.
+  const std::string path = ::testing::TempDir() + "/huge_token.bin";
+  ASSERT_TRUE(WriteShard(path, {1, 2, 3, 4}, 1 << 20).ok());  // version 2 (vocab > 65536)
+  {
+    std::FILE* f = std::fopen(path.c_str(), "r+b");
+    const uint32_t huge = 0x80000001u;
+    std::fseek(f, 1024 + 4, SEEK_SET);
+    std::fwrite(&huge, 4, 1, f);
+    std::fclose(f);
+  }
+  absl::StatusOr<std::unique_ptr<DataLoader>> d = DataLoader::Open({path}, {.batch = 1, .seq = 2, .vocab_size = 50257});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("outside the model's vocabulary"), std::string::npos) << d.status();
 }
 
 }  // namespace
