@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/common.h"
 #include "cli/flags.h"
 #include "cli/run_flags.h"
 #include "stability/base/json_fields.h"
@@ -21,14 +22,6 @@
 
 namespace stability::cli {
 namespace {
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-
-int Fail(const std::string& command, const std::string& message) {
-  std::fprintf(stderr, "stability %s: %s\n", command.c_str(), message.c_str());
-  return 2;
-}
 
 // "a,b,c" -> ["a", "b", "c"] typed like JSON ("1e-3" -> 0.001).
 nlohmann::json ListFlag(const std::string& value) {
@@ -104,8 +97,7 @@ int RunSweepCommand(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<dist::Communicator>> comm = dist::CommunicatorFromEnvironment();
   if (!comm.ok()) return Fail("sweep", std::string(comm.status().message()));
   const bool root = (*comm)->is_root();
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
+  const std::atomic<bool>* stop = InstallStopHandler();
   if (root) {
     std::fprintf(stderr, "sweep %s: %zu cells, %lld at a time%s\n", dir.c_str(), sweep->cells.size(), (long long)*jobs,
                  (*comm)->size() > 1 ? absl::StrCat(" on each of ", (*comm)->size(), " ranks").c_str() : "");
@@ -113,7 +105,7 @@ int RunSweepCommand(int argc, char** argv) {
   absl::StatusOr<train::SweepOutcome> outcome =
       train::RunSweep(*sweep, dir, {.executable = SelfExecutable(), .comm = comm->get(), .jobs = static_cast<int>(*jobs),
                                     .threads_per_job = static_cast<int>(*threads), .progress = stderr,
-                                    .stop_requested = &g_stop});
+                                    .stop_requested = stop});
   if (!outcome.ok()) return Fail("sweep", std::string(outcome.status().message()));
   if (!root) return outcome->failed > 0 ? 1 : 0;
   for (const std::string& f : outcome->failures) std::fprintf(stderr, "failed: %s\n", f.c_str());

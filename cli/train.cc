@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "cli/common.h"
 #include "cli/flags.h"
 #include "cli/run_flags.h"
 #include "stability/base/json_fields.h"
@@ -16,18 +17,6 @@
 #include "stability/train/trainer.h"
 
 namespace stability::cli {
-namespace {
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop = true; }
-
-int Fail(const std::string& command, const std::string& message) {
-  std::fprintf(stderr, "stability %s: %s\n", command.c_str(), message.c_str());
-  return 2;
-}
-
-}  // namespace
-
 int RunTrain(int argc, char** argv) {
   std::vector<FlagSpec> specs = RunFlagSpecs();
   specs.push_back({"resume", "false", "continue the run in --out from its latest checkpoint"});
@@ -52,10 +41,9 @@ int RunTrain(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<dist::Communicator>> comm = dist::CommunicatorFromEnvironment();
   if (!comm.ok()) return Fail("train", std::string(comm.status().message()));
   const bool root = (*comm)->is_root();
-  std::signal(SIGINT, OnSignal);
-  std::signal(SIGTERM, OnSignal);
+  const std::atomic<bool>* stop = InstallStopHandler();
   train::TrainOptions options{.comm = comm->get(), .resume = flags->Get("resume") == "true",
-                              .stop_after = *stop_after, .progress = stderr, .stop_requested = &g_stop};
+                              .stop_after = *stop_after, .progress = stderr, .stop_requested = stop};
   if (root) {
     std::fprintf(stderr, "training %s / %s (%lld parameters) on cpu", rc.model.size.c_str(), rc.model.variant.c_str(),
                  static_cast<long long>(model::ParameterCount(rc.model)));

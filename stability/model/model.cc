@@ -65,6 +65,17 @@ struct Layer {
   const Tensor* branch2_in = nullptr;
 };
 
+ops::AttentionOptions AttentionOptionsFor(const ModelConfig& c) {
+  ops::AttentionOptions attn;
+  attn.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim()));
+  attn.temperature = c.attn_temperature;
+  attn.soft_cap = c.attn_soft_cap;
+  attn.clip = c.softmax_clip;
+  attn.clip_zeta = c.clip_zeta;
+  attn.clip_gamma = c.clip_gamma;
+  return attn;
+}
+
 }  // namespace
 
 struct Model::Impl {
@@ -294,18 +305,29 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
   };
 
+  // A residual branch's end: out = residual + LS ⊙ Norm(branch); the scale's input is kept.
+  const auto add_branch = [&](const Tensor& branch_out, const Norm& norm, NormActs& norm_acts, Parameter* scale,
+                              Tensor& scale_out, const Tensor& residual, const Tensor** scale_in, Tensor& out) {
+    const Tensor* branch = &branch_out;
+    if (norm.on()) {
+      run_norm(norm, branch_out, N, C, norm_acts);
+      branch = &norm_acts.y;
+    }
+    *scale_in = branch;
+    if (scale) {
+      Alloc(scale_out, {N, C});
+      be.ChannelScaleForward(branch->f32(), scale->value.f32(), N, C, scale_out.f32());
+      branch = &scale_out;
+    }
+    be.Add(residual.f32(), branch->f32(), N * C, out.f32());
+  };
+
   m.stream.resize(c.n_layer + 1);
   for (Tensor& t : m.stream) Alloc(t, {N, C});
   be.EmbeddingForward(ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
                       m.stream[0].f32());
 
-  ops::AttentionOptions attn;
-  attn.scale = 1.0f / std::sqrt(static_cast<float>(HD));
-  attn.temperature = c.attn_temperature;
-  attn.soft_cap = c.attn_soft_cap;
-  attn.clip = c.softmax_clip;
-  attn.clip_zeta = c.clip_zeta;
-  attn.clip_gamma = c.clip_gamma;
+  const ops::AttentionOptions attn = AttentionOptionsFor(c);
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -361,19 +383,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
     }
     run_linear(y.proj, y.att, y.proj_out, name + "proj");
-    const Tensor* branch = &y.proj_out;
-    if (y.proj_norm.on()) {
-      run_norm(y.proj_norm, y.proj_out, N, C, y.pn);
-      branch = &y.pn.y;
-    }
-    y.branch1_in = branch;
-    if (y.ls1) {
-      Alloc(y.ls1_out, {N, C});
-      be.ChannelScaleForward(branch->f32(), y.ls1->value.f32(), N, C, y.ls1_out.f32());
-      branch = &y.ls1_out;
-    }
     Alloc(y.h, {N, C});
-    be.Add(x.f32(), branch->f32(), N * C, y.h.f32());
+    add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h);
 
     const Tensor* a2 = &y.h;
     if (y.n2.on()) {
@@ -384,18 +395,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     Alloc(y.act, {N, F});
     be.ActivationForward(c.activation, y.fc1_out.f32(), N * F, y.act.f32());
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
-    branch = &y.fc2_out;
-    if (y.fc2_norm.on()) {
-      run_norm(y.fc2_norm, y.fc2_out, N, C, y.fn);
-      branch = &y.fn.y;
-    }
-    y.branch2_in = branch;
-    if (y.ls2) {
-      Alloc(y.ls2_out, {N, C});
-      be.ChannelScaleForward(branch->f32(), y.ls2->value.f32(), N, C, y.ls2_out.f32());
-      branch = &y.ls2_out;
-    }
-    be.Add(y.h.f32(), branch->f32(), N * C, m.stream[l + 1].f32());
+    add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1]);
   }
 
   run_norm(m.nf, m.stream[c.n_layer], N, C, m.xf);
@@ -421,6 +421,7 @@ absl::Status Model::Backward(float dloss) {
   const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  const ops::AttentionOptions attn = AttentionOptionsFor(c);
   for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(*t, {N, C});
   Alloc(m.dqkv, {N, 3 * C});
   Alloc(m.dF1, {N, F});
@@ -485,13 +486,6 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
-    ops::AttentionOptions attn;
-    attn.scale = 1.0f / std::sqrt(static_cast<float>(HD));
-    attn.temperature = c.attn_temperature;
-    attn.soft_cap = c.attn_soft_cap;
-    attn.clip = c.softmax_clip;
-    attn.clip_zeta = c.clip_zeta;
-    attn.clip_gamma = c.clip_gamma;
     be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.probs.f32(), m.t3.f32(), B, T, H, HD, attn,
                          m.dq.f32(), m.dk.f32(), m.dv.f32());
     if (c.position == Position::kRope) {
