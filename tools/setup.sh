@@ -26,6 +26,8 @@ apt_packages=(
   python3-numpy python3-pytest python3-torch python3-matplotlib python3-venv python3-pip
   # report tests: a real browser
   chromium chromium-driver
+  # fuzzing (tools/test.sh runs the libFuzzer targets with clang)
+  clang-14 libclang-rt-14-dev
   # tooling used by tests and scripts
   iproute2 ca-certificates
 )
