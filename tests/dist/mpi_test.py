@@ -15,7 +15,9 @@ import time
 
 import pytest
 
-BIN = os.path.join(os.environ.get("TEST_SRCDIR", ""), "stability/cli/stability")
+import e2e
+
+BIN = e2e.BIN
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2",
           "--mca", "btl_vader_single_copy_mechanism", "none"]
 MODEL = ["--vocab_size=257", "--n_embd=32", "--seq_len=32", "--eval_batches=1", "--threads=1"]
@@ -23,13 +25,7 @@ MODEL = ["--vocab_size=257", "--n_embd=32", "--seq_len=32", "--eval_batches=1", 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    (tmp / "text").mkdir()
-    (tmp / "text" / "a.txt").write_text("It is a truth universally acknowledged, that a single man in possession.\n" * 400)
-    r = subprocess.run([BIN, "prepare", f"--input={tmp}/text", f"--out={tmp}/shards", "--tokenizer=bytes"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return tmp / "shards"
+    return e2e.byte_shards(tmp_path_factory.mktemp("data"), "It is a truth universally acknowledged, that a single man in possession.\n", 400)
 
 
 def losses(run):

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-BIN = os.path.join(os.environ.get("TEST_SRCDIR", ""), "stability/cli/stability")
+import e2e
+
+BIN = e2e.BIN
 MODEL = ["--vocab_size=257", "--n_embd=32", "--seq_len=32", "--batch=2", "--eval_batches=1"]
 STEPS = 600
 ARGS = MODEL + [f"--steps={STEPS}", "--eval_interval=50", "--checkpoint_interval=5", "--keep_checkpoints=2"]
@@ -18,13 +20,7 @@ ARGS = MODEL + [f"--steps={STEPS}", "--eval_interval=50", "--checkpoint_interval
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    (tmp / "text").mkdir()
-    (tmp / "text" / "a.txt").write_text("Call me Ishmael. Some years ago, never mind how long precisely.\n" * 400)
-    r = subprocess.run([BIN, "prepare", f"--input={tmp}/text", f"--out={tmp}/shards", "--tokenizer=bytes"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return tmp / "shards"
+    return e2e.byte_shards(tmp_path_factory.mktemp("data"), "Call me Ishmael. Some years ago, never mind how long precisely.\n", 400)
 
 
 def final_state(run):

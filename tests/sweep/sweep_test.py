@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+import e2e
+
 SRC = os.environ.get("TEST_SRCDIR", "")
-BIN = os.path.join(SRC, "stability/cli/stability")
+BIN = e2e.BIN
 UPLOT = os.path.join(SRC, "bundled_data/uplot")
 T95 = {1: 12.706, 2: 4.303, 3: 3.182}
 
@@ -27,13 +29,8 @@ def env_with_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("data")
-    (tmp / "text").mkdir()
-    (tmp / "text" / "a.txt").write_text("Alice was beginning to get very tired of sitting by her sister.\n" * 300)
-    r = subprocess.run([BIN, "prepare", f"--input={tmp}/text", f"--out={tmp}/shards", "--tokenizer=bytes"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return tmp / "shards"
+    return e2e.byte_shards(tmp_path_factory.mktemp("data"),
+                           "Alice was beginning to get very tired of sitting by her sister.\n", 300)
 
 
 def sweep_args(shards, out):
