@@ -58,7 +58,7 @@ struct Layer {
   Parameter* ls2 = nullptr;
   // Activations of the last Forward (x, the block input, is Impl::stream[l]).
   NormActs a1, qn, kn, vn, pn, a2, fn;
-  Tensor qkv_out, q_raw, k_raw, v_raw, probs, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
+  Tensor qkv_out, q_raw, k_raw, v_raw, probs, attn_lse, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
   Tensor q_att, k_att, v_att;  // attention inputs: after norms and RoPE
   Tensor q_rope, k_rope;       // RoPE's own buffers when there is no q/k norm
   const Tensor* branch1_in = nullptr;  // what layer scale 1 multiplied
@@ -374,9 +374,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);
     }
     Alloc(y.probs, {B, H, T, T});
+    Alloc(y.attn_lse, {B, H, T});
     Alloc(y.att, {N, C});
     ops::AttentionStats stats;
-    be.AttentionForward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), B, T, H, HD, attn, y.att.f32(), y.probs.f32(),
+    be.AttentionForward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), B, T, H, HD, attn, y.att.f32(), y.probs.f32(), y.attn_lse.f32(),
                         telemetry_on_ ? &stats : nullptr);
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
@@ -486,7 +487,7 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
-    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.probs.f32(), m.t3.f32(), B, T, H, HD, attn,
+    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.probs.f32(), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn,
                          m.dq.f32(), m.dk.f32(), m.dv.f32());
     if (c.position == Position::kRope) {
       be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);

@@ -86,13 +86,14 @@ class Backend {
                             const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) = 0;
 
   // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous). probs: [B, H, T, T], the
-  // softmax p (not p'), saved for backward; stats nullable.
+  // softmax p (not p'), and lse: [B, H, T], log Σ exp z per query row, both saved for
+  // backward (z_s = log p_s + lse recovers the capped logits); stats nullable.
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                int64_t hd, const AttentionOptions& opt, float* out, float* probs,
+                                int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                 AttentionStats* stats) = 0;
   // dq, dk, dv overwritten.
   virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
-                                 const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                 const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                  const AttentionOptions& opt, float* dq, float* dk, float* dv) = 0;
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] in place, positions 0..T−1:

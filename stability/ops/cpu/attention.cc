@@ -6,7 +6,8 @@
 // Forward, per (b, h):  A = scale·Q Kᵀ (T×T, GEMM);  per row t ≤ T: z = cap(A/τ), p = softmax,
 // p' = clip(p);  O = P' V (GEMM).  probs keeps p for backward.
 // Backward:  dP' = dO Vᵀ (GEMM);  dV = P'ᵀ dO (GEMM);  dP = clip'(p)·dP';
-// dZ = p∘(dP − Σ p∘dP);  dA = dZ·cap'(·)/τ;  dQ = scale·dA K (GEMM);  dK = scale·dAᵀ Q (GEMM).
+// dZ = p∘(dP − Σ p∘dP);  dA = dZ·cap'(·)/τ with cap' = 1 − (z/c)², z = log p + lse (no
+// second Q Kᵀ);  dQ = scale·dA K (GEMM);  dK = scale·dAᵀ Q (GEMM).
 #include <omp.h>
 
 #include <algorithm>
@@ -48,7 +49,7 @@ void ForEachHead(int64_t bh_count, int64_t t, int buffers, Body body) {
 }  // namespace
 
 void CpuBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                  int64_t hd, const AttentionOptions& opt, float* out, float* probs,
+                                  int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                   AttentionStats* stats) {
   const int64_t c = h * hd;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
@@ -77,6 +78,7 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
         sum += row[s];
       }
       const float inv = 1.0f / sum;
+      lse[bh * t + ti] = zmax + std::log(sum);
       for (int64_t s = 0; s <= ti; ++s) {
         row[s] *= inv;
         if (row[s] > 0) ent -= static_cast<double>(row[s]) * std::log(row[s]);
@@ -100,11 +102,11 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
 }
 
 void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
-                                   const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                   const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                    const AttentionOptions& opt, float* dq, float* dk, float* dv) {
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
-  // scratch[0]: dP' then dA; scratch[1]: P' (clip) or the recomputed logits (cap).
+  // scratch[0]: dP' then dA; scratch[1]: P' (clip).
   ForEachHead(b * h, t, 2, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
     const int64_t bi = bh / h, hi = bh % h;
     const int64_t off = bi * t * c + hi * hd;
@@ -119,9 +121,6 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
     }
     (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + off, c, 0.0f, dp, t);  // dP'
     (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc, t, dout + off, c, 0.0f, dv + off, c);  // dV
-    if (opt.soft_cap > 0) {  // the cap's derivative needs the logits: recompute them
-      (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, q + off, c, k + off, c, 0.0f, aux, t);
-    }
     for (int64_t ti = 0; ti < t; ++ti) {
       const float* prow = p + ti * t;
       float* drow = dp + ti * t;
@@ -133,10 +132,11 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
       }
       float pdp = 0;
       for (int64_t s = 0; s <= ti; ++s) pdp += prow[s] * drow[s];
+      const float row_lse = lse[bh * t + ti];
       for (int64_t s = 0; s <= ti; ++s) {
         float dz = prow[s] * (drow[s] - pdp);
-        if (opt.soft_cap > 0) {
-          const float th = std::tanh(aux[ti * t + s] / opt.temperature / opt.soft_cap);
+        if (opt.soft_cap > 0 && dz != 0.0f) {  // p = 0 contributes nothing (and has no log)
+          const float th = (std::log(prow[s]) + row_lse) / opt.soft_cap;  // tanh(u/c) = z/c
           dz *= 1.0f - th * th;
         }
         drow[s] = dz / opt.temperature;

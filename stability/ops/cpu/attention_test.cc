@@ -20,15 +20,15 @@ TEST_P(AttentionGradTest, BackwardMatchesFiniteDifferences) {
   opt.scale = 1.0f / std::sqrt(float(HD));
   std::vector<float> q = RandomVector(B * T * C, 1), k = RandomVector(B * T * C, 2), v = RandomVector(B * T * C, 3);
   const std::vector<float> r = RandomVector(B * T * C, 4);
-  std::vector<float> probs(B * H * T * T), out(B * T * C);
+  std::vector<float> probs(B * H * T * T), lse(B * H * T), out(B * T * C);
   CpuBackend& be = GetCpuBackend();
   auto forward = [&] {
-    be.AttentionForward(q.data(), k.data(), v.data(), B, T, H, HD, opt, out.data(), probs.data(), nullptr);
+    be.AttentionForward(q.data(), k.data(), v.data(), B, T, H, HD, opt, out.data(), probs.data(), lse.data(), nullptr);
     return out;
   };
   forward();
   std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-  be.AttentionBackward(q.data(), k.data(), v.data(), probs.data(), r.data(), B, T, H, HD, opt, dq.data(),
+  be.AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), r.data(), B, T, H, HD, opt, dq.data(),
                        dk.data(), dv.data());
   ExpectGradientsMatch(forward, r, {{"q", &q, &dq}, {"k", &k, &dk}, {"v", &v, &dv}});
 }
@@ -43,9 +43,9 @@ INSTANTIATE_TEST_SUITE_P(SoftmaxOptions, AttentionGradTest,
 TEST(AttentionTest, CausalAndStats) {
   // One head, hd = 1: logits are q_t·k_s; query 0 sees only key 0, so o_0 = v_0.
   const float q[3] = {1, 2, 3}, k[3] = {1, 0.5f, -1}, v[3] = {10, 20, 30};
-  float out[3], probs[9];
+  float out[3], probs[9], lse[3];
   AttentionStats stats;
-  GetCpuBackend().AttentionForward(q, k, v, 1, 3, 1, 1, {}, out, probs, &stats);
+  GetCpuBackend().AttentionForward(q, k, v, 1, 3, 1, 1, {}, out, probs, lse, &stats);
   EXPECT_FLOAT_EQ(out[0], 10.0f);
   EXPECT_EQ(probs[1], 0.0f);  // future keys get nothing
   EXPECT_EQ(probs[2], 0.0f);
@@ -55,18 +55,18 @@ TEST(AttentionTest, CausalAndStats) {
   const double h1 = -(p * std::log(p) + (1 - p) * std::log(1 - p));
   EXPECT_GT(stats.entropy_sum, h1);  // row 2 adds a positive entropy
   AttentionStats one;
-  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {}, out, probs, &one);
+  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {}, out, probs, lse, &one);
   EXPECT_NEAR(one.entropy_sum, h1, 1e-6);
 }
 
 TEST(AttentionTest, SoftCapBoundsTheLogitsAndClipReachesZero) {
   // With a huge logit gap, a cap of 1 keeps both keys in play.
   const float q[2] = {0, 100}, k[2] = {1, -1}, v[2] = {0, 1};
-  float out[2], probs[4];
-  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 1.0f}, out, probs, nullptr);
+  float out[2], probs[4], lse[2];
+  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 1.0f}, out, probs, lse, nullptr);
   EXPECT_NEAR(probs[2], std::exp(1.0) / (std::exp(1.0) + std::exp(-1.0)), 1e-5);
   // Clipped softmax: p = 0.0067 < 0.03/1.06 is clipped to exactly 0 weight on v.
-  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 2.5f, .clip = true}, out, probs, nullptr);
+  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 2.5f, .clip = true}, out, probs, lse, nullptr);
   EXPECT_LT(probs[3], 0.03f / 1.06f);
   EXPECT_FLOAT_EQ(out[1], 0.0f);
 }
