@@ -17,6 +17,7 @@
 
 #include "stability/ops/cpu/cpu_backend.h"
 #include "stability/ops/cpu/gemm.h"
+#include "stability/ops/cpu/internal/vec_math.h"
 
 namespace stability::ops::cpu {
 namespace {
@@ -24,10 +25,16 @@ namespace {
 using stability::cpu::Sgemm;
 using stability::cpu::Trans;
 
-// a → z for one logit: temperature, then the soft cap.
-inline float Transform(float a, const AttentionOptions& opt) {
-  const float u = a / opt.temperature;
-  return opt.soft_cap > 0 ? opt.soft_cap * std::tanh(u / opt.soft_cap) : u;
+using internal::Exp8;
+using internal::Map8;
+using internal::Sum8;
+
+// a → z for 8 logits: temperature, then the soft cap.
+inline __m256 Transform8(__m256 a, const AttentionOptions& opt) {
+  const __m256 u = _mm256_div_ps(a, _mm256_set1_ps(opt.temperature));
+  if (opt.soft_cap <= 0) return u;
+  return _mm256_mul_ps(_mm256_set1_ps(opt.soft_cap),
+                       internal::Tanh8(_mm256_mul_ps(u, _mm256_set1_ps(1.0f / opt.soft_cap))));
 }
 
 inline float Clip(float p, const AttentionOptions& opt) {
@@ -52,6 +59,7 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
                                   int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                   AttentionStats* stats) {
   const int64_t c = h * hd;
+  const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
   std::vector<double> entropy(b * h, 0.0);
   ForEachHead(b * h, t, 1, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
@@ -66,28 +74,43 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
     float mx = max_logit[bh];
     for (int64_t ti = 0; ti < t; ++ti) {
       float* row = p + ti * t;
-      float zmax = -std::numeric_limits<float>::infinity();
-      for (int64_t s = 0; s <= ti; ++s) {
-        mx = std::max(mx, row[s]);
-        row[s] = Transform(row[s], opt);
-        zmax = std::max(zmax, row[s]);
+      const int64_t len = ti + 1;  // causal: s ≤ t
+      mx = std::max(mx, internal::MaxOf(row, len));
+      if (transform) Map8(row, len, row, [&](__m256 a) { return Transform8(a, opt); });
+      const float zmax = internal::MaxOf(row, len);
+      // e = exp(z − zmax) in place; Σe and Σ e·(z − zmax) give lse and the entropy
+      // H = −Σ p·log p = log Σe − Σ e·(z − zmax) / Σe  (no log per element).
+      const __m256 shift = _mm256_set1_ps(zmax);
+      __m256 sum8 = _mm256_setzero_ps(), ez8 = _mm256_setzero_ps();
+      auto step = [&](__m256 z) {
+        const __m256 d = _mm256_sub_ps(z, shift);
+        const __m256 e = Exp8(d);
+        sum8 = _mm256_add_ps(sum8, e);
+        ez8 = _mm256_fmadd_ps(e, d, ez8);
+        return e;
+      };
+      int64_t s = 0;
+      for (; s + 8 <= len; s += 8) _mm256_storeu_ps(row + s, step(_mm256_loadu_ps(row + s)));
+      if (s < len) {  // tail padded with a finite −1e30: e = 0 and e·d = 0
+        alignas(32) float buf[8];
+        std::fill(buf, buf + 8, -1e30f);
+        std::copy(row + s, row + len, buf);
+        _mm256_store_ps(buf, step(_mm256_load_ps(buf)));
+        std::copy(buf, buf + (len - s), row + s);
       }
-      float sum = 0;
-      for (int64_t s = 0; s <= ti; ++s) {
-        row[s] = std::exp(row[s] - zmax);
-        sum += row[s];
-      }
+      const float sum = Sum8(sum8);
       const float inv = 1.0f / sum;
-      lse[bh * t + ti] = zmax + std::log(sum);
-      for (int64_t s = 0; s <= ti; ++s) {
-        row[s] *= inv;
-        if (row[s] > 0) ent -= static_cast<double>(row[s]) * std::log(row[s]);
-      }
-      std::fill(row + ti + 1, row + t, 0.0f);
+      const float log_sum = std::log(sum);
+      lse[bh * t + ti] = zmax + log_sum;
+      ent += static_cast<double>(log_sum) - static_cast<double>(Sum8(ez8)) * inv;
+#pragma omp simd
+      for (int64_t j = 0; j < len; ++j) row[j] *= inv;
+      std::fill(row + len, row + t, 0.0f);
       if (opt.clip) {
         float* crow = pc + ti * t;
-        for (int64_t s = 0; s <= ti; ++s) crow[s] = Clip(row[s], opt);
-        std::fill(crow + ti + 1, crow + t, 0.0f);
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) crow[j] = Clip(row[j], opt);
+        std::fill(crow + len, crow + t, 0.0f);
       }
     }
     max_logit[bh] = mx;
@@ -131,15 +154,22 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
         }
       }
       float pdp = 0;
+#pragma omp simd reduction(+ : pdp)
       for (int64_t s = 0; s <= ti; ++s) pdp += prow[s] * drow[s];
       const float row_lse = lse[bh * t + ti];
-      for (int64_t s = 0; s <= ti; ++s) {
-        float dz = prow[s] * (drow[s] - pdp);
-        if (opt.soft_cap > 0 && dz != 0.0f) {  // p = 0 contributes nothing (and has no log)
-          const float th = (std::log(prow[s]) + row_lse) / opt.soft_cap;  // tanh(u/c) = z/c
-          dz *= 1.0f - th * th;
+      const float inv_temp = 1.0f / opt.temperature;
+      if (opt.soft_cap > 0) {
+        for (int64_t s = 0; s <= ti; ++s) {
+          float dz = prow[s] * (drow[s] - pdp);
+          if (dz != 0.0f) {  // p = 0 contributes nothing (and has no log)
+            const float th = (std::log(prow[s]) + row_lse) / opt.soft_cap;  // tanh(u/c) = z/c
+            dz *= 1.0f - th * th;
+          }
+          drow[s] = dz * inv_temp;
         }
-        drow[s] = dz / opt.temperature;
+      } else {
+#pragma omp simd
+        for (int64_t s = 0; s <= ti; ++s) drow[s] = prow[s] * (drow[s] - pdp) * inv_temp;
       }
       std::fill(drow + ti + 1, drow + t, 0.0f);
     }
