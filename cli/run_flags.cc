@@ -46,6 +46,7 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"divergence_patience", "steps above the threshold before a run counts as diverged"},
       {"spike_skip_factor", "skip an update whose loss or grad norm is this many std devs above the recent mean; 0 = off"},
       {"spike_window", "updates in the spike-protection window"},
+      {"zero", "ZeRO stage with several ranks: 0 = off, 1 = shard the AdamW moments over the ranks"},
       {"seed", "seed of the parameters and of the data order"},
   };
   return help;

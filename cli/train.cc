@@ -47,7 +47,10 @@ int RunTrain(int argc, char** argv) {
   if (root) {
     std::fprintf(stderr, "training %s / %s (%lld parameters) on cpu", rc.model.size.c_str(), rc.model.variant.c_str(),
                  static_cast<long long>(model::ParameterCount(rc.model)));
-    if ((*comm)->size() > 1) std::fprintf(stderr, ", %d ranks (%s)", (*comm)->size(), (*comm)->name().c_str());
+    if ((*comm)->size() > 1) {
+      std::fprintf(stderr, ", %d ranks (%s%s)", (*comm)->size(), (*comm)->name().c_str(),
+                   rc.train.zero == 1 ? ", ZeRO-1: AdamW moments sharded" : "");
+    }
     std::fprintf(stderr, "\n");
   }
   absl::StatusOr<nlohmann::json> summary = train::RunTraining(rc, options);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,10 @@ class SingleProcess final : public Communicator {
   std::string name() const override { return "single"; }
   absl::Status AllReduceSum(float*, int64_t) override { return absl::OkStatus(); }
   absl::Status AllReduceSum(double*, int64_t) override { return absl::OkStatus(); }
+  absl::Status AllGather(const float* send, int64_t n, float* recv) override {
+    std::memcpy(recv, send, n * sizeof(float));
+    return absl::OkStatus();
+  }
   absl::Status Broadcast(void*, int64_t, int) override { return absl::OkStatus(); }
   absl::Status Barrier() override { return absl::OkStatus(); }
 };
@@ -49,6 +54,24 @@ class Mpi final : public Communicator {
   // Chunks of 4 MiB: Open MPI's default allreduce is slow on messages over ~16 MB.
   absl::Status AllReduceSum(float* x, int64_t n) override { return Chunked(x, n, MPI_FLOAT); }
   absl::Status AllReduceSum(double* x, int64_t n) override { return Chunked(x, n, MPI_DOUBLE); }
+
+  // In chunks too: each chunk gathers into a staging buffer, then to its place per rank.
+  absl::Status AllGather(const float* send, int64_t n, float* recv) override {
+    const int64_t per = kChunkBytes / sizeof(float);
+    std::vector<float> staging(std::min(per, n) * size_);
+    for (int64_t off = 0; off < n; off += per) {
+      const int count = static_cast<int>(std::min(per, n - off));
+      if (absl::Status s = MpiError(MPI_Allgather(send + off, count, MPI_FLOAT, staging.data(), count, MPI_FLOAT,
+                                                  MPI_COMM_WORLD),
+                                    "MPI_Allgather");
+          !s.ok()) {
+        return s;
+      }
+      for (int r = 0; r < size_; ++r)
+        std::memcpy(recv + r * n + off, staging.data() + static_cast<int64_t>(r) * count, count * sizeof(float));
+    }
+    return absl::OkStatus();
+  }
 
   absl::Status Broadcast(void* data, int64_t bytes, int root) override {
     char* p = static_cast<char*>(data);

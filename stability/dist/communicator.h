@@ -12,9 +12,11 @@
 #ifndef STABILITY_DIST_COMMUNICATOR_H_
 #define STABILITY_DIST_COMMUNICATOR_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -30,11 +32,31 @@ class Communicator {
   // In place: x ← Σ over ranks of x (then divide for a mean).
   virtual absl::Status AllReduceSum(float* x, int64_t n) = 0;
   virtual absl::Status AllReduceSum(double* x, int64_t n) = 0;
+  // recv[r·n, (r+1)·n) ← rank r's send[0, n), on every rank; send must not overlap recv.
+  // (ZeRO-1 gathers the parameters each rank updated, and the moments for checkpoints.)
+  virtual absl::Status AllGather(const float* send, int64_t n, float* recv) = 0;
   // Every rank gets rank `root`'s bytes.
   virtual absl::Status Broadcast(void* data, int64_t bytes, int root) = 0;
   virtual absl::Status Barrier() = 0;
   bool is_root() const { return rank() == 0; }
 };
+
+// Every rank's `piece` floats gathered to every rank in chunks of at most `chunk`, so the
+// staging memory stays (size + 1)·chunk floats however large the pieces are.
+// pack(off, len, dst): this rank's elements [off, off + len) of its piece to dst;
+// unpack(rank, off, len, src): rank `rank`'s elements [off, off + len) arrive in src.
+template <typename Pack, typename Unpack>
+absl::Status AllGatherInChunks(Communicator& comm, int64_t piece, int64_t chunk, Pack pack, Unpack unpack) {
+  const int64_t len_max = std::min(piece, chunk);
+  std::vector<float> send(len_max), recv(len_max * comm.size());
+  for (int64_t off = 0; off < piece; off += chunk) {
+    const int64_t len = std::min(chunk, piece - off);
+    pack(off, len, send.data());
+    if (absl::Status s = comm.AllGather(send.data(), len, recv.data()); !s.ok()) return s;
+    for (int r = 0; r < comm.size(); ++r) unpack(r, off, len, recv.data() + r * len);
+  }
+  return absl::OkStatus();
+}
 
 std::unique_ptr<Communicator> MakeSingleProcessCommunicator();
 

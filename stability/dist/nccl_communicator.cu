@@ -29,6 +29,14 @@ class Nccl final : public Communicator {
   std::string name() const override { return "nccl"; }
   absl::Status AllReduceSum(float* x, int64_t n) override { return Reduce(x, n, ncclFloat32); }
   absl::Status AllReduceSum(double* x, int64_t n) override { return Reduce(x, n, ncclFloat64); }
+  // Device buffers, one GPU per rank (as every NCCL collective here).
+  absl::Status AllGather(const float* send, int64_t n, float* recv) override {
+    if (absl::Status s = NcclStatus(ncclAllGather(send, recv, n, ncclFloat32, comm_, stream_), "ncclAllGather");
+        !s.ok()) {
+      return s;
+    }
+    return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
   absl::Status Broadcast(void* data, int64_t bytes, int root) override {
     if (absl::Status s = NcclStatus(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
         !s.ok()) {

@@ -59,6 +59,11 @@ struct TrainConfig {
   double spike_skip_factor = 0.0;
   int64_t spike_window = 128;
 
+  // ZeRO stage for data-parallel runs: 0 = every rank keeps all AdamW moments; 1 = each
+  // rank keeps 1/ranks of them and updates that part of the parameters, which are then
+  // all-gathered (bitwise the same training; optimizer memory per rank ÷ ranks).
+  int64_t zero = 0;
+
   uint64_t seed = 1;
 
   absl::Status Validate() const;

@@ -195,8 +195,49 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
                                           .world = world, .vocab_size = mc.vocab_size}));
 
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed));
-  optim::AdamW opt(&model->parameters(), {.beta1 = tc.beta1, .beta2 = tc.beta2, .eps = tc.eps,
-                                          .weight_decay = tc.weight_decay, .decay_all = tc.decay_all});
+  // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
+  // that piece; the pieces are all-gathered after each update.
+  const bool zero1 = tc.zero == 1 && world > 1;
+  const int64_t flat = optim::FlatSize(model->parameters());
+  const int64_t piece = zero1 ? (flat + world - 1) / world : flat;
+  const optim::FlatRange shard = zero1 ? optim::ShardOf(flat, comm->rank(), world) : optim::FlatRange{0, flat};
+  optim::AdamW opt(&model->parameters(),
+                   {.beta1 = tc.beta1, .beta2 = tc.beta2, .eps = tc.eps, .weight_decay = tc.weight_decay,
+                    .decay_all = tc.decay_all},
+                   shard);
+  constexpr int64_t kGatherChunk = 1 << 20;  // floats per all-gather: bounded staging memory
+  const auto gather_parameters = [&]() -> absl::Status {
+    std::vector<Parameter>& params = model->parameters();
+    return dist::AllGatherInChunks(
+        *comm, piece, kGatherChunk,
+        [&](int64_t off, int64_t len, float* dst) {
+          const int64_t lo = std::min(shard.begin + off, shard.end), hi = std::min(shard.begin + off + len, shard.end);
+          std::fill(dst, dst + len, 0.0f);
+          optim::PackValues(params, {lo, hi}, dst);
+        },
+        [&](int r, int64_t off, int64_t len, const float* src) {
+          const int64_t lo = std::min(r * piece + off, flat), hi = std::min(r * piece + off + len, flat);
+          optim::UnpackValues(&params, {lo, hi}, src);
+        });
+  };
+  // The moments of every rank for a checkpoint (collective; rank 0 gets the tensors).
+  const auto optimizer_state = [&]() -> absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> {
+    if (!zero1) return root ? opt.StateTensors() : std::vector<std::pair<std::string, Tensor>>{};
+    std::vector<float> m(piece, 0.0f), v(piece, 0.0f);
+    opt.PackMoments(m.data(), v.data());
+    std::vector<float> all_m(root ? piece * world : 0), all_v(root ? piece * world : 0);
+    for (auto [mine, all] : {std::pair{&m, &all_m}, std::pair{&v, &all_v}}) {
+      STABILITY_RETURN_IF_ERROR(dist::AllGatherInChunks(
+          *comm, piece, kGatherChunk, [&](int64_t off, int64_t len, float* dst) {
+            std::copy(mine->data() + off, mine->data() + off + len, dst);
+          },
+          [&](int r, int64_t off, int64_t len, const float* src) {
+            if (root) std::copy(src, src + len, all->data() + r * piece + off);
+          }));
+    }
+    if (!root) return std::vector<std::pair<std::string, Tensor>>{};
+    return opt.StateTensorsFromFlat(all_m.data(), all_v.data());
+  };
   optim::Schedule schedule{.lr = tc.lr, .min_lr = tc.min_lr, .warmup = tc.warmup, .total = tc.steps};
   STABILITY_RETURN_IF_ERROR(optim::ParseDecay(tc.schedule, &schedule.decay));
   STABILITY_RETURN_IF_ERROR(schedule.Validate());
@@ -265,11 +306,12 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   }
 
   const auto checkpoint = [&](int64_t step, double wall) -> absl::Status {
+    STABILITY_ASSIGN_OR_RETURN(auto moments, optimizer_state());  // every rank takes part
     if (!root) return absl::OkStatus();
     SafetensorsFile f;
     for (const Parameter& p : model->parameters()) f.tensors.emplace_back(p.name, p.value);
     for (const auto& [name, t] : model->buffers()) f.tensors.emplace_back(name, t);
-    for (auto& t : opt.StateTensors()) f.tensors.push_back(std::move(t));
+    for (auto& t : moments) f.tensors.push_back(std::move(t));
     const data::LoaderPosition pos = train_loader->position();
     nlohmann::json state = {{"optimizer_step", opt.step()},
                             {"data", {{"epoch", pos.epoch}, {"next", pos.next}}},
@@ -349,11 +391,13 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
         ++detector.skipped;  // parameters and Adam moments stay as they are
       } else {
         opt.Step(lr, tc.clip);
+        if (zero1) STABILITY_RETURN_IF_ERROR(gather_parameters());
         Detector::Push(detector.recent_loss, loss, w);
         Detector::Push(detector.recent_grad, grad_norm, w);
       }
     } else {
       grad_norm = opt.Step(lr, tc.clip);
+      if (zero1) STABILITY_RETURN_IF_ERROR(gather_parameters());
     }
     ++step;
     const auto now = Clock::now();
@@ -437,6 +481,8 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       {"tokens_per_step", tokens_per_step},
       {"run", tc.out},
       {"ranks", world},
+      {"zero", zero1 ? 1 : 0},
+      {"optimizer_state_bytes_per_rank", opt.state_bytes()},
   };
   STABILITY_RETURN_IF_ERROR(comm->Barrier());
   if (!stopped && root) {

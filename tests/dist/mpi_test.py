@@ -94,3 +94,41 @@ def test_a_dead_rank_ends_the_job_with_an_error(tmp_path, shards):
         p.kill()
         pytest.fail("the job hung after a rank died")
     assert p.returncode != 0
+
+
+def test_zero1_trains_bitwise_like_unsharded_and_resumes_exactly(tmp_path, shards):
+    """ZeRO-1 only changes where the AdamW moments live: losses, weights and the moments
+    written to checkpoints (gathered to full tensors) are bitwise those of the plain run,
+    each rank keeps half the optimizer state, and a ZeRO-1 run resumes exactly (its
+    checkpoints have the unsharded format)."""
+    args = ["train", f"--data={shards}", "--batch=2", "--steps=12", "--eval_interval=6", "--checkpoint_interval=6",
+            *MODEL]
+    r = mpi(args + [f"--out={tmp_path}/plain"])
+    assert r.returncode == 0, r.stderr
+    r = mpi(args + [f"--out={tmp_path}/zero", "--zero=1"])
+    assert r.returncode == 0, r.stderr
+    assert "ZeRO-1" in r.stderr
+    assert losses(tmp_path / "zero") == losses(tmp_path / "plain")
+
+    def final(run):
+        return json.loads((run / "checkpoints" / "step_00000012" / "state.json").read_text())["model_checksum_fnv1a64"]
+
+    assert final(tmp_path / "zero") == final(tmp_path / "plain")  # weights and Adam moments, bitwise
+    plain = json.loads((tmp_path / "plain" / "summary.json").read_text())
+    zero = json.loads((tmp_path / "zero" / "summary.json").read_text())
+    assert zero["zero"] == 1 and plain["zero"] == 0
+    full = plain["optimizer_state_bytes_per_rank"]
+    assert full == 2 * 4 * plain["parameters"]
+    assert zero["optimizer_state_bytes_per_rank"] <= full // 2 + 8
+
+    r = mpi(args + [f"--out={tmp_path}/split", "--zero=1", "--stop_after=7"])
+    assert r.returncode == 0, r.stderr
+    r = mpi(args + [f"--out={tmp_path}/split", "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert losses(tmp_path / "split") == losses(tmp_path / "plain")  # bitwise
+
+
+def test_zero_stage_is_checked(tmp_path, shards):
+    r = subprocess.run([BIN, "train", f"--data={shards}", f"--out={tmp_path}/x", "--zero=2", *MODEL],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--zero=2 must be 0 (off) or 1" in r.stderr

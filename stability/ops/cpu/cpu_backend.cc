@@ -28,19 +28,13 @@ const bool kRegistered = [] {
 }();
 
 // Deterministic parallel sum: fixed chunks (independent of the thread count), each summed
-// in SIMD lanes in a fixed order, chunks added in order.
+// by `chunk_sum(lo, hi)`, chunks added in order.
 template <typename F>
-double ChunkedSum(int64_t n, F term) {
+double ChunkedSum(int64_t n, F chunk_sum) {
   constexpr int kChunks = 64;
   double partial[kChunks] = {};
 #pragma omp parallel for schedule(static)
-  for (int c = 0; c < kChunks; ++c) {
-    const int64_t lo = n * c / kChunks, hi = n * (c + 1) / kChunks;
-    double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = lo; i < hi; ++i) s += term(i);
-    partial[c] = s;
-  }
+  for (int c = 0; c < kChunks; ++c) partial[c] = chunk_sum(n * c / kChunks, n * (c + 1) / kChunks);
   double total = 0;
   for (double p : partial) total += p;
   return total;
@@ -92,12 +86,18 @@ void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy,
                                 float* dx, float* dw, float* db) {
   if (dx) (void)Sgemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
   (void)Sgemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
-  if (db) {
+  if (db) {  // column sums, rows in order, over blocks of 64 columns (contiguous loads)
+    constexpr int64_t kCols = 64;
 #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < out; ++j) {
-      float s = 0;
-      for (int64_t i = 0; i < n; ++i) s += dy[i * out + j];
-      db[j] += s;
+    for (int64_t j0 = 0; j0 < out; j0 += kCols) {
+      const int64_t w = std::min(kCols, out - j0);
+      float s[kCols] = {};
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = dy + i * out + j0;
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) s[j] += row[j];
+      }
+      for (int64_t j = 0; j < w; ++j) db[j0 + j] += s[j];
     }
   }
 }
@@ -242,7 +242,8 @@ float CpuBackend::SigmaReparamForward(const float* w, float g, int64_t out, int6
 
 float CpuBackend::SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
                                        const float* dw_eff, int64_t out, int64_t in, float* dw) {
-  const double gw = ChunkedSum(out * in, [&](int64_t i) { return static_cast<double>(dw_eff[i]) * w[i]; });
+  const double gw =
+      ChunkedSum(out * in, [&](int64_t lo, int64_t hi) { return internal::DotF64(dw_eff + lo, w + lo, hi - lo); });
   const float a = g / sigma;
   const float b = static_cast<float>(g * gw / (static_cast<double>(sigma) * sigma));
 #pragma omp parallel for schedule(static)
@@ -267,16 +268,15 @@ void CpuBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t 
 }
 
 double CpuBackend::SumSquares(const float* x, int64_t n) {
-  return ChunkedSum(n, [x](int64_t i) { return static_cast<double>(x[i]) * x[i]; });
+  return ChunkedSum(n, [x](int64_t lo, int64_t hi) { return internal::DotF64(x + lo, x + lo, hi - lo); });
 }
 
 double CpuBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
   if (rows == 0) return 0;
-  const double total = ChunkedSum(rows, [x, d](int64_t r) {
+  const double total = ChunkedSum(rows, [x, d](int64_t lo, int64_t hi) {
     double s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(x[r * d + j]) * x[r * d + j];
-    return std::sqrt(s);
+    for (int64_t r = lo; r < hi; ++r) s += std::sqrt(internal::DotF64(x + r * d, x + r * d, d));
+    return s;
   });
   return total / rows;
 }

@@ -1,5 +1,10 @@
 // LayerNorm and RMSNorm over rows of width D (per-head norms are rows of width head_dim).
+// Row statistics are accumulated in double (SIMD lanes, a fixed order); the parameter
+// gradients run over blocks of columns with the rows in order, so loads stay contiguous
+// and the sums do not depend on the thread count.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "stability/ops/cpu/cpu_backend.h"
 
@@ -13,16 +18,24 @@ void CpuBackend::NormForward(NormKind kind, const float* x, const float* g, cons
     const float* xr = x + r * d;
     double mu = 0;
     if (layer) {
+#pragma omp simd reduction(+ : mu)
       for (int64_t j = 0; j < d; ++j) mu += xr[j];
       mu /= d;
     }
     double var = 0;
+#pragma omp simd reduction(+ : var)
     for (int64_t j = 0; j < d; ++j) var += (xr[j] - mu) * (xr[j] - mu);
     var /= d;
     const float rs = static_cast<float>(1.0 / std::sqrt(var + eps));
     const float m = static_cast<float>(mu);
     float* yr = y + r * d;
-    for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
+    if (b) {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j] + b[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j];
+    }
     if (mean) mean[r] = m;
     rstd[r] = rs;
   }
@@ -38,29 +51,48 @@ void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, con
     const float* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
     double mean_g = 0, mean_gx = 0;
+#pragma omp simd reduction(+ : mean_g, mean_gx)
     for (int64_t j = 0; j < d; ++j) {
       const double gh = dyr[j] * g[j];
       mean_g += gh;
       mean_gx += gh * (xr[j] - m) * rs;
     }
-    mean_g /= d;
-    mean_gx /= d;
-    if (!layer) mean_g = 0;
+    const float mg = layer ? static_cast<float>(mean_g / d) : 0.0f;
+    const float mgx = static_cast<float>(mean_gx / d);
     float* dxr = dx + r * d;
+#pragma omp simd
     for (int64_t j = 0; j < d; ++j) {
       const float xh = (xr[j] - m) * rs;
-      dxr[j] = rs * (dyr[j] * g[j] - static_cast<float>(mean_g) - xh * static_cast<float>(mean_gx));
+      dxr[j] = rs * (dyr[j] * g[j] - mg - xh * mgx);
     }
   }
-  // Parameter gradients: parallel over columns, rows in order (deterministic).
+  // Parameter gradients dg = Σ_rows dy·x̂, db = Σ_rows dy: a fixed grid of row chunks ×
+  // 64-column blocks (enough tasks for per-head norms, whose rows are only 64 wide), each
+  // summing its rows in order; then the chunks in order. Independent of the thread count.
+  constexpr int64_t kCols = 64, kRowChunks = 16;
+  const int64_t col_blocks = (d + kCols - 1) / kCols;
+  std::vector<double> part_g(kRowChunks * d), part_b(kRowChunks * d);
 #pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < kRowChunks * col_blocks; ++task) {
+    const int64_t chunk = task / col_blocks, j0 = (task % col_blocks) * kCols;
+    const int64_t w = std::min(kCols, d - j0);
+    double sg[kCols] = {}, sb[kCols] = {};
+    for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
+      const float* xr = x + r * d + j0;
+      const float* dyr = dy + r * d + j0;
+      const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        sg[j] += static_cast<double>(dyr[j]) * ((xr[j] - m) * rs);
+        sb[j] += dyr[j];
+      }
+    }
+    std::copy(sg, sg + w, part_g.begin() + chunk * d + j0);
+    std::copy(sb, sb + w, part_b.begin() + chunk * d + j0);
+  }
   for (int64_t j = 0; j < d; ++j) {
     double sg = 0, sb = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float xh = (x[r * d + j] - (layer ? mean[r] : 0.0f)) * rstd[r];
-      sg += static_cast<double>(dy[r * d + j]) * xh;
-      sb += dy[r * d + j];
-    }
+    for (int64_t c = 0; c < kRowChunks; ++c) sg += part_g[c * d + j], sb += part_b[c * d + j];
     dg[j] += static_cast<float>(sg);
     if (db) db[j] += static_cast<float>(sb);
   }

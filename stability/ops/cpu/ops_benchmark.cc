@@ -63,9 +63,12 @@ void BM_Attention(benchmark::State& state) {
 }
 BENCHMARK(BM_Attention)->ArgNames({"mid", "backward"})->ArgsProduct({{0, 1}, {0, 1}})->UseRealTime();
 
+// args: shape index, per_head (0: rows of width C, as n1/n2; 1: rows of width head_dim, as
+// the QK norms).
 void BM_LayerNorm(benchmark::State& state) {
   const Shape s = kShapes[state.range(0)];
-  const int64_t rows = s.b * s.t, d = s.h * s.hd;
+  const bool per_head = state.range(1) == 1;
+  const int64_t rows = s.b * s.t * (per_head ? s.h : 1), d = per_head ? s.hd : s.h * s.hd;
   std::vector<float> x = Random(rows * d), g(d, 1.0f), b(d, 0.0f), y(rows * d), mean(rows), rstd(rows), dx(rows * d),
                      dg(d), db(d);
   CpuBackend& be = GetCpuBackend();
@@ -76,7 +79,7 @@ void BM_LayerNorm(benchmark::State& state) {
   }
   Report(state, 16.0 * rows * d, 5.0 * rows * d * 4);
 }
-BENCHMARK(BM_LayerNorm)->ArgNames({"mid"})->Arg(0)->Arg(1)->UseRealTime();
+BENCHMARK(BM_LayerNorm)->ArgNames({"mid", "per_head"})->ArgsProduct({{0, 1}, {0, 1}})->UseRealTime();
 
 void BM_CrossEntropy(benchmark::State& state) {
   const Shape s = kShapes[state.range(0)];

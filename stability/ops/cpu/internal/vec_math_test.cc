@@ -2,6 +2,7 @@
 // position independence of Map8.
 #include "stability/ops/cpu/internal/vec_math.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -64,6 +65,17 @@ TEST(VecMathTest, MapGivesTheSameValueAtEveryPositionAndLength) {
     Map8(x.data(), n, y.data(), Exp8);
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(y[i], Exp(x[i])) << "n=" << n << " i=" << i;
   }
+}
+
+TEST(VecMathTest, DotInDoubleMatchesASerialSum) {
+  std::vector<float> a(1003), b(1003);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(0.1f * i) * 1e3f, b[i] = std::cos(0.07f * i);
+  for (int64_t n : {0, 1, 7, 8, 9, 1003}) {
+    double want = 0;
+    for (int64_t i = 0; i < n; ++i) want += static_cast<double>(a[i]) * b[i];
+    EXPECT_NEAR(DotF64(a.data(), b.data(), n), want, 1e-12 * (1 + std::abs(want))) << n;
+  }
+  EXPECT_EQ(MaxOf(a.data(), 1003), *std::max_element(a.begin(), a.end()));
 }
 
 TEST(VecMathTest, HorizontalSumAndMax) {
