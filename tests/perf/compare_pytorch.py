@@ -62,7 +62,9 @@ def ours(tmp, preset, overrides, method, batch, seq, steps, threads, data, lr):
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
     rows = [json.loads(l) for l in open(f"{out}/run/metrics.jsonl")]
-    return statistics.median(r["tokens_per_s"] for r in rows[1:])
+    n_params = json.load(open(f"{out}/run/summary.json"))["parameters"]
+    config = json.load(open(f"{out}/run/config.json"))["model"]
+    return statistics.median(r["tokens_per_s"] for r in rows[1:]), n_params, config
 
 
 def torch_run(tmp, preset, overrides, method, batch, seq, steps, threads, lr):
@@ -105,6 +107,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default="")
+    ap.add_argument("--ours_only", action="store_true",
+                    help="skip PyTorch (for method costs: the last column needs only our runs)")
     a = ap.parse_args()
     peak = json.loads(subprocess.run([PEAK], capture_output=True, text=True, check=True,
                                      env=dict(os.environ, OMP_NUM_THREADS=str(a.threads))).stdout)
@@ -123,10 +127,12 @@ def main():
             for method in a.methods.split(","):
                 o, t = [], []
                 for _ in range(a.rounds):  # alternate: ours, PyTorch, ours, PyTorch
-                    o.append(ours(tmp, preset, overrides, method, batch, seq, a.steps, a.threads, data, 1e-3))
-                    tps, n_params, config = torch_run(tmp, preset, overrides, method, batch, seq, a.steps, a.threads, 1e-3)
-                    t.append(tps)
-                ot, tt = statistics.median(o), statistics.median(t)
+                    tps, n_params, config = ours(tmp, preset, overrides, method, batch, seq, a.steps, a.threads, data,
+                                                 1e-3)
+                    o.append(tps)
+                    if not a.ours_only:
+                        t.append(torch_run(tmp, preset, overrides, method, batch, seq, a.steps, a.threads, 1e-3)[0])
+                ot, tt = statistics.median(o), statistics.median(t) if t else float("nan")
                 flops = 6 * n_params + 6 * config["n_layer"] * config["n_embd"] * seq
                 base_ours = ot if method == "baseline" else base_ours
                 rel = f"{ot / base_ours:.3f}" if base_ours else ""

@@ -17,6 +17,7 @@
 
 #include "stability/ops/cpu/cpu_backend.h"
 #include "stability/ops/cpu/gemm.h"
+#include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
 
 namespace stability::ops::cpu {
@@ -42,14 +43,15 @@ inline float Clip(float p, const AttentionOptions& opt) {
 }
 
 // Causal GEMMs touch the full T×T square; masked entries are ignored or zeroed.
-// Runs `body(bh, scratch)` for every (batch, head) with per-thread T×T scratch buffers.
+// Runs `body(bh, tile0, tile1)` for every (batch, head) with per-thread T×T scratch tiles.
 template <typename Body>
-void ForEachHead(int64_t bh_count, int64_t t, int buffers, Body body) {
+void ForEachHead(int64_t bh_count, int64_t t, Body body) {
 #pragma omp parallel
   {
-    std::vector<std::vector<float>> scratch(buffers, std::vector<float>(t * t));
+    float* tile0 = internal::ThreadScratch(internal::kAttentionTile0, t * t);
+    float* tile1 = internal::ThreadScratch(internal::kAttentionTile1, t * t);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < bh_count; ++bh) body(bh, scratch);
+    for (int64_t bh = 0; bh < bh_count; ++bh) body(bh, tile0, tile1);
   }
 }
 
@@ -62,13 +64,13 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
   const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
   std::vector<double> entropy(b * h, 0.0);
-  ForEachHead(b * h, t, 1, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
+  ForEachHead(b * h, t, [&](int64_t bh, float* tile0, float*) {
     const int64_t bi = bh / h, hi = bh % h;
     const float* qb = q + bi * t * c + hi * hd;
     const float* kb = k + bi * t * c + hi * hd;
     const float* vb = v + bi * t * c + hi * hd;
     float* p = probs + bh * t * t;
-    float* pc = opt.clip ? scratch[0].data() : p;  // P' (clipped) when it differs from P
+    float* pc = opt.clip ? tile0 : p;  // P' (clipped) when it differs from P
     (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, qb, c, kb, c, 0.0f, p, t);  // A
     double ent = 0;
     float mx = max_logit[bh];
@@ -129,13 +131,13 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
                                    const AttentionOptions& opt, float* dq, float* dk, float* dv) {
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
-  // scratch[0]: dP' then dA; scratch[1]: P' (clip).
-  ForEachHead(b * h, t, 2, [&](int64_t bh, std::vector<std::vector<float>>& scratch) {
+  // tile0: dP' then dA; tile1: P' (clip).
+  ForEachHead(b * h, t, [&](int64_t bh, float* tile0, float* tile1) {
     const int64_t bi = bh / h, hi = bh % h;
     const int64_t off = bi * t * c + hi * hd;
     const float* p = probs + bh * t * t;
-    float* dp = scratch[0].data();
-    float* aux = scratch[1].data();
+    float* dp = tile0;
+    float* aux = tile1;
     const float* pc = p;
     if (opt.clip) {
       for (int64_t ti = 0; ti < t; ++ti)
@@ -159,14 +161,16 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
       const float row_lse = lse[bh * t + ti];
       const float inv_temp = 1.0f / opt.temperature;
       if (opt.soft_cap > 0) {
-        for (int64_t s = 0; s <= ti; ++s) {
-          float dz = prow[s] * (drow[s] - pdp);
-          if (dz != 0.0f) {  // p = 0 contributes nothing (and has no log)
-            const float th = (std::log(prow[s]) + row_lse) / opt.soft_cap;  // tanh(u/c) = z/c
-            dz *= 1.0f - th * th;
-          }
-          drow[s] = dz * inv_temp;
-        }
+        // cap' = 1 − th², th = tanh(u/c) = z/c = (log p + lse)/c; p below FLT_MIN (0 after
+        // exp underflow) contributes nothing and has no usable log. Tail padded with p = 0.
+        const __m256 lse8 = _mm256_set1_ps(row_lse), inv_c = _mm256_set1_ps(1.0f / opt.soft_cap);
+        const __m256 pdp8 = _mm256_set1_ps(pdp), one = _mm256_set1_ps(1.0f), it8 = _mm256_set1_ps(inv_temp);
+        const __m256 tiny = _mm256_set1_ps(std::numeric_limits<float>::min());
+        internal::Map8x2(prow, drow, ti + 1, drow, [&](__m256 p8, __m256 d8) {
+          const __m256 th = _mm256_mul_ps(_mm256_add_ps(internal::Log8(p8), lse8), inv_c);
+          const __m256 dz = _mm256_mul_ps(_mm256_mul_ps(p8, _mm256_sub_ps(d8, pdp8)), _mm256_fnmadd_ps(th, th, one));
+          return _mm256_and_ps(_mm256_cmp_ps(p8, tiny, _CMP_GE_OQ), _mm256_mul_ps(dz, it8));
+        });
       } else {
 #pragma omp simd
         for (int64_t s = 0; s <= ti; ++s) drow[s] = prow[s] * (drow[s] - pdp) * inv_temp;

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "stability/ops/cpu/cpu_backend.h"
+#include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
 
 namespace stability::ops::cpu {
@@ -45,7 +46,7 @@ void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets
   std::vector<float> row_max(n);
 #pragma omp parallel
   {
-    std::vector<float> z(opt.soft_cap > 0 ? v : 0);  // the capped row, computed once
+    float* z = opt.soft_cap > 0 ? internal::ThreadScratch(internal::kCappedLogits, v) : nullptr;  // the capped row
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
       const float* l = logits + i * v;
@@ -53,8 +54,8 @@ void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets
       const float* zr = l;
       float zmax = lmax;  // tanh is monotonic: the cap keeps the argmax
       if (opt.soft_cap > 0) {
-        Map8(l, v, z.data(), [&](__m256 x) { return Cap8(x, opt.soft_cap); });
-        zr = z.data();
+        Map8(l, v, z, [&](__m256 x) { return Cap8(x, opt.soft_cap); });
+        zr = z;
         zmax = Cap(lmax, opt.soft_cap);
       }
       lse[i] = zmax + std::log(RowSumExp(zr, v, zmax));

@@ -70,9 +70,40 @@ inline __m256 Tanh8(__m256 x) {
   return _mm256_blendv_ps(y, x, _mm256_or_ps(tiny, nan));
 }
 
+// Log8: Cephes' logf. x = 2^e·m with m in [√½, √2), log(1 + (m − 1)) by a degree-9
+// polynomial, e·ln2 added in two parts. For positive normal x (the attention backward's
+// probabilities): within 2 ulp of libm. 0, subnormals, negatives and NaN are the caller's
+// to mask.
+inline __m256 Log8(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(
+      _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));  // x = 2^e·m, m in [½, 1)
+  __m256 m = _mm256_castsi256_ps(
+      _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f000000)));
+  // m < √½: use 2m − 1 and e − 1, so the argument stays in [√½ − 1, √2 − 1).
+  const __m256 small = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+  e = _mm256_sub_ps(e, _mm256_and_ps(small, _mm256_set1_ps(1.0f)));
+  m = _mm256_sub_ps(_mm256_add_ps(m, _mm256_and_ps(small, m)), _mm256_set1_ps(1.0f));
+  const __m256 z = _mm256_mul_ps(m, m);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.1514610310e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.2420140846e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-1.6668057665e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(-2.4999993993e-1f));
+  y = _mm256_fmadd_ps(y, m, _mm256_set1_ps(3.3333331174e-1f));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(m, y));
+}
+
 // The scalar forms, through the same lanes (for the odd element and for tests).
 inline float Exp(float x) { return _mm256_cvtss_f32(Exp8(_mm256_set1_ps(x))); }
 inline float Tanh(float x) { return _mm256_cvtss_f32(Tanh8(_mm256_set1_ps(x))); }
+inline float Log(float x) { return _mm256_cvtss_f32(Log8(_mm256_set1_ps(x))); }
 
 // y[i] = f(x[i]) for i < n, 8 lanes at a time; the tail through a padded copy.
 template <typename F>

@@ -57,6 +57,22 @@ TEST(VecMathTest, TanhEdges) {
   EXPECT_TRUE(std::isnan(Tanh(std::numeric_limits<float>::quiet_NaN())));
 }
 
+TEST(VecMathTest, LogWithinTwoUlpOfLibmOnPositiveNormals) {
+  double worst = 0;
+  for (double lx = std::log(1.2e-38); lx < std::log(3e38); lx += 7.3e-4) {
+    const float xf = static_cast<float>(std::exp(lx));
+    if (!(xf >= std::numeric_limits<float>::min())) continue;
+    const double want = std::log(static_cast<double>(xf));
+    const float wf = static_cast<float>(want);
+    const double ulp = std::abs(std::nextafter(wf, 2 * wf) - wf);
+    if (ulp == 0) continue;  // log(1) = 0
+    worst = std::max(worst, std::abs(Log(xf) - want) / ulp);
+  }
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(Log(1.0f), 0.0f);
+  EXPECT_NEAR(Log(0.5f), -0.69314718f, 1e-7);
+}
+
 TEST(VecMathTest, MapGivesTheSameValueAtEveryPositionAndLength) {
   std::vector<float> x(37);
   for (size_t i = 0; i < x.size(); ++i) x[i] = 0.37f * static_cast<float>(i) - 6.0f;

@@ -1,0 +1,178 @@
+// Causal multi-head attention on the GPU with every softmax option (AttentionOptions in
+// ops/backend.h), the CPU backend's algorithm (ops/cpu/attention.cc) with the per-head
+// loop as strided-batched cuBLAS GEMMs (one call per batch row covers its H heads):
+//
+// Forward:  A = scale·Q Kᵀ (GEMM);  per row: z = cap(A/τ), p = softmax(z), p' = clip(p)
+//           (one block per query row);  O = P' V (GEMM).  probs keeps p, lse per row.
+// Backward: dP' = dO Vᵀ, dV = P'ᵀ dO (GEMMs);  per row: dP = clip'(p)·dP',
+//           dZ = p∘(dP − Σ p∘dP), dA = dZ·cap'/τ with cap' = 1 − (z/c)², z = log p + lse;
+//           dQ = scale·dA K, dK = scale·dAᵀ Q (GEMMs).
+//
+// The T×T scores are materialised (B·H·T² floats, as the CPU does); a fused, tiled
+// (flash-style) kernel is the next step for speed (issue: CUDA backend).
+#include <vector>
+
+#include "stability/ops/cuda/internal/common.cuh"
+
+namespace stability::ops::cuda::internal {
+namespace {
+
+constexpr int kRowThreads = 128;
+
+__device__ inline float ClipP(float p, float zeta, float gamma) {
+  return fminf(fmaxf((zeta - gamma) * p + gamma, 0.0f), 1.0f);
+}
+
+// One block per (b·h, t) row of probs [B·H, T, T].
+__global__ void SoftmaxRowsKernel(float* probs, float* pc, float* lse, float* row_max, double* row_entropy, int64_t t,
+                                  AttentionOptions opt) {
+  const int64_t row = blockIdx.x;  // (bh, ti)
+  const int64_t ti = row % t;
+  const int64_t len = ti + 1;
+  float* p = probs + row * t;
+  float mx = -INFINITY;
+  for (int64_t s = threadIdx.x; s < len; s += blockDim.x) {
+    const float a = p[s];
+    mx = fmaxf(mx, a);
+    const float u = a / opt.temperature;
+    p[s] = opt.soft_cap > 0 ? opt.soft_cap * tanhf(u * (1.0f / opt.soft_cap)) : u;
+  }
+  mx = BlockMax(mx);
+  float zmax = -INFINITY;
+  for (int64_t s = threadIdx.x; s < len; s += blockDim.x) zmax = fmaxf(zmax, p[s]);
+  zmax = BlockMax(zmax);
+  float sum = 0, ez = 0;
+  for (int64_t s = threadIdx.x; s < len; s += blockDim.x) {
+    const float d = p[s] - zmax;
+    const float e = expf(d);
+    p[s] = e;
+    sum += e;
+    ez += e * d;
+  }
+  sum = BlockSum(sum);
+  ez = BlockSum(ez);
+  const float inv = 1.0f / sum;
+  const float log_sum = logf(sum);
+  for (int64_t s = threadIdx.x; s < t; s += blockDim.x) {
+    const float pv = s < len ? p[s] * inv : 0.0f;
+    p[s] = pv;
+    if (pc != p && pc != nullptr) pc[row * t + s] = s < len ? ClipP(pv, opt.clip_zeta, opt.clip_gamma) : 0.0f;
+  }
+  if (threadIdx.x == 0) {
+    lse[row] = zmax + log_sum;
+    row_max[row] = mx;
+    // H = −Σ p log p = log Σe − Σ e·(z − zmax) / Σe: no log per element.
+    row_entropy[row] = static_cast<double>(log_sum) - static_cast<double>(ez) * inv;
+  }
+}
+
+__global__ void ClipProbsKernel(const float* probs, int64_t rows, int64_t t, float zeta, float gamma, float* pc) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= rows * t) return;
+  const int64_t s = idx % t, ti = (idx / t) % t;
+  pc[idx] = s <= ti ? ClipP(probs[idx], zeta, gamma) : 0.0f;
+}
+
+// dP (in dp) → dA, one block per row.
+__global__ void SoftmaxBackwardRowsKernel(const float* probs, const float* lse, float* dp, int64_t t,
+                                          AttentionOptions opt) {
+  const int64_t row = blockIdx.x;
+  const int64_t ti = row % t;
+  const int64_t len = ti + 1;
+  const float* p = probs + row * t;
+  float* d = dp + row * t;
+  const float clip_a = opt.clip_zeta - opt.clip_gamma;
+  float pdp = 0;
+  for (int64_t s = threadIdx.x; s < len; s += blockDim.x) {
+    float g = d[s];
+    if (opt.clip) {
+      const float pre = clip_a * p[s] + opt.clip_gamma;
+      g = (pre > 0.0f && pre < 1.0f) ? clip_a * g : 0.0f;
+      d[s] = g;
+    }
+    pdp += p[s] * g;
+  }
+  pdp = BlockSum(pdp);
+  const float row_lse = lse[row];
+  const float inv_temp = 1.0f / opt.temperature;
+  for (int64_t s = threadIdx.x; s < t; s += blockDim.x) {
+    float dz = 0.0f;
+    if (s < len) {
+      dz = p[s] * (d[s] - pdp);
+      if (opt.soft_cap > 0 && dz != 0.0f) {  // p = 0 contributes nothing (and has no log)
+        const float th = (logf(p[s]) + row_lse) / opt.soft_cap;  // tanh(u/c) = z/c
+        dz *= 1.0f - th * th;
+      }
+      dz *= inv_temp;
+    }
+    d[s] = dz;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                                   int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
+                                   AttentionStats* stats) {
+  const int64_t c = h * hd, rows = b * h * t;
+  float* pc = opt.clip ? static_cast<float*>(Scratch(kAttentionClip, rows * t * sizeof(float))) : probs;
+  // Row statistics for telemetry: max raw logit (float) and entropy (double) per row.
+  char* stats_buf = static_cast<char*>(Scratch(kRowStats, rows * (sizeof(float) + sizeof(double))));
+  double* row_entropy = reinterpret_cast<double*>(stats_buf);
+  float* row_max = reinterpret_cast<float*>(stats_buf + rows * sizeof(double));
+  for (int64_t bi = 0; bi < b; ++bi) {
+    Gemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, q + bi * t * c, c, k + bi * t * c, c, 0.0f,
+         probs + bi * h * t * t, t, h, hd, hd, t * t);  // A, per head
+  }
+  SoftmaxRowsKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(probs, opt.clip ? pc : nullptr, lse, row_max,
+                                                                   row_entropy, t, opt);
+  STABILITY_CUDA_LAUNCHED("SoftmaxRowsKernel");
+  for (int64_t bi = 0; bi < b; ++bi) {
+    Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * c, c, 0.0f, out + bi * t * c,
+         c, h, t * t, hd, hd);  // O = P' V, per head
+  }
+  if (stats) {
+    std::vector<double> ent(rows);
+    std::vector<float> mx(rows);
+    Check(cudaMemcpy(ent.data(), row_entropy, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (entropy)");
+    Check(cudaMemcpy(mx.data(), row_max, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (max logit)");
+    stats->max_logit = -INFINITY;
+    stats->entropy_sum = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      stats->max_logit = std::max(stats->max_logit, mx[r]);
+      stats->entropy_sum += ent[r];
+    }
+  }
+}
+
+void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
+                                    const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                    const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+  const int64_t c = h * hd, rows = b * h * t;
+  float* dp = static_cast<float*>(Scratch(kAttentionTile, rows * t * sizeof(float)));
+  const float* pc = probs;
+  if (opt.clip) {
+    float* clipped = static_cast<float*>(Scratch(kAttentionClip, rows * t * sizeof(float)));
+    ClipProbsKernel<<<Blocks(rows * t, 256), 256>>>(probs, rows, t, opt.clip_zeta, opt.clip_gamma, clipped);
+    STABILITY_CUDA_LAUNCHED("ClipProbsKernel");
+    pc = clipped;
+  }
+  for (int64_t bi = 0; bi < b; ++bi) {
+    const int64_t off = bi * t * c, poff = bi * h * t * t;
+    Gemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + off, c, 0.0f, dp + poff, t, h, hd, hd,
+         t * t);  // dP'
+    Gemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc + poff, t, dout + off, c, 0.0f, dv + off, c, h, t * t, hd,
+         hd);  // dV
+  }
+  SoftmaxBackwardRowsKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(probs, lse, dp, t, opt);
+  STABILITY_CUDA_LAUNCHED("SoftmaxBackwardRowsKernel");
+  for (int64_t bi = 0; bi < b; ++bi) {
+    const int64_t off = bi * t * c, poff = bi * h * t * t;
+    Gemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, k + off, c, 0.0f, dq + off, c, h, t * t, hd,
+         hd);  // dQ
+    Gemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, q + off, c, 0.0f, dk + off, c, h, t * t, hd,
+         hd);  // dK
+  }
+}
+
+}  // namespace stability::ops::cuda::internal

@@ -1,0 +1,438 @@
+// The CUDA backend: set-up, allocator, cuBLAS GEMM, reductions, and the elementwise,
+// embedding, linear, RoPE, layer-scale, σ-reparam and AdamW ops. Norms, attention and
+// cross-entropy have files of their own. Math and conventions: ops/backend.h.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <new>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "stability/ops/cuda/cuda_backend.h"
+#include "stability/ops/cuda/internal/common.cuh"
+
+namespace stability::ops::cuda {
+namespace internal {
+namespace {
+
+constexpr int kThreads = 256;
+
+class CudaAllocator final : public Allocator {
+ public:
+  void* Allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      std::fprintf(stderr, "CUDA out of memory: %.1f MiB requested, %.1f MiB free of %.1f MiB\n", bytes / 1048576.0,
+                   free_b / 1048576.0, total_b / 1048576.0);
+      throw std::bad_alloc();
+    }
+    return p;  // cudaMalloc aligns to 256 bytes
+  }
+  void Free(void* p) override { cudaFree(p); }
+  void Zero(void* p, size_t bytes) override { Check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+};
+
+__global__ void EmbeddingForwardKernel(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
+                                       int64_t c, float* out) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= n * c) return;
+  const int64_t i = idx / c, j = idx % c;
+  float e = wte[static_cast<int64_t>(ids[i]) * c + j];
+  if (wpe) e += wpe[(i % t) * c + j];
+  out[idx] = e;
+}
+
+// One thread per column, tokens in order: no atomics, the same sums every run.
+__global__ void EmbeddingBackwardKernel(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
+                                        float* dwte, float* dwpe) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= c) return;
+  for (int64_t i = 0; i < n; ++i) dwte[static_cast<int64_t>(ids[i]) * c + j] += dout[i * c + j];
+  if (dwpe) {
+    for (int64_t i = 0; i < n; ++i) dwpe[(i % t) * c + j] += dout[i * c + j];
+  }
+}
+
+__global__ void AddRowVectorKernel(float* y, const float* b, int64_t n, int64_t c) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx < n * c) y[idx] += b[idx % c];
+}
+
+__global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, double* partials) {
+  double s = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s += static_cast<double>(a[i]) * b[i];
+  }
+  s = BlockSum(s);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+constexpr int kRowChunks = 32;
+// partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
+__global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (j >= cols) return;
+  double s = 0;
+  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) s += x[r * cols + j];
+  partials[chunk * cols + j] = s;
+}
+__global__ void ColumnTotalsKernel(const double* partials, int64_t cols, float* out) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= cols) return;
+  double s = 0;
+  for (int c = 0; c < kRowChunks; ++c) s += partials[c * cols + j];
+  out[j] += static_cast<float>(s);
+}
+
+// One warp per row: ‖x[r, :]‖ in double.
+__global__ void RowNormsKernel(const float* x, int64_t rows, int64_t d, double* norms) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x & 31;
+  double s = 0;
+  for (int64_t j = lane; j < d; j += 32) s += static_cast<double>(x[r * d + j]) * x[r * d + j];
+  s = WarpSum(s);
+  if (lane == 0) norms[r] = sqrt(s);
+}
+
+__global__ void RopeKernel(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, float sign) {
+  const int64_t half = hd / 2;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= b * t * h * half) return;
+  const int64_t i = idx % half, row = idx / half;  // row = (bi·T + pos)·H + hi
+  const int64_t pos = (row / h) % t;
+  const double theta = pos * pow(static_cast<double>(base), -2.0 * i / hd);
+  const float c = static_cast<float>(cos(theta)), s = sign * static_cast<float>(sin(theta));
+  float* r = x + row * hd;
+  const float x1 = r[i], x2 = r[i + half];
+  r[i] = x1 * c - x2 * s;
+  r[i + half] = x1 * s + x2 * c;
+}
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
+
+__global__ void ActivationForwardKernel(Activation act, const float* x, int64_t n, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  if (act == Activation::kRelu) {
+    y[i] = v > 0 ? v : 0.0f;
+  } else {
+    y[i] = 0.5f * v * (1.0f + tanhf(kGeluScale * (v + 0.044715f * v * v * v)));
+  }
+}
+
+__global__ void ActivationBackwardKernel(Activation act, const float* x, const float* dy, int64_t n, float* dx) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  if (act == Activation::kRelu) {
+    dx[i] = v > 0 ? dy[i] : 0.0f;
+    return;
+  }
+  const float th = tanhf(kGeluScale * (v + 0.044715f * v * v * v));
+  const float dth = (1.0f - th * th) * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
+  dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * dth);
+}
+
+__global__ void AddKernel(const float* x, const float* a, int64_t n, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = x[i] + a[i];
+}
+
+__global__ void CopyColumnsKernel(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols,
+                                  float* dst, int64_t dst_cols, int64_t dst_col0) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= rows * cols) return;
+  const int64_t r = idx / cols, j = idx % cols;
+  dst[r * dst_cols + dst_col0 + j] = src[r * src_cols + col0 + j];
+}
+
+__global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, int64_t c, float* y) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx < n * c) y[idx] = x[idx] * s[idx % c];
+}
+
+__global__ void MulKernel(const float* a, const float* b, int64_t n, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = a[i] * b[i];
+}
+
+__global__ void ScaleKernel(float* x, int64_t n, float s) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] *= s;
+}
+
+__global__ void ScaleToKernel(const float* x, int64_t n, float s, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = s * x[i];
+}
+
+__global__ void SigmaReparamGradKernel(const float* dw_eff, const float* u, const float* v, int64_t out, int64_t in,
+                                       float a, float b, float* dw) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= out * in) return;
+  dw[idx] += a * dw_eff[idx] - b * u[idx / in] * v[idx % in];
+}
+
+// Rounded operations in the CPU's order (no FMA contraction), so an update matches the
+// CPU backend's bit for bit on the same inputs.
+__global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int64_t n, float beta1, float beta2,
+                            float eps, float step_size, float sqrt_bc2, float decay, float grad_scale) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float g = __fmul_rn(grad[i], grad_scale);
+  const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
+  const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  m[i] = mi;
+  v[i] = vi;
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), sqrt_bc2), eps);
+  p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+}
+
+cublasOperation_t Op(Trans t) { return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+}  // namespace
+
+CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
+  Check(cudaSetDevice(device_index), "cudaSetDevice");
+  Check(cublasCreate(&cublas_), "cublasCreate");
+  // fp32 SGEMM without TF32 tensor cores: the fp32 mode is for parity with the CPU.
+  Check(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+}
+
+CudaBackend::~CudaBackend() {
+  for (void* p : scratch_) cudaFree(p);
+  if (cublas_) cublasDestroy(cublas_);
+}
+
+void* CudaBackend::Scratch(int slot, size_t bytes) {
+  if (scratch_bytes_[slot] < bytes) {
+    cudaFree(scratch_[slot]);
+    scratch_[slot] = nullptr;
+    Check(cudaMalloc(&scratch_[slot], bytes), "cudaMalloc (scratch)");
+    scratch_bytes_[slot] = bytes;
+  }
+  return scratch_[slot];
+}
+
+// Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and the sizes M, N.
+void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                       const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch,
+                       int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+  if (batch == 1) {
+    Check(cublasSgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                      b, static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
+          "cublasSgemm");
+    return;
+  }
+  Check(cublasSgemmStridedBatched(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+                                  static_cast<int>(k), &alpha, b, static_cast<int>(ldb), stride_b, a,
+                                  static_cast<int>(lda), stride_a, &beta, c, static_cast<int>(ldc), stride_c,
+                                  static_cast<int>(batch)),
+        "cublasSgemmStridedBatched");
+}
+
+double CudaBackend::Dot(const float* a, const float* b, int64_t n) {
+  if (n == 0) return 0;
+  double* partials = static_cast<double*>(Scratch(kReducePartials, kReduceBlocks * sizeof(double)));
+  DotPartialsKernel<<<kReduceBlocks, kReduceThreads>>>(a, b, n, partials);
+  STABILITY_CUDA_LAUNCHED("DotPartialsKernel");
+  double host[kReduceBlocks];
+  Check(cudaMemcpy(host, partials, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy (reduction)");
+  double s = 0;
+  for (double p : host) s += p;
+  return s;
+}
+
+void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out) {
+  double* partials = static_cast<double*>(Scratch(kColumnPartials, kRowChunks * cols * sizeof(double)));
+  ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), kRowChunks), kThreads>>>(x, rows, cols, partials);
+  STABILITY_CUDA_LAUNCHED("ColumnPartialsKernel");
+  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, out);
+  STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
+}
+
+void CudaBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
+                                   int64_t c, float* out) {
+  EmbeddingForwardKernel<<<Blocks(n * c, kThreads), kThreads>>>(ids, n, t, wte, wpe, c, out);
+  STABILITY_CUDA_LAUNCHED("EmbeddingForwardKernel");
+}
+
+void CudaBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
+                                    float* dwte, float* dwpe) {
+  EmbeddingBackwardKernel<<<Blocks(c, 64), 64>>>(ids, n, t, dout, c, dwte, dwpe);
+  STABILITY_CUDA_LAUNCHED("EmbeddingBackwardKernel");
+}
+
+void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                                float* y) {
+  Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  if (b) {
+    AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(y, b, n, out);
+    STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
+  }
+}
+
+void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
+                                 float* dx, float* dw, float* db) {
+  if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+  Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  if (db) AddColumnSums(dy, n, out, db);
+}
+
+void CudaBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) {
+  RopeKernel<<<Blocks(b * t * h * (hd / 2), kThreads), kThreads>>>(x, b, t, h, hd, base, inverse ? -1.0f : 1.0f);
+  STABILITY_CUDA_LAUNCHED("RopeKernel");
+}
+
+void CudaBackend::ActivationForward(Activation act, const float* x, int64_t n, float* y) {
+  ActivationForwardKernel<<<Blocks(n, kThreads), kThreads>>>(act, x, n, y);
+  STABILITY_CUDA_LAUNCHED("ActivationForwardKernel");
+}
+
+void CudaBackend::ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) {
+  ActivationBackwardKernel<<<Blocks(n, kThreads), kThreads>>>(act, x, dy, n, dx);
+  STABILITY_CUDA_LAUNCHED("ActivationBackwardKernel");
+}
+
+void CudaBackend::Add(const float* x, const float* a, int64_t n, float* y) {
+  AddKernel<<<Blocks(n, kThreads), kThreads>>>(x, a, n, y);
+  STABILITY_CUDA_LAUNCHED("AddKernel");
+}
+
+void CudaBackend::AddInPlace(float* y, const float* x, int64_t n) { Add(y, x, n, y); }
+
+void CudaBackend::Copy(const float* x, int64_t n, float* y) {
+  Check(cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice), "cudaMemcpy (device)");
+}
+
+void CudaBackend::CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
+                              int64_t dst_cols, int64_t dst_col0) {
+  CopyColumnsKernel<<<Blocks(rows * cols, kThreads), kThreads>>>(src, rows, src_cols, col0, cols, dst, dst_cols,
+                                                                 dst_col0);
+  STABILITY_CUDA_LAUNCHED("CopyColumnsKernel");
+}
+
+void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
+  ChannelScaleKernel<<<Blocks(n * c, kThreads), kThreads>>>(x, s, n, c, y);
+  STABILITY_CUDA_LAUNCHED("ChannelScaleKernel");
+}
+
+void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
+                                       float* dx, float* ds) {
+  // ds += Σ_n dy·x first (dx may alias dy), then dx = dy·s.
+  float* prod = static_cast<float*>(Scratch(kVector, n * c * sizeof(float)));
+  MulKernel<<<Blocks(n * c, kThreads), kThreads>>>(dy, x, n * c, prod);
+  STABILITY_CUDA_LAUNCHED("MulKernel");
+  AddColumnSums(prod, n, c, ds);
+  ChannelScaleKernel<<<Blocks(n * c, kThreads), kThreads>>>(dy, s, n, c, dx);
+  STABILITY_CUDA_LAUNCHED("ChannelScaleKernel");
+}
+
+float CudaBackend::SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
+                                       float* v, float* w_eff) {
+  const auto normalize = [this](float* x, int64_t n) {
+    const double norm = std::sqrt(Dot(x, x, n));
+    Scale(x, n, static_cast<float>(1.0 / std::max(norm, 1e-12)));
+  };
+  float* wv = static_cast<float*>(Scratch(kVector, out * sizeof(float)));
+  if (update) {
+    Gemm(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
+    normalize(v, in);
+  }
+  Gemm(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv, 1);  // w v
+  if (update) {
+    Copy(wv, out, u);  // u ← normalize(w v)
+    normalize(u, out);
+  }
+  const double sigma = Dot(u, wv, out);  // uᵀ w v
+  ScaleToKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, static_cast<float>(g / sigma), w_eff);
+  STABILITY_CUDA_LAUNCHED("ScaleToKernel");
+  return static_cast<float>(sigma);
+}
+
+float CudaBackend::SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
+                                        const float* dw_eff, int64_t out, int64_t in, float* dw) {
+  const double gw = Dot(dw_eff, w, out * in);
+  const float a = g / sigma;
+  const float b = static_cast<float>(g * gw / (static_cast<double>(sigma) * sigma));
+  SigmaReparamGradKernel<<<Blocks(out * in, kThreads), kThreads>>>(dw_eff, u, v, out, in, a, b, dw);
+  STABILITY_CUDA_LAUNCHED("SigmaReparamGradKernel");
+  return static_cast<float>(gw / sigma);
+}
+
+void CudaBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1,
+                        float beta2, float eps, float weight_decay, float bias_correction1, float bias_correction2,
+                        float grad_scale) {
+  const float step_size = lr / bias_correction1;
+  const float sqrt_bc2 = std::sqrt(bias_correction2);
+  const float decay = 1.0f - lr * weight_decay;
+  AdamWKernel<<<Blocks(n, kThreads), kThreads>>>(p, grad, m, v, n, beta1, beta2, eps, step_size, sqrt_bc2, decay,
+                                                 grad_scale);
+  STABILITY_CUDA_LAUNCHED("AdamWKernel");
+}
+
+double CudaBackend::SumSquares(const float* x, int64_t n) { return Dot(x, x, n); }
+
+double CudaBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
+  if (rows == 0) return 0;
+  double* norms = static_cast<double*>(Scratch(kRowStats, rows * sizeof(double)));
+  RowNormsKernel<<<Blocks(rows * 32, kThreads), kThreads>>>(x, rows, d, norms);
+  STABILITY_CUDA_LAUNCHED("RowNormsKernel");
+  std::vector<double> host(rows);
+  Check(cudaMemcpy(host.data(), norms, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
+  double s = 0;
+  for (double x : host) s += x;
+  return s / rows;
+}
+
+void CudaBackend::Scale(float* x, int64_t n, float s) {
+  ScaleKernel<<<Blocks(n, kThreads), kThreads>>>(x, n, s);
+  STABILITY_CUDA_LAUNCHED("ScaleKernel");
+}
+
+}  // namespace internal
+
+absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
+  int count = 0;
+  if (cudaError_t e = cudaGetDeviceCount(&count); e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return absl::UnavailableError(absl::StrFormat(
+        "no GPU is visible (cudaGetDeviceCount: %s); use --device=cpu",
+        e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)));
+  }
+  if (device_index < 0 || device_index >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("cuda:%d does not exist: %d GPU(s) visible (cuda:0 .. cuda:%d)", device_index, count, count - 1));
+  }
+  static internal::CudaAllocator allocator;
+  static std::vector<std::unique_ptr<internal::CudaBackend>> backends(count);
+  if (!backends[device_index]) {
+    try {
+      backends[device_index] = std::make_unique<internal::CudaBackend>(device_index);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, e.what()));
+    }
+  }
+  Check(cudaSetDevice(device_index), "cudaSetDevice");
+  RegisterAllocator(DeviceType::kCuda, &allocator);
+  RegisterBackend(DeviceType::kCuda, backends[device_index].get());
+  return backends[device_index].get();
+}
+
+void CopyToDevice(void* dst, const void* src, size_t bytes) {
+  internal::Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to device)");
+}
+
+void CopyToHost(void* dst, const void* src, size_t bytes) {
+  internal::Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to host)");
+}
+
+}  // namespace stability::ops::cuda

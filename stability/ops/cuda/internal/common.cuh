@@ -1,0 +1,168 @@
+// What the CUDA kernels of ops/cuda share: the backend class, error checks, the
+// row-major GEMM over cuBLAS, deterministic reductions and device scratch.
+#ifndef STABILITY_OPS_CUDA_INTERNAL_COMMON_CUH_
+#define STABILITY_OPS_CUDA_INTERNAL_COMMON_CUH_
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "stability/ops/backend.h"
+
+namespace stability::ops::cuda::internal {
+
+// CUDA errors inside an op are bugs or a broken device: they throw, with the call named.
+inline void Check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+inline void Check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string("cuBLAS: ") + what + ": status " + std::to_string(static_cast<int>(s)));
+  }
+}
+#define STABILITY_CUDA_LAUNCHED(what) ::stability::ops::cuda::internal::Check(cudaGetLastError(), what)
+
+inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
+
+// Grid of the two-pass reductions: fixed, so the summation order never changes.
+constexpr int kReduceBlocks = 256;
+constexpr int kReduceThreads = 256;
+
+// Sum over a warp, then over the block; thread 0 gets the total. A fixed tree.
+__device__ inline double WarpSum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide sum/max for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
+template <typename T>
+__device__ inline T BlockSum(T v) {
+  __shared__ T warp_part[32];
+  __shared__ T total;
+  v = WarpSum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < (blockDim.x >> 5) ? warp_part[lane] : T(0);
+    w = WarpSum(w);
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  const T r = total;
+  __syncthreads();  // the shared slots may be reused by the next call
+  return r;
+}
+__device__ inline float BlockMax(float v) {
+  __shared__ float warp_part[32];
+  __shared__ float total;
+  v = WarpMax(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warp_part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float w = lane < (blockDim.x >> 5) ? warp_part[lane] : -INFINITY;
+    w = WarpMax(w);
+    if (lane == 0) total = w;
+  }
+  __syncthreads();
+  const float r = total;
+  __syncthreads();
+  return r;
+}
+
+enum class Trans : char { kNo = 'N', kYes = 'T' };
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device_index);
+  ~CudaBackend() override;
+  Device device() const override { return {DeviceType::kCuda, device_index_}; }
+  const char* name() const override { return "cuda"; }
+
+  void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe, int64_t c,
+                        float* out) override;
+  void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
+                         float* dwpe) override;
+  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                     float* y) override;
+  void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
+                      float* dw, float* db) override;
+  void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
+                   float* y, float* mean, float* rstd) override;
+  void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                    const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) override;
+  void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
+                        const AttentionOptions& opt, float* out, float* probs, float* lse,
+                        AttentionStats* stats) override;
+  void AttentionBackward(const float* q, const float* k, const float* v, const float* probs, const float* lse,
+                         const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
+                         float* dq, float* dk, float* dv) override;
+  void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) override;
+  void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
+  void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override;
+  void Add(const float* x, const float* a, int64_t n, float* y) override;
+  void AddInPlace(float* y, const float* x, int64_t n) override;
+  void Copy(const float* x, int64_t n, float* y) override;
+  void CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
+                   int64_t dst_cols, int64_t dst_col0) override;
+  void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
+  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
+                            float* ds) override;
+  float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u, float* v,
+                            float* w_eff) override;
+  float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
+                             const float* dw_eff, int64_t out, int64_t in, float* dw) override;
+  void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
+                           const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
+  void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
+                            const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
+  void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
+             float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
+  double SumSquares(const float* x, int64_t n) override;
+  double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
+  void Scale(float* x, int64_t n, float s) override;
+
+  // Row-major C[M,N] = alpha·op(A)·op(B) + beta·C (the CPU Sgemm's contract), `batch`
+  // times with element strides between the matrices.
+  void Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
+            int64_t stride_b = 0, int64_t stride_c = 0);
+  // Device scratch of at least `bytes` in slot i (grows, kept).
+  void* Scratch(int slot, size_t bytes);
+  // Σ a·b over n elements in double, deterministic (a fixed grid, then a fixed-order pass).
+  double Dot(const float* a, const float* b, int64_t n);
+  // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
+  void AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out);
+
+ private:
+  int device_index_;
+  cublasHandle_t cublas_ = nullptr;
+  static constexpr int kSlots = 6;
+  void* scratch_[kSlots] = {};
+  size_t scratch_bytes_[kSlots] = {};
+};
+
+// Scratch slots (one use each, so no two live uses collide).
+enum ScratchSlot {
+  kReducePartials = 0,
+  kColumnPartials = 1,
+  kAttentionTile = 2,
+  kAttentionClip = 3,
+  kRowStats = 4,
+  kVector = 5,
+};
+
+}  // namespace stability::ops::cuda::internal
+
+#endif  // STABILITY_OPS_CUDA_INTERNAL_COMMON_CUH_

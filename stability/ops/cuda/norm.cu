@@ -1,0 +1,76 @@
+// LayerNorm and RMSNorm on the GPU: one block per row, statistics in double through a
+// fixed reduction tree; the parameter gradients as deterministic column sums.
+#include "stability/ops/cuda/internal/common.cuh"
+
+namespace stability::ops::cuda::internal {
+namespace {
+
+constexpr int kRowThreads = 128;
+
+__global__ void NormForwardKernel(bool layer, const float* x, const float* g, const float* b, int64_t d, float eps,
+                                  float* y, float* mean, float* rstd) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * d;
+  double mu = 0;
+  if (layer) {
+    double s = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
+    mu = BlockSum(s) / d;
+  }
+  double s2 = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s2 += (xr[j] - mu) * (xr[j] - mu);
+  const double var = BlockSum(s2) / d;
+  const float rs = static_cast<float>(1.0 / sqrt(var + eps));
+  const float m = static_cast<float>(mu);
+  float* yr = y + r * d;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) yr[j] = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
+  if (threadIdx.x == 0) {
+    if (mean) mean[r] = m;
+    rstd[r] = rs;
+  }
+}
+
+// dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r.
+// Also writes dy·x̂ to prod (for dg) when prod is not null.
+__global__ void NormBackwardKernel(bool layer, const float* x, const float* g, const float* mean, const float* rstd,
+                                   const float* dy, int64_t d, float* dx, float* prod) {
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * d;
+  const float* dyr = dy + r * d;
+  const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
+  double sg = 0, sgx = 0;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const double gh = dyr[j] * g[j];
+    sg += gh;
+    sgx += gh * (xr[j] - m) * rs;
+  }
+  const float mg = layer ? static_cast<float>(BlockSum(sg) / d) : 0.0f;
+  const float mgx = static_cast<float>(BlockSum(sgx) / d);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float xh = (xr[j] - m) * rs;
+    if (prod) prod[r * d + j] = dyr[j] * xh;
+    dx[r * d + j] = rs * (dyr[j] * g[j] - mg - xh * mgx);
+  }
+}
+
+}  // namespace
+
+void CudaBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
+                              float eps, float* y, float* mean, float* rstd) {
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, g, b, d, eps, y,
+                                                                  mean, rstd);
+  STABILITY_CUDA_LAUNCHED("NormForwardKernel");
+}
+
+void CudaBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                               const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
+  // db first: dx may not alias dy by the interface, but the sums must read dy as given.
+  if (db) AddColumnSums(dy, rows, d, db);
+  float* prod = static_cast<float*>(Scratch(kVector, rows * d * sizeof(float)));
+  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, g, mean, rstd,
+                                                                   dy, d, dx, prod);
+  STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
+  AddColumnSums(prod, rows, d, dg);
+}
+
+}  // namespace stability::ops::cuda::internal
