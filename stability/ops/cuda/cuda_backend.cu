@@ -421,7 +421,9 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
       return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, e.what()));
     }
   }
-  Check(cudaSetDevice(device_index), "cudaSetDevice");
+  if (cudaError_t e = cudaSetDevice(device_index); e != cudaSuccess) {
+    return absl::UnavailableError(absl::StrFormat("cuda:%d: cudaSetDevice: %s", device_index, cudaGetErrorString(e)));
+  }
   RegisterAllocator(DeviceType::kCuda, &allocator);
   RegisterBackend(DeviceType::kCuda, backends[device_index].get());
   return backends[device_index].get();

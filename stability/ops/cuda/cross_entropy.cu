@@ -1,0 +1,85 @@
+// Cross-entropy with the final-logit soft cap and z-loss on the GPU (math in
+// ops/backend.h). Forward: one block per row — max, Σ exp(z − zmax) — so the
+// probabilities are never stored; backward recomputes them elementwise from the saved
+// log-sum-exp. The loss statistics are summed on the host in row order, as the CPU does.
+#include <vector>
+
+#include "stability/ops/cuda/internal/common.cuh"
+
+namespace stability::ops::cuda::internal {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+__device__ inline float Cap(float l, float cap) { return cap > 0 ? cap * tanhf(l * (1.0f / cap)) : l; }
+
+// stats_out: [n] max raw logit, [n] capped target logit.
+__global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* targets, int64_t v, float cap,
+                                          float* lse, float* row_max, float* target_z) {
+  const int64_t row = blockIdx.x;
+  const float* l = logits + row * v;
+  float lmax = -INFINITY;
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) lmax = fmaxf(lmax, l[j]);
+  lmax = BlockMax(lmax);
+  const float zmax = Cap(lmax, cap);  // tanh is monotonic: the cap keeps the argmax
+  float sum = 0;
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) sum += expf(Cap(l[j], cap) - zmax);
+  sum = BlockSum(sum);
+  if (threadIdx.x == 0) {
+    lse[row] = zmax + logf(sum);
+    row_max[row] = lmax;
+    target_z[row] = Cap(l[targets[row]], cap);
+  }
+}
+
+// dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
+__global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+                                           int64_t v, float cap, float z_loss, float inv_n, float* dlogits) {
+  const int64_t row = blockIdx.y;
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= v) return;
+  const float l = logits[row * v + j];
+  const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
+  const float z = cap > 0 ? cap * th : l;
+  const float row_lse = lse[row];
+  float dz = (expf(z - row_lse) * (1.0f + 2.0f * z_loss * row_lse) - (j == targets[row] ? 1.0f : 0.0f)) * inv_n;
+  if (cap > 0) dz *= 1.0f - th * th;
+  dlogits[row * v + j] = dz;
+}
+
+}  // namespace
+
+void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
+                                      const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+  float* row_stats = static_cast<float*>(Scratch(kRowStats, 2 * n * sizeof(float)));
+  CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse,
+                                                                       row_stats, row_stats + n);
+  STABILITY_CUDA_LAUNCHED("CrossEntropyForwardKernel");
+  if (!stats) return;
+  std::vector<float> host_lse(n), host_stats(2 * n);
+  Check(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
+  Check(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
+        "cudaMemcpy (cross-entropy stats)");
+  double ce = 0, lse_sum = 0, lse_sq = 0;
+  float lmax = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) {
+    ce += static_cast<double>(host_lse[i]) - host_stats[n + i];
+    lse_sum += host_lse[i];
+    lse_sq += static_cast<double>(host_lse[i]) * host_lse[i];
+    lmax = std::max(lmax, host_stats[i]);
+  }
+  stats->ce_loss = ce / n;
+  stats->mean_lse = lse_sum / n;
+  stats->loss = stats->ce_loss + opt.z_loss * lse_sq / n;
+  stats->max_logit = lmax;
+}
+
+void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+                                       int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) {
+  const dim3 grid(Blocks(v, 256), static_cast<unsigned>(n));
+  CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
+                                            dloss / static_cast<float>(n), dlogits);
+  STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");
+}
+
+}  // namespace stability::ops::cuda::internal

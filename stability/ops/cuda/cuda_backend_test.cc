@@ -1,0 +1,298 @@
+// Every op of the CUDA backend against the CPU backend on the same inputs (fp32), and the
+// GPU's determinism. Skipped where no GPU is visible (CI, the developers' machines); run on
+// a GPU by tools/gpu_check.sh.
+//
+// Tolerances: |gpu − cpu| ≤ rel · max|cpu| + abs, per op. GEMM-based ops sum in another
+// order (cuBLAS tiles vs oneDNN) and the GPU's expf/tanhf/logf differ from our AVX2
+// polynomials by a few ulp, so 1e-5 of the largest value is the bar for GEMM outputs and
+// 2e-6 for elementwise and row ops; copies, embedding forward and AdamW must be exact (AdamW's
+// kernel rounds every operation in the CPU's order).
+#include "stability/ops/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "stability/base/rng.h"
+
+namespace stability::ops::cuda {
+namespace {
+
+constexpr Device kGpu{DeviceType::kCuda, 0};
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<Backend*> be = InitCudaBackend(0);
+    if (!be.ok()) GTEST_SKIP() << "no GPU here: " << be.status().message();
+    gpu_ = *be;
+    cpu_ = GetBackend(kCpu);
+    ASSERT_NE(cpu_, nullptr);
+  }
+
+  std::vector<float> Random(int64_t n, double scale = 1.0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = static_cast<float>(scale * rng_.Normal());
+    return v;
+  }
+  float* Up(const std::vector<float>& h) {
+    Tensor t = Tensor::Empty({static_cast<int64_t>(h.size())}, DType::kF32, kGpu);
+    CopyToDevice(t.data(), h.data(), t.nbytes());
+    keep_.push_back(t);
+    return t.f32();
+  }
+  int32_t* Up(const std::vector<int32_t>& h) {
+    Tensor t = Tensor::Empty({static_cast<int64_t>(h.size())}, DType::kI32, kGpu);
+    CopyToDevice(t.data(), h.data(), t.nbytes());
+    keep_.push_back(t);
+    return t.i32();
+  }
+  std::vector<float> Down(const float* d, int64_t n) {
+    std::vector<float> h(n);
+    CopyToHost(h.data(), d, n * sizeof(float));
+    return h;
+  }
+  static void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double rel, double abs,
+                          const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double scale = 0;
+    for (float w : want) scale = std::max(scale, std::abs(static_cast<double>(w)));
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double e = std::abs(static_cast<double>(got[i]) - want[i]);
+      if (!(e <= worst)) worst = e, at = i;
+    }
+    EXPECT_LE(worst, rel * scale + abs) << what << ": worst at " << at << " gpu " << got[at] << " cpu " << want[at]
+                                        << " (max |cpu| " << scale << ")";
+  }
+
+  Rng rng_{20261128};
+  Backend* gpu_ = nullptr;
+  Backend* cpu_ = nullptr;
+  std::vector<Tensor> keep_;
+};
+
+TEST_F(CudaBackendTest, LinearForwardAndBackward) {
+  const int64_t n = 96, in = 80, out = 72;
+  std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out), dy = Random(n * out);
+  std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.5f), db(out, 0.25f);
+  float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw), *gdb = Up(db);
+  cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, y.data());
+  gpu_->LinearForward(gx, gw, gb, n, in, out, gy);
+  ExpectClose(Down(gy, n * out), y, 1e-5, 0, "y");
+  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), db.data());
+  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, gdb);
+  ExpectClose(Down(gdx, n * in), dx, 1e-5, 0, "dx");
+  ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "dw (accumulated onto 0.5)");
+  ExpectClose(Down(gdb, out), db, 1e-5, 0, "db (accumulated onto 0.25)");
+}
+
+TEST_F(CudaBackendTest, Embedding) {
+  const int64_t n = 64, t = 16, c = 24, vocab = 50;
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((i * 7) % 13);  // repeated ids: summed gradients
+  std::vector<float> wte = Random(vocab * c), wpe = Random(t * c), out(n * c), dout = Random(n * c);
+  std::vector<float> dwte(vocab * c, 0.0f), dwpe(t * c, 0.0f);
+  int32_t* gids = Up(ids);
+  float *gwte = Up(wte), *gwpe = Up(wpe), *gout = Up(out), *gdout = Up(dout), *gdwte = Up(dwte), *gdwpe = Up(dwpe);
+  cpu_->EmbeddingForward(ids.data(), n, t, wte.data(), wpe.data(), c, out.data());
+  gpu_->EmbeddingForward(gids, n, t, gwte, gwpe, c, gout);
+  EXPECT_EQ(Down(gout, n * c), out);
+  cpu_->EmbeddingBackward(ids.data(), n, t, dout.data(), c, dwte.data(), dwpe.data());
+  gpu_->EmbeddingBackward(gids, n, t, gdout, c, gdwte, gdwpe);
+  ExpectClose(Down(gdwte, vocab * c), dwte, 2e-6, 0, "dwte");
+  ExpectClose(Down(gdwpe, t * c), dwpe, 2e-6, 0, "dwpe");
+}
+
+TEST_F(CudaBackendTest, Norms) {
+  for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
+    for (int64_t d : {64, 200}) {  // a per-head width and a wider row
+      const int64_t rows = 48;
+      std::vector<float> x = Random(rows * d, 2.0), g = Random(d), b = Random(d), dy = Random(rows * d);
+      std::vector<float> y(rows * d), mean(rows), rstd(rows), dx(rows * d), dg(d, 0.0f), db(d, 0.0f);
+      const float* bp = kind == NormKind::kLayerNorm ? b.data() : nullptr;
+      float *gx = Up(x), *gg = Up(g), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd),
+            *gdx = Up(dx), *gdg = Up(dg), *gdb = Up(db);
+      cpu_->NormForward(kind, x.data(), g.data(), bp, rows, d, 1e-5f, y.data(), mean.data(), rstd.data());
+      gpu_->NormForward(kind, gx, gg, bp ? gb : nullptr, rows, d, 1e-5f, gy, gmean, grstd);
+      ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "norm y");
+      ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "rstd");
+      cpu_->NormBackward(kind, x.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dx.data(), dg.data(),
+                         bp ? db.data() : nullptr);
+      gpu_->NormBackward(kind, gx, gg, gmean, grstd, gdy, rows, d, gdx, gdg, bp ? gdb : nullptr);
+      ExpectClose(Down(gdx, rows * d), dx, 1e-5, 0, "norm dx");
+      ExpectClose(Down(gdg, d), dg, 1e-5, 0, "dg");
+      if (bp) ExpectClose(Down(gdb, d), db, 1e-5, 0, "db");
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, AttentionWithEveryOption) {
+  const int64_t b = 2, t = 40, h = 3, hd = 16, n = b * t * h * hd;
+  AttentionOptions plain;
+  plain.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  AttentionOptions cap = plain, temp = plain, clip = plain;
+  cap.soft_cap = 2.0f;
+  temp.temperature = 1.7f;
+  clip.clip = true;
+  for (const AttentionOptions& opt : {plain, cap, temp, clip}) {
+    std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
+    std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
+    float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = Up(probs),
+          *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
+    AttentionStats cs, gs;
+    cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(), &cs);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, &gs);
+    ExpectClose(Down(gout, n), out, 1e-5, 0, "attention out");
+    ExpectClose(Down(gprobs, probs.size()), probs, 2e-6, 0, "probs");
+    ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "lse");
+    EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
+    EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
+    cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
+                            dq.data(), dk.data(), dv.data());
+    gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+    ExpectClose(Down(gdq, n), dq, 1e-5, 0, "dq");
+    ExpectClose(Down(gdk, n), dk, 1e-5, 0, "dk");
+    ExpectClose(Down(gdv, n), dv, 1e-5, 0, "dv");
+  }
+}
+
+TEST_F(CudaBackendTest, RopeAndItsInverse) {
+  const int64_t b = 2, t = 12, h = 2, hd = 8, n = b * t * h * hd;
+  std::vector<float> x = Random(n), y = x;
+  float* gx = Up(x);
+  cpu_->Rope(y.data(), b, t, h, hd, 10000.0f, false);
+  gpu_->Rope(gx, b, t, h, hd, 10000.0f, false);
+  ExpectClose(Down(gx, n), y, 2e-6, 0, "rope");
+  gpu_->Rope(gx, b, t, h, hd, 10000.0f, true);
+  ExpectClose(Down(gx, n), x, 2e-6, 0, "rope then inverse");
+}
+
+TEST_F(CudaBackendTest, ElementwiseOps) {
+  const int64_t n = 1000, rows = 10, c = 100;
+  std::vector<float> x = Random(n, 3.0), a = Random(n), dy = Random(n), s = Random(c);
+  for (Activation act : {Activation::kGelu, Activation::kRelu}) {
+    std::vector<float> y(n), dx(n);
+    float *gx = Up(x), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx);
+    cpu_->ActivationForward(act, x.data(), n, y.data());
+    gpu_->ActivationForward(act, gx, n, gy);
+    ExpectClose(Down(gy, n), y, 2e-6, 0, "activation");
+    cpu_->ActivationBackward(act, x.data(), dy.data(), n, dx.data());
+    gpu_->ActivationBackward(act, gx, gdy, n, gdx);
+    ExpectClose(Down(gdx, n), dx, 2e-6, 0, "activation backward");
+  }
+  std::vector<float> sum(n), cols(rows * 30, 0.0f), scaled(n), dx(n), ds(c, 0.0f);
+  float *gx = Up(x), *ga = Up(a), *gsum = Up(sum), *gcols = Up(cols), *gs = Up(s), *gscaled = Up(scaled),
+        *gdy = Up(dy), *gdx = Up(dx), *gds = Up(ds);
+  cpu_->Add(x.data(), a.data(), n, sum.data());
+  gpu_->Add(gx, ga, n, gsum);
+  EXPECT_EQ(Down(gsum, n), sum);
+  cpu_->CopyColumns(x.data(), rows, c, 40, 30, cols.data(), 30, 0);
+  gpu_->CopyColumns(gx, rows, c, 40, 30, gcols, 30, 0);
+  EXPECT_EQ(Down(gcols, rows * 30), cols);
+  cpu_->ChannelScaleForward(x.data(), s.data(), rows, c, scaled.data());
+  gpu_->ChannelScaleForward(gx, gs, rows, c, gscaled);
+  EXPECT_EQ(Down(gscaled, n), scaled);
+  cpu_->ChannelScaleBackward(x.data(), s.data(), dy.data(), rows, c, dx.data(), ds.data());
+  gpu_->ChannelScaleBackward(gx, gs, gdy, rows, c, gdx, gds);
+  EXPECT_EQ(Down(gdx, n), dx);
+  ExpectClose(Down(gds, c), ds, 2e-6, 0, "ds");
+  cpu_->Scale(sum.data(), n, 0.37f);
+  gpu_->Scale(gsum, n, 0.37f);
+  EXPECT_EQ(Down(gsum, n), sum);
+  EXPECT_NEAR(gpu_->SumSquares(gx, n), cpu_->SumSquares(x.data(), n), 1e-12 * cpu_->SumSquares(x.data(), n));
+  EXPECT_NEAR(gpu_->MeanRowNorm(gx, rows, c), cpu_->MeanRowNorm(x.data(), rows, c), 1e-12 * c);
+}
+
+TEST_F(CudaBackendTest, SigmaReparam) {
+  const int64_t out = 48, in = 40;
+  std::vector<float> w = Random(out * in, 0.2), u = Random(out), v = Random(in), w_eff(out * in), g_eff = Random(out * in);
+  std::vector<float> dw(out * in, 0.0f);
+  float *gw = Up(w), *gu = Up(u), *gv = Up(v), *gweff = Up(w_eff), *ggeff = Up(g_eff), *gdw = Up(dw);
+  const float cs = cpu_->SigmaReparamForward(w.data(), 1.3f, out, in, true, u.data(), v.data(), w_eff.data());
+  const float gs = gpu_->SigmaReparamForward(gw, 1.3f, out, in, true, gu, gv, gweff);
+  EXPECT_NEAR(gs, cs, 1e-5 * cs);
+  ExpectClose(Down(gu, out), u, 1e-5, 0, "u");
+  ExpectClose(Down(gweff, out * in), w_eff, 1e-5, 0, "w_eff");
+  const float cg = cpu_->SigmaReparamBackward(w.data(), 1.3f, cs, u.data(), v.data(), g_eff.data(), out, in, dw.data());
+  const float gg = gpu_->SigmaReparamBackward(gw, 1.3f, gs, gu, gv, ggeff, out, in, gdw);
+  EXPECT_NEAR(gg, cg, 1e-5 * std::abs(cg) + 1e-6);
+  ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "dw");
+}
+
+TEST_F(CudaBackendTest, CrossEntropyWithCapAndZLoss) {
+  const int64_t n = 37, v = 1031;  // odd sizes: partial blocks
+  for (CrossEntropyOptions opt : {CrossEntropyOptions{}, CrossEntropyOptions{.soft_cap = 15.0f, .z_loss = 1e-4f}}) {
+    std::vector<float> logits = Random(n * v, 4.0), lse(n), dlogits(n * v);
+    std::vector<int32_t> targets(n);
+    for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 97) % v);
+    float *gl = Up(logits), *glse = Up(lse), *gd = Up(dlogits);
+    int32_t* gt = Up(targets);
+    CrossEntropyStats cs, gs;
+    cpu_->CrossEntropyForward(logits.data(), targets.data(), n, v, opt, lse.data(), &cs);
+    gpu_->CrossEntropyForward(gl, gt, n, v, opt, glse, &gs);
+    ExpectClose(Down(glse, n), lse, 2e-6, 0, "lse");
+    EXPECT_NEAR(gs.loss, cs.loss, 2e-6 * cs.loss);
+    EXPECT_NEAR(gs.ce_loss, cs.ce_loss, 2e-6 * cs.ce_loss);
+    EXPECT_EQ(gs.max_logit, cs.max_logit);
+    cpu_->CrossEntropyBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 0.7f, dlogits.data());
+    gpu_->CrossEntropyBackward(gl, gt, glse, n, v, opt, 0.7f, gd);
+    ExpectClose(Down(gd, n * v), dlogits, 1e-5, 0, "dlogits");
+  }
+}
+
+TEST_F(CudaBackendTest, AdamWMatchesTheCpuBitForBit) {
+  const int64_t n = 4099;
+  std::vector<float> p = Random(n), g = Random(n), m = Random(n, 0.1), v = Random(n, 0.1);
+  for (float& x : v) x = std::abs(x);
+  float *gp = Up(p), *gg = Up(g), *gm = Up(m), *gv = Up(v);
+  cpu_->AdamW(p.data(), g.data(), m.data(), v.data(), n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.19f, 0.0975f, 0.8f);
+  gpu_->AdamW(gp, gg, gm, gv, n, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.19f, 0.0975f, 0.8f);
+  EXPECT_EQ(Down(gp, n), p);
+  EXPECT_EQ(Down(gm, n), m);
+  EXPECT_EQ(Down(gv, n), v);
+}
+
+TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
+  const int64_t b = 2, t = 64, h = 4, hd = 16, n = b * t * h * hd;
+  AttentionOptions opt;
+  opt.scale = 0.25f;
+  opt.soft_cap = 5.0f;
+  std::vector<float> q = Random(n), k = Random(n), v = Random(n), dout = Random(n), zeros(n, 0.0f);
+  std::vector<float> probs(b * h * t * t), lse(b * h * t);
+  float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(zeros), *gprobs = Up(probs),
+        *glse = Up(lse), *gdq = Up(zeros), *gdk = Up(zeros), *gdv = Up(zeros);
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, nullptr);
+    gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+    std::vector<float> got = Down(gdq, n);
+    if (run == 0) first = got;
+    else EXPECT_EQ(got, first);
+  }
+  std::vector<float> x = Random(512 * 64);
+  float* gx = Up(x);
+  std::vector<float> db1(64, 0.0f), db2(64, 0.0f);
+  float *gdb1 = Up(db1), *gdb2 = Up(db2), *gw = Up(Random(64 * 64)), *gdw = Up(std::vector<float>(64 * 64, 0.0f));
+  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb1);
+  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb2);
+  EXPECT_EQ(Down(gdb1, 64), Down(gdb2, 64));
+  EXPECT_EQ(gpu_->SumSquares(gx, 512 * 64), gpu_->SumSquares(gx, 512 * 64));
+}
+
+TEST(CudaBackendSetupTest, ExplainsWhyThereIsNoGpu) {
+  absl::StatusOr<Backend*> be = InitCudaBackend(0);
+  if (be.ok()) {
+    EXPECT_EQ((*be)->device(), (Device{DeviceType::kCuda, 0}));
+    absl::StatusOr<Backend*> missing = InitCudaBackend(1000);
+    ASSERT_FALSE(missing.ok());
+    EXPECT_NE(missing.status().message().find("cuda:1000 does not exist"), std::string::npos);
+  } else {
+    EXPECT_NE(be.status().message().find("--device=cpu"), std::string::npos) << be.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace stability::ops::cuda
