@@ -3,6 +3,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 BIN = os.path.join(os.environ.get("TEST_SRCDIR", ""), "stability/cli/stability")
 
 
@@ -99,6 +101,20 @@ def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
     assert r.returncode == 2 and "cannot open GPT-2 encoder.json at /nonexistent/encoder.json" in r.stderr
     r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/nothing", "--resume")
     assert r.returncode == 2 and "holds no run" in r.stderr
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/gpu", "--device=cuda:x")
+    assert r.returncode == 2 and "--device=cuda:x must be auto, cpu, cuda or cuda:N" in r.stderr
+
+
+def test_a_missing_gpu_is_an_error_before_anything_is_written(tmp_path):
+    shards = prepare_bytes(tmp_path)
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/gpu", "--device=cuda:0", "--steps=2")
+    if r.returncode == 0:
+        pytest.skip("this machine has a GPU")
+    assert r.returncode == 2 and "--device=cuda:0:" in r.stderr and "--device=cpu" in r.stderr, r.stderr
+    assert not (tmp_path / "gpu").exists()
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/auto", "--device=auto", "--steps=2")
+    assert r.returncode == 0, r.stderr  # auto falls back to the CPU
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["device"] == "cpu"
 
 
 def test_train_help_lists_every_switch():

@@ -45,8 +45,9 @@ int RunTrain(int argc, char** argv) {
   train::TrainOptions options{.comm = comm->get(), .resume = flags->Get("resume") == "true",
                               .stop_after = *stop_after, .progress = stderr, .stop_requested = stop};
   if (root) {
-    std::fprintf(stderr, "training %s / %s (%lld parameters) on cpu", rc.model.size.c_str(), rc.model.variant.c_str(),
-                 static_cast<long long>(model::ParameterCount(rc.model)));
+    std::fprintf(stderr, "training %s / %s (%lld parameters), --device=%s", rc.model.size.c_str(),
+                 rc.model.variant.c_str(), static_cast<long long>(model::ParameterCount(rc.model)),
+                 rc.train.device.c_str());
     if ((*comm)->size() > 1) {
       std::fprintf(stderr, ", %d ranks (%s%s)", (*comm)->size(), (*comm)->name().c_str(),
                    rc.train.zero == 1 ? ", ZeRO-1: AdamW moments sharded" : "");

@@ -21,6 +21,8 @@ class CpuAllocator final : public Allocator {
   }
   void Free(void* ptr) override { std::free(ptr); }
   void Zero(void* ptr, size_t bytes) override { std::memset(ptr, 0, bytes); }
+  void CopyFromHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
 };
 
 Allocator*& AllocatorSlot(DeviceType type) {
@@ -93,11 +95,25 @@ void Tensor::SetZero() {
   if (defined()) AllocatorSlot(device_.type)->Zero(data(), nbytes());
 }
 
-Tensor Tensor::Clone() const {
-  if (device_.type != DeviceType::kCpu) throw std::logic_error("Tensor::Clone: CPU tensors only");
-  Tensor t = Empty(shape_, dtype_, device_);
-  std::memcpy(t.data(), data(), nbytes());
+Tensor Tensor::Clone() const { return To(device_); }
+
+Tensor Tensor::To(Device device) const {
+  if (device_.type != DeviceType::kCpu && device.type != DeviceType::kCpu) return To(kCpu).To(device);
+  Tensor t = Empty(shape_, dtype_, device);
+  if (device.type == DeviceType::kCpu) {
+    CopyToHost(t.data());
+  } else {
+    t.CopyFromHost(data());
+  }
   return t;
+}
+
+void Tensor::CopyFromHost(const void* host_src) {
+  if (defined()) AllocatorSlot(device_.type)->CopyFromHost(data(), host_src, nbytes());
+}
+
+void Tensor::CopyToHost(void* host_dst) const {
+  if (defined()) AllocatorSlot(device_.type)->CopyToHost(host_dst, data(), nbytes());
 }
 
 Tensor Tensor::Reshaped(const Shape& shape) const {

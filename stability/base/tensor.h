@@ -43,6 +43,9 @@ class Allocator {
   virtual void* Allocate(size_t bytes) = 0;
   virtual void Free(void* ptr) = 0;
   virtual void Zero(void* ptr, size_t bytes) = 0;
+  // Copies between this device's memory and host memory (synchronous).
+  virtual void CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
 };
 // Registers the allocator used for `type` (a backend calls this once at start-up).
 void RegisterAllocator(DeviceType type, Allocator* allocator);
@@ -70,7 +73,12 @@ class Tensor {
   const int32_t* i32() const { return static_cast<const int32_t*>(data()); }
 
   void SetZero();
-  Tensor Clone() const;  // same device, new storage, same bytes (CPU only for now)
+  Tensor Clone() const;  // same device, new storage, same bytes
+  // A copy on `device` (a GPU tensor's values reach the host with To(kCpu)).
+  Tensor To(Device device) const;
+  // All nbytes() from / to host memory.
+  void CopyFromHost(const void* host_src);
+  void CopyToHost(void* host_dst) const;
   // Same storage, another shape with the same number of elements.
   Tensor Reshaped(const Shape& shape) const;
 

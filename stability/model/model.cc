@@ -179,6 +179,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   }
   add_norm("nf", C);
   if (!c.tie_embeddings) add("lm_head.weight", {c.vocab_size, C}, kNormal, true);
+  // Initialised on the host (the same values on every device), then moved.
+  if (device != kCpu) {
+    for (Parameter& p : m->params_) {
+      p.value = p.value.To(device);
+      p.grad = Tensor::Zeros(p.value.shape(), DType::kF32, device);
+    }
+    for (auto& [name, t] : m->buffers_) t = t.To(device);
+  }
 
   // Resolve names to pointers now that params_ no longer grows.
   Impl& impl = *m->impl_;
@@ -199,8 +207,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     lin.in = in;
     lin.out = out;
     if (lin.gain) {
-      lin.w_eff = Tensor::Zeros({out, in});
-      lin.dw_eff = Tensor::Zeros({out, in});
+      lin.w_eff = Tensor::Zeros({out, in}, DType::kF32, device);
+      lin.dw_eff = Tensor::Zeros({out, in}, DType::kF32, device);
     }
     return lin;
   };
@@ -242,14 +250,26 @@ void Model::ZeroGrad() {
 
 namespace {
 
-void Alloc(Tensor& t, const Shape& shape) {
-  if (!t.defined() || t.shape() != shape) t = Tensor::Empty(shape);
+// Activation buffers live on the model's device and are reused while the shapes stay.
+void Alloc(Device device, Tensor& t, const Shape& shape) {
+  if (!t.defined() || t.shape() != shape) t = Tensor::Empty(shape, DType::kF32, device);
 }
 
-void AllocNorm(NormActs& a, int64_t rows, int64_t d) {
-  Alloc(a.y, {rows * d});
-  Alloc(a.mean, {rows});
-  Alloc(a.rstd, {rows});
+void AllocNorm(Device device, NormActs& a, int64_t rows, int64_t d) {
+  Alloc(device, a.y, {rows * d});
+  Alloc(device, a.mean, {rows});
+  Alloc(device, a.rstd, {rows});
+}
+
+// One float of a (possibly device) tensor, read and updated through the host.
+float ReadScalar(const Tensor& t) {
+  float v = 0;
+  t.CopyToHost(&v);
+  return v;
+}
+void AddToScalar(Tensor& t, float x) {
+  const float v = ReadScalar(t) + x;
+  t.CopyFromHost(&v);
 }
 
 }  // namespace
@@ -257,8 +277,8 @@ void AllocNorm(NormActs& a, int64_t rows, int64_t d) {
 absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) {
   const ModelConfig& c = config_;
   if (ids.dtype() != DType::kI32 || targets.dtype() != DType::kI32 || ids.rank() != 2 ||
-      ids.shape() != targets.shape()) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: ids and targets must both be int32 [B, T], got ",
+      ids.shape() != targets.shape() || ids.device() != kCpu || targets.device() != kCpu) {
+    return absl::InvalidArgumentError(absl::StrCat("Forward: ids and targets must both be int32 [B, T] on the CPU, got ",
                                                    ShapeToString(ids.shape()), " and ",
                                                    ShapeToString(targets.shape())));
   }
@@ -282,20 +302,21 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   ops::Backend& be = *backend_;
   m.B = B;
   m.T = T;
-  m.ids = ids;
-  m.targets = targets;
+  // Token ids were checked on the host; the kernels read them on the model's device.
+  m.ids = ids.device() == device_ ? ids : ids.To(device_);
+  m.targets = targets.device() == device_ ? targets : targets.To(device_);
   telemetry_.Clear();
   const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
-    AllocNorm(a, rows, d);
+    AllocNorm(device_, a, rows, d);
     be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
                    a.y.f32(), a.mean.f32(), a.rstd.f32());
   };
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name) {
     if (lin.gain) {
-      lin.sigma = be.SigmaReparamForward(lin.w->value.f32(), lin.gain->value.f32()[0], lin.out, lin.in, training_,
+      lin.sigma = be.SigmaReparamForward(lin.w->value.f32(), ReadScalar(lin.gain->value), lin.out, lin.in, training_,
                                          lin.u->f32(), lin.v->f32(), lin.w_eff.f32());
     }
-    Alloc(y, {N, lin.out});
+    Alloc(device_, y, {N, lin.out});
     be.LinearForward(x.f32(), lin.weight(), lin.b ? lin.b->value.f32() : nullptr, N, lin.in, lin.out, y.f32());
     if (telemetry_on_) {
       telemetry_.Set(name + ".out_norm", be.MeanRowNorm(y.f32(), N, lin.out));
@@ -315,7 +336,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
     *scale_in = branch;
     if (scale) {
-      Alloc(scale_out, {N, C});
+      Alloc(device_, scale_out, {N, C});
       be.ChannelScaleForward(branch->f32(), scale->value.f32(), N, C, scale_out.f32());
       branch = &scale_out;
     }
@@ -323,7 +344,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   };
 
   m.stream.resize(c.n_layer + 1);
-  for (Tensor& t : m.stream) Alloc(t, {N, C});
+  for (Tensor& t : m.stream) Alloc(device_, t, {N, C});
   be.EmbeddingForward(ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
                       m.stream[0].f32());
 
@@ -340,9 +361,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       a1 = &y.a1.y;
     }
     run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
-    Alloc(y.q_raw, {N, C});
-    Alloc(y.k_raw, {N, C});
-    Alloc(y.v_raw, {N, C});
+    Alloc(device_, y.q_raw, {N, C});
+    Alloc(device_, y.k_raw, {N, C});
+    Alloc(device_, y.v_raw, {N, C});
     be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 0, C, y.q_raw.f32(), C, 0);
     be.CopyColumns(y.qkv_out.f32(), N, 3 * C, C, C, y.k_raw.f32(), C, 0);
     be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 2 * C, C, y.v_raw.f32(), C, 0);
@@ -363,8 +384,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
     if (c.position == Position::kRope) {
       if (!y.q_norm.on()) {  // keep q_raw/k_raw as QKV produced them
-        Alloc(y.q_rope, {N, C});
-        Alloc(y.k_rope, {N, C});
+        Alloc(device_, y.q_rope, {N, C});
+        Alloc(device_, y.k_rope, {N, C});
         be.Copy(y.q_raw.f32(), N * C, y.q_rope.f32());
         be.Copy(y.k_raw.f32(), N * C, y.k_rope.f32());
         y.q_att = y.q_rope;
@@ -373,9 +394,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.Rope(y.q_att.f32(), B, T, H, HD, c.rope_base, false);
       be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);
     }
-    Alloc(y.probs, {B, H, T, T});
-    Alloc(y.attn_lse, {B, H, T});
-    Alloc(y.att, {N, C});
+    Alloc(device_, y.probs, {B, H, T, T});
+    Alloc(device_, y.attn_lse, {B, H, T});
+    Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;
     be.AttentionForward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), B, T, H, HD, attn, y.att.f32(), y.probs.f32(), y.attn_lse.f32(),
                         telemetry_on_ ? &stats : nullptr);
@@ -384,7 +405,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
     }
     run_linear(y.proj, y.att, y.proj_out, name + "proj");
-    Alloc(y.h, {N, C});
+    Alloc(device_, y.h, {N, C});
     add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h);
 
     const Tensor* a2 = &y.h;
@@ -393,17 +414,17 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       a2 = &y.a2.y;
     }
     run_linear(y.fc1, *a2, y.fc1_out, name + "fc1");
-    Alloc(y.act, {N, F});
+    Alloc(device_, y.act, {N, F});
     be.ActivationForward(c.activation, y.fc1_out.f32(), N * F, y.act.f32());
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
     add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1]);
   }
 
   run_norm(m.nf, m.stream[c.n_layer], N, C, m.xf);
-  Alloc(m.logits, {N, V});
+  Alloc(device_, m.logits, {N, V});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32());
-  Alloc(m.lse, {N});
+  Alloc(device_, m.lse, {N});
   ops::CrossEntropyStats ce;
   be.CrossEntropyForward(m.logits.f32(), targets.i32(), N, V, {c.logit_soft_cap, c.z_loss}, m.lse.f32(), &ce);
   telemetry_.Set("loss", ce.loss);
@@ -423,12 +444,12 @@ absl::Status Model::Backward(float dloss) {
   const int64_t H = c.n_head, HD = c.head_dim();
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
-  for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(*t, {N, C});
-  Alloc(m.dqkv, {N, 3 * C});
-  Alloc(m.dF1, {N, F});
-  Alloc(m.dF2, {N, F});
-  Alloc(m.dlogits, {N, V});
-  Alloc(m.dtmp, {N, C});
+  for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(device_, *t, {N, C});
+  Alloc(device_, m.dqkv, {N, 3 * C});
+  Alloc(device_, m.dF1, {N, F});
+  Alloc(device_, m.dF2, {N, F});
+  Alloc(device_, m.dlogits, {N, V});
+  Alloc(device_, m.dtmp, {N, C});
 
   const auto norm_back = [&](const Norm& n, const Tensor& x, const NormActs& a, const float* dy, int64_t rows,
                              int64_t d, float* dx) {
@@ -440,9 +461,9 @@ absl::Status Model::Backward(float dloss) {
     be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
                       lin.b ? lin.b->grad.f32() : nullptr);
     if (lin.gain) {
-      lin.gain->grad.f32()[0] += be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32()[0], lin.sigma,
-                                                         lin.u->f32(), lin.v->f32(), lin.dw_eff.f32(), lin.out,
-                                                         lin.in, lin.w->grad.f32());
+      AddToScalar(lin.gain->grad,
+                  be.SigmaReparamBackward(lin.w->value.f32(), ReadScalar(lin.gain->value), lin.sigma, lin.u->f32(),
+                                          lin.v->f32(), lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32()));
     }
   };
 

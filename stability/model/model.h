@@ -51,7 +51,9 @@ class Model {
   // Builds the parameters with GPT-2 initialisation from `seed`: N(0, init_std), residual
   // projections (Proj, FC2) N(0, init_std / sqrt(2·n_layer)), norm gains 1, biases 0,
   // layer scales layer_scale_init, σ-reparam gains 1 (σ-reparam's u: a random unit vector,
-  // then one power-iteration step, so σ is defined before training).
+  // then one power-iteration step, so σ is defined before training). Values are drawn on
+  // the host and moved to `device` (a GPU's backend must be initialised first:
+  // ops::cuda::InitCudaBackend), so every device starts from the same weights.
   static absl::StatusOr<std::unique_ptr<Model>> Create(const ModelConfig& config, uint64_t seed,
                                                        Device device = kCpu);
   ~Model();
@@ -67,7 +69,8 @@ class Model {
   // Telemetry in Forward (norms, attention stats) costs a few percent; on by default.
   void set_telemetry(bool on) { telemetry_on_ = on; }
 
-  // ids, targets: int32 [B, T], T <= seq_len, values < vocab_size. Returns the loss.
+  // ids, targets: int32 [B, T] on the CPU (checked there, then copied to the model's
+  // device), T <= seq_len, values < vocab_size. Returns the loss.
   absl::StatusOr<double> Forward(const Tensor& ids, const Tensor& targets);
   // Accumulates d(loss)/d(param)·dloss into every Parameter::grad. Needs a Forward first.
   absl::Status Backward(float dloss = 1.0f);
@@ -76,7 +79,7 @@ class Model {
   double ComputeGradNorms();
 
   const Telemetry& telemetry() const { return telemetry_; }
-  const Tensor& logits() const;  // [B·T, vocab_size] of the last Forward
+  const Tensor& logits() const;  // [B·T, vocab_size] of the last Forward, on the model's device
 
  private:
   struct Impl;

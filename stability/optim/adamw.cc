@@ -136,9 +136,7 @@ absl::Status AdamW::LoadState(const std::vector<std::pair<std::string, Tensor>>&
                                                 ", the model needs ", ShapeToString(p.value.shape())));
       }
       const Piece& piece = pieces_[i];
-      if (piece.hi > piece.lo) {
-        std::memcpy(dst->data(), src->f32() + piece.lo, (piece.hi - piece.lo) * sizeof(float));
-      }
+      if (piece.hi > piece.lo) dst->CopyFromHost(src->f32() + piece.lo);  // src: a host tensor
     }
   }
   step_ = step;

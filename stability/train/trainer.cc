@@ -23,6 +23,7 @@
 #include "stability/optim/adamw.h"
 #include "stability/optim/schedule.h"
 #include "stability/train/checkpoint.h"
+#include "stability/train/device.h"
 #include "stability/train/metrics.h"
 
 namespace stability::train {
@@ -134,6 +135,17 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   const bool root = comm->is_root();
   const int world = comm->size();
   FILE* out = root ? options.progress : nullptr;
+  // The device first: a missing GPU is an error before anything is written.
+  STABILITY_ASSIGN_OR_RETURN(const Device device, ResolveDevice(tc.device));
+  if (device != kCpu && world > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "data-parallel training on GPUs (NCCL) is not wired into the trainer yet; run one rank per --device=",
+        device.ToString(), ", or use --device=cpu with mpirun"));
+  }
+  if (device != kCpu && tc.zero != 0) {
+    return absl::UnimplementedError("--zero=1 shards the optimizer of CPU ranks only for now; use --device=cpu");
+  }
+  if (out && device != kCpu) std::fprintf(out, "device: %s\n", device.ToString().c_str());
 
   // Output folder: never overwrite a run unless resuming it.
   tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
@@ -166,10 +178,6 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
     return absl::PermissionDeniedError(absl::StrCat("the run folder ", tc.out, " is not writable"));
   }
 
-  if (tc.device != "auto" && tc.device != "cpu") {
-    return absl::UnavailableError(absl::StrCat("--device=", tc.device,
-                                               ": the CUDA backend is not part of this build yet; use --device=cpu"));
-  }
   if (tc.threads > 0) omp_set_num_threads(static_cast<int>(tc.threads));
   const int64_t seq = tc.seq > 0 ? tc.seq : mc.seq_len;
   if (seq > mc.seq_len) {
@@ -194,7 +202,8 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .rank = comm->rank(),
                                           .world = world, .vocab_size = mc.vocab_size}));
 
-  STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed));
+  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));
+  STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed, device));
   // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
   // that piece; the pieces are all-gathered after each update.
   const bool zero1 = tc.zero == 1 && world > 1;
@@ -256,12 +265,12 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
         return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": ", p.name, " has shape ",
                                                 ShapeToString(t.shape()), ", the model needs ", ShapeToString(p.value.shape())));
       }
-      std::memcpy(p.value.data(), t.data(), t.nbytes());
+      p.value.CopyFromHost(t.data());
     }
     for (auto& [name, buf] : model->buffers()) {
       STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(name));
       if (t.numel() != buf.numel()) return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": bad ", name));
-      std::memcpy(buf.data(), t.data(), t.nbytes());
+      buf.CopyFromHost(t.data());
     }
     const CheckpointState& st = ckpt.parsed;
     if (st.world_size != world) {
@@ -308,10 +317,11 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   const auto checkpoint = [&](int64_t step, double wall) -> absl::Status {
     STABILITY_ASSIGN_OR_RETURN(auto moments, optimizer_state());  // every rank takes part
     if (!root) return absl::OkStatus();
-    SafetensorsFile f;
-    for (const Parameter& p : model->parameters()) f.tensors.emplace_back(p.name, p.value);
-    for (const auto& [name, t] : model->buffers()) f.tensors.emplace_back(name, t);
-    for (auto& t : moments) f.tensors.push_back(std::move(t));
+    SafetensorsFile f;  // host copies of what lives on the device
+    const auto host = [](const Tensor& t) { return t.device() == kCpu ? t : t.To(kCpu); };
+    for (const Parameter& p : model->parameters()) f.tensors.emplace_back(p.name, host(p.value));
+    for (const auto& [name, t] : model->buffers()) f.tensors.emplace_back(name, host(t));
+    for (auto& [name, t] : moments) f.tensors.emplace_back(name, host(t));
     const data::LoaderPosition pos = train_loader->position();
     nlohmann::json state = {{"optimizer_step", opt.step()},
                             {"data", {{"epoch", pos.epoch}, {"next", pos.next}}},
@@ -348,7 +358,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   bool stopped = false;
   double last_loss = NAN, tokens_per_s = 0;
   Tensor ids, targets;
-  ops::Backend* backend = ops::GetBackend(kCpu);
+  ops::Backend* backend = ops::GetBackend(device);
   const auto backend_scale = [backend](Tensor& t, float s) { backend->Scale(t.f32(), t.numel(), s); };
   while (step < tc.steps) {
     const bool telemetry = (step + 1) % tc.telemetry_interval == 0 || step + 1 == tc.steps;
@@ -481,6 +491,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       {"tokens_per_step", tokens_per_step},
       {"run", tc.out},
       {"ranks", world},
+      {"device", device.ToString()},
       {"zero", zero1 ? 1 : 0},
       {"optimizer_state_bytes_per_rank", opt.state_bytes()},
   };

@@ -34,6 +34,12 @@ class CudaAllocator final : public Allocator {
   }
   void Free(void* p) override { cudaFree(p); }
   void Zero(void* p, size_t bytes) override { Check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+  void CopyFromHost(void* dst, const void* src, size_t bytes) override {
+    Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to the GPU)");
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override {
+    Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (from the GPU)");
+  }
 };
 
 __global__ void EmbeddingForwardKernel(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
@@ -429,12 +435,14 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
   return backends[device_index].get();
 }
 
-void CopyToDevice(void* dst, const void* src, size_t bytes) {
-  internal::Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to device)");
-}
-
-void CopyToHost(void* dst, const void* src, size_t bytes) {
-  internal::Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (to host)");
+MemoryInfo GpuMemory(int device_index) {
+  int current = 0;
+  cudaGetDevice(&current);
+  cudaSetDevice(device_index);
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  cudaSetDevice(current);
+  return {static_cast<int64_t>(free_b), static_cast<int64_t>(total_b)};
 }
 
 }  // namespace stability::ops::cuda

@@ -4,7 +4,7 @@
 //
 //   absl::StatusOr<Backend*> be = ops::cuda::InitCudaBackend(0);   // cuda:0
 //   Tensor x = Tensor::Empty({n, c}, DType::kF32, (*be)->device());
-//   ops::cuda::CopyToDevice(x.data(), host.data(), x.nbytes());
+//   x.CopyFromHost(host.data());          // or host_tensor.To((*be)->device())
 //
 // InitCudaBackend registers the backend and a cudaMalloc allocator for DeviceType::kCuda
 // (so Tensor::Empty(..., cuda) allocates device memory); it fails with a clear message
@@ -21,6 +21,7 @@
 #define STABILITY_OPS_CUDA_CUDA_BACKEND_H_
 
 #include <cstddef>
+#include <cstdint>
 
 #include "absl/status/statusor.h"
 #include "stability/ops/backend.h"
@@ -29,9 +30,12 @@ namespace stability::ops::cuda {
 
 absl::StatusOr<Backend*> InitCudaBackend(int device_index);
 
-// Synchronous copies between host memory and the current GPU.
-void CopyToDevice(void* dst, const void* src, size_t bytes);
-void CopyToHost(void* dst, const void* src, size_t bytes);
+// Free and total memory of an initialised GPU, in bytes.
+struct MemoryInfo {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+MemoryInfo GpuMemory(int device_index);
 
 }  // namespace stability::ops::cuda
 

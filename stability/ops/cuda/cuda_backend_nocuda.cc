@@ -1,8 +1,5 @@
 // The CUDA backend's API in a build without a CUDA toolkit (--config=nocuda, or a machine
 // without nvcc): every call explains that CUDA was not built.
-#include <cstdio>
-#include <cstdlib>
-
 #include "stability/ops/cuda/cuda_backend.h"
 
 namespace stability::ops::cuda {
@@ -11,13 +8,6 @@ absl::StatusOr<Backend*> InitCudaBackend(int) {
   return absl::UnavailableError("this build has no CUDA (built without a CUDA toolkit); use --device=cpu");
 }
 
-void CopyToDevice(void*, const void*, size_t) {
-  std::fprintf(stderr, "CopyToDevice: this build has no CUDA\n");
-  std::abort();
-}
-void CopyToHost(void*, const void*, size_t) {
-  std::fprintf(stderr, "CopyToHost: this build has no CUDA\n");
-  std::abort();
-}
+MemoryInfo GpuMemory(int) { return {}; }
 
 }  // namespace stability::ops::cuda

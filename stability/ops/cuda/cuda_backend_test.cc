@@ -38,19 +38,21 @@ class CudaBackendTest : public ::testing::Test {
   }
   float* Up(const std::vector<float>& h) {
     Tensor t = Tensor::Empty({static_cast<int64_t>(h.size())}, DType::kF32, kGpu);
-    CopyToDevice(t.data(), h.data(), t.nbytes());
+    t.CopyFromHost(h.data());
     keep_.push_back(t);
     return t.f32();
   }
   int32_t* Up(const std::vector<int32_t>& h) {
     Tensor t = Tensor::Empty({static_cast<int64_t>(h.size())}, DType::kI32, kGpu);
-    CopyToDevice(t.data(), h.data(), t.nbytes());
+    t.CopyFromHost(h.data());
     keep_.push_back(t);
     return t.i32();
   }
   std::vector<float> Down(const float* d, int64_t n) {
     std::vector<float> h(n);
-    CopyToHost(h.data(), d, n * sizeof(float));
+    Tensor t = Tensor::Empty({n}, DType::kF32, kGpu);
+    gpu_->Copy(d, n, t.f32());
+    t.CopyToHost(h.data());
     return h;
   }
   static void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double rel, double abs,
