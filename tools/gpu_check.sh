@@ -1,32 +1,66 @@
 #!/usr/bin/env bash
-# The GPU check, for a lent GPU machine (the device tool) or any machine with a GPU:
-# builds, runs every CUDA test (they skip without a GPU) and `stability info`, and writes a
-# Markdown report to $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md.
-# Finishes in a few minutes. Today the CUDA code is the device query and the NCCL
-# communicator; the CUDA backend of the op interface (issue: CUDA backend) adds its tests
-# and benchmarks here.
+# The GPU check (issues: CUDA backend, data parallelism), for a lent GPU machine. That
+# machine has CUDA, cuBLAS, NCCL and Python but no Bazel, so the binaries come prebuilt in
+# .gpu/bundle.tar.xz (tools/gpu_pack.sh, run here first). On the device tool:
+#
+#   run(carry=[".gpu"], command="bash tools/gpu_check.sh", timeout_s=540)
+#
+# It runs every CUDA test (op by op against the CPU, the whole model per preset and
+# variant, 20 training steps, determinism, the NCCL communicator of size 1), then the
+# training benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the
+# paper's 830M shape, baseline and methods), and writes one Markdown report to
+# $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. Budget: ~8 minutes.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out_dir="${OUT:-docs/gpu}"
 mkdir -p "$out_dir"
-report="$out_dir/gpu_check-$(date -u +%Y%m%d-%H%M%S).md"
-cuda_tests=(//stability/ops/cuda:device_query_test //stability/dist:nccl_communicator_test)
+report="$out_dir/gpu_check.md"
+[ -n "${OUT:-}" ] || report="$out_dir/gpu_check-$(date -u +%Y%m%d-%H%M%S).md"
+work=/tmp/stability-gpu
+rm -rf "$work" && mkdir -p "$work"
+if [ ! -f .gpu/bundle.tar.xz ]; then
+  echo "no .gpu/bundle.tar.xz: run tools/gpu_pack.sh where the tree builds, then carry .gpu" | tee "$report"
+  exit 1
+fi
+tar -xJf .gpu/bundle.tar.xz -C "$work"
+# CUDA's own libraries from the image: the toolkit's and those of the Python wheels.
+cuda_dirs="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib"
+wheel_dirs="$(python3 -c 'import os, nvidia; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p))))' 2>/dev/null)"
+export LD_LIBRARY_PATH="$work/lib:$cuda_dirs:$wheel_dirs:${LD_LIBRARY_PATH:-}"
+export OMP_NUM_THREADS="$(nproc)"
+
+run_test() {  # name, binary, timeout
+  local log="$work/$1.log"
+  timeout "$3" "$work/bin/$2" > "$log" 2>&1
+  local rc=$?
+  echo "### $1: $([ $rc -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
+  echo '```'
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|Failure|Expected|Which is|error|worst at" "$log" | head -60
+  echo '```'
+}
+
 {
-  echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ), commit $(cat "$work/commit")"
   echo
   echo '```'
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -5
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | head -5
   echo '```'
   echo
   echo "## stability info"
   echo '```'
-  bazel run --ui_event_filters=-info,-stdout --noshow_progress //cli:stability -- info 2>&1 | tail -12
+  "$work/bin/stability" info 2>&1 | tail -12
   echo '```'
   echo
   echo "## CUDA tests"
-  echo '```'
-  bazel test "${cuda_tests[@]}" --test_output=all --test_summary=short 2>&1 | grep -E "PASSED|FAILED|SKIPPED|\[  |OK \]|Skipped|no GPU" | tail -40
-  echo '```'
+  run_test device_query device_query_test 60
+  run_test cuda_backend cuda_backend_test 120
+  run_test model_cuda model_cuda_test 240
+  run_test nccl_communicator nccl_communicator_test 60
+  echo
+  echo "## Training throughput"
+  echo
+  timeout 300 python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
 } > "$report" 2>&1
+cp "$work"/*.log "$out_dir/" 2>/dev/null
 echo "wrote $report"
 cat "$report"

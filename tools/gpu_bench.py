@@ -1,0 +1,101 @@
+"""Training throughput on a GPU: `stability train --device=cuda` for GPT-2-style presets and
+stability methods on synthetic tokens, printed as a Markdown table (tokens/s, MFU, each
+method against the baseline). Called by tools/gpu_check.sh on a lent GPU machine.
+
+MFU = tokens/s x (6N + 6·L·C·T) / the card's dense peak. Two peaks are shown: fp32 on the
+CUDA cores (what the fp32 backend can use) and bf16 on the tensor cores (the issue's target
+metric, for the bf16 mode). Peaks by card name, from NVIDIA's data sheets (dense, boost clock)."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PEAKS_TFLOPS = {  # name fragment: (fp32, bf16 dense)
+    "H200": (66.9, 989.4),
+    "H100 80GB HBM3": (66.9, 989.4),
+    "H100 PCIe": (51.2, 756.0),
+    "H100": (66.9, 989.4),
+    "A100": (19.5, 312.0),
+}
+METHODS = ["baseline", "qk_norm", "qkv_norm", "qk_fc_norm", "soft_cap", "qk_norm_cap", "soft_temp", "soft_clip",
+           "sigma_reparam", "layer_scale"]
+# preset, methods, batch, seq, steps
+PLAN = [
+    ("tiny", METHODS, 16, 256, 30),
+    ("gpt2_124m", METHODS, 8, 1024, 12),
+    ("paper_830m", ["baseline", "qk_norm", "soft_cap"], 4, 1024, 6),
+]
+
+
+def gpu_name():
+    r = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else "unknown GPU"
+
+
+def write_shards(folder, vocab, tokens):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        toks = rng.integers(0, vocab, size=tokens)
+        header = np.zeros(256, dtype=np.int32)
+        header[0], header[1], header[2] = 20240520, 2, tokens  # llm.c v2: uint32 tokens
+        with open(os.path.join(folder, f"{split}_000000.bin"), "wb") as f:
+            f.write(header.tobytes())
+            f.write(toks.astype(np.uint32).tobytes())
+
+
+def run(binary, work, data, preset, method, batch, seq, steps):
+    out = os.path.join(work, f"{preset}-{method}")
+    args = [binary, "train", "--device=cuda", f"--preset={preset}", f"--variant={method}", f"--data={data}",
+            f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
+            "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
+            "--lr=3e-4"]
+    t0 = time.time()
+    r = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    if r.returncode != 0:
+        return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    config = json.load(open(os.path.join(out, "config.json")))["model"]
+    tps = statistics.median(r["tokens_per_s"] for r in rows[2:])  # the first two steps warm up
+    flops = 6 * summary["parameters"] + 6 * config["n_layer"] * config["n_embd"] * seq
+    return (tps, flops, rows[-1]["loss"], time.time() - t0), None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    a = ap.parse_args()
+    name = gpu_name()
+    fp32, bf16 = next((v for k, v in PEAKS_TFLOPS.items() if k in name), (0.0, 0.0))
+    data = os.path.join(a.work, "data")
+    write_shards(data, 50257, 4 * 1024 * 64 + 1)
+    print(f"{name}: peaks used for MFU {fp32} TFLOP/s fp32, {bf16} TFLOP/s bf16 dense. fp32 backend, synthetic tokens.\n")
+    print("| preset | method | batch × seq | tokens/s | MFU (fp32 peak) | MFU (bf16 peak) | vs baseline | last loss | wall |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    sys.stdout.flush()
+    for preset, methods, batch, seq, steps in PLAN:
+        base = None
+        for method in methods:
+            res, err = run(a.bin, a.work, data, preset, method, batch, seq, steps)
+            if err:
+                print(f"| {preset} | {method} | {batch} × {seq} | failed: {err} | | | | | |")
+                continue
+            tps, flops, loss, wall = res
+            base = tps if method == "baseline" else base
+            rel = f"{tps / base:.3f}" if base else ""
+            mfu32 = f"{tps * flops / (fp32 * 1e12):.1%}" if fp32 else "?"
+            mfu16 = f"{tps * flops / (bf16 * 1e12):.1%}" if bf16 else "?"
+            print(f"| {preset} | {method} | {batch} × {seq} | {tps:,.0f} | {mfu32} | {mfu16} | {rel} | {loss:.3f} | "
+                  f"{wall:.0f} s |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
