@@ -6,14 +6,14 @@ MFU = tokens/s x (6N + 6·L·C·T) / the card's dense peak. Two peaks are shown:
 CUDA cores (what the fp32 backend can use) and bf16 on the tensor cores (the issue's target
 metric, for the bf16 mode). Peaks by card name, from NVIDIA's data sheets (dense, boost clock)."""
 import argparse
+import array
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 import time
-
-import numpy as np
 
 PEAKS_TFLOPS = {  # name fragment: (fp32, bf16 dense)
     "H200": (66.9, 989.4),
@@ -39,14 +39,13 @@ def gpu_name():
 
 def write_shards(folder, vocab, tokens):
     os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = random.Random(0)
     for split in ("train", "val"):
-        toks = rng.integers(0, vocab, size=tokens)
-        header = np.zeros(256, dtype=np.int32)
-        header[0], header[1], header[2] = 20240520, 2, tokens  # llm.c v2: uint32 tokens
+        header = array.array("i", [20240520, 2, tokens] + [0] * 253)  # llm.c v2: uint32 tokens
+        toks = array.array("I", (rng.randrange(vocab) for _ in range(tokens)))
         with open(os.path.join(folder, f"{split}_000000.bin"), "wb") as f:
             f.write(header.tobytes())
-            f.write(toks.astype(np.uint32).tobytes())
+            f.write(toks.tobytes())
 
 
 def run(binary, work, data, preset, method, batch, seq, steps):

@@ -1,4 +1,5 @@
-// The GPU check's NCCL smoke test: a communicator of size 1 all-reduces a device buffer.
+// The GPU check's NCCL smoke test: a communicator of size 1 all-reduces and all-gathers a
+// device buffer.
 // Skipped where there is no GPU (CI, the developers' machines).
 #include "stability/dist/nccl_communicator.h"
 
@@ -35,8 +36,14 @@ TEST(NcclCommunicatorTest, SizeOneAllReduceOnTheGpu) {
   ASSERT_TRUE((*nccl)->AllReduceSum(device, 4).ok());
   std::vector<float> back(4);
   ASSERT_EQ(cudaMemcpy(back.data(), device, sizeof(float) * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  cudaFree(device);
   EXPECT_EQ(back, host);  // the sum over one rank is the buffer itself
+  float* gathered = nullptr;  // ZeRO-1's collective: rank r's piece at r·n (here r = 0)
+  ASSERT_EQ(cudaMalloc(&gathered, sizeof(float) * 4), cudaSuccess);
+  ASSERT_TRUE((*nccl)->AllGather(device, 4, gathered).ok());
+  ASSERT_EQ(cudaMemcpy(back.data(), gathered, sizeof(float) * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  cudaFree(gathered);
+  EXPECT_EQ(back, host);
+  cudaFree(device);
   EXPECT_TRUE((*nccl)->Barrier().ok());
 #endif
 }

@@ -18,6 +18,7 @@ import pytest
 import e2e
 
 BIN = e2e.BIN
+COMM_TEST = os.path.join(os.environ.get("TEST_SRCDIR", ""), "stability/stability/dist/communicator_test")
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2",
           "--mca", "btl_vader_single_copy_mechanism", "none"]
 MODEL = ["--vocab_size=257", "--n_embd=32", "--seq_len=32", "--eval_batches=1", "--threads=1"]
@@ -126,6 +127,14 @@ def test_zero1_trains_bitwise_like_unsharded_and_resumes_exactly(tmp_path, shard
     r = mpi(args + [f"--out={tmp_path}/split", "--resume"])
     assert r.returncode == 0, r.stderr
     assert losses(tmp_path / "split") == losses(tmp_path / "plain")  # bitwise
+
+
+def test_collectives_under_mpirun():
+    """The communicator unit test again, as 2 MPI ranks: chunked all-reduce and all-gather
+    over 12 MB, and the chunked gather ZeRO-1 uses, with a chunk smaller than a piece."""
+    r = subprocess.run(MPIRUN + [COMM_TEST], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("[  PASSED  ] 3 tests") == 2  # both ranks
 
 
 def test_zero_stage_is_checked(tmp_path, shards):
