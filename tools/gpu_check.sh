@@ -6,8 +6,8 @@
 #   run(carry=[".gpu"], command="bash tools/gpu_check.sh", timeout_s=540)
 #
 # It runs every CUDA test (op by op against the CPU, the whole model per preset and
-# variant, 20 training steps, determinism, the NCCL communicator of size 1), then the
-# training benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the
+# variant, 20 training steps, determinism, the NCCL communicator of size 1), the op
+# benchmarks (//stability/ops/cuda:benchmarks), then the training benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the
 # paper's 830M shape, baseline and methods), and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. Budget: ~8 minutes.
 set -uo pipefail
@@ -56,6 +56,11 @@ run_test() {  # name, binary, timeout
   run_test cuda_backend cuda_backend_test 120
   run_test model_cuda model_cuda_test 240
   run_test nccl_communicator nccl_communicator_test 60
+  echo
+  echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
+  echo '```'
+  timeout 150 "$work/bin/benchmarks" --benchmark_min_time=0.1 2>&1 | grep -E "^BM_|ERROR" | head -60
+  echo '```'
   echo
   echo "## Training throughput"
   echo

@@ -17,6 +17,7 @@ targets=(
   //stability/ops/cuda:cuda_backend_test
   //tests/cuda:model_cuda_test
   //stability/dist:nccl_communicator_test
+  //stability/ops/cuda:benchmarks
   //cli:stability
 )
 bazel build "${targets[@]}"

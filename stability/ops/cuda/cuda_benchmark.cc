@@ -1,0 +1,199 @@
+// Microbenchmarks of the CUDA backend's ops at the shapes of the GPT-2 124M preset
+// (B 8 × T 1024, C 768, 12 heads, vocab 50,257) and the paper's 830M shape (C 1536, 16 heads,
+// B 4 × T 1024), with FLOP/s and bytes/s counters. Every benchmark skips itself where no
+// GPU is visible (CI, the developers' machines); tools/gpu_check.sh runs them on a GPU:
+//   bazel run //stability/ops/cuda:benchmarks
+// Timing: CUDA events around the ops' kernels (Google Benchmark's manual time), after a
+// synchronising warm-up call, so launches are counted and host work between calls is not.
+#ifdef STABILITY_HAS_CUDA
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "stability/base/rng.h"
+#include "stability/ops/cuda/cuda_backend.h"
+
+namespace stability::ops::cuda {
+namespace {
+
+Backend* Gpu() {
+  static Backend* gpu = [] {
+    absl::StatusOr<Backend*> be = InitCudaBackend(0);
+    return be.ok() ? *be : nullptr;
+  }();
+  return gpu;
+}
+
+struct Shape {
+  const char* name;
+  int64_t b, t, h, hd, v;
+};
+const Shape kShapes[] = {{"gpt2_124m", 8, 1024, 12, 64, 50257}, {"paper_830m", 4, 1024, 16, 96, 50257}};
+
+Tensor Random(int64_t n, uint64_t seed = 1) {
+  Rng rng(seed);
+  std::vector<float> host(n);
+  for (float& x : host) x = static_cast<float>(rng.Normal());
+  Tensor t = Tensor::Empty({n}, DType::kF32, Gpu()->device());
+  t.CopyFromHost(host.data());
+  return t;
+}
+
+// Runs `op` once to warm up, then times each iteration with CUDA events.
+template <typename Op>
+void Timed(benchmark::State& state, Op op) {
+  op();
+  cudaDeviceSynchronize();
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (auto _ : state) {
+    cudaEventRecord(start);
+    op();
+    cudaEventRecord(stop);
+    cudaEventSynchronize(stop);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, start, stop);
+    state.SetIterationTime(ms / 1e3);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+}
+
+void Report(benchmark::State& state, double flops, double bytes) {
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+#define SKIP_WITHOUT_GPU(state)                          \
+  if (Gpu() == nullptr) {                                \
+    state.SkipWithError("no GPU visible: skipped");      \
+    return;                                              \
+  }
+
+// args: shape, which (0 QKV, 1 FC1, 2 FC2, 3 LM head), backward
+void BM_Linear(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t c = s.h * s.hd, n = s.b * s.t;
+  const int64_t sizes[4][2] = {{c, 3 * c}, {c, 4 * c}, {4 * c, c}, {c, s.v}};
+  const int64_t in = sizes[state.range(1)][0], out = sizes[state.range(1)][1];
+  const bool backward = state.range(2) == 1;
+  Tensor x = Random(n * in), w = Random(out * in, 2), y = Random(n * out, 3), dx = Random(n * in), dw = Random(out * in);
+  Backend* be = Gpu();
+  Timed(state, [&] {
+    if (backward) {
+      be->LinearBackward(x.f32(), w.f32(), y.f32(), n, in, out, dx.f32(), dw.f32(), nullptr);
+    } else {
+      be->LinearForward(x.f32(), w.f32(), nullptr, n, in, out, y.f32());
+    }
+  });
+  Report(state, (backward ? 4.0 : 2.0) * n * in * out, 4.0 * (n * in + out * in + n * out));
+}
+BENCHMARK(BM_Linear)
+    ->ArgNames({"shape", "layer", "backward"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}})
+    ->UseManualTime();
+
+// args: shape, backward, soft cap (0/1)
+void BM_Attention(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const bool backward = state.range(1) == 1;
+  const int64_t n = s.b * s.t * s.h * s.hd;
+  AttentionOptions opt;
+  opt.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  opt.soft_cap = state.range(2) == 1 ? 50.0f : 0.0f;
+  Tensor q = Random(n), k = Random(n, 2), v = Random(n, 3), out = Random(n), probs = Random(s.b * s.h * s.t * s.t),
+         lse = Random(s.b * s.h * s.t), dq = Random(n), dk = Random(n), dv = Random(n);
+  Backend* be = Gpu();
+  be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(), nullptr);
+  Timed(state, [&] {
+    if (backward) {
+      be->AttentionBackward(q.f32(), k.f32(), v.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h, s.hd, opt,
+                            dq.f32(), dk.f32(), dv.f32());
+    } else {
+      be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(),
+                           nullptr);
+    }
+  });
+  // Causal useful FLOPs: forward 2 GEMMs of T²·hd/2 per head, backward 4.
+  Report(state, (backward ? 4.0 : 2.0) * 2.0 * s.b * s.h * s.t * s.t / 2 * s.hd,
+         4.0 * (4.0 * n + 2.0 * s.b * s.h * s.t * s.t));
+}
+BENCHMARK(BM_Attention)
+    ->ArgNames({"shape", "backward", "cap"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})
+    ->UseManualTime();
+
+void BM_CrossEntropy(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t n = s.b * s.t;
+  Tensor logits = Random(n * s.v), lse = Random(n), dlogits = Random(n * s.v);
+  Tensor targets = Tensor::Zeros({n}, DType::kI32, Gpu()->device());
+  Backend* be = Gpu();
+  Timed(state, [&] {
+    be->CrossEntropyForward(logits.f32(), targets.i32(), n, s.v, {}, lse.f32(), nullptr);
+    be->CrossEntropyBackward(logits.f32(), targets.i32(), lse.f32(), n, s.v, {}, 1.0f, dlogits.f32());
+  });
+  Report(state, 8.0 * n * s.v, 4.0 * 3 * n * s.v);
+}
+BENCHMARK(BM_CrossEntropy)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+
+void BM_LayerNorm(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t rows = s.b * s.t, d = s.h * s.hd;
+  Tensor x = Random(rows * d), g = Random(d), b = Random(d), y = Random(rows * d), mean = Random(rows),
+         rstd = Random(rows), dx = Random(rows * d), dg = Random(d), db = Random(d);
+  Backend* be = Gpu();
+  Timed(state, [&] {
+    be->NormForward(NormKind::kLayerNorm, x.f32(), g.f32(), b.f32(), rows, d, 1e-5f, y.f32(), mean.f32(), rstd.f32());
+    be->NormBackward(NormKind::kLayerNorm, x.f32(), g.f32(), mean.f32(), rstd.f32(), y.f32(), rows, d, dx.f32(),
+                     dg.f32(), db.f32());
+  });
+  Report(state, 16.0 * rows * d, 4.0 * 6 * rows * d);
+}
+BENCHMARK(BM_LayerNorm)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+
+void BM_Gelu(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t n = s.b * s.t * 4 * s.h * s.hd;
+  Tensor x = Random(n), y = Random(n), dx = Random(n);
+  Backend* be = Gpu();
+  Timed(state, [&] {
+    be->ActivationForward(Activation::kGelu, x.f32(), n, y.f32());
+    be->ActivationBackward(Activation::kGelu, x.f32(), y.f32(), n, dx.f32());
+  });
+  Report(state, 30.0 * n, 4.0 * 5 * n);
+}
+BENCHMARK(BM_Gelu)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+
+void BM_AdamW(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const int64_t n = state.range(0);
+  Tensor p = Random(n), g = Random(n), m = Tensor::Zeros({n}, DType::kF32, Gpu()->device()),
+         v = Tensor::Zeros({n}, DType::kF32, Gpu()->device());
+  Backend* be = Gpu();
+  Timed(state, [&] {
+    be->AdamW(p.f32(), g.f32(), m.f32(), v.f32(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 0.3f, 1.0f);
+  });
+  Report(state, 14.0 * n, 4.0 * 7 * n);
+}
+BENCHMARK(BM_AdamW)->ArgNames({"params"})->Arg(124 * 1000 * 1000)->UseManualTime();
+
+}  // namespace
+}  // namespace stability::ops::cuda
+
+BENCHMARK_MAIN();
+#else  // built without a CUDA toolkit
+#include <cstdio>
+int main() {
+  std::puts("the CUDA benchmarks need a build with a CUDA toolkit");
+  return 0;
+}
+#endif
