@@ -22,6 +22,7 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"data", "folder of train_*.bin/val_*.bin shards; empty = the bundled corpus (prepared on first use)"},
       {"out", "run folder; empty = runs/<preset>-<variant>-lr<lr>-seed<seed>"},
       {"device", "auto | cpu | cuda | cuda:N (auto: a GPU when present)"},
+      {"precision", "fp32 | bf16: bf16 matrix products with fp32 accumulation, master weights and optimizer (GPU)"},
       {"threads", "OpenMP threads; 0 = all cores"},
       {"steps", "optimizer steps"},
       {"batch", "sequences per micro-batch"},

@@ -2,9 +2,9 @@
 stability methods on synthetic tokens, printed as a Markdown table (tokens/s, MFU, each
 method against the baseline). Called by tools/gpu_check.sh on a lent GPU machine.
 
-MFU = tokens/s x (6N + 6·L·C·T) / the card's dense peak. Two peaks are shown: fp32 on the
-CUDA cores (what the fp32 backend can use) and bf16 on the tensor cores (the issue's target
-metric, for the bf16 mode). Peaks by card name, from NVIDIA's data sheets (dense, boost clock)."""
+MFU = tokens/s x (6N + 6·L·C·T) / the card's dense peak for the run's arithmetic: fp32 on
+the CUDA cores for --precision=fp32, bf16 on the tensor cores for --precision=bf16 (the
+issue's target metric). Peaks by card name, from NVIDIA's data sheets (dense, boost clock)."""
 import argparse
 import array
 import json
@@ -24,11 +24,13 @@ PEAKS_TFLOPS = {  # name fragment: (fp32, bf16 dense)
 }
 METHODS = ["baseline", "qk_norm", "qkv_norm", "qk_fc_norm", "soft_cap", "qk_norm_cap", "soft_temp", "soft_clip",
            "sigma_reparam", "layer_scale"]
-# preset, methods, batch, seq, steps
+# preset, precision, methods, batch, seq, steps
 PLAN = [
-    ("tiny", METHODS, 16, 256, 30),
-    ("gpt2_124m", METHODS, 8, 1024, 12),
-    ("paper_830m", ["baseline", "qk_norm", "soft_cap"], 4, 1024, 6),
+    ("tiny", "fp32", METHODS, 16, 256, 30),
+    ("gpt2_124m", "fp32", ["baseline"], 8, 1024, 12),
+    ("gpt2_124m", "bf16", METHODS, 8, 1024, 12),
+    ("paper_830m", "fp32", ["baseline"], 4, 1024, 6),
+    ("paper_830m", "bf16", ["baseline", "qk_norm", "soft_cap", "qk_norm_cap"], 4, 1024, 6),
 ]
 
 
@@ -48,9 +50,9 @@ def write_shards(folder, vocab, tokens):
             f.write(toks.tobytes())
 
 
-def run(binary, work, data, preset, method, batch, seq, steps):
-    out = os.path.join(work, f"{preset}-{method}")
-    args = [binary, "train", "--device=cuda", f"--preset={preset}", f"--variant={method}", f"--data={data}",
+def run(binary, work, data, preset, precision, method, batch, seq, steps):
+    out = os.path.join(work, f"{preset}-{precision}-{method}")
+    args = [binary, "train", "--device=cuda", f"--precision={precision}", f"--preset={preset}", f"--variant={method}", f"--data={data}",
             f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
             "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
             "--lr=3e-4"]
@@ -75,23 +77,24 @@ def main():
     fp32, bf16 = next((v for k, v in PEAKS_TFLOPS.items() if k in name), (0.0, 0.0))
     data = os.path.join(a.work, "data")
     write_shards(data, 50257, 4 * 1024 * 64 + 1)
-    print(f"{name}: peaks used for MFU {fp32} TFLOP/s fp32, {bf16} TFLOP/s bf16 dense. fp32 backend, synthetic tokens.\n")
-    print("| preset | method | batch × seq | tokens/s | MFU (fp32 peak) | MFU (bf16 peak) | vs baseline | last loss | wall |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"{name}: peaks used for MFU {fp32} TFLOP/s fp32, {bf16} TFLOP/s bf16 dense; synthetic tokens. "
+          "MFU is against the peak of the mode's own arithmetic (fp32: CUDA cores; bf16: tensor cores).\n")
+    print("| preset | precision | method | batch × seq | tokens/s | MFU | vs baseline | last loss | wall |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
     sys.stdout.flush()
-    for preset, methods, batch, seq, steps in PLAN:
+    for preset, precision, methods, batch, seq, steps in PLAN:
         base = None
+        peak = fp32 if precision == "fp32" else bf16
         for method in methods:
-            res, err = run(a.bin, a.work, data, preset, method, batch, seq, steps)
+            res, err = run(a.bin, a.work, data, preset, precision, method, batch, seq, steps)
             if err:
-                print(f"| {preset} | {method} | {batch} × {seq} | failed: {err} | | | | | |")
+                print(f"| {preset} | {precision} | {method} | {batch} × {seq} | failed: {err} | | | | |")
                 continue
             tps, flops, loss, wall = res
             base = tps if method == "baseline" else base
             rel = f"{tps / base:.3f}" if base else ""
-            mfu32 = f"{tps * flops / (fp32 * 1e12):.1%}" if fp32 else "?"
-            mfu16 = f"{tps * flops / (bf16 * 1e12):.1%}" if bf16 else "?"
-            print(f"| {preset} | {method} | {batch} × {seq} | {tps:,.0f} | {mfu32} | {mfu16} | {rel} | {loss:.3f} | "
+            mfu = f"{tps * flops / (peak * 1e12):.1%}" if peak else "?"
+            print(f"| {preset} | {precision} | {method} | {batch} × {seq} | {tps:,.0f} | {mfu} | {rel} | {loss:.3f} | "
                   f"{wall:.0f} s |")
             sys.stdout.flush()
 

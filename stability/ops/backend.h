@@ -57,11 +57,19 @@ struct CrossEntropyStats {
   float max_logit = 0;      // max of l (before the cap)
 };
 
+// Precision of the matrix products (linear layers and the attention's two products).
+//   kFp32: fp32 inputs, fp32 accumulation (every backend; the parity mode).
+//   kBf16: inputs rounded to bf16, fp32 accumulation and fp32 outputs, as autocast does;
+//          norms, softmax, cross-entropy, AdamW and the master weights stay fp32.
+enum class MatmulPrecision { kFp32, kBf16 };
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual const char* name() const = 0;
+  // Returns false (and changes nothing) when this backend has no such mode.
+  virtual bool SetMatmulPrecision(MatmulPrecision precision) { return precision == MatmulPrecision::kFp32; }
 
   // out[n, :] = wte[ids[n], :] + wpe[n % T, :]   (wpe nullable: RoPE or no positions)
   virtual void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,

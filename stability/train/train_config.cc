@@ -10,7 +10,7 @@ namespace {
 const JsonFields<TrainConfig>& Fields() {
 #define F(f) STABILITY_JSON_FIELD(TrainConfig, f)
   static const JsonFields<TrainConfig> fields = {
-      F(data), F(out), F(device), F(threads), F(steps), F(batch), F(seq), F(grad_accum), F(lr), F(min_lr),
+      F(data), F(out), F(device), F(precision), F(threads), F(steps), F(batch), F(seq), F(grad_accum), F(lr), F(min_lr),
       F(warmup), F(schedule), F(beta1), F(beta2), F(eps), F(weight_decay), F(decay_all), F(clip),
       F(eval_interval), F(eval_batches), F(telemetry_interval), F(checkpoint_interval), F(keep_checkpoints),
       F(divergence_factor), F(divergence_patience), F(spike_skip_factor), F(spike_window), F(zero), F(seed),
@@ -49,6 +49,9 @@ absl::Status TrainConfig::Validate() const {
   if (!(spike_skip_factor >= 0)) return bad(absl::StrCat("--spike_skip_factor=", spike_skip_factor, " must be >= 0 (0 = off)"));
   if (zero != 0 && zero != 1) return bad(absl::StrCat("--zero=", zero, " must be 0 (off) or 1 (shard the AdamW moments)"));
   if (!(divergence_factor >= 0)) return bad(absl::StrCat("--divergence_factor=", divergence_factor, " must be >= 0"));
+  if (precision != "fp32" && precision != "bf16") {
+    return bad(absl::StrCat("--precision=", precision, " must be fp32 or bf16"));
+  }
   if (device != "auto" && device != "cpu" && device.rfind("cuda", 0) != 0) {
     return bad(absl::StrCat("--device=", device, " must be auto, cpu, cuda or cuda:N"));
   }

@@ -20,6 +20,7 @@ struct TrainConfig {
   std::string data;     // folder of train_*.bin / val_*.bin; "" = the bundled corpus (prepared on first use)
   std::string out;      // run folder; "" = runs/<size>-<variant>-lr<lr>-seed<seed>
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  std::string precision = "fp32";  // fp32 | bf16 (GPU: bf16 matrix products, fp32 everything else)
   int64_t threads = 0;  // OpenMP threads; 0 = all cores
 
   // Batch and length.

@@ -145,7 +145,14 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   if (device != kCpu && tc.zero != 0) {
     return absl::UnimplementedError("--zero=1 shards the optimizer of CPU ranks only for now; use --device=cpu");
   }
-  if (out && device != kCpu) std::fprintf(out, "device: %s\n", device.ToString().c_str());
+  const ops::MatmulPrecision precision =
+      tc.precision == "bf16" ? ops::MatmulPrecision::kBf16 : ops::MatmulPrecision::kFp32;
+  if (!ops::GetBackend(device)->SetMatmulPrecision(precision)) {
+    return absl::InvalidArgumentError(absl::StrCat("--precision=", tc.precision, " needs a GPU (--device=cuda); the ",
+                                                   device.ToString(), " backend computes in fp32"));
+  }
+  if (out && device != kCpu) std::fprintf(out, "device: %s, %s matrix products\n", device.ToString().c_str(),
+                                          tc.precision.c_str());
 
   // Output folder: never overwrite a run unless resuming it.
   tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
@@ -492,6 +499,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
       {"run", tc.out},
       {"ranks", world},
       {"device", device.ToString()},
+      {"precision", tc.precision},
       {"zero", zero1 ? 1 : 0},
       {"optimizer_state_bytes_per_rank", opt.state_bytes()},
   };

@@ -8,6 +8,7 @@
 // different orders (~1e-7 relative per GEMM), and the backward chains ~3 GEMMs per layer
 // through up to 24 layers. After 20 AdamW steps the losses agree within 1e-3 relative:
 // Adam divides by sqrt(v), which amplifies rounding differences in small gradients.
+// bf16 matrix products: 3% over 20 steps (8-bit mantissas in every product).
 #include <cmath>
 #include <memory>
 #include <string>
@@ -23,22 +24,39 @@
 namespace stability {
 namespace {
 
+std::pair<Tensor, Tensor> Batch(const model::ModelConfig& c, int64_t b, int64_t t, uint64_t seed) {
+  Rng rng(seed);
+  Tensor ids = Tensor::Empty({b, t}, DType::kI32), targets = Tensor::Empty({b, t}, DType::kI32);
+  for (int64_t i = 0; i < b * t; ++i) {
+    ids.i32()[i] = static_cast<int32_t>(rng.NextU64() % c.vocab_size);
+    targets.i32()[i] = static_cast<int32_t>(rng.NextU64() % c.vocab_size);
+  }
+  return {ids, targets};
+}
+
+std::vector<double> Train(Device device, const model::ModelConfig& c, int steps,
+                          ops::MatmulPrecision precision = ops::MatmulPrecision::kFp32) {
+  EXPECT_TRUE(ops::GetBackend(device)->SetMatmulPrecision(precision));
+  auto m = model::Model::Create(c, 3, device);
+  optim::AdamW opt(&(*m)->parameters(), {});
+  std::vector<double> losses;
+  auto [ids, targets] = Batch(c, 4, 32, 100);  // one batch, learned by heart: the loss must fall
+  for (int s = 0; s < steps; ++s) {
+    losses.push_back(*(*m)->Forward(ids, targets));
+    (*m)->ZeroGrad();
+    EXPECT_TRUE((*m)->Backward().ok());
+    opt.Step(3e-3, 1.0);
+  }
+  ops::GetBackend(device)->SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+  return losses;
+}
+
 class ModelCudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
     absl::StatusOr<ops::Backend*> be = ops::cuda::InitCudaBackend(0);
     if (!be.ok()) GTEST_SKIP() << "no GPU here: " << be.status().message();
     gpu_ = (*be)->device();
-  }
-
-  static std::pair<Tensor, Tensor> Batch(const model::ModelConfig& c, int64_t b, int64_t t, uint64_t seed) {
-    Rng rng(seed);
-    Tensor ids = Tensor::Empty({b, t}, DType::kI32), targets = Tensor::Empty({b, t}, DType::kI32);
-    for (int64_t i = 0; i < b * t; ++i) {
-      ids.i32()[i] = static_cast<int32_t>(rng.NextU64() % c.vocab_size);
-      targets.i32()[i] = static_cast<int32_t>(rng.NextU64() % c.vocab_size);
-    }
-    return {ids, targets};
   }
 
   void CompareForwardBackward(const model::ModelConfig& c, int64_t b, int64_t t) {
@@ -68,20 +86,6 @@ class ModelCudaTest : public ::testing::Test {
     }
   }
 
-  std::vector<double> Train(Device device, const model::ModelConfig& c, int steps) {
-    auto m = model::Model::Create(c, 3, device);
-    optim::AdamW opt(&(*m)->parameters(), {});
-    std::vector<double> losses;
-    for (int s = 0; s < steps; ++s) {
-      auto [ids, targets] = Batch(c, 4, 32, 100 + s);
-      losses.push_back(*(*m)->Forward(ids, targets));
-      (*m)->ZeroGrad();
-      EXPECT_TRUE((*m)->Backward().ok());
-      opt.Step(3e-3, 1.0);
-    }
-    return losses;
-  }
-
   Device gpu_;
 };
 
@@ -107,9 +111,30 @@ TEST_F(ModelCudaTest, TwentyStepsTrackTheCpuAndRepeatExactly) {
     model::ModelConfig c = *model::MakeConfig("tiny", variant);
     const std::vector<double> cpu = Train(kCpu, c, 20), gpu = Train(gpu_, c, 20), again = Train(gpu_, c, 20);
     for (int s = 0; s < 20; ++s) EXPECT_NEAR(gpu[s], cpu[s], 1e-3 * cpu[s]) << "step " << s;
-    EXPECT_LT(gpu.back(), gpu.front());  // it trains
+    EXPECT_LT(gpu.back(), gpu.front() - 0.5);  // it trains
     EXPECT_EQ(gpu, again);               // deterministic
   }
+}
+
+// The premise of the training comparisons, checked everywhere (no GPU needed): the CPU
+// reference run learns its batch and repeats exactly.
+TEST(ModelCudaPremiseTest, CpuReferenceRunLearnsItsBatch) {
+  model::ModelConfig c = *model::MakeConfig("tiny", "baseline");
+  const std::vector<double> a = Train(kCpu, c, 20), b = Train(kCpu, c, 20);
+  EXPECT_LT(a.back(), a.front() - 0.5);
+  EXPECT_EQ(a, b);
+}
+
+// bf16 matrix products (fp32 master weights, optimizer, norms and softmax): the loss
+// curve stays within 3% of the fp32 CPU run over 20 steps, trains, and repeats exactly.
+TEST_F(ModelCudaTest, Bf16MatrixProductsTrainLikeFp32) {
+  model::ModelConfig c = *model::MakeConfig("tiny", "qk_norm");
+  const std::vector<double> cpu = Train(kCpu, c, 20);
+  const std::vector<double> bf16 = Train(gpu_, c, 20, ops::MatmulPrecision::kBf16);
+  const std::vector<double> again = Train(gpu_, c, 20, ops::MatmulPrecision::kBf16);
+  for (int s = 0; s < 20; ++s) EXPECT_NEAR(bf16[s], cpu[s], 3e-2 * cpu[s]) << "step " << s;
+  EXPECT_LT(bf16.back(), bf16.front() - 0.5);
+  EXPECT_EQ(bf16, again);
 }
 
 }  // namespace

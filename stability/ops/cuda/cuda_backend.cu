@@ -1,6 +1,7 @@
 // The CUDA backend: set-up, allocator, cuBLAS GEMM, reductions, and the elementwise,
 // embedding, linear, RoPE, layer-scale, σ-reparam and AdamW ops. Norms, attention and
 // cross-entropy have files of their own. Math and conventions: ops/backend.h.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -204,6 +205,17 @@ __global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int
 
 cublasOperation_t Op(Trans t) { return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
+__global__ void ToBf16Kernel(const float* x, int64_t n, __nv_bfloat16* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+// Elements from a matrix's first to its last, over `batch` matrices `stride` apart:
+// rows × cols stored row-major with leading dimension ld.
+int64_t Span(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stride) {
+  return (batch - 1) * stride + (rows - 1) * ld + cols;
+}
+
 }  // namespace
 
 CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
@@ -228,10 +240,36 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
   return scratch_[slot];
 }
 
+bool CudaBackend::SetMatmulPrecision(MatmulPrecision precision) {
+  // fp32: no TF32 tensor cores (parity); bf16: tensor cores with fp32 accumulation.
+  Check(cublasSetMathMode(cublas_, precision == MatmulPrecision::kFp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
+        "cublasSetMathMode");
+  precision_ = precision;
+  return true;
+}
+
 // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and the sizes M, N.
 void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
                        const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch,
                        int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+  if (precision_ == MatmulPrecision::kBf16) {
+    // Round the operands' spans to bf16 (same layout, same strides), multiply on the
+    // tensor cores with fp32 accumulation into the fp32 C.
+    const int64_t span_a = ta == Trans::kNo ? Span(m, k, lda, batch, stride_a) : Span(k, m, lda, batch, stride_a);
+    const int64_t span_b = tb == Trans::kNo ? Span(k, n, ldb, batch, stride_b) : Span(n, k, ldb, batch, stride_b);
+    auto* a16 = static_cast<__nv_bfloat16*>(Scratch(kBf16A, span_a * sizeof(__nv_bfloat16)));
+    auto* b16 = static_cast<__nv_bfloat16*>(Scratch(kBf16B, span_b * sizeof(__nv_bfloat16)));
+    ToBf16Kernel<<<Blocks(span_a, kThreads), kThreads>>>(a, span_a, a16);
+    ToBf16Kernel<<<Blocks(span_b, kThreads), kThreads>>>(b, span_b, b16);
+    STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
+    Check(cublasGemmStridedBatchedEx(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+                                     static_cast<int>(k), &alpha, b16, CUDA_R_16BF, static_cast<int>(ldb), stride_b,
+                                     a16, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c, CUDA_R_32F,
+                                     static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT),
+          "cublasGemmStridedBatchedEx (bf16)");
+    return;
+  }
   if (batch == 1) {
     Check(cublasSgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                       b, static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),

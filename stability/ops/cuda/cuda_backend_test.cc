@@ -284,6 +284,37 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
   EXPECT_EQ(gpu_->SumSquares(gx, 512 * 64), gpu_->SumSquares(gx, 512 * 64));
 }
 
+// bf16 matrix products: inputs rounded to 8 significant bits (relative error ≤ 2^-9 each),
+// fp32 accumulation. A dot product of K terms then carries ~2^-9·sqrt(K)/sqrt(K) relative
+// error per term, summing to well under 1% of the output's largest value for these sizes;
+// 1e-2 of the largest value is the bar (and fp32 stays at 1e-5 after switching back).
+TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const int64_t n = 128, in = 256, out = 192;
+  std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), dy = Random(n * out);
+  std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
+  float *gx = Up(x), *gw = Up(w), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw);
+  cpu_->LinearForward(x.data(), w.data(), nullptr, n, in, out, y.data());
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy);
+  ExpectClose(Down(gy, n * out), y, 1e-2, 0, "bf16 y");
+  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), nullptr);
+  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, nullptr);
+  ExpectClose(Down(gdx, n * in), dx, 1e-2, 0, "bf16 dx");
+  ExpectClose(Down(gdw, out * in), dw, 1e-2, 0, "bf16 dw");
+  const int64_t b = 2, t = 48, h = 4, hd = 32, m = b * t * h * hd;
+  AttentionOptions opt;
+  opt.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  opt.soft_cap = 5.0f;
+  std::vector<float> q = Random(m), k = Random(m), v = Random(m), o(m), probs(b * h * t * t), lse(b * h * t);
+  float *gq = Up(q), *gk = Up(k), *gv = Up(v), *go = Up(o), *gp = Up(probs), *gl = Up(lse);
+  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, o.data(), probs.data(), lse.data(), nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, go, gp, gl, nullptr);
+  ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy);
+  ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
+}
+
 TEST(CudaBackendSetupTest, ExplainsWhyThereIsNoGpu) {
   absl::StatusOr<Backend*> be = InitCudaBackend(0);
   if (be.ok()) {

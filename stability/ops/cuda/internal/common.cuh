@@ -89,6 +89,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
   Device device() const override { return {DeviceType::kCuda, device_index_}; }
   const char* name() const override { return "cuda"; }
+  bool SetMatmulPrecision(MatmulPrecision precision) override;
 
   void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe, int64_t c,
                         float* out) override;
@@ -148,7 +149,8 @@ class CudaBackend final : public Backend {
  private:
   int device_index_;
   cublasHandle_t cublas_ = nullptr;
-  static constexpr int kSlots = 6;
+  MatmulPrecision precision_ = MatmulPrecision::kFp32;
+  static constexpr int kSlots = 8;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -161,6 +163,8 @@ enum ScratchSlot {
   kAttentionClip = 3,
   kRowStats = 4,
   kVector = 5,
+  kBf16A = 6,  // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
+  kBf16B = 7,
 };
 
 }  // namespace stability::ops::cuda::internal
