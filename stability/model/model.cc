@@ -303,8 +303,15 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   m.B = B;
   m.T = T;
   // Token ids were checked on the host; the kernels read them on the model's device.
-  m.ids = ids.device() == device_ ? ids : ids.To(device_);
-  m.targets = targets.device() == device_ ? targets : targets.To(device_);
+  if (device_ == kCpu) {
+    m.ids = ids;
+    m.targets = targets;
+  } else {  // device buffers reused from step to step
+    for (auto [dst, src] : {std::pair{&m.ids, &ids}, std::pair{&m.targets, &targets}}) {
+      if (!dst->defined() || dst->shape() != src->shape()) *dst = Tensor::Empty(src->shape(), DType::kI32, device_);
+      dst->CopyFromHost(src->data());
+    }
+  }
   telemetry_.Clear();
   const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
     AllocNorm(device_, a, rows, d);

@@ -121,7 +121,27 @@ struct Detector {
 
 std::string DefaultDataDir() { return FindBundledData().root + "/data/gutenberg-gpt2"; }
 
+namespace {
+absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainOptions& options);
+}  // namespace
+
+// Out of memory (host or GPU) and device errors surface as exceptions from the allocators
+// and kernels; here they become errors for the CLI and the Python API.
 absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions& options) {
+  try {
+    return RunTrainingOrThrow(std::move(config), options);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "out of memory (a GPU allocation failure also printed the size asked for and the memory free): lower "
+        "--batch or --seq, use --grad_accum, or a smaller --preset");
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("training stopped: ", e.what()));
+  }
+}
+
+namespace {
+
+absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainOptions& options) {
   TrainConfig& tc = config.train;
   const model::ModelConfig& mc = config.model;
   STABILITY_RETURN_IF_ERROR(mc.Validate());
@@ -509,5 +529,7 @@ absl::StatusOr<nlohmann::json> RunTraining(RunConfig config, const TrainOptions&
   }
   return summary;
 }
+
+}  // namespace
 
 }  // namespace stability::train

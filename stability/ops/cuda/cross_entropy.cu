@@ -35,8 +35,8 @@ __global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* ta
 // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
 __global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                            int64_t v, float cap, float z_loss, float inv_n, float* dlogits) {
-  const int64_t row = blockIdx.y;
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t row = blockIdx.x;  // rows on x (up to 2^31), column blocks on y (≤ 65,535)
+  const int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= v) return;
   const float l = logits[row * v + j];
   const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
@@ -76,7 +76,7 @@ void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* target
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                        int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) {
-  const dim3 grid(Blocks(v, 256), static_cast<unsigned>(n));
+  const dim3 grid(static_cast<unsigned>(n), Blocks(v, 256));
   CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
                                             dloss / static_cast<float>(n), dlogits);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");

@@ -456,11 +456,12 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
     return absl::InvalidArgumentError(
         absl::StrFormat("cuda:%d does not exist: %d GPU(s) visible (cuda:0 .. cuda:%d)", device_index, count, count - 1));
   }
-  static internal::CudaAllocator allocator;
-  static std::vector<std::unique_ptr<internal::CudaBackend>> backends(count);
-  if (!backends[device_index]) {
+  // Never destroyed: tensors may outlive main(), and CUDA must not be torn down under them.
+  static auto* allocator = new internal::CudaAllocator;
+  static auto* backends = new std::vector<internal::CudaBackend*>(count, nullptr);
+  if ((*backends)[device_index] == nullptr) {
     try {
-      backends[device_index] = std::make_unique<internal::CudaBackend>(device_index);
+      (*backends)[device_index] = new internal::CudaBackend(device_index);
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, e.what()));
     }
@@ -468,9 +469,9 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
   if (cudaError_t e = cudaSetDevice(device_index); e != cudaSuccess) {
     return absl::UnavailableError(absl::StrFormat("cuda:%d: cudaSetDevice: %s", device_index, cudaGetErrorString(e)));
   }
-  RegisterAllocator(DeviceType::kCuda, &allocator);
-  RegisterBackend(DeviceType::kCuda, backends[device_index].get());
-  return backends[device_index].get();
+  RegisterAllocator(DeviceType::kCuda, allocator);
+  RegisterBackend(DeviceType::kCuda, (*backends)[device_index]);
+  return (*backends)[device_index];
 }
 
 MemoryInfo GpuMemory(int device_index) {
