@@ -131,6 +131,13 @@ int LauncherWorldSize() {
   return 1;
 }
 
+int LauncherLocalRank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"}) {
+    if (const char* s = std::getenv(v); s != nullptr) return EnvInt(v);
+  }
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorFromEnvironment() {
   if (LauncherWorldSize() > 1) return MakeMpiCommunicator();
   return MakeSingleProcessCommunicator();

@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -41,19 +40,19 @@ class Communicator {
   bool is_root() const { return rank() == 0; }
 };
 
-// Every rank's `piece` floats gathered to every rank in chunks of at most `chunk`, so the
-// staging memory stays (size + 1)·chunk floats however large the pieces are.
-// pack(off, len, dst): this rank's elements [off, off + len) of its piece to dst;
-// unpack(rank, off, len, src): rank `rank`'s elements [off, off + len) arrive in src.
+// Every rank's `piece` floats gathered to every rank in chunks of at most `chunk`, through
+// caller-owned staging in the communicator's memory (host for MPI, the GPU for NCCL):
+// send holds `chunk` floats, recv `chunk`·size. pack(off, len, send) puts this rank's
+// elements [off, off + len) of its piece into send; unpack(off, len, recv) then finds rank
+// r's elements [off, off + len) at recv + r·len.
 template <typename Pack, typename Unpack>
-absl::Status AllGatherInChunks(Communicator& comm, int64_t piece, int64_t chunk, Pack pack, Unpack unpack) {
-  const int64_t len_max = std::min(piece, chunk);
-  std::vector<float> send(len_max), recv(len_max * comm.size());
+absl::Status AllGatherInChunks(Communicator& comm, int64_t piece, int64_t chunk, float* send, float* recv, Pack pack,
+                               Unpack unpack) {
   for (int64_t off = 0; off < piece; off += chunk) {
     const int64_t len = std::min(chunk, piece - off);
-    pack(off, len, send.data());
-    if (absl::Status s = comm.AllGather(send.data(), len, recv.data()); !s.ok()) return s;
-    for (int r = 0; r < comm.size(); ++r) unpack(r, off, len, recv.data() + r * len);
+    pack(off, len, send);
+    if (absl::Status s = comm.AllGather(send, len, recv); !s.ok()) return s;
+    unpack(off, len, static_cast<const float*>(recv));
   }
   return absl::OkStatus();
 }
@@ -65,6 +64,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeMpiCommunicator();
 
 // The world size announced by a launcher (mpirun, srun), or 1.
 int LauncherWorldSize();
+// This process's index among the ranks on its node (which GPU it takes), or 0.
+int LauncherLocalRank();
 
 // MPI when a launcher started more than one rank, else single process.
 absl::StatusOr<std::unique_ptr<Communicator>> CommunicatorFromEnvironment();

@@ -51,15 +51,18 @@ TEST(CommunicatorTest, AllGatherInChunksCoversEveryElementOnce) {
   const int64_t piece = 1000, chunk = 96;  // 11 chunks, the last one short
   std::vector<int> seen(piece * c.size(), 0);
   std::vector<float> got(piece * c.size(), -1.0f);
+  std::vector<float> send(chunk), recv(chunk * c.size());
   absl::Status s = AllGatherInChunks(
-      c, piece, chunk,
+      c, piece, chunk, send.data(), recv.data(),
       [&](int64_t off, int64_t len, float* dst) {
         for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<float>(c.rank() * piece + off + i);
       },
-      [&](int r, int64_t off, int64_t len, const float* src) {
-        for (int64_t i = 0; i < len; ++i) {
-          got[r * piece + off + i] = src[i];
-          ++seen[r * piece + off + i];
+      [&](int64_t off, int64_t len, const float* all) {
+        for (int r = 0; r < c.size(); ++r) {
+          for (int64_t i = 0; i < len; ++i) {
+            got[r * piece + off + i] = all[r * len + i];
+            ++seen[r * piece + off + i];
+          }
         }
       });
   ASSERT_TRUE(s.ok()) << s;

@@ -37,13 +37,14 @@ FlatRange ShardOf(int64_t total, int rank, int world) {
 
 void PackValues(const std::vector<Parameter>& params, FlatRange range, float* dst) {
   ForEachOverlap(params, range, [&](size_t i, int64_t lo, int64_t hi, int64_t at) {
-    std::memcpy(dst + at, params[i].value.f32() + lo, (hi - lo) * sizeof(float));
+    ops::GetBackend(params[i].value.device())->Copy(params[i].value.f32() + lo, hi - lo, dst + at);
   });
 }
 
 void UnpackValues(std::vector<Parameter>* params, FlatRange range, const float* src) {
   ForEachOverlap(*params, range, [&](size_t i, int64_t lo, int64_t hi, int64_t at) {
-    std::memcpy((*params)[i].value.f32() + lo, src + at, (hi - lo) * sizeof(float));
+    Parameter& p = (*params)[i];
+    ops::GetBackend(p.value.device())->Copy(src + at, hi - lo, p.value.f32() + lo);
   });
 }
 
@@ -117,8 +118,8 @@ std::vector<std::pair<std::string, Tensor>> AdamW::StateTensorsFromFlat(const fl
 
 void AdamW::PackMoments(float* m, float* v) const {
   ForEachOverlap(*params_, shard_, [&](size_t i, int64_t lo, int64_t hi, int64_t at) {
-    std::memcpy(m + at, m_[i].f32(), (hi - lo) * sizeof(float));
-    std::memcpy(v + at, v_[i].f32(), (hi - lo) * sizeof(float));
+    backend_->Copy(m_[i].f32(), hi - lo, m + at);
+    backend_->Copy(v_[i].f32(), hi - lo, v + at);
   });
 }
 

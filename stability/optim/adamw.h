@@ -44,7 +44,8 @@ int64_t FlatSize(const std::vector<Parameter>& params);
 // Rank `rank`'s piece of `total` elements cut into `world` pieces of ceil(total / world)
 // (the last ones shorter, possibly empty), the layout an equal-count all-gather needs.
 FlatRange ShardOf(int64_t total, int rank, int world);
-// The values of `range` to a contiguous dst, and back.
+// The values of `range` to a contiguous dst, and back; dst/src in the parameters' memory
+// (host or GPU: the copies go through their backend).
 void PackValues(const std::vector<Parameter>& params, FlatRange range, float* dst);
 void UnpackValues(std::vector<Parameter>* params, FlatRange range, const float* src);
 
@@ -72,7 +73,8 @@ class AdamW {
   // (each rank's PackMoments, all-gathered).
   std::vector<std::pair<std::string, Tensor>> StateTensors() const;
   std::vector<std::pair<std::string, Tensor>> StateTensorsFromFlat(const float* m, const float* v) const;
-  // This optimizer's moments of its shard, contiguous (shard().size() floats each).
+  // This optimizer's moments of its shard, contiguous (shard().size() floats each), in the
+  // parameters' memory.
   void PackMoments(float* m, float* v) const;
   // Full-shape tensors as StateTensors() writes them; a sharded optimizer keeps its range.
   absl::Status LoadState(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t step);

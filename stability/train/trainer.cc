@@ -19,6 +19,8 @@
 #include "stability/base/status.h"
 #include "stability/data/loader.h"
 #include "stability/data/prepare.h"
+#include "stability/dist/communicator.h"
+#include "stability/dist/nccl_communicator.h"
 #include "stability/model/model.h"
 #include "stability/optim/adamw.h"
 #include "stability/optim/schedule.h"
@@ -155,15 +157,20 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
   const bool root = comm->is_root();
   const int world = comm->size();
   FILE* out = root ? options.progress : nullptr;
-  // The device first: a missing GPU is an error before anything is written.
-  STABILITY_ASSIGN_OR_RETURN(const Device device, ResolveDevice(tc.device));
-  if (device != kCpu && world > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "data-parallel training on GPUs (NCCL) is not wired into the trainer yet; run one rank per --device=",
-        device.ToString(), ", or use --device=cpu with mpirun"));
+  // The device first: a missing GPU is an error before anything is written. GPU ranks
+  // take the GPU of their local rank (--device=cuda or auto) and reduce device buffers
+  // over NCCL, bootstrapped through `comm`; host values (losses, votes) still go over comm.
+  std::string device_flag = tc.device;
+  if (world > 1 && (device_flag == "cuda" || device_flag == "auto")) {
+    const std::string local = absl::StrCat("cuda:", dist::LauncherLocalRank());
+    if (device_flag == "cuda" || ResolveDevice(local).ok()) device_flag = local;
   }
-  if (device != kCpu && tc.zero != 0) {
-    return absl::UnimplementedError("--zero=1 shards the optimizer of CPU ranks only for now; use --device=cpu");
+  STABILITY_ASSIGN_OR_RETURN(const Device device, ResolveDevice(device_flag));
+  std::unique_ptr<dist::Communicator> nccl;
+  dist::Communicator* dcomm = comm;  // for buffers in the device's memory
+  if (device != kCpu && world > 1) {
+    STABILITY_ASSIGN_OR_RETURN(nccl, dist::MakeNcclCommunicator(comm, device.index));
+    dcomm = nccl.get();
   }
   const ops::MatmulPrecision precision =
       tc.precision == "bf16" ? ops::MatmulPrecision::kBf16 : ops::MatmulPrecision::kFp32;
@@ -171,8 +178,10 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
     return absl::InvalidArgumentError(absl::StrCat("--precision=", tc.precision, " needs a GPU (--device=cuda); the ",
                                                    device.ToString(), " backend computes in fp32"));
   }
-  if (out && device != kCpu) std::fprintf(out, "device: %s, %s matrix products\n", device.ToString().c_str(),
-                                          tc.precision.c_str());
+  if (out && device != kCpu) {
+    std::fprintf(out, "device: %s, %s matrix products%s\n", device.ToString().c_str(), tc.precision.c_str(),
+                 nccl ? ", gradients over NCCL" : "");
+  }
 
   // Output folder: never overwrite a run unless resuming it.
   tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
@@ -241,34 +250,45 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                    {.beta1 = tc.beta1, .beta2 = tc.beta2, .eps = tc.eps, .weight_decay = tc.weight_decay,
                     .decay_all = tc.decay_all},
                    shard);
-  constexpr int64_t kGatherChunk = 1 << 20;  // floats per all-gather: bounded staging memory
+  // ZeRO-1 staging in the device's memory (NCCL needs GPU buffers), bounded by the chunk.
+  constexpr int64_t kGatherChunk = 1 << 20;  // floats per all-gather
+  Tensor gather_send, gather_recv;
+  if (zero1) {
+    gather_send = Tensor::Empty({std::min(piece, kGatherChunk)}, DType::kF32, device);
+    gather_recv = Tensor::Empty({std::min(piece, kGatherChunk) * world}, DType::kF32, device);
+  }
+  ops::Backend* const dev_backend = ops::GetBackend(device);
   const auto gather_parameters = [&]() -> absl::Status {
     std::vector<Parameter>& params = model->parameters();
     return dist::AllGatherInChunks(
-        *comm, piece, kGatherChunk,
+        *dcomm, piece, kGatherChunk, gather_send.f32(), gather_recv.f32(),
         [&](int64_t off, int64_t len, float* dst) {
           const int64_t lo = std::min(shard.begin + off, shard.end), hi = std::min(shard.begin + off + len, shard.end);
-          std::fill(dst, dst + len, 0.0f);
-          optim::PackValues(params, {lo, hi}, dst);
+          optim::PackValues(params, {lo, hi}, dst);  // past the shard's end: padding, never read
         },
-        [&](int r, int64_t off, int64_t len, const float* src) {
-          const int64_t lo = std::min(r * piece + off, flat), hi = std::min(r * piece + off + len, flat);
-          optim::UnpackValues(&params, {lo, hi}, src);
+        [&](int64_t off, int64_t len, const float* all) {
+          for (int r = 0; r < world; ++r) {
+            const int64_t lo = std::min(r * piece + off, flat), hi = std::min(r * piece + off + len, flat);
+            optim::UnpackValues(&params, {lo, hi}, all + r * len);
+          }
         });
   };
-  // The moments of every rank for a checkpoint (collective; rank 0 gets the tensors).
+  // The moments of every rank for a checkpoint (collective; rank 0 gets host tensors).
   const auto optimizer_state = [&]() -> absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> {
     if (!zero1) return root ? opt.StateTensors() : std::vector<std::pair<std::string, Tensor>>{};
-    std::vector<float> m(piece, 0.0f), v(piece, 0.0f);
-    opt.PackMoments(m.data(), v.data());
-    std::vector<float> all_m(root ? piece * world : 0), all_v(root ? piece * world : 0);
+    Tensor m = Tensor::Zeros({piece}, DType::kF32, device), v = Tensor::Zeros({piece}, DType::kF32, device);
+    opt.PackMoments(m.f32(), v.f32());
+    std::vector<float> all_m(root ? piece * world : 0), all_v(root ? piece * world : 0), chunk_host;
     for (auto [mine, all] : {std::pair{&m, &all_m}, std::pair{&v, &all_v}}) {
       STABILITY_RETURN_IF_ERROR(dist::AllGatherInChunks(
-          *comm, piece, kGatherChunk, [&](int64_t off, int64_t len, float* dst) {
-            std::copy(mine->data() + off, mine->data() + off + len, dst);
-          },
-          [&](int r, int64_t off, int64_t len, const float* src) {
-            if (root) std::copy(src, src + len, all->data() + r * piece + off);
+          *dcomm, piece, kGatherChunk, gather_send.f32(), gather_recv.f32(),
+          [&](int64_t off, int64_t len, float* dst) { dev_backend->Copy(mine->f32() + off, len, dst); },
+          [&](int64_t off, int64_t len, const float*) {
+            if (!root) return;
+            chunk_host.resize(gather_recv.numel());
+            gather_recv.CopyToHost(chunk_host.data());
+            for (int r = 0; r < world; ++r)
+              std::copy(chunk_host.begin() + r * len, chunk_host.begin() + (r + 1) * len, all->data() + r * piece + off);
           }));
     }
     if (!root) return std::vector<std::pair<std::string, Tensor>>{};
@@ -404,7 +424,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
     }
     if (world > 1) {  // data parallelism: average the gradients and the loss over ranks
       for (Parameter& p : model->parameters()) {
-        STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(p.grad.f32(), p.grad.numel()));
+        STABILITY_RETURN_IF_ERROR(dcomm->AllReduceSum(p.grad.f32(), p.grad.numel()));
         backend_scale(p.grad, 1.0f / static_cast<float>(world));
       }
       STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&loss, 1));
