@@ -125,6 +125,16 @@ TEST(ModelCudaPremiseTest, CpuReferenceRunLearnsItsBatch) {
   EXPECT_EQ(a, b);
 }
 
+// The whole model with the fused attention kernel: the same losses and gradients as the CPU.
+TEST_F(ModelCudaTest, FusedAttentionMatchesTheCpu) {
+  ops::cuda::SetAttentionKernel(ops::GetBackend(gpu_), ops::cuda::AttentionKernel::kFused);
+  for (const std::string& variant : {"baseline", "qk_norm_cap", "soft_clip", "soft_temp"}) {
+    CompareForwardBackward(*model::MakeConfig("tiny", variant), 2, 64);
+  }
+  CompareForwardBackward(*model::MakeConfig("gpt2_124m", "baseline"), 1, 128);
+  ops::cuda::SetAttentionKernel(ops::GetBackend(gpu_), ops::cuda::AttentionKernel::kGemm);
+}
+
 // bf16 matrix products (fp32 master weights, optimizer, norms and softmax): the loss
 // curve stays within 3% of the fp32 CPU run over 20 steps, trains, and repeats exactly.
 TEST_F(ModelCudaTest, Bf16MatrixProductsTrainLikeFp32) {

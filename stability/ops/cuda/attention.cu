@@ -8,8 +8,8 @@
 //           dZ = p∘(dP − Σ p∘dP), dA = dZ·cap'/τ with cap' = 1 − (z/c)², z = log p + lse;
 //           dQ = scale·dA K, dK = scale·dAᵀ Q (GEMMs).
 //
-// The T×T scores are materialised (B·H·T² floats, as the CPU does); a fused, tiled
-// (flash-style) kernel is the next step for speed (issue: CUDA backend).
+// The T×T scores are materialised (B·H·T² floats, as the CPU does); AttentionKernel::kFused
+// switches to fused_attention.cu, which stores nothing T×T.
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
@@ -114,6 +114,10 @@ __global__ void SoftmaxBackwardRowsKernel(const float* probs, const float* lse, 
 void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                    int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                    AttentionStats* stats) {
+  if (attention_kernel_ == AttentionKernel::kFused &&
+      FusedAttentionForward(q, k, v, b, t, h, hd, opt, out, lse, stats)) {
+    return;
+  }
   const int64_t c = h * hd, rows = b * h * t;
   float* pc = opt.clip ? static_cast<float*>(Scratch(kAttentionClip, rows * t * sizeof(float))) : probs;
   // Row statistics for telemetry: max raw logit (float) and entropy (double) per row.
@@ -148,6 +152,10 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
 void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
                                     const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                     const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+  if (attention_kernel_ == AttentionKernel::kFused &&
+      FusedAttentionBackward(q, k, v, lse, dout, b, t, h, hd, opt, dq, dk, dv)) {
+    return;
+  }
   const int64_t c = h * hd, rows = b * h * t;
   float* dp = static_cast<float*>(Scratch(kAttentionTile, rows * t * sizeof(float)));
   const float* pc = probs;

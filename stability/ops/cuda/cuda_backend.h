@@ -30,6 +30,14 @@ namespace stability::ops::cuda {
 
 absl::StatusOr<Backend*> InitCudaBackend(int device_index);
 
+// How a CUDA backend computes attention. kGemm (the default): cuBLAS products around a
+// row-softmax kernel, the T×T probabilities stored (the CPU's algorithm). kFused
+// (fused_attention.cu): FlashAttention-style tiles and recomputation, nothing T×T stored
+// (`probs` is then left unwritten), head dims 16/32/64/96/128 (others fall back to kGemm).
+// Set it between steps, never between a forward and its backward.
+enum class AttentionKernel { kGemm, kFused };
+void SetAttentionKernel(Backend* gpu, AttentionKernel kernel);
+
 // Free and total memory of an initialised GPU, in bytes.
 struct MemoryInfo {
   int64_t free_bytes = 0;

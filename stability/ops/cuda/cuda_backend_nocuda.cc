@@ -10,4 +10,6 @@ absl::StatusOr<Backend*> InitCudaBackend(int) {
 
 MemoryInfo GpuMemory(int) { return {}; }
 
+void SetAttentionKernel(Backend*, AttentionKernel) {}
+
 }  // namespace stability::ops::cuda

@@ -161,6 +161,47 @@ TEST_F(CudaBackendTest, AttentionWithEveryOption) {
   }
 }
 
+// The fused kernel (no T×T storage) against the CPU for every option, at head dims of the
+// presets and a T that is not a multiple of the tiles; two runs give the same bits.
+TEST_F(CudaBackendTest, FusedAttentionWithEveryOption) {
+  SetAttentionKernel(gpu_, AttentionKernel::kFused);
+  for (int64_t hd : {16, 64, 96}) {
+    const int64_t b = 2, t = 100, h = 2, n = b * t * h * hd;
+    AttentionOptions plain;
+    plain.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    AttentionOptions cap = plain, temp = plain, clip = plain;
+    cap.soft_cap = 2.0f;
+    temp.temperature = 1.7f;
+    clip.clip = true;
+    for (const AttentionOptions& opt : {plain, cap, temp, clip}) {
+      SCOPED_TRACE("hd " + std::to_string(hd) + " cap " + std::to_string(opt.soft_cap) + " temp " +
+                   std::to_string(opt.temperature) + " clip " + std::to_string(opt.clip));
+      std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
+      std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
+      float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *glse = Up(lse), *gdq = Up(dq),
+            *gdk = Up(dk), *gdv = Up(dv);
+      AttentionStats cs, gs;
+      cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(),
+                             &cs);
+      gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, nullptr, glse, &gs);
+      ExpectClose(Down(gout, n), out, 1e-5, 0, "fused out");
+      ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "fused lse");
+      EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
+      EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
+      cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
+                              dq.data(), dk.data(), dv.data());
+      gpu_->AttentionBackward(gq, gk, gv, nullptr, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+      const std::vector<float> first_dk = Down(gdk, n);
+      ExpectClose(Down(gdq, n), dq, 1e-5, 0, "fused dq");
+      ExpectClose(first_dk, dk, 1e-5, 0, "fused dk");
+      ExpectClose(Down(gdv, n), dv, 1e-5, 0, "fused dv");
+      gpu_->AttentionBackward(gq, gk, gv, nullptr, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+      EXPECT_EQ(Down(gdk, n), first_dk);
+    }
+  }
+  SetAttentionKernel(gpu_, AttentionKernel::kGemm);
+}
+
 TEST_F(CudaBackendTest, RopeAndItsInverse) {
   const int64_t b = 2, t = 12, h = 2, hd = 8, n = b * t * h * hd;
   std::vector<float> x = Random(n), y = x;

@@ -97,9 +97,10 @@ BENCHMARK(BM_Linear)
     ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}})
     ->UseManualTime();
 
-// args: shape, backward, soft cap (0/1)
+// args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused)
 void BM_Attention(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
+  SetAttentionKernel(Gpu(), state.range(3) == 1 ? AttentionKernel::kFused : AttentionKernel::kGemm);
   const Shape s = kShapes[state.range(0)];
   const bool backward = state.range(1) == 1;
   const int64_t n = s.b * s.t * s.h * s.hd;
@@ -119,13 +120,14 @@ void BM_Attention(benchmark::State& state) {
                            nullptr);
     }
   });
+  SetAttentionKernel(Gpu(), AttentionKernel::kGemm);
   // Causal useful FLOPs: forward 2 GEMMs of T²·hd/2 per head, backward 4.
   Report(state, (backward ? 4.0 : 2.0) * 2.0 * s.b * s.h * s.t * s.t / 2 * s.hd,
          4.0 * (4.0 * n + 2.0 * s.b * s.h * s.t * s.t));
 }
 BENCHMARK(BM_Attention)
-    ->ArgNames({"shape", "backward", "cap"})
-    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})
+    ->ArgNames({"shape", "backward", "cap", "fused"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
 void BM_CrossEntropy(benchmark::State& state) {

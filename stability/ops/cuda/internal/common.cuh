@@ -11,6 +11,7 @@
 #include <string>
 
 #include "stability/ops/backend.h"
+#include "stability/ops/cuda/cuda_backend.h"
 
 namespace stability::ops::cuda::internal {
 
@@ -139,6 +140,13 @@ class CudaBackend final : public Backend {
   void Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
             int64_t stride_b = 0, int64_t stride_c = 0);
+  void set_attention_kernel(AttentionKernel kernel) { attention_kernel_ = kernel; }
+  // fused_attention.cu; false (nothing done) for a head dim it has no kernel for.
+  bool FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                             int64_t hd, const AttentionOptions& opt, float* out, float* lse, AttentionStats* stats);
+  bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* lse, const float* dout,
+                              int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
+                              float* dk, float* dv);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid, then a fixed-order pass).
@@ -150,6 +158,7 @@ class CudaBackend final : public Backend {
   int device_index_;
   cublasHandle_t cublas_ = nullptr;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
+  AttentionKernel attention_kernel_ = AttentionKernel::kGemm;
   static constexpr int kSlots = 8;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
