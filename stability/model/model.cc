@@ -401,7 +401,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.Rope(y.q_att.f32(), B, T, H, HD, c.rope_base, false);
       be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);
     }
-    Alloc(device_, y.probs, {B, H, T, T});
+    // The T×T probabilities only where the backend keeps them (not for a fused kernel).
+    Alloc(device_, y.probs, be.AttentionStoresProbs(HD) ? Shape{B, H, T, T} : Shape{1});
     Alloc(device_, y.attn_lse, {B, H, T});
     Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;

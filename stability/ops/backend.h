@@ -99,6 +99,9 @@ class Backend {
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                 int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                 AttentionStats* stats) = 0;
+  // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
+  // fused kernel that recomputes them from lse; the caller may then pass a 1-float buffer).
+  virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
   // dq, dk, dv overwritten.
   virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
                                  const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,

@@ -108,6 +108,14 @@ __global__ void RowNormsKernel(const float* x, int64_t rows, int64_t d, double* 
   if (lane == 0) norms[r] = sqrt(s);
 }
 
+// One block: Σ x in a fixed order (each thread's stride, then the block tree).
+__global__ void SumDoublesKernel(const double* x, int64_t n, double* out) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  s = BlockSum(s);
+  if (threadIdx.x == 0) *out = s;
+}
+
 __global__ void RopeKernel(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, float sign) {
   const int64_t half = hd / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -428,12 +436,13 @@ double CudaBackend::SumSquares(const float* x, int64_t n) { return Dot(x, x, n);
 double CudaBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
   if (rows == 0) return 0;
   double* norms = static_cast<double*>(Scratch(kRowStats, rows * sizeof(double)));
+  double* total = static_cast<double*>(Scratch(kReducePartials, kReduceBlocks * sizeof(double)));
   RowNormsKernel<<<Blocks(rows * 32, kThreads), kThreads>>>(x, rows, d, norms);
   STABILITY_CUDA_LAUNCHED("RowNormsKernel");
-  std::vector<double> host(rows);
-  Check(cudaMemcpy(host.data(), norms, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
+  SumDoublesKernel<<<1, 1024>>>(norms, rows, total);  // on the device: one value comes back
+  STABILITY_CUDA_LAUNCHED("SumDoublesKernel");
   double s = 0;
-  for (double x : host) s += x;
+  Check(cudaMemcpy(&s, total, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
   return s / rows;
 }
 

@@ -141,6 +141,12 @@ class CudaBackend final : public Backend {
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
             int64_t stride_b = 0, int64_t stride_c = 0);
   void set_attention_kernel(AttentionKernel kernel) { attention_kernel_ = kernel; }
+  bool AttentionStoresProbs(int64_t head_dim) const override {
+    return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
+  }
+  static bool FusedAttentionSupports(int64_t head_dim) {
+    return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
+  }
   // fused_attention.cu; false (nothing done) for a head dim it has no kernel for.
   bool FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                              int64_t hd, const AttentionOptions& opt, float* out, float* lse, AttentionStats* stats);
