@@ -20,6 +20,7 @@ class SingleProcess final : public Communicator {
   std::string name() const override { return "single"; }
   absl::Status AllReduceSum(float*, int64_t) override { return absl::OkStatus(); }
   absl::Status AllReduceSum(double*, int64_t) override { return absl::OkStatus(); }
+  absl::Status AllReduceMax(double*, int64_t) override { return absl::OkStatus(); }
   absl::Status AllGather(const float* send, int64_t n, float* recv) override {
     std::memcpy(recv, send, n * sizeof(float));
     return absl::OkStatus();
@@ -54,6 +55,7 @@ class Mpi final : public Communicator {
   // Chunks of 4 MiB: Open MPI's default allreduce is slow on messages over ~16 MB.
   absl::Status AllReduceSum(float* x, int64_t n) override { return Chunked(x, n, MPI_FLOAT); }
   absl::Status AllReduceSum(double* x, int64_t n) override { return Chunked(x, n, MPI_DOUBLE); }
+  absl::Status AllReduceMax(double* x, int64_t n) override { return Chunked(x, n, MPI_DOUBLE, MPI_MAX); }
 
   // In chunks too: each chunk gathers into a staging buffer, then to its place per rank.
   absl::Status AllGather(const float* send, int64_t n, float* recv) override {
@@ -88,11 +90,11 @@ class Mpi final : public Communicator {
  private:
   static constexpr int64_t kChunkBytes = 4 << 20;
   template <typename T>
-  absl::Status Chunked(T* x, int64_t n, MPI_Datatype type) {
+  absl::Status Chunked(T* x, int64_t n, MPI_Datatype type, MPI_Op op = MPI_SUM) {
     const int64_t per = kChunkBytes / sizeof(T);
     for (int64_t off = 0; off < n; off += per) {
       const int count = static_cast<int>(std::min(per, n - off));
-      if (absl::Status s = MpiError(MPI_Allreduce(MPI_IN_PLACE, x + off, count, type, MPI_SUM, MPI_COMM_WORLD),
+      if (absl::Status s = MpiError(MPI_Allreduce(MPI_IN_PLACE, x + off, count, type, op, MPI_COMM_WORLD),
                                     "MPI_Allreduce");
           !s.ok()) {
         return s;

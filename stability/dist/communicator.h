@@ -31,6 +31,8 @@ class Communicator {
   // In place: x ← Σ over ranks of x (then divide for a mean).
   virtual absl::Status AllReduceSum(float* x, int64_t n) = 0;
   virtual absl::Status AllReduceSum(double* x, int64_t n) = 0;
+  // In place: x ← the maximum over ranks of x.
+  virtual absl::Status AllReduceMax(double* x, int64_t n) = 0;
   // recv[r·n, (r+1)·n) ← rank r's send[0, n), on every rank; send must not overlap recv.
   // (ZeRO-1 gathers the parameters each rank updated, and the moments for checkpoints.)
   virtual absl::Status AllGather(const float* send, int64_t n, float* recv) = 0;

@@ -35,6 +35,10 @@ TEST(CommunicatorTest, AllReduceSumsOverRanksInChunks) {
   double d = 0.5 + c.rank();
   ASSERT_TRUE(c.AllReduceSum(&d, 1).ok());
   EXPECT_EQ(d, 0.5 * r + r * (r - 1) / 2.0);
+  double m[2] = {-1.0 * c.rank(), 10.0 + c.rank()};
+  ASSERT_TRUE(c.AllReduceMax(m, 2).ok());
+  EXPECT_EQ(m[0], 0.0);
+  EXPECT_EQ(m[1], 10.0 + (r - 1));
 }
 
 TEST(CommunicatorTest, AllGatherPlacesEachRanksPiece) {

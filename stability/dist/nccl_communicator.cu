@@ -29,6 +29,7 @@ class Nccl final : public Communicator {
   std::string name() const override { return "nccl"; }
   absl::Status AllReduceSum(float* x, int64_t n) override { return Reduce(x, n, ncclFloat32); }
   absl::Status AllReduceSum(double* x, int64_t n) override { return Reduce(x, n, ncclFloat64); }
+  absl::Status AllReduceMax(double* x, int64_t n) override { return Reduce(x, n, ncclFloat64, ncclMax); }
   // Device buffers, one GPU per rank (as every NCCL collective here).
   absl::Status AllGather(const float* send, int64_t n, float* recv) override {
     if (absl::Status s = NcclStatus(ncclAllGather(send, recv, n, ncclFloat32, comm_, stream_), "ncclAllGather");
@@ -53,8 +54,8 @@ class Nccl final : public Communicator {
   }
 
  private:
-  absl::Status Reduce(void* x, int64_t n, ncclDataType_t type) {
-    if (absl::Status s = NcclStatus(ncclAllReduce(x, x, n, type, ncclSum, comm_, stream_), "ncclAllReduce"); !s.ok()) {
+  absl::Status Reduce(void* x, int64_t n, ncclDataType_t type, ncclRedOp_t op = ncclSum) {
+    if (absl::Status s = NcclStatus(ncclAllReduce(x, x, n, type, op, comm_, stream_), "ncclAllReduce"); !s.ok()) {
       return s;
     }
     return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");

@@ -125,6 +125,11 @@ std::string DefaultDataDir() { return FindBundledData().root + "/data/gutenberg-
 
 namespace {
 absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainOptions& options);
+
+// Telemetry that is a maximum over tokens (reduced across ranks by max, not by mean).
+bool IsMaxTelemetry(const std::string& name) {
+  return name.ends_with("max_logit") || name == "logits.max";
+}
 }  // namespace
 
 // Out of memory (host or GPU) and device errors surface as exceptions from the allocators
@@ -421,6 +426,16 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
         for (const auto& [name, v] : model->telemetry().values()) row[name] = v;
       }
       STABILITY_RETURN_IF_ERROR(model->Backward(1.0f / static_cast<float>(tc.grad_accum)));
+    }
+    if (world > 1 && telemetry) {  // every rank's telemetry: maxima by max, the rest averaged
+      std::vector<double> mean_values, max_values;
+      for (const auto& [name, v] : model->telemetry().values()) (IsMaxTelemetry(name) ? max_values : mean_values).push_back(v);
+      STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(mean_values.data(), static_cast<int64_t>(mean_values.size())));
+      STABILITY_RETURN_IF_ERROR(comm->AllReduceMax(max_values.data(), static_cast<int64_t>(max_values.size())));
+      size_t i_mean = 0, i_max = 0;
+      for (const auto& [name, v] : model->telemetry().values()) {
+        row[name] = IsMaxTelemetry(name) ? max_values[i_max++] : mean_values[i_mean++] / world;
+      }
     }
     if (world > 1) {  // data parallelism: average the gradients and the loss over ranks
       for (Parameter& p : model->parameters()) {

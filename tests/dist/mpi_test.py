@@ -49,6 +49,13 @@ def test_two_ranks_train_like_one_rank_with_twice_the_batch(tmp_path, shards):
     for a, b in zip(two, one):
         assert abs(a - b) <= 1e-5 * abs(b), (a, b)
     assert one[-1] < one[0] - 0.2  # it trained
+    # Telemetry is of the whole global batch: rank means averaged, maxima by max.
+    rows_two = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    rows_one = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    for name in ("h.0.fc2.out_norm", "h.1.qkv.in_norm", "h.0.attn.entropy", "h.1.attn.max_logit", "logits.max",
+                 "logits.mean_log_z", "h.0.proj.weight_norm"):
+        for a, b in zip(rows_two, rows_one):
+            assert abs(a[name] - b[name]) <= 1e-5 * abs(b[name]) + 1e-7, (name, a["step"], a[name], b[name])
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["tokens_per_step"] == 4 * 32
 
