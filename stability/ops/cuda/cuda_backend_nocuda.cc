@@ -8,6 +8,8 @@ absl::StatusOr<Backend*> InitCudaBackend(int) {
   return absl::UnavailableError("this build has no CUDA (built without a CUDA toolkit); use --device=cpu");
 }
 
+absl::Status CublasStatus() { return absl::UnavailableError("this build has no CUDA"); }
+
 MemoryInfo GpuMemory(int) { return {}; }
 
 void SetAttentionKernel(Backend*, AttentionKernel) {}

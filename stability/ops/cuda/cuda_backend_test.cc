@@ -356,6 +356,17 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
+// cuBLAS is opened at run time; with a CUDA toolkit (this build has one when
+// STABILITY_HAS_CUDA is set) every entry point must resolve, GPU or not.
+TEST(CudaBackendSetupTest, CublasOpensAtRunTime) {
+#ifdef STABILITY_HAS_CUDA
+  const absl::Status s = CublasStatus();
+  EXPECT_TRUE(s.ok()) << s;
+#else
+  EXPECT_FALSE(CublasStatus().ok());
+#endif
+}
+
 TEST(CudaBackendSetupTest, ExplainsWhyThereIsNoGpu) {
   absl::StatusOr<Backend*> be = InitCudaBackend(0);
   if (be.ok()) {

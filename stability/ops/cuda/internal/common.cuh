@@ -86,7 +86,7 @@ enum class Trans : char { kNo = 'N', kYes = 'T' };
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device_index);
+  CudaBackend(int device_index, const struct CublasApi* blas);
   ~CudaBackend() override;
   Device device() const override { return {DeviceType::kCuda, device_index_}; }
   const char* name() const override { return "cuda"; }
@@ -162,6 +162,7 @@ class CudaBackend final : public Backend {
 
  private:
   int device_index_;
+  const struct CublasApi* blas_;  // internal/cublas_api.cuh: opened at run time, not linked
   cublasHandle_t cublas_ = nullptr;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
   AttentionKernel attention_kernel_ = AttentionKernel::kGemm;
