@@ -162,9 +162,32 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
   const bool root = comm->is_root();
   const int world = comm->size();
   FILE* out = root ? options.progress : nullptr;
-  // The device first: a missing GPU is an error before anything is written. GPU ranks
-  // take the GPU of their local rank (--device=cuda or auto) and reduce device buffers
-  // over NCCL, bootstrapped through `comm`; host values (losses, votes) still go over comm.
+  // Output folder: never overwrite a run unless resuming it.
+  tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
+  const std::string ckpt_dir = tc.out + "/checkpoints";
+  std::error_code ec;
+  const bool has_config = fs::exists(tc.out + "/config.json", ec);
+  const bool finished = fs::exists(tc.out + "/summary.json", ec);
+  if (options.resume) {
+    if (!has_config) return absl::NotFoundError(absl::StrCat("--resume: ", tc.out, " holds no run (no config.json)"));
+    // The run continues with its own configuration; only where it stops may change.
+    STABILITY_ASSIGN_OR_RETURN(nlohmann::json saved, ReadJsonFile(tc.out + "/config.json"));
+    STABILITY_ASSIGN_OR_RETURN(RunConfig saved_config, RunConfigFromJson(saved));
+    const std::string keep_out = tc.out;
+    const int64_t steps = tc.steps;
+    config = saved_config;
+    tc.out = keep_out;
+    if (steps > tc.steps) tc.steps = steps;  // allow extending a run
+  } else if (finished) {
+    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds a finished run; choose another --out"));
+  } else if (has_config) {
+    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds an unfinished run; pass --resume to continue it ",
+                                                 "or choose another --out"));
+  }
+  // The device (a resumed run keeps its own) before anything is written: a missing GPU
+  // fails here. GPU ranks take the GPU of their local rank (--device=cuda or auto) and
+  // reduce device buffers over NCCL, bootstrapped through `comm`; host values (losses,
+  // votes) still go over comm.
   std::string device_flag = tc.device;
   if (world > 1 && (device_flag == "cuda" || device_flag == "auto")) {
     const std::string local = absl::StrCat("cuda:", dist::LauncherLocalRank());
@@ -188,28 +211,6 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                  nccl ? ", gradients over NCCL" : "");
   }
 
-  // Output folder: never overwrite a run unless resuming it.
-  tc.out = tc.out.empty() ? DefaultOutDir(config) : ResolveUserPath(tc.out);
-  const std::string ckpt_dir = tc.out + "/checkpoints";
-  std::error_code ec;
-  const bool has_config = fs::exists(tc.out + "/config.json", ec);
-  const bool finished = fs::exists(tc.out + "/summary.json", ec);
-  if (options.resume) {
-    if (!has_config) return absl::NotFoundError(absl::StrCat("--resume: ", tc.out, " holds no run (no config.json)"));
-    // The run continues with its own configuration; only where it stops may change.
-    STABILITY_ASSIGN_OR_RETURN(nlohmann::json saved, ReadJsonFile(tc.out + "/config.json"));
-    STABILITY_ASSIGN_OR_RETURN(RunConfig saved_config, RunConfigFromJson(saved));
-    const std::string keep_out = tc.out;
-    const int64_t steps = tc.steps;
-    config = saved_config;
-    tc.out = keep_out;
-    if (steps > tc.steps) tc.steps = steps;  // allow extending a run
-  } else if (finished) {
-    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds a finished run; choose another --out"));
-  } else if (has_config) {
-    return absl::AlreadyExistsError(absl::StrCat(tc.out, " holds an unfinished run; pass --resume to continue it ",
-                                                 "or choose another --out"));
-  }
   // Every rank has checked the folder; only now may rank 0 change it.
   STABILITY_RETURN_IF_ERROR(comm->Barrier());
   if (root) fs::create_directories(tc.out, ec);
