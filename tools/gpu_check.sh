@@ -6,10 +6,12 @@
 #   run(carry=[".gpu"], command="bash tools/gpu_check.sh", timeout_s=540)
 #
 # It runs every CUDA test (op by op against the CPU, the whole model per preset and
-# variant, 20 training steps, determinism, the NCCL communicator of size 1), the op
-# benchmarks (//stability/ops/cuda:benchmarks), then the training benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the
-# paper's 830M shape, baseline and methods), and writes one Markdown report to
-# $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. Budget: ~8 minutes.
+# variant, 20 training steps, determinism, the NCCL communicator of size 1), the op tests
+# again under compute-sanitizer's memcheck, the training benchmark (tools/gpu_bench.py:
+# tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M shape, baseline and methods),
+# then the op benchmarks (//stability/ops/cuda:benchmarks), and writes one Markdown report to
+# $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
+# GPU_CHECK_BUDGET_S (500 s), so the device call (timeout_s=540) returns a report.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out_dir="${OUT:-docs/gpu}"
@@ -29,9 +31,18 @@ wheel_dirs="$(python3 -c 'import os, nvidia; print(":".join(os.path.join(p, d, "
 export LD_LIBRARY_PATH="$work/lib:$cuda_dirs:$wheel_dirs:${LD_LIBRARY_PATH:-}"
 export OMP_NUM_THREADS="$(nproc)"
 
+# One deadline for the whole check (the device tool allows 600 s a call): each stage gets
+# at most its own limit and never more than what is left.
+deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
+left() {  # stage limit in seconds → what this stage may use
+  local rest=$((deadline - SECONDS))
+  [ "$rest" -lt 5 ] && rest=5
+  echo $(($1 < rest ? $1 : rest))
+}
+
 run_test() {  # name, binary, timeout
   local log="$work/$1.log"
-  timeout "$3" "$work/bin/$2" > "$log" 2>&1
+  timeout "$(left "$3")" "$work/bin/$2" > "$log" 2>&1
   local rc=$?
   echo "### $1: $([ $rc -eq 0 ] && echo PASSED || echo "FAILED (exit $rc)")"
   echo '```'
@@ -57,14 +68,27 @@ run_test() {  # name, binary, timeout
   run_test model_cuda model_cuda_test 240
   run_test nccl_communicator nccl_communicator_test 60
   echo
-  echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
+  # None of the kernels had run before the first check: memcheck finds out-of-bounds and
+  # misaligned accesses that a passing comparison can hide.
+  echo "## compute-sanitizer memcheck of the op tests"
+  sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   echo '```'
-  timeout 150 "$work/bin/benchmarks" --benchmark_min_time=0.1 2>&1 | grep -E "^BM_|ERROR" | head -60
+  timeout "$(left 120)" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 9 \
+    "$work/bin/cuda_backend_test" --gtest_filter='-*Bf16*' > "$work/memcheck.log" 2>&1
+  echo "exit $? (0: clean, 9: errors found, 124: out of time)"
+  grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at 0x|by thread|\[  (PASSED|FAILED) " "$work/memcheck.log" | head -30
   echo '```'
   echo
   echo "## Training throughput"
   echo
-  timeout 300 python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
+  timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
+  echo
+  echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
+  echo '```'
+  timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 2>&1 | grep -E "^BM_|ERROR" | head -70
+  echo '```'
+  echo
+  echo "(check took ${SECONDS} s)"
 } > "$report" 2>&1
 cp "$work"/*.log "$out_dir/" 2>/dev/null
 echo "wrote $report"
