@@ -19,6 +19,7 @@
 #include "stability/ops/cpu/gemm.h"
 #include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
+#include "stability/ops/row_stats.h"
 
 namespace stability::ops::cpu {
 namespace {
@@ -119,11 +120,7 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
     entropy[bh] = ent;
     (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc, t, vb, c, 0.0f, out + bi * t * c + hi * hd, c);  // O
   });
-  if (stats) {
-    stats->max_logit = *std::max_element(max_logit.begin(), max_logit.end());
-    stats->entropy_sum = 0;
-    for (double e : entropy) stats->entropy_sum += e;
-  }
+  if (stats) *stats = AttentionStatsFromRows(entropy.data(), max_logit.data(), b * h);  // per head
 }
 
 void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,

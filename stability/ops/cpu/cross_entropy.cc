@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "stability/ops/cpu/cpu_backend.h"
+#include "stability/ops/row_stats.h"
 #include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
 
@@ -63,19 +64,9 @@ void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets
     }
   }
   if (!stats) return;
-  // Serial over rows: the same sum for any thread count.
-  double ce = 0, lse_sum = 0, lse_sq = 0;
-  float lmax = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) {
-    ce += static_cast<double>(lse[i]) - Cap(logits[i * v + targets[i]], opt.soft_cap);
-    lse_sum += lse[i];
-    lse_sq += static_cast<double>(lse[i]) * lse[i];
-    lmax = std::max(lmax, row_max[i]);
-  }
-  stats->ce_loss = ce / n;
-  stats->mean_lse = lse_sum / n;
-  stats->loss = stats->ce_loss + opt.z_loss * lse_sq / n;
-  stats->max_logit = lmax;
+  std::vector<float> target_z(n);
+  for (int64_t i = 0; i < n; ++i) target_z[i] = Cap(logits[i * v + targets[i]], opt.soft_cap);
+  *stats = CrossEntropyStatsFromRows(lse, target_z.data(), row_max.data(), n, opt.z_loss);
 }
 
 void CpuBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
+#include "stability/ops/row_stats.h"
 
 namespace stability::ops::cuda::internal {
 namespace {
@@ -111,6 +112,15 @@ __global__ void SoftmaxBackwardRowsKernel(const float* probs, const float* lse, 
 
 }  // namespace
 
+void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows,
+                                     AttentionStats* stats) {
+  std::vector<double> ent(rows);
+  std::vector<float> mx(rows);
+  Check(cudaMemcpy(ent.data(), row_entropy, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (entropy)");
+  Check(cudaMemcpy(mx.data(), row_max, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (max logit)");
+  *stats = AttentionStatsFromRows(ent.data(), mx.data(), rows);
+}
+
 void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                    int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
                                    AttentionStats* stats) {
@@ -135,18 +145,8 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
     Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * c, c, 0.0f, out + bi * t * c,
          c, h, t * t, hd, hd);  // O = P' V, per head
   }
-  if (stats) {
-    std::vector<double> ent(rows);
-    std::vector<float> mx(rows);
-    Check(cudaMemcpy(ent.data(), row_entropy, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (entropy)");
-    Check(cudaMemcpy(mx.data(), row_max, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (max logit)");
-    stats->max_logit = -INFINITY;
-    stats->entropy_sum = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      stats->max_logit = std::max(stats->max_logit, mx[r]);
-      stats->entropy_sum += ent[r];
-    }
-  }
+  if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
+
 }
 
 void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,

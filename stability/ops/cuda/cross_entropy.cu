@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
+#include "stability/ops/row_stats.h"
 
 namespace stability::ops::cuda::internal {
 namespace {
@@ -60,18 +61,7 @@ void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* target
   Check(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
   Check(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
         "cudaMemcpy (cross-entropy stats)");
-  double ce = 0, lse_sum = 0, lse_sq = 0;
-  float lmax = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) {
-    ce += static_cast<double>(host_lse[i]) - host_stats[n + i];
-    lse_sum += host_lse[i];
-    lse_sq += static_cast<double>(host_lse[i]) * host_lse[i];
-    lmax = std::max(lmax, host_stats[i]);
-  }
-  stats->ce_loss = ce / n;
-  stats->mean_lse = lse_sum / n;
-  stats->loss = stats->ce_loss + opt.z_loss * lse_sq / n;
-  stats->max_logit = lmax;
+  *stats = CrossEntropyStatsFromRows(host_lse.data(), host_stats.data() + n, host_stats.data(), n, opt.z_loss);
 }
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,

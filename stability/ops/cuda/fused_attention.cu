@@ -245,18 +245,8 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, out, lse, row_max, row_entropy)) return false;
   STABILITY_CUDA_LAUNCHED("fused attention forward");
-  if (stats) {
-    std::vector<double> ent(rows);
-    std::vector<float> mx(rows);
-    Check(cudaMemcpy(ent.data(), row_entropy, rows * sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (entropy)");
-    Check(cudaMemcpy(mx.data(), row_max, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (max logit)");
-    stats->max_logit = -INFINITY;
-    stats->entropy_sum = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      stats->max_logit = std::max(stats->max_logit, mx[r]);
-      stats->entropy_sum += ent[r];
-    }
-  }
+  if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
+
   return true;
 }
 

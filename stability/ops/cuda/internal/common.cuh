@@ -153,6 +153,8 @@ class CudaBackend final : public Backend {
   bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* lse, const float* dout,
                               int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
                               float* dk, float* dv);
+  // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
+  void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid, then a fixed-order pass).
