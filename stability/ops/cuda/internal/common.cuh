@@ -32,31 +32,36 @@ inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads
 constexpr int kReduceBlocks = 256;
 constexpr int kReduceThreads = 256;
 
-// Sum over a warp, then over the block; thread 0 gets the total. A fixed tree.
-__device__ inline double WarpSum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
+// Reductions over a warp, then over the block, along a fixed tree: the same bits every run.
+struct SumOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename T, typename Op>
+__device__ inline T WarpReduce(T v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
+  return v;  // lane 0 holds the result
 }
-__device__ inline float WarpSum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ inline float WarpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-  return v;
-}
-// Block-wide sum/max for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
-template <typename T>
-__device__ inline T BlockSum(T v) {
+__device__ inline double WarpSum(double v) { return WarpReduce(v, SumOp{}); }
+__device__ inline float WarpSum(float v) { return WarpReduce(v, SumOp{}); }
+
+// For blockDim.x a multiple of 32 (≤ 1024); every thread gets the result. Each
+// instantiation has its own shared slots, emptied again before returning.
+template <typename T, typename Op>
+__device__ inline T BlockReduce(T v, T identity, Op op) {
   __shared__ T warp_part[32];
   __shared__ T total;
-  v = WarpSum(v);
+  v = WarpReduce(v, op);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warp_part[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    T w = lane < (blockDim.x >> 5) ? warp_part[lane] : T(0);
-    w = WarpSum(w);
+    T w = lane < (blockDim.x >> 5) ? warp_part[lane] : identity;
+    w = WarpReduce(w, op);
     if (lane == 0) total = w;
   }
   __syncthreads();
@@ -64,23 +69,11 @@ __device__ inline T BlockSum(T v) {
   __syncthreads();  // the shared slots may be reused by the next call
   return r;
 }
-__device__ inline float BlockMax(float v) {
-  __shared__ float warp_part[32];
-  __shared__ float total;
-  v = WarpMax(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_part[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float w = lane < (blockDim.x >> 5) ? warp_part[lane] : -INFINITY;
-    w = WarpMax(w);
-    if (lane == 0) total = w;
-  }
-  __syncthreads();
-  const float r = total;
-  __syncthreads();
-  return r;
+template <typename T>
+__device__ inline T BlockSum(T v) {
+  return BlockReduce(v, T(0), SumOp{});
 }
+__device__ inline float BlockMax(float v) { return BlockReduce(v, -INFINITY, MaxOp{}); }
 
 enum class Trans : char { kNo = 'N', kYes = 'T' };
 
