@@ -60,7 +60,10 @@ class Mpi final : public Communicator {
   // In chunks too: each chunk gathers into a staging buffer, then to its place per rank.
   absl::Status AllGather(const float* send, int64_t n, float* recv) override {
     const int64_t per = kChunkBytes / sizeof(float);
-    std::vector<float> staging(std::min(per, n) * size_);
+    // Kept between calls: ZeRO-1 gathers every step, and a fresh 4 MiB × ranks buffer
+    // would be mapped and faulted in each time.
+    if (static_cast<int64_t>(staging_.size()) < std::min(per, n) * size_) staging_.resize(std::min(per, n) * size_);
+    std::vector<float>& staging = staging_;
     for (int64_t off = 0; off < n; off += per) {
       const int count = static_cast<int>(std::min(per, n - off));
       if (absl::Status s = MpiError(MPI_Allgather(send + off, count, MPI_FLOAT, staging.data(), count, MPI_FLOAT,
@@ -103,6 +106,7 @@ class Mpi final : public Communicator {
     return absl::OkStatus();
   }
   int rank_ = 0, size_ = 1;
+  std::vector<float> staging_;  // AllGather's
 };
 
 int EnvInt(const char* name) {

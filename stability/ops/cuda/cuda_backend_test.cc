@@ -70,6 +70,8 @@ class CudaBackendTest : public ::testing::Test {
                                         << " (max |cpu| " << scale << ")";
   }
 
+  void CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, bool fused);
+
   Rng rng_{20261128};
   Backend* gpu_ = nullptr;
   Backend* cpu_ = nullptr;
@@ -131,73 +133,57 @@ TEST_F(CudaBackendTest, Norms) {
   }
 }
 
-TEST_F(CudaBackendTest, AttentionWithEveryOption) {
-  const int64_t b = 2, t = 40, h = 3, hd = 16, n = b * t * h * hd;
+// Plain, soft cap, temperature and clipped softmax, at head dim hd.
+std::vector<AttentionOptions> EveryAttentionOption(int64_t hd) {
   AttentionOptions plain;
   plain.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   AttentionOptions cap = plain, temp = plain, clip = plain;
   cap.soft_cap = 2.0f;
   temp.temperature = 1.7f;
   clip.clip = true;
-  for (const AttentionOptions& opt : {plain, cap, temp, clip}) {
-    std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
-    std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
-    float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = Up(probs),
-          *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
-    AttentionStats cs, gs;
-    cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(), &cs);
-    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, &gs);
-    ExpectClose(Down(gout, n), out, 1e-5, 0, "attention out");
-    ExpectClose(Down(gprobs, probs.size()), probs, 2e-6, 0, "probs");
-    ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "lse");
-    EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
-    EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
-    cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
-                            dq.data(), dk.data(), dv.data());
-    gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
-    ExpectClose(Down(gdq, n), dq, 1e-5, 0, "dq");
-    ExpectClose(Down(gdk, n), dk, 1e-5, 0, "dk");
-    ExpectClose(Down(gdv, n), dv, 1e-5, 0, "dv");
-  }
+  return {plain, cap, temp, clip};
 }
 
-// The fused kernel (no T×T storage) against the CPU for every option, at head dims of the
-// presets and a T that is not a multiple of the tiles; two runs give the same bits.
+// Forward (out, lse, telemetry; probs unless fused) and backward against the CPU; a second
+// backward must give the same bits.
+void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
+                                       bool fused) {
+  SCOPED_TRACE("hd " + std::to_string(hd) + " cap " + std::to_string(opt.soft_cap) + " temp " +
+               std::to_string(opt.temperature) + " clip " + std::to_string(opt.clip) + (fused ? " fused" : ""));
+  const int64_t n = b * t * h * hd;
+  std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
+  std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
+  float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = fused ? nullptr : Up(probs),
+        *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
+  AttentionStats cs, gs;
+  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(), &cs);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, &gs);
+  ExpectClose(Down(gout, n), out, 1e-5, 0, "attention out");
+  if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, 2e-6, 0, "probs");
+  ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "lse");
+  EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
+  EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
+  cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
+                          dq.data(), dk.data(), dv.data());
+  gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+  const std::vector<float> first_dk = Down(gdk, n);
+  ExpectClose(Down(gdq, n), dq, 1e-5, 0, "dq");
+  ExpectClose(first_dk, dk, 1e-5, 0, "dk");
+  ExpectClose(Down(gdv, n), dv, 1e-5, 0, "dv");
+  gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+  EXPECT_EQ(Down(gdk, n), first_dk);
+}
+
+TEST_F(CudaBackendTest, AttentionWithEveryOption) {
+  for (const AttentionOptions& opt : EveryAttentionOption(16)) CompareAttention(2, 40, 3, 16, opt, false);
+}
+
+// The fused kernel (no T×T storage) at head dims of the presets and a T that is not a
+// multiple of the tiles.
 TEST_F(CudaBackendTest, FusedAttentionWithEveryOption) {
   SetAttentionKernel(gpu_, AttentionKernel::kFused);
   for (int64_t hd : {16, 64, 96}) {
-    const int64_t b = 2, t = 100, h = 2, n = b * t * h * hd;
-    AttentionOptions plain;
-    plain.scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    AttentionOptions cap = plain, temp = plain, clip = plain;
-    cap.soft_cap = 2.0f;
-    temp.temperature = 1.7f;
-    clip.clip = true;
-    for (const AttentionOptions& opt : {plain, cap, temp, clip}) {
-      SCOPED_TRACE("hd " + std::to_string(hd) + " cap " + std::to_string(opt.soft_cap) + " temp " +
-                   std::to_string(opt.temperature) + " clip " + std::to_string(opt.clip));
-      std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
-      std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
-      float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *glse = Up(lse), *gdq = Up(dq),
-            *gdk = Up(dk), *gdv = Up(dv);
-      AttentionStats cs, gs;
-      cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(),
-                             &cs);
-      gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, nullptr, glse, &gs);
-      ExpectClose(Down(gout, n), out, 1e-5, 0, "fused out");
-      ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "fused lse");
-      EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
-      EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
-      cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
-                              dq.data(), dk.data(), dv.data());
-      gpu_->AttentionBackward(gq, gk, gv, nullptr, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
-      const std::vector<float> first_dk = Down(gdk, n);
-      ExpectClose(Down(gdq, n), dq, 1e-5, 0, "fused dq");
-      ExpectClose(first_dk, dk, 1e-5, 0, "fused dk");
-      ExpectClose(Down(gdv, n), dv, 1e-5, 0, "fused dv");
-      gpu_->AttentionBackward(gq, gk, gv, nullptr, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
-      EXPECT_EQ(Down(gdk, n), first_dk);
-    }
+    for (const AttentionOptions& opt : EveryAttentionOption(hd)) CompareAttention(2, 100, 2, hd, opt, true);
   }
   SetAttentionKernel(gpu_, AttentionKernel::kGemm);
 }

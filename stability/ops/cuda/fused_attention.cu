@@ -15,9 +15,6 @@
 //
 // Not yet the fast path: CUDA cores, one row per thread. Tensor-core tiles (mma.sync / wgmma)
 // are the next step; this kernel fixes the algorithm and is checked against the CPU.
-#include <vector>
-
-#include "stability/ops/cuda/cuda_backend.h"
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
