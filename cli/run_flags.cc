@@ -23,6 +23,7 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"out", "run folder; empty = runs/<preset>-<variant>-lr<lr>-seed<seed>"},
       {"device", "auto | cpu | cuda | cuda:N (auto: a GPU when present)"},
       {"precision", "fp32 | bf16: bf16 matrix products with fp32 accumulation, master weights and optimizer (GPU)"},
+      {"attention", "auto | gemm | fused: fused recomputes the T×T probabilities in tiles (GPU; tensor cores in bf16); auto = fused in bf16"},
       {"threads", "OpenMP threads; 0 = all cores"},
       {"steps", "optimizer steps"},
       {"batch", "sequences per micro-batch"},

@@ -108,6 +108,11 @@ def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
     assert not (tmp_path / "bf").exists()
     r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/bf", "--precision=fp16")
     assert r.returncode == 2 and "--precision=fp16 must be fp32 or bf16" in r.stderr
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/fa", "--device=cpu", "--attention=fused")
+    assert r.returncode == 2 and "--attention=fused needs a GPU (--device=cuda)" in r.stderr
+    assert not (tmp_path / "fa").exists()
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/fa", "--attention=flash")
+    assert r.returncode == 2 and "--attention=flash must be auto, gemm or fused" in r.stderr
 
 
 def test_a_missing_gpu_is_an_error_before_anything_is_written(tmp_path):

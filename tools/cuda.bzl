@@ -64,6 +64,11 @@ def _cuda_library_impl(ctx):
         args = ctx.actions.args()
         args.add("-ccbin", cc_toolchain.compiler_executable)
         args.add_all(["-x", "cu", "-c", "-std=c++20", "-O3", "--expt-relaxed-constexpr"])
+
+        # Intermediates beside the object, not in /tmp: sandboxed actions each run as PID 2
+        # in their own namespace, so nvcc's /tmp/tmpxft_<pid>_... names collide between
+        # parallel compiles ("cannot open source file /tmp/tmpxft_00000002_...").
+        args.add("--objdir-as-tempdir")
         args.add_all(["-Xcompiler", "-fPIC", "-Xcompiler", "-fopenmp"])
         args.add_all(ctx.attr.archs)
         args.add_all(include_flags)

@@ -63,6 +63,14 @@ struct CrossEntropyStats {
 //          norms, softmax, cross-entropy, AdamW and the master weights stay fp32.
 enum class MatmulPrecision { kFp32, kBf16 };
 
+// How attention is computed.
+//   kGemm:  the T×T scores and probabilities materialised around two matrix products
+//           (every backend; the CPU's only kernel).
+//   kFused: FlashAttention-style tiles with recomputation, nothing T×T stored (the CUDA
+//           backend: fp32 on the CUDA cores, bf16 on the tensor cores). Head dims it has
+//           no kernel for still take kGemm (AttentionStoresProbs says which).
+enum class AttentionKernel { kGemm, kFused };
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -70,6 +78,9 @@ class Backend {
   virtual const char* name() const = 0;
   // Returns false (and changes nothing) when this backend has no such mode.
   virtual bool SetMatmulPrecision(MatmulPrecision precision) { return precision == MatmulPrecision::kFp32; }
+  // Between steps, never between a forward and its backward. False (nothing changed) when
+  // this backend has no such kernel.
+  virtual bool SetAttentionKernel(AttentionKernel kernel) { return kernel == AttentionKernel::kGemm; }
 
   // out[n, :] = wte[ids[n], :] + wpe[n % T, :]   (wpe nullable: RoPE or no positions)
   virtual void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,

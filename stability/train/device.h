@@ -18,12 +18,15 @@ absl::StatusOr<Device> ResolveDevice(const std::string& flag);
 
 // Bytes a training step needs on the device: parameters, gradients and the two AdamW
 // moments (16 bytes a parameter), plus the activations kept for backward (per layer
-// ~24·C + 4·C·mlp_ratio floats a token and the B·H·T² attention probabilities) and the
-// logits with their gradient. An estimate, within ~20% of the measured peak.
-int64_t EstimateTrainingBytes(const model::ModelConfig& config, int64_t batch, int64_t seq);
+// ~24·C + 4·C·mlp_ratio floats a token, and the B·H·T² attention probabilities unless a
+// fused attention kernel recomputes them) and the logits with their gradient. An estimate,
+// within ~20% of the measured peak.
+int64_t EstimateTrainingBytes(const model::ModelConfig& config, int64_t batch, int64_t seq,
+                              bool stores_attention_probs = true);
 
 // OK on the CPU; on a GPU, an error naming the bytes needed and free when it cannot fit.
-absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq);
+absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq,
+                       bool stores_attention_probs = true);
 
 }  // namespace stability::train
 

@@ -10,7 +10,8 @@ namespace {
 const JsonFields<TrainConfig>& Fields() {
 #define F(f) STABILITY_JSON_FIELD(TrainConfig, f)
   static const JsonFields<TrainConfig> fields = {
-      F(data), F(out), F(device), F(precision), F(threads), F(steps), F(batch), F(seq), F(grad_accum), F(lr), F(min_lr),
+      F(data), F(out), F(device), F(precision), F(attention),
+      F(threads), F(steps), F(batch), F(seq), F(grad_accum), F(lr), F(min_lr),
       F(warmup), F(schedule), F(beta1), F(beta2), F(eps), F(weight_decay), F(decay_all), F(clip),
       F(eval_interval), F(eval_batches), F(telemetry_interval), F(checkpoint_interval), F(keep_checkpoints),
       F(divergence_factor), F(divergence_patience), F(spike_skip_factor), F(spike_window), F(zero), F(seed),
@@ -51,6 +52,9 @@ absl::Status TrainConfig::Validate() const {
   if (!(divergence_factor >= 0)) return bad(absl::StrCat("--divergence_factor=", divergence_factor, " must be >= 0"));
   if (precision != "fp32" && precision != "bf16") {
     return bad(absl::StrCat("--precision=", precision, " must be fp32 or bf16"));
+  }
+  if (attention != "auto" && attention != "gemm" && attention != "fused") {
+    return bad(absl::StrCat("--attention=", attention, " must be auto, gemm or fused"));
   }
   if (device != "auto" && device != "cpu" && device.rfind("cuda", 0) != 0) {
     return bad(absl::StrCat("--device=", device, " must be auto, cpu, cuda or cuda:N"));

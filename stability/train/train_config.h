@@ -21,6 +21,9 @@ struct TrainConfig {
   std::string out;      // run folder; "" = runs/<size>-<variant>-lr<lr>-seed<seed>
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   std::string precision = "fp32";  // fp32 | bf16 (GPU: bf16 matrix products, fp32 everything else)
+  // auto | gemm | fused: gemm materialises the T×T probabilities (every device); fused
+  // recomputes them in tiles (GPU; tensor cores in bf16). auto: fused in bf16, else gemm.
+  std::string attention = "auto";
   int64_t threads = 0;  // OpenMP threads; 0 = all cores
 
   // Batch and length.

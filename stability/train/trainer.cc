@@ -206,9 +206,15 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
     return absl::InvalidArgumentError(absl::StrCat("--precision=", tc.precision, " needs a GPU (--device=cuda); the ",
                                                    device.ToString(), " backend computes in fp32"));
   }
+  // auto: the fused kernel where it is the fast path (bf16, which only a GPU accepts).
+  const bool fused = tc.attention == "fused" || (tc.attention == "auto" && precision == ops::MatmulPrecision::kBf16);
+  if (!ops::GetBackend(device)->SetAttentionKernel(fused ? ops::AttentionKernel::kFused : ops::AttentionKernel::kGemm)) {
+    return absl::InvalidArgumentError(absl::StrCat("--attention=fused needs a GPU (--device=cuda); the ",
+                                                   device.ToString(), " backend has the gemm kernel only"));
+  }
   if (out && device != kCpu) {
-    std::fprintf(out, "device: %s, %s matrix products%s\n", device.ToString().c_str(), tc.precision.c_str(),
-                 nccl ? ", gradients over NCCL" : "");
+    std::fprintf(out, "device: %s, %s matrix products, %s attention%s\n", device.ToString().c_str(),
+                 tc.precision.c_str(), fused ? "fused" : "gemm", nccl ? ", gradients over NCCL" : "");
   }
 
   // Every rank has checked the folder; only now may rank 0 change it.
@@ -244,7 +250,8 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
       data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .rank = comm->rank(),
                                           .world = world, .vocab_size = mc.vocab_size}));
 
-  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));
+  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq,
+                                      ops::GetBackend(device)->AttentionStoresProbs(mc.n_embd / mc.n_head)));
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed, device));
   // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
   // that piece; the pieces are all-gathered after each update.

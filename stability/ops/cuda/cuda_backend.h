@@ -11,12 +11,16 @@
 // when this build has no CUDA, when no GPU is visible, or when the index is out of range.
 // Allocation failures throw std::bad_alloc with the bytes asked for and the bytes free.
 //
-// How the ops run (cuda_backend.cu, norm.cu, attention.cu, cross_entropy.cu):
-//   linear, attention scores and values: cuBLAS SGEMM (fp32, no TF32: parity first);
-//   attention: per (batch, head) strided-batched GEMMs around a row-softmax kernel with
-//   the temperature, cap and clip, as the CPU's; norms, cross-entropy, AdamW, RoPE:
-//   one kernel each; reductions: a fixed grid, warp-shuffle trees and a fixed-order
-//   second pass, in double — the same bits on every run.
+// How the ops run (cuda_backend.cu, norm.cu, attention.cu, cross_entropy.cu, ...):
+//   linear: cuBLAS SGEMM (fp32, no TF32: parity first), or bf16 operands on the tensor
+//   cores with fp32 accumulation (SetMatmulPrecision(kBf16));
+//   attention, AttentionKernel::kGemm (the default): per (batch, head) strided-batched GEMMs
+//   around a row-softmax kernel with the temperature, cap and clip, as the CPU's;
+//   kFused: FlashAttention-style tiles, nothing T×T stored (`probs` left unwritten) —
+//   fused_attention.cu in fp32, tensor_core_attention.cu (WMMA) in bf16 — for head dims
+//   16/32/64/96/128 (others take kGemm);
+//   norms, cross-entropy, AdamW, RoPE: one kernel each; reductions: a fixed grid,
+//   warp-shuffle trees and a fixed-order second pass, in double — the same bits every run.
 #ifndef STABILITY_OPS_CUDA_CUDA_BACKEND_H_
 #define STABILITY_OPS_CUDA_CUDA_BACKEND_H_
 
@@ -29,14 +33,6 @@
 namespace stability::ops::cuda {
 
 absl::StatusOr<Backend*> InitCudaBackend(int device_index);
-
-// How a CUDA backend computes attention. kGemm (the default): cuBLAS products around a
-// row-softmax kernel, the T×T probabilities stored (the CPU's algorithm). kFused
-// (fused_attention.cu): FlashAttention-style tiles and recomputation, nothing T×T stored
-// (`probs` is then left unwritten), head dims 16/32/64/96/128 (others fall back to kGemm).
-// Set it between steps, never between a forward and its backward.
-enum class AttentionKernel { kGemm, kFused };
-void SetAttentionKernel(Backend* gpu, AttentionKernel kernel);
 
 // Whether cuBLAS can be opened (it is loaded at run time, not linked); needs no GPU.
 absl::Status CublasStatus();

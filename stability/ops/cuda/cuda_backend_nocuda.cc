@@ -12,6 +12,4 @@ absl::Status CublasStatus() { return absl::UnavailableError("this build has no C
 
 MemoryInfo GpuMemory(int) { return {}; }
 
-void SetAttentionKernel(Backend*, AttentionKernel) {}
-
 }  // namespace stability::ops::cuda

@@ -21,6 +21,13 @@ namespace {
 
 constexpr Device kGpu{DeviceType::kCuda, 0};
 
+// Tolerances of an attention comparison, each relative to the largest CPU value of its
+// output; the defaults are fp32's.
+struct AttentionTolerance {
+  double out = 1e-5, probs = 2e-6, lse = 2e-6, stats = 1e-5, grads = 1e-5;
+  double input_scale = 2.0;  // of q and k: logits of a few units
+};
+
 class CudaBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -70,7 +77,8 @@ class CudaBackendTest : public ::testing::Test {
                                         << " (max |cpu| " << scale << ")";
   }
 
-  void CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, bool fused);
+  void CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, bool fused,
+                        const AttentionTolerance& tol = {});
 
   Rng rng_{20261128};
   Backend* gpu_ = nullptr;
@@ -147,29 +155,29 @@ std::vector<AttentionOptions> EveryAttentionOption(int64_t hd) {
 // Forward (out, lse, telemetry; probs unless fused) and backward against the CPU; a second
 // backward must give the same bits.
 void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
-                                       bool fused) {
+                                       bool fused, const AttentionTolerance& tol) {
   SCOPED_TRACE("hd " + std::to_string(hd) + " cap " + std::to_string(opt.soft_cap) + " temp " +
                std::to_string(opt.temperature) + " clip " + std::to_string(opt.clip) + (fused ? " fused" : ""));
   const int64_t n = b * t * h * hd;
-  std::vector<float> q = Random(n, 2.0), k = Random(n, 2.0), v = Random(n), dout = Random(n);
+  std::vector<float> q = Random(n, tol.input_scale), k = Random(n, tol.input_scale), v = Random(n), dout = Random(n);
   std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = fused ? nullptr : Up(probs),
         *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
   AttentionStats cs, gs;
   cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(), &cs);
   gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, &gs);
-  ExpectClose(Down(gout, n), out, 1e-5, 0, "attention out");
-  if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, 2e-6, 0, "probs");
-  ExpectClose(Down(glse, lse.size()), lse, 2e-6, 0, "lse");
-  EXPECT_NEAR(gs.max_logit, cs.max_logit, 1e-5 * std::abs(cs.max_logit));
-  EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, 1e-5 * cs.entropy_sum);
+  ExpectClose(Down(gout, n), out, tol.out, 0, "attention out");
+  if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, tol.probs, 0, "probs");
+  ExpectClose(Down(glse, lse.size()), lse, tol.lse, 0, "lse");
+  EXPECT_NEAR(gs.max_logit, cs.max_logit, tol.stats * std::abs(cs.max_logit));
+  EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, tol.stats * cs.entropy_sum);
   cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
                           dq.data(), dk.data(), dv.data());
   gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
   const std::vector<float> first_dk = Down(gdk, n);
-  ExpectClose(Down(gdq, n), dq, 1e-5, 0, "dq");
-  ExpectClose(first_dk, dk, 1e-5, 0, "dk");
-  ExpectClose(Down(gdv, n), dv, 1e-5, 0, "dv");
+  ExpectClose(Down(gdq, n), dq, tol.grads, 0, "dq");
+  ExpectClose(first_dk, dk, tol.grads, 0, "dk");
+  ExpectClose(Down(gdv, n), dv, tol.grads, 0, "dv");
   gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
   EXPECT_EQ(Down(gdk, n), first_dk);
 }
@@ -181,11 +189,31 @@ TEST_F(CudaBackendTest, AttentionWithEveryOption) {
 // The fused kernel (no T×T storage) at head dims of the presets and a T that is not a
 // multiple of the tiles.
 TEST_F(CudaBackendTest, FusedAttentionWithEveryOption) {
-  SetAttentionKernel(gpu_, AttentionKernel::kFused);
+  gpu_->SetAttentionKernel(AttentionKernel::kFused);
   for (int64_t hd : {16, 64, 96}) {
     for (const AttentionOptions& opt : EveryAttentionOption(hd)) CompareAttention(2, 100, 2, hd, opt, true);
   }
-  SetAttentionKernel(gpu_, AttentionKernel::kGemm);
+  gpu_->SetAttentionKernel(AttentionKernel::kGemm);
+}
+
+// The tensor-core kernel (fused, bf16) at every head dim it has, T not a multiple of its
+// 64-row tiles, every option, against the fp32 CPU. Its products take bf16 operands (q, k,
+// v, dO and the P / dZ tiles: 8 significant bits, relative error ≤ 2^-9 each) with fp32
+// accumulation. With unit-scale q and k the logits (|a| ≲ 4) carry ≲ 2^-8·|a| error, so each
+// p is within ~1% and lse (a smooth max of z) within ~2^-8 of its size: 5e-3; outputs and
+// gradients, sums of such terms times bf16 values, within 2e-2 and 3e-2 of their largest
+// value; the telemetry (max logit, entropy summed over rows) within 1e-2.
+TEST_F(CudaBackendTest, TensorCoreAttentionWithEveryOption) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  gpu_->SetAttentionKernel(AttentionKernel::kFused);
+  AttentionTolerance bf16;
+  bf16.out = 2e-2, bf16.lse = 5e-3, bf16.stats = 1e-2, bf16.grads = 3e-2, bf16.input_scale = 1.0;
+  for (int64_t hd : {16, 32, 64, 96, 128}) {
+    for (const AttentionOptions& opt : EveryAttentionOption(hd)) CompareAttention(2, 100, 2, hd, opt, true, bf16);
+  }
+  CompareAttention(1, 192, 3, 64, EveryAttentionOption(64)[1], true, bf16);  // whole tiles only
+  gpu_->SetAttentionKernel(AttentionKernel::kGemm);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 
 TEST_F(CudaBackendTest, RopeAndItsInverse) {

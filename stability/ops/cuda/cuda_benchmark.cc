@@ -100,7 +100,7 @@ BENCHMARK(BM_Linear)
 // args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused)
 void BM_Attention(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
-  SetAttentionKernel(Gpu(), state.range(3) == 1 ? AttentionKernel::kFused : AttentionKernel::kGemm);
+  Gpu()->SetAttentionKernel(state.range(3) == 1 ? AttentionKernel::kFused : AttentionKernel::kGemm);
   const Shape s = kShapes[state.range(0)];
   const bool backward = state.range(1) == 1;
   const int64_t n = s.b * s.t * s.h * s.hd;
@@ -120,7 +120,7 @@ void BM_Attention(benchmark::State& state) {
                            nullptr);
     }
   });
-  SetAttentionKernel(Gpu(), AttentionKernel::kGemm);
+  Gpu()->SetAttentionKernel(AttentionKernel::kGemm);
   // Causal useful FLOPs: forward 2 GEMMs of T²·hd/2 per head, backward 4.
   Report(state, (backward ? 4.0 : 2.0) * 2.0 * s.b * s.h * s.t * s.t / 2 * s.hd,
          4.0 * (4.0 * n + 2.0 * s.b * s.h * s.t * s.t));

@@ -13,8 +13,10 @@
 //   per key row s:    over queries t ≥ s: dK_s = scale·Σ_t dZ·q_t, dV_s = Σ_t p'·dO_t
 // cap' = 1 − (z/c)². Threads own rows, so every sum runs in a fixed order.
 //
-// Not yet the fast path: CUDA cores, one row per thread. Tensor-core tiles (mma.sync / wgmma)
-// are the next step; this kernel fixes the algorithm and is checked against the CPU.
+// This is the fp32 kernel (parity with the CPU, one row per thread on CUDA cores); in bf16
+// (MatmulPrecision::kBf16) the same algorithm runs on the tensor cores:
+// tensor_core_attention.cu.
+#include "stability/ops/cuda/internal/fused_attention.cuh"
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
@@ -22,27 +24,6 @@ namespace {
 
 constexpr int kRows = 64;  // query (or key) rows per block: one per thread
 constexpr int kTile = 32;  // rows of the other side staged in shared memory per step
-
-struct Softmax {
-  AttentionOptions o;
-  __device__ float Z(float a) const {  // a → z: temperature, then the cap
-    const float u = a / o.temperature;
-    return o.soft_cap > 0 ? o.soft_cap * tanhf(u * (1.0f / o.soft_cap)) : u;
-  }
-  __device__ float CapSlope(float z) const {  // dz/du
-    if (o.soft_cap <= 0) return 1.0f;
-    const float th = z / o.soft_cap;
-    return 1.0f - th * th;
-  }
-  __device__ float Clip(float p) const {
-    return o.clip ? fminf(fmaxf((o.clip_zeta - o.clip_gamma) * p + o.clip_gamma, 0.0f), 1.0f) : p;
-  }
-  __device__ float ClipSlope(float p) const {
-    if (!o.clip) return 1.0f;
-    const float a = o.clip_zeta - o.clip_gamma, pre = a * p + o.clip_gamma;
-    return (pre > 0.0f && pre < 1.0f) ? a : 0.0f;
-  }
-};
 
 // Rows [row0, row0 + kTile) of x [T, ·] (stride c, head offset folded into x) into tile.
 template <int HD>
@@ -201,19 +182,6 @@ __global__ void BackwardKeyKernel(const float* q, const float* k, const float* v
   }
 }
 
-// Head dims of the presets (tiny 16, mid and GPT-2 64, the 830M shape 96) and neighbours.
-template <template <int> class Launch, typename... Args>
-bool ForHeadDim(int64_t hd, Args&&... args) {
-  switch (hd) {
-    case 16: Launch<16>::Run(args...); return true;
-    case 32: Launch<32>::Run(args...); return true;
-    case 64: Launch<64>::Run(args...); return true;
-    case 96: Launch<96>::Run(args...); return true;
-    case 128: Launch<128>::Run(args...); return true;
-  }
-  return false;
-}
-
 template <int HD>
 struct LaunchForward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
@@ -240,8 +208,14 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
   double* row_entropy = reinterpret_cast<double*>(stats_buf);
   float* row_max = reinterpret_cast<float*>(stats_buf + rows * sizeof(double));
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, out, lse, row_max, row_entropy)) return false;
-  STABILITY_CUDA_LAUNCHED("fused attention forward");
+  // bf16: the tensor cores; fp32 (or buffers not 16-byte aligned): this file's kernel.
+  if (!(precision_ == MatmulPrecision::kBf16 &&
+        TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, out, lse, row_max, row_entropy))) {
+    if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, out, lse, row_max, row_entropy)) {
+      return false;
+    }
+    STABILITY_CUDA_LAUNCHED("fused attention forward");
+  }
   if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
 
   return true;
@@ -251,6 +225,10 @@ bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const f
                                          const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                          const AttentionOptions& opt, float* dq, float* dk, float* dv) {
   float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
+  if (precision_ == MatmulPrecision::kBf16 &&
+      TensorCoreAttentionBackward(q, k, v, lse, dout, b, t, h, hd, opt, dq, dk, dv, rowd)) {
+    return true;
+  }
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, lse, dout, t, h, Softmax{opt}, dq, dk, dv, rowd)) return false;
   STABILITY_CUDA_LAUNCHED("fused attention backward");
@@ -258,11 +236,3 @@ bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const f
 }
 
 }  // namespace stability::ops::cuda::internal
-
-namespace stability::ops::cuda {
-
-void SetAttentionKernel(Backend* gpu, AttentionKernel kernel) {
-  static_cast<internal::CudaBackend*>(gpu)->set_attention_kernel(kernel);
-}
-
-}  // namespace stability::ops::cuda

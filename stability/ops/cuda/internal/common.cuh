@@ -84,6 +84,10 @@ class CudaBackend final : public Backend {
   Device device() const override { return {DeviceType::kCuda, device_index_}; }
   const char* name() const override { return "cuda"; }
   bool SetMatmulPrecision(MatmulPrecision precision) override;
+  bool SetAttentionKernel(AttentionKernel kernel) override {
+    attention_kernel_ = kernel;
+    return true;
+  }
 
   void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe, int64_t c,
                         float* out) override;
@@ -133,7 +137,6 @@ class CudaBackend final : public Backend {
   void Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
             int64_t stride_b = 0, int64_t stride_c = 0);
-  void set_attention_kernel(AttentionKernel kernel) { attention_kernel_ = kernel; }
   bool AttentionStoresProbs(int64_t head_dim) const override {
     return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
   }
@@ -146,6 +149,15 @@ class CudaBackend final : public Backend {
   bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* lse, const float* dout,
                               int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
                               float* dk, float* dv);
+  // tensor_core_attention.cu (bf16): false, nothing done, for a head dim it has no kernel
+  // for or buffers not 16-byte aligned. Per-row telemetry into row_max and row_entropy;
+  // rowd [B·H·T] is the backward's scratch.
+  bool TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                                  int64_t hd, const AttentionOptions& opt, float* out, float* lse, float* row_max,
+                                  double* row_entropy);
+  bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* lse,
+                                   const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                   const AttentionOptions& opt, float* dq, float* dk, float* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
   // Device scratch of at least `bytes` in slot i (grows, kept).
