@@ -282,7 +282,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                                                    ShapeToString(ids.shape()), " and ",
                                                    ShapeToString(targets.shape())));
   }
-  const int64_t B = ids.dim(0), T = ids.dim(1), N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
+  const int64_t B = ids.dim(0), T = ids.dim(1), N = B * T, C = c.n_embd, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();
   if (T < 1 || B < 1 || T > c.seq_len) {
     return absl::InvalidArgumentError(absl::StrCat("Forward: sequence length ", T, " must be in [1, seq_len = ",
@@ -318,13 +318,21 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
                    a.y.f32(), a.mean.f32(), a.rstd.f32());
   };
-  const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name) {
+  // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can).
+  const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name,
+                              Tensor* act = nullptr) {
     if (lin.gain) {
       lin.sigma = be.SigmaReparamForward(lin.w->value.f32(), ReadScalar(lin.gain->value), lin.out, lin.in, training_,
                                          lin.u->f32(), lin.v->f32(), lin.w_eff.f32());
     }
     Alloc(device_, y, {N, lin.out});
-    be.LinearForward(x.f32(), lin.weight(), lin.b ? lin.b->value.f32() : nullptr, N, lin.in, lin.out, y.f32());
+    const float* bias = lin.b ? lin.b->value.f32() : nullptr;
+    if (act) {
+      Alloc(device_, *act, {N, lin.out});
+      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), act->f32());
+    } else {
+      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32());
+    }
     if (telemetry_on_) {
       telemetry_.Set(name + ".out_norm", be.MeanRowNorm(y.f32(), N, lin.out));
       telemetry_.Set(name + ".in_norm", be.MeanRowNorm(x.f32(), N, lin.in));
@@ -421,9 +429,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       run_norm(y.n2, y.h, N, C, y.a2);
       a2 = &y.a2.y;
     }
-    run_linear(y.fc1, *a2, y.fc1_out, name + "fc1");
-    Alloc(device_, y.act, {N, F});
-    be.ActivationForward(c.activation, y.fc1_out.f32(), N * F, y.act.f32());
+    run_linear(y.fc1, *a2, y.fc1_out, name + "fc1", &y.act);
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
     add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1]);
   }

@@ -92,6 +92,13 @@ class Backend {
   // y[N, Out] = x[N, In] · w[Out, In]ᵀ + b[Out]   (b nullable)
   virtual void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                              float* y) = 0;
+  // y_pre = x·wᵀ + b and y = act(y_pre): LinearForward then ActivationForward, which a
+  // backend may fuse (CUDA in bf16: one cuBLASLt product with a bias + GELU epilogue).
+  virtual void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
+                                       int64_t in, int64_t out, float* y_pre, float* y) {
+    LinearForward(x, w, b, n, in, out, y_pre);
+    ActivationForward(act, y_pre, n * out, y);
+  }
   // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable)
   virtual void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                               float* dx, float* dw, float* db) = 0;

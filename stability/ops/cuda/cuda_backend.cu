@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 
 #include <cmath>
+#include <initializer_list>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -233,26 +234,40 @@ int64_t Span(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stri
 const CublasApi* LoadCublas(std::string* error) {
   static std::string load_error;
   static const CublasApi* api = []() -> const CublasApi* {
-    void* lib = nullptr;
-    for (const char* name : {"libcublas.so.13", "libcublas.so"}) {
-      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
-    }
-    if (lib == nullptr) {
-      load_error = std::string("cannot open cuBLAS (libcublas.so.13): ") + dlerror();
+    const auto open = [](std::initializer_list<const char*> names) -> void* {
+      for (const char* name : names) {
+        if (void* lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) return lib;
+      }
+      load_error = std::string("cannot open ") + *names.begin() + ": " + dlerror();
       return nullptr;
-    }
+    };
+    void* blas = open({"libcublas.so.13", "libcublas.so"});
+    void* lt = blas ? open({"libcublasLt.so.13", "libcublasLt.so"}) : nullptr;
+    if (lt == nullptr) return nullptr;
     auto* a = new CublasApi;
     bool ok = true;
-    const auto bind = [&](auto& fn, const char* symbol) {
+    const auto bind = [&](void* lib, auto& fn, const char* symbol) {
       fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, symbol));
       if (fn == nullptr) ok = false, load_error = std::string("cuBLAS has no ") + symbol;
     };
-    bind(a->create, "cublasCreate_v2");
-    bind(a->destroy, "cublasDestroy_v2");
-    bind(a->set_math_mode, "cublasSetMathMode");
-    bind(a->sgemm, "cublasSgemm_v2");
-    bind(a->sgemm_strided_batched, "cublasSgemmStridedBatched");
-    bind(a->gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    bind(blas, a->create, "cublasCreate_v2");
+    bind(blas, a->destroy, "cublasDestroy_v2");
+    bind(blas, a->set_math_mode, "cublasSetMathMode");
+    bind(blas, a->sgemm, "cublasSgemm_v2");
+    bind(blas, a->sgemm_strided_batched, "cublasSgemmStridedBatched");
+    bind(blas, a->gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
+    bind(lt, a->lt_create, "cublasLtCreate");
+    bind(lt, a->lt_destroy, "cublasLtDestroy");
+    bind(lt, a->lt_matmul_desc_create, "cublasLtMatmulDescCreate");
+    bind(lt, a->lt_matmul_desc_destroy, "cublasLtMatmulDescDestroy");
+    bind(lt, a->lt_matmul_desc_set_attribute, "cublasLtMatmulDescSetAttribute");
+    bind(lt, a->lt_matrix_layout_create, "cublasLtMatrixLayoutCreate");
+    bind(lt, a->lt_matrix_layout_destroy, "cublasLtMatrixLayoutDestroy");
+    bind(lt, a->lt_preference_create, "cublasLtMatmulPreferenceCreate");
+    bind(lt, a->lt_preference_destroy, "cublasLtMatmulPreferenceDestroy");
+    bind(lt, a->lt_preference_set_attribute, "cublasLtMatmulPreferenceSetAttribute");
+    bind(lt, a->lt_algo_get_heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    bind(lt, a->lt_matmul, "cublasLtMatmul");
     if (!ok) {
       delete a;
       return nullptr;
@@ -268,9 +283,11 @@ CudaBackend::CudaBackend(int device_index, const CublasApi* blas) : device_index
   Check(blas_->create(&cublas_), "cublasCreate");
   // fp32 SGEMM without TF32 tensor cores: the fp32 mode is for parity with the CPU.
   Check(blas_->set_math_mode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+  lt_ = std::make_unique<LtLinear>(blas_);
 }
 
 CudaBackend::~CudaBackend() {
+  lt_.reset();
   for (void* p : scratch_) cudaFree(p);
   if (cublas_) blas_->destroy(cublas_);
 }
@@ -360,13 +377,32 @@ void CudaBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, co
   STABILITY_CUDA_LAUNCHED("EmbeddingBackwardKernel");
 }
 
+bool CudaBackend::LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
+                                  float* y, float* gelu_pre) {
+  if (precision_ != MatmulPrecision::kBf16) return false;
+  constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
+  auto* x16 = static_cast<__nv_bfloat16*>(Scratch(kBf16B, n * in * sizeof(__nv_bfloat16)));
+  auto* w16 = static_cast<__nv_bfloat16*>(Scratch(kBf16A, out * in * sizeof(__nv_bfloat16)));
+  ToBf16Kernel<<<Blocks(n * in, kThreads), kThreads>>>(x, n * in, x16);
+  ToBf16Kernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, w16);
+  STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
+  return lt_->Forward(x16, w16, b, n, in, out, y, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
+}
+
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                                 float* y) {
+  if (b && LtLinearForward(x, w, b, n, in, out, y, nullptr)) return;  // bf16: the bias in the epilogue
   Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
   if (b) {
     AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(y, b, n, out);
     STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
   }
+}
+
+void CudaBackend::LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
+                                          int64_t in, int64_t out, float* y_pre, float* y) {
+  if (act == Activation::kGelu && LtLinearForward(x, w, b, n, in, out, y, y_pre)) return;  // bf16: fused
+  Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y);
 }
 
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,

@@ -370,6 +370,34 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
+// bf16 linear forwards through cuBLASLt with the bias, or the bias and GELU, fused into the
+// epilogue, and the unfused path where the epilogue's aux output rules cuBLASLt out (Out not
+// a multiple of 8) or the activation has no epilogue (ReLU): the bf16 bar of the test above
+// (1e-2 of the largest value) against the CPU's LinearForward then ActivationForward.
+TEST_F(CudaBackendTest, Bf16LinearEpiloguesMatchTheUnfusedOps) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const int64_t n = 128, in = 256;
+  for (int64_t out : {192, 100}) {
+    SCOPED_TRACE("out " + std::to_string(out));
+    std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out);
+    std::vector<float> pre(n * out), act(n * out);
+    float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gpre = Up(pre), *gact = Up(act);
+    for (Activation a : {Activation::kGelu, Activation::kRelu}) {
+      for (bool bias : {true, false}) {
+        SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : ""));
+        cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data());
+        cpu_->ActivationForward(a, pre.data(), n * out, act.data());
+        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact);
+        ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "pre-activation");
+        ExpectClose(Down(gact, n * out), act, 1e-2, 0, "activation");
+        gpu_->LinearForward(gx, gw, bias ? gb : nullptr, n, in, out, gpre);
+        ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "linear alone");
+      }
+    }
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
 // cuBLAS is opened at run time; with a CUDA toolkit (this build has one when
 // STABILITY_HAS_CUDA is set) every entry point must resolve, GPU or not.
 TEST(CudaBackendSetupTest, CublasOpensAtRunTime) {

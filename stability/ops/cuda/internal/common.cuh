@@ -7,11 +7,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
 #include "stability/ops/backend.h"
 #include "stability/ops/cuda/cuda_backend.h"
+#include "stability/ops/cuda/internal/lt_linear.cuh"
 
 namespace stability::ops::cuda::internal {
 
@@ -95,6 +97,8 @@ class CudaBackend final : public Backend {
                          float* dwpe) override;
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                      float* y) override;
+  void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
+                               int64_t out, float* y_pre, float* y) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db) override;
   void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
@@ -160,6 +164,10 @@ class CudaBackend final : public Backend {
                                    const AttentionOptions& opt, float* dq, float* dk, float* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
+  // bf16 only: the linear forward through cuBLASLt with its epilogue fused (bias; GELU
+  // when gelu_pre is given); false, nothing written, where cuBLASLt has no kernel for it.
+  bool LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
+                       float* gelu_pre);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid, then a fixed-order pass).
@@ -171,9 +179,10 @@ class CudaBackend final : public Backend {
   int device_index_;
   const struct CublasApi* blas_;  // internal/cublas_api.cuh: opened at run time, not linked
   cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<LtLinear> lt_;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
   AttentionKernel attention_kernel_ = AttentionKernel::kGemm;
-  static constexpr int kSlots = 8;
+  static constexpr int kSlots = 9;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -188,6 +197,7 @@ enum ScratchSlot {
   kVector = 5,
   kBf16A = 6,  // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
+  kLtWorkspace = 8,  // cuBLASLt's
 };
 
 }  // namespace stability::ops::cuda::internal

@@ -1,9 +1,12 @@
-// cuBLAS, opened when a GPU backend starts instead of linked: linking libcublas costs every
-// process ~215 MB of resident memory at start-up (measured: a test binary linking it peaks
-// at 224 MB before main, 8 MB without), CPU runs and the Python module included.
+// cuBLAS and cuBLASLt, opened when a GPU backend starts instead of linked: linking libcublas
+// costs every process ~215 MB of resident memory at start-up (measured: a test binary
+// linking it peaks at 224 MB before main, 8 MB without), CPU runs and the Python module
+// included. cuBLAS does the fp32 and batched products, cuBLASLt the bf16 linear layers
+// with their bias (+ GELU) epilogues.
 #ifndef STABILITY_OPS_CUDA_INTERNAL_CUBLAS_API_CUH_
 #define STABILITY_OPS_CUDA_INTERNAL_CUBLAS_API_CUH_
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <string>
@@ -25,10 +28,30 @@ struct CublasApi {
                                             const void*, const void*, cudaDataType, int, long long, const void*,
                                             cudaDataType, int, long long, const void*, void*, cudaDataType, int,
                                             long long, int, cublasComputeType_t, cublasGemmAlgo_t);
+
+  cublasStatus_t (*lt_create)(cublasLtHandle_t*);
+  cublasStatus_t (*lt_destroy)(cublasLtHandle_t);
+  cublasStatus_t (*lt_matmul_desc_create)(cublasLtMatmulDesc_t*, cublasComputeType_t, cudaDataType_t);
+  cublasStatus_t (*lt_matmul_desc_destroy)(cublasLtMatmulDesc_t);
+  cublasStatus_t (*lt_matmul_desc_set_attribute)(cublasLtMatmulDesc_t, cublasLtMatmulDescAttributes_t, const void*,
+                                                 size_t);
+  cublasStatus_t (*lt_matrix_layout_create)(cublasLtMatrixLayout_t*, cudaDataType, uint64_t, uint64_t, int64_t);
+  cublasStatus_t (*lt_matrix_layout_destroy)(cublasLtMatrixLayout_t);
+  cublasStatus_t (*lt_preference_create)(cublasLtMatmulPreference_t*);
+  cublasStatus_t (*lt_preference_destroy)(cublasLtMatmulPreference_t);
+  cublasStatus_t (*lt_preference_set_attribute)(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
+                                                const void*, size_t);
+  cublasStatus_t (*lt_algo_get_heuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+                                          cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                          cublasLtMatmulPreference_t, int, cublasLtMatmulHeuristicResult_t*, int*);
+  cublasStatus_t (*lt_matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void*, const void*,
+                              cublasLtMatrixLayout_t, const void*, cublasLtMatrixLayout_t, const void*, const void*,
+                              cublasLtMatrixLayout_t, void*, cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t*,
+                              void*, size_t, cudaStream_t);
 };
 
-// Opens libcublas.so.13 (then libcublas.so) once; nullptr with the reason in *error when it
-// or one of the entry points is missing.
+// Opens libcublas.so.13 and libcublasLt.so.13 (then the unversioned names) once; nullptr
+// with the reason in *error when one of them or one of the entry points is missing.
 const CublasApi* LoadCublas(std::string* error);
 
 }  // namespace stability::ops::cuda::internal

@@ -1,0 +1,56 @@
+// The bf16 linear layer's forward through cuBLASLt, with the bias, or the bias and the
+// GELU, fused into the product's epilogue (no extra pass over the output):
+//
+//   y = x·wᵀ + b                      CUBLASLT_EPILOGUE_BIAS
+//   pre = x·wᵀ + b,  y = GELU(pre)    CUBLASLT_EPILOGUE_GELU_AUX_BIAS (pre is the "aux"
+//                                     output the backward needs; GELU_AUX without a bias)
+//
+// x and w come as bf16 copies; accumulation, bias, GELU and outputs are fp32. Row-major
+// y[N, Out] is column-major yᵀ[Out, N] = op_T(w)·x, so the bias runs along D's rows, as
+// cuBLASLt broadcasts it. A plan (descriptors and the heuristic's algorithm) is made once
+// per shape and epilogue and kept; shapes cuBLASLt has no kernel for are remembered too,
+// and Forward returns false for them (the caller then runs the unfused ops).
+#ifndef STABILITY_OPS_CUDA_INTERNAL_LT_LINEAR_CUH_
+#define STABILITY_OPS_CUDA_INTERNAL_LT_LINEAR_CUH_
+
+#include <cuda_bf16.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "stability/ops/cuda/internal/cublas_api.cuh"
+
+namespace stability::ops::cuda::internal {
+
+class LtLinear {
+ public:
+  explicit LtLinear(const CublasApi* api);
+  ~LtLinear();
+  LtLinear(const LtLinear&) = delete;
+  LtLinear& operator=(const LtLinear&) = delete;
+
+  // b nullable; gelu_pre nullptr: y = x·wᵀ + b; else gelu_pre = x·wᵀ + b and y = GELU of it.
+  bool Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in, int64_t out,
+               float* y, float* gelu_pre, void* workspace, size_t workspace_bytes);
+
+ private:
+  struct Plan {
+    bool ok = false;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  Plan MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const float* bias, float* aux,
+                size_t workspace_bytes);
+  void Destroy(Plan& p);
+
+  const CublasApi* api_;
+  cublasLtHandle_t handle_ = nullptr;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int>, Plan> plans_;
+};
+
+}  // namespace stability::ops::cuda::internal
+
+#endif  // STABILITY_OPS_CUDA_INTERNAL_LT_LINEAR_CUH_

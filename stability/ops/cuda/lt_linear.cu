@@ -1,0 +1,92 @@
+// cuBLASLt plans for the bf16 linear forward with fused epilogues (internal/lt_linear.cuh).
+#include "stability/ops/cuda/internal/lt_linear.cuh"
+
+#include "stability/ops/cuda/internal/common.cuh"
+
+namespace stability::ops::cuda::internal {
+
+LtLinear::LtLinear(const CublasApi* api) : api_(api) { Check(api_->lt_create(&handle_), "cublasLtCreate"); }
+
+LtLinear::~LtLinear() {
+  for (auto& [key, plan] : plans_) Destroy(plan);
+  if (handle_) api_->lt_destroy(handle_);
+}
+
+void LtLinear::Destroy(Plan& p) {
+  if (p.desc) api_->lt_matmul_desc_destroy(p.desc);
+  for (cublasLtMatrixLayout_t l : {p.a, p.b, p.d}) {
+    if (l) api_->lt_matrix_layout_destroy(l);
+  }
+  p = Plan{};
+}
+
+LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue,
+                                  const float* bias, float* aux, size_t workspace_bytes) {
+  Plan p;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const int64_t aux_ld = out;
+  bool ok = api_->lt_matmul_desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
+  const auto set = [&](cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
+    ok = ok && api_->lt_matmul_desc_set_attribute(p.desc, attr, value, size) == CUBLAS_STATUS_SUCCESS;
+  };
+  set(CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
+  set(CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
+  set(CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue));
+  // The heuristic reads the pointers' alignment, so the real ones are set before it.
+  if (bias) set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+  if (aux) {
+    set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux));
+    set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld));
+  }
+  // Column-major: A = w as [In × Out] (transposed by the op), B = x as [In × N], D = y as [Out × N].
+  ok = ok && api_->lt_matrix_layout_create(&p.a, CUDA_R_16BF, in, out, in) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.b, CUDA_R_16BF, in, n, in) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.d, CUDA_R_32F, out, n, out) == CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ok = ok && api_->lt_preference_create(&pref) == CUBLAS_STATUS_SUCCESS;
+  const uint64_t ws = workspace_bytes;
+  ok = ok && api_->lt_preference_set_attribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)) ==
+                 CUBLAS_STATUS_SUCCESS;
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  ok = ok && api_->lt_algo_get_heuristic(handle_, p.desc, p.a, p.b, p.d, p.d, pref, 1, &result, &found) ==
+                 CUBLAS_STATUS_SUCCESS && found > 0;
+  if (pref) api_->lt_preference_destroy(pref);
+  if (!ok) {
+    Destroy(p);
+    return p;  // remembered as unsupported
+  }
+  p.algo = result.algo;
+  p.ok = true;
+  return p;
+}
+
+bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in,
+                       int64_t out, float* y, float* gelu_pre, void* workspace, size_t workspace_bytes) {
+  if (gelu_pre && out % 8 != 0) return false;  // the aux output's leading dimension
+  const cublasLtEpilogue_t epilogue = gelu_pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                               : (b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+  const auto key = std::make_tuple(n, in, out, static_cast<int>(epilogue));
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    it = plans_.emplace(key, MakePlan(n, in, out, epilogue, b, gelu_pre, workspace_bytes)).first;
+  }
+  Plan& p = it->second;
+  if (!p.ok) return false;
+  if (b) Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof(b)),
+               "cublasLtMatmulDescSetAttribute (bias)");
+  if (gelu_pre) {
+    Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre,
+                                             sizeof(gelu_pre)),
+          "cublasLtMatmulDescSetAttribute (aux)");
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo, workspace,
+                      workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
+    Destroy(p);  // not again for this shape: the unfused ops take over
+    return false;
+  }
+  return true;
+}
+
+}  // namespace stability::ops::cuda::internal
