@@ -24,13 +24,14 @@ PEAKS_TFLOPS = {  # name fragment: (fp32, bf16 dense)
 }
 METHODS = ["baseline", "qk_norm", "qkv_norm", "qk_fc_norm", "soft_cap", "qk_norm_cap", "soft_temp", "soft_clip",
            "sigma_reparam", "layer_scale"]
-# preset, precision, methods, batch, seq, steps
+# preset, precision, attention kernel (auto: fused in bf16, gemm in fp32), methods, batch, seq, steps
 PLAN = [
-    ("tiny", "fp32", METHODS, 16, 256, 30),
-    ("gpt2_124m", "fp32", ["baseline"], 8, 1024, 12),
-    ("gpt2_124m", "bf16", METHODS, 8, 1024, 12),
-    ("paper_830m", "fp32", ["baseline"], 4, 1024, 6),
-    ("paper_830m", "bf16", ["baseline", "qk_norm", "soft_cap", "qk_norm_cap"], 4, 1024, 6),
+    ("tiny", "fp32", "auto", METHODS, 16, 256, 30),
+    ("gpt2_124m", "fp32", "auto", ["baseline"], 8, 1024, 12),
+    ("gpt2_124m", "bf16", "gemm", ["baseline"], 8, 1024, 12),
+    ("gpt2_124m", "bf16", "auto", METHODS, 8, 1024, 12),
+    ("paper_830m", "fp32", "auto", ["baseline"], 4, 1024, 6),
+    ("paper_830m", "bf16", "auto", ["baseline", "qk_norm", "soft_cap", "qk_norm_cap"], 4, 1024, 6),
 ]
 
 
@@ -53,9 +54,10 @@ def write_shards(folder, vocab, tokens):
             f.write(toks.tobytes())
 
 
-def run(binary, work, data, preset, precision, method, batch, seq, steps):
-    out = os.path.join(work, f"{preset}-{precision}-{method}")
-    args = [binary, "train", "--device=cuda", f"--precision={precision}", f"--preset={preset}", f"--variant={method}", f"--data={data}",
+def run(binary, work, data, preset, precision, attention, method, batch, seq, steps):
+    out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}")
+    args = [binary, "train", "--device=cuda", f"--precision={precision}", f"--attention={attention}",
+            f"--preset={preset}", f"--variant={method}", f"--data={data}",
             f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
             "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
             "--lr=3e-4"]
@@ -82,23 +84,24 @@ def main():
     write_shards(data, 50257, 4 * 1024 * 64 + 1)
     print(f"{name}: peaks used for MFU {fp32} TFLOP/s fp32, {bf16} TFLOP/s bf16 dense; synthetic tokens. "
           "MFU is against the peak of the mode's own arithmetic (fp32: CUDA cores; bf16: tensor cores).\n")
-    print("| preset | precision | method | batch × seq | tokens/s | MFU | vs baseline | last loss | wall |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    print("| preset | precision | attention | method | batch × seq | tokens/s | MFU | vs baseline | last loss | wall |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     sys.stdout.flush()
-    for preset, precision, methods, batch, seq, steps in PLAN:
+    for preset, precision, attention, methods, batch, seq, steps in PLAN:
         base = None
         peak = fp32 if precision == "fp32" else bf16
+        kernel = attention if attention != "auto" else ("fused" if precision == "bf16" else "gemm")
         for method in methods:
-            res, err = run(a.bin, a.work, data, preset, precision, method, batch, seq, steps)
+            res, err = run(a.bin, a.work, data, preset, precision, attention, method, batch, seq, steps)
             if err:
-                print(f"| {preset} | {precision} | {method} | {batch} × {seq} | failed: {err} | | | | |")
+                print(f"| {preset} | {precision} | {kernel} | {method} | {batch} × {seq} | failed: {err} | | | | |")
                 continue
             tps, flops, loss, wall = res
             base = tps if method == "baseline" else base
             rel = f"{tps / base:.3f}" if base else ""
             mfu = f"{tps * flops / (peak * 1e12):.1%}" if peak else "?"
-            print(f"| {preset} | {precision} | {method} | {batch} × {seq} | {tps:,.0f} | {mfu} | {rel} | {loss:.3f} | "
-                  f"{wall:.0f} s |")
+            print(f"| {preset} | {precision} | {kernel} | {method} | {batch} × {seq} | {tps:,.0f} | {mfu} | {rel} | "
+                  f"{loss:.3f} | {wall:.0f} s |")
             sys.stdout.flush()
 
 

@@ -374,7 +374,7 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
 // epilogue, and the unfused path where the epilogue's aux output rules cuBLASLt out (Out not
 // a multiple of 8) or the activation has no epilogue (ReLU): the bf16 bar of the test above
 // (1e-2 of the largest value) against the CPU's LinearForward then ActivationForward.
-TEST_F(CudaBackendTest, Bf16LinearEpiloguesMatchTheUnfusedOps) {
+TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
   const int64_t n = 128, in = 256;
   for (int64_t out : {192, 100}) {

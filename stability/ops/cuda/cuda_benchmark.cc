@@ -73,34 +73,44 @@ void Report(benchmark::State& state, double flops, double bytes) {
     return;                                              \
   }
 
-// args: shape, which (0 QKV, 1 FC1, 2 FC2, 3 LM head), backward
+// args: shape, which (0 QKV, 1 FC1, 2 FC2, 3 LM head), backward, bf16 (0: fp32 SGEMM,
+// 1: bf16 tensor cores; the forward through cuBLASLt with the bias, and for FC1 the GELU,
+// in the epilogue)
 void BM_Linear(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   const Shape s = kShapes[state.range(0)];
   const int64_t c = s.h * s.hd, n = s.b * s.t;
   const int64_t sizes[4][2] = {{c, 3 * c}, {c, 4 * c}, {4 * c, c}, {c, s.v}};
-  const int64_t in = sizes[state.range(1)][0], out = sizes[state.range(1)][1];
+  const int64_t layer = state.range(1), in = sizes[layer][0], out = sizes[layer][1];
   const bool backward = state.range(2) == 1;
-  Tensor x = Random(n * in), w = Random(out * in, 2), y = Random(n * out, 3), dx = Random(n * in), dw = Random(out * in);
   Backend* be = Gpu();
+  be->SetMatmulPrecision(state.range(3) == 1 ? MatmulPrecision::kBf16 : MatmulPrecision::kFp32);
+  Tensor x = Random(n * in), w = Random(out * in, 2), b = Random(out, 4), y = Random(n * out, 3),
+         act = Random(n * out, 5), dx = Random(n * in), dw = Random(out * in);
+  const float* bias = layer == 3 ? nullptr : b.f32();  // the LM head has none
   Timed(state, [&] {
     if (backward) {
       be->LinearBackward(x.f32(), w.f32(), y.f32(), n, in, out, dx.f32(), dw.f32(), nullptr);
+    } else if (layer == 1) {
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32());
     } else {
-      be->LinearForward(x.f32(), w.f32(), nullptr, n, in, out, y.f32());
+      be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32());
     }
   });
+  be->SetMatmulPrecision(MatmulPrecision::kFp32);
   Report(state, (backward ? 4.0 : 2.0) * n * in * out, 4.0 * (n * in + out * in + n * out));
 }
 BENCHMARK(BM_Linear)
-    ->ArgNames({"shape", "layer", "backward"})
-    ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}})
+    ->ArgNames({"shape", "layer", "backward", "bf16"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
-// args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused)
+// args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused),
+// bf16 (1: bf16 products; the fused kernel on the tensor cores)
 void BM_Attention(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   Gpu()->SetAttentionKernel(state.range(3) == 1 ? AttentionKernel::kFused : AttentionKernel::kGemm);
+  Gpu()->SetMatmulPrecision(state.range(4) == 1 ? MatmulPrecision::kBf16 : MatmulPrecision::kFp32);
   const Shape s = kShapes[state.range(0)];
   const bool backward = state.range(1) == 1;
   const int64_t n = s.b * s.t * s.h * s.hd;
@@ -121,13 +131,14 @@ void BM_Attention(benchmark::State& state) {
     }
   });
   Gpu()->SetAttentionKernel(AttentionKernel::kGemm);
+  Gpu()->SetMatmulPrecision(MatmulPrecision::kFp32);
   // Causal useful FLOPs: forward 2 GEMMs of T²·hd/2 per head, backward 4.
   Report(state, (backward ? 4.0 : 2.0) * 2.0 * s.b * s.h * s.t * s.t / 2 * s.hd,
          4.0 * (4.0 * n + 2.0 * s.b * s.h * s.t * s.t));
 }
 BENCHMARK(BM_Attention)
-    ->ArgNames({"shape", "backward", "cap", "fused"})
-    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}, {0, 1}})
+    ->ArgNames({"shape", "backward", "cap", "fused", "bf16"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
 void BM_CrossEntropy(benchmark::State& state) {
