@@ -8,14 +8,14 @@
 
 namespace stability::model {
 
-void Telemetry::Set(const std::string& name, double value) {
-  for (auto& [n, v] : values_) {
-    if (n == name) {
-      v = value;
-      return;
-    }
+void Telemetry::Set(const std::string& name, double value) { values_[Slot(name)].second = value; }
+
+size_t Telemetry::Slot(const std::string& name) {
+  for (size_t i = 0; i < values_.size(); ++i) {
+    if (values_[i].first == name) return i;
   }
-  values_.emplace_back(name, value);
+  values_.emplace_back(name, std::numeric_limits<double>::quiet_NaN());
+  return values_.size() - 1;
 }
 
 double Telemetry::Get(const std::string& name) const {
@@ -313,6 +313,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
   }
   telemetry_.Clear();
+  // Norms reduced on the backend and read back together at the end (one synchronisation
+  // on a GPU): their telemetry slots, and whether the value read is a square.
+  std::vector<std::pair<size_t, bool>> queued;
+  be.ReadQueued();  // nothing should be left over; if a failed call left some, drop them
   const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
     AllocNorm(device_, a, rows, d);
     be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
@@ -334,9 +338,12 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32());
     }
     if (telemetry_on_) {
-      telemetry_.Set(name + ".out_norm", be.MeanRowNorm(y.f32(), N, lin.out));
-      telemetry_.Set(name + ".in_norm", be.MeanRowNorm(x.f32(), N, lin.in));
-      telemetry_.Set(name + ".weight_norm", std::sqrt(be.SumSquares(lin.weight(), lin.out * lin.in)));
+      be.QueueMeanRowNorm(y.f32(), N, lin.out);
+      queued.emplace_back(telemetry_.Slot(name + ".out_norm"), false);
+      be.QueueMeanRowNorm(x.f32(), N, lin.in);
+      queued.emplace_back(telemetry_.Slot(name + ".in_norm"), false);
+      be.QueueSumSquares(lin.weight(), lin.out * lin.in);
+      queued.emplace_back(telemetry_.Slot(name + ".weight_norm"), true);
       if (lin.gain) telemetry_.Set(name + ".sigma", lin.sigma);
     }
   };
@@ -445,6 +452,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   telemetry_.Set("ce_loss", ce.ce_loss);
   telemetry_.Set("logits.max", ce.max_logit);
   telemetry_.Set("logits.mean_log_z", ce.mean_lse);
+  const std::vector<double> values = be.ReadQueued();
+  for (size_t i = 0; i < queued.size(); ++i) {
+    telemetry_.SetAt(queued[i].first, queued[i].second ? std::sqrt(values[i]) : values[i]);
+  }
   m.have_forward = true;
   return ce.loss;
 }
@@ -559,11 +570,13 @@ absl::Status Model::Backward(float dloss) {
 }
 
 double Model::ComputeGradNorms() {
+  backend_->ReadQueued();  // drop leftovers of a failed call, if any
+  for (const Parameter& p : params_) backend_->QueueSumSquares(p.grad.f32(), p.grad.numel());
+  const std::vector<double> squares = backend_->ReadQueued();  // one synchronisation on a GPU
   double total = 0;
-  for (const Parameter& p : params_) {
-    const double ss = backend_->SumSquares(p.grad.f32(), p.grad.numel());
-    telemetry_.Set("grad_norm." + p.name, std::sqrt(ss));
-    total += ss;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    telemetry_.Set("grad_norm." + params_[i].name, std::sqrt(squares[i]));
+    total += squares[i];
   }
   telemetry_.Set("grad_norm", std::sqrt(total));
   return std::sqrt(total);

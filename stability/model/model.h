@@ -38,6 +38,10 @@ using ::stability::Parameter;
 class Telemetry {
  public:
   void Set(const std::string& name, double value);
+  // The slot of `name` (appended, NaN, when new), to fill later with SetAt: values computed
+  // on the device and read back together keep their place in the order.
+  size_t Slot(const std::string& name);
+  void SetAt(size_t slot, double value) { values_[slot].second = value; }
   const std::vector<std::pair<std::string, double>>& values() const { return values_; }
   double Get(const std::string& name) const;  // NaN when absent
   void Clear() { values_.clear(); }

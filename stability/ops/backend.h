@@ -12,6 +12,8 @@
 #define STABILITY_OPS_BACKEND_H_
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "stability/base/tensor.h"
 
@@ -176,6 +178,20 @@ class Backend {
   // mean over rows of the L2 norm of each row: (1/N) Σ_n ‖x[n, :]‖
   virtual double MeanRowNorm(const float* x, int64_t rows, int64_t d) = 0;
   virtual void Scale(float* x, int64_t n, float s) = 0;
+
+  // The same reductions queued for one read: each Queue* computes what SumSquares /
+  // MeanRowNorm would return (the same bits) into the next slot of a batch, and ReadQueued
+  // returns the batch's values in queue order and empties it. A GPU keeps the values on the
+  // device until then, so a step's telemetry and gradient norms cost one synchronisation,
+  // not one per value. The CPU computes each at once.
+  virtual void QueueSumSquares(const float* x, int64_t n) { queued_.push_back(SumSquares(x, n)); }
+  virtual void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
+    queued_.push_back(MeanRowNorm(x, rows, d));
+  }
+  virtual std::vector<double> ReadQueued() { return std::exchange(queued_, {}); }
+
+ private:
+  std::vector<double> queued_;
 };
 
 // The backend for a device: CPU is always registered; CUDA when its backend is linked in

@@ -288,6 +288,7 @@ CudaBackend::CudaBackend(int device_index, const CublasApi* blas) : device_index
 
 CudaBackend::~CudaBackend() {
   lt_.reset();
+  cudaFree(queue_dev_);
   for (void* p : scratch_) cudaFree(p);
   if (cublas_) blas_->destroy(cublas_);
 }
@@ -345,16 +346,68 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
         "cublasSgemmStridedBatched");
 }
 
-double CudaBackend::Dot(const float* a, const float* b, int64_t n) {
-  if (n == 0) return 0;
-  double* partials = static_cast<double*>(Scratch(kReducePartials, kReduceBlocks * sizeof(double)));
+void CudaBackend::DotInto(const float* a, const float* b, int64_t n, double* out) {
+  double* partials = static_cast<double*>(Scratch(kReducePartials, (kReduceBlocks + 1) * sizeof(double)));
   DotPartialsKernel<<<kReduceBlocks, kReduceThreads>>>(a, b, n, partials);
   STABILITY_CUDA_LAUNCHED("DotPartialsKernel");
-  double host[kReduceBlocks];
-  Check(cudaMemcpy(host, partials, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy (reduction)");
+  SumDoublesKernel<<<1, 1024>>>(partials, kReduceBlocks, out);
+  STABILITY_CUDA_LAUNCHED("SumDoublesKernel");
+}
+
+double CudaBackend::Dot(const float* a, const float* b, int64_t n) {
+  double* result = static_cast<double*>(Scratch(kReducePartials, (kReduceBlocks + 1) * sizeof(double))) +
+                   kReduceBlocks;  // after the partial sums
+  DotInto(a, b, n, result);
   double s = 0;
-  for (double p : host) s += p;
+  Check(cudaMemcpy(&s, result, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (reduction)");
   return s;
+}
+
+void CudaBackend::RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out) {
+  double* norms = static_cast<double*>(Scratch(kRowStats, std::max<int64_t>(rows, 1) * sizeof(double)));
+  RowNormsKernel<<<Blocks(rows * 32, kThreads), kThreads>>>(x, rows, d, norms);
+  STABILITY_CUDA_LAUNCHED("RowNormsKernel");
+  SumDoublesKernel<<<1, 1024>>>(norms, rows, out);  // on the device: one value comes back
+  STABILITY_CUDA_LAUNCHED("SumDoublesKernel");
+}
+
+double* CudaBackend::NextQueueSlot(double divisor) {
+  if (queue_dev_ == nullptr) Check(cudaMalloc(&queue_dev_, kQueueCapacity * sizeof(double)), "cudaMalloc (queue)");
+  const size_t pending = queue_divisors_.size() - queue_read_.size();
+  if (pending == kQueueCapacity) {  // full: bring these back and start the device slots again
+    queue_read_.resize(queue_read_.size() + pending);
+    Check(cudaMemcpy(queue_read_.data() + queue_read_.size() - pending, queue_dev_, pending * sizeof(double),
+                     cudaMemcpyDeviceToHost),
+          "cudaMemcpy (queued reductions)");
+  }
+  double* slot = queue_dev_ + (queue_divisors_.size() - queue_read_.size());
+  queue_divisors_.push_back(divisor);
+  return slot;
+}
+
+void CudaBackend::QueueSumSquares(const float* x, int64_t n) { DotInto(x, x, n, NextQueueSlot(1.0)); }
+
+void CudaBackend::QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
+  if (rows == 0) {
+    Check(cudaMemset(NextQueueSlot(1.0), 0, sizeof(double)), "cudaMemset (queue)");
+    return;
+  }
+  RowNormSumInto(x, rows, d, NextQueueSlot(static_cast<double>(rows)));
+}
+
+std::vector<double> CudaBackend::ReadQueued() {
+  std::vector<double> values = std::move(queue_read_);
+  const size_t done = values.size();
+  values.resize(queue_divisors_.size());
+  if (values.size() > done) {
+    Check(cudaMemcpy(values.data() + done, queue_dev_, (values.size() - done) * sizeof(double),
+                     cudaMemcpyDeviceToHost),
+          "cudaMemcpy (queued reductions)");
+  }
+  for (size_t i = 0; i < values.size(); ++i) values[i] /= queue_divisors_[i];
+  queue_divisors_.clear();
+  queue_read_.clear();
+  return values;
 }
 
 void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out) {
@@ -508,12 +561,8 @@ double CudaBackend::SumSquares(const float* x, int64_t n) { return Dot(x, x, n);
 
 double CudaBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
   if (rows == 0) return 0;
-  double* norms = static_cast<double*>(Scratch(kRowStats, rows * sizeof(double)));
-  double* total = static_cast<double*>(Scratch(kReducePartials, kReduceBlocks * sizeof(double)));
-  RowNormsKernel<<<Blocks(rows * 32, kThreads), kThreads>>>(x, rows, d, norms);
-  STABILITY_CUDA_LAUNCHED("RowNormsKernel");
-  SumDoublesKernel<<<1, 1024>>>(norms, rows, total);  // on the device: one value comes back
-  STABILITY_CUDA_LAUNCHED("SumDoublesKernel");
+  double* total = static_cast<double*>(Scratch(kReducePartials, (kReduceBlocks + 1) * sizeof(double)));
+  RowNormSumInto(x, rows, d, total);
   double s = 0;
   Check(cudaMemcpy(&s, total, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
   return s / rows;

@@ -370,6 +370,31 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
+// Queued reductions (read back together) give the same bits as the immediate ones, in
+// queue order, also past the device batch's capacity (1,024 values), and the CPU's values
+// within the reduction-order tolerance.
+TEST_F(CudaBackendTest, QueuedReductionsEqualTheImmediateOnes) {
+  const int64_t rows = 37, d = 53;
+  std::vector<float> x = Random(rows * d);
+  float* gx = Up(x);
+  std::vector<double> want;
+  for (int i = 0; i < 1500; ++i) {
+    const int64_t r = 1 + i % rows;  // different sizes, so a mix-up shows
+    if (i % 2 == 0) {
+      gpu_->QueueSumSquares(gx, r * d);
+      want.push_back(gpu_->SumSquares(gx, r * d));
+    } else {
+      gpu_->QueueMeanRowNorm(gx, r, d);
+      want.push_back(gpu_->MeanRowNorm(gx, r, d));
+    }
+  }
+  const std::vector<double> got = gpu_->ReadQueued();
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(gpu_->ReadQueued().empty());
+  EXPECT_NEAR(want[0], cpu_->SumSquares(x.data(), d), 1e-12 * want[0]);
+  EXPECT_NEAR(want[1], cpu_->MeanRowNorm(x.data(), 2, d), 1e-12 * want[1]);
+}
+
 // bf16 linear forwards through cuBLASLt with the bias, or the bias and GELU, fused into the
 // epilogue, and the unfused path where the epilogue's aux output rules cuBLASLt out (Out not
 // a multiple of 8) or the activation has no epilogue (ReLU): the bf16 bar of the test above

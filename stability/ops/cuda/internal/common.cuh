@@ -10,6 +10,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "stability/ops/backend.h"
 #include "stability/ops/cuda/cuda_backend.h"
@@ -135,6 +136,9 @@ class CudaBackend final : public Backend {
   double SumSquares(const float* x, int64_t n) override;
   double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
   void Scale(float* x, int64_t n, float s) override;
+  void QueueSumSquares(const float* x, int64_t n) override;
+  void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) override;
+  std::vector<double> ReadQueued() override;
 
   // Row-major C[M,N] = alpha·op(A)·op(B) + beta·C (the CPU Sgemm's contract), `batch`
   // times with element strides between the matrices.
@@ -170,8 +174,12 @@ class CudaBackend final : public Backend {
                        float* gelu_pre);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
-  // Σ a·b over n elements in double, deterministic (a fixed grid, then a fixed-order pass).
+  // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
+  // block's fixed tree), into *out on the device or returned.
+  void DotInto(const float* a, const float* b, int64_t n, double* out);
   double Dot(const float* a, const float* b, int64_t n);
+  // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator).
+  void RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out);
   // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
   void AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out);
 
@@ -182,6 +190,13 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LtLinear> lt_;
   MatmulPrecision precision_ = MatmulPrecision::kFp32;
   AttentionKernel attention_kernel_ = AttentionKernel::kGemm;
+  // ReadQueued's batch: values on the device, each divided on the host by its divisor
+  // (rows for a mean row norm, 1 for a sum of squares), as MeanRowNorm divides.
+  static constexpr int kQueueCapacity = 1024;
+  double* queue_dev_ = nullptr;                // kQueueCapacity slots
+  std::vector<double> queue_divisors_;         // one per queued value
+  std::vector<double> queue_read_;             // values already copied back (a full batch)
+  double* NextQueueSlot(double divisor);
   static constexpr int kSlots = 9;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
