@@ -39,7 +39,7 @@ struct Linear {
   Tensor* u = nullptr;
   Tensor* v = nullptr;
   Tensor w_eff, dw_eff;
-  float sigma = 1.0f;
+  Tensor sigma;  // [1], on the model's device
   int64_t in = 0, out = 0;
   // The weight the layer computes with: W, or (g/σ)·W under σ-reparam.
   const float* weight() const { return gain ? w_eff.f32() : w->value.f32(); }
@@ -209,6 +209,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     if (lin.gain) {
       lin.w_eff = Tensor::Zeros({out, in}, DType::kF32, device);
       lin.dw_eff = Tensor::Zeros({out, in}, DType::kF32, device);
+      lin.sigma = Tensor::Zeros({1}, DType::kF32, device);
     }
     return lin;
   };
@@ -235,9 +236,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     y.ls2 = param(h + "fc2_scale");
     // One power-iteration step now, so σ is defined even before the first training step.
     for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
-      if (lin->gain) {
-        lin->sigma = m->backend_->SigmaReparamForward(lin->w->value.f32(), 1.0f, lin->out, lin->in, true,
-                                                      lin->u->f32(), lin->v->f32(), lin->w_eff.f32());
+      if (lin->gain) {  // the gain starts at 1
+        m->backend_->SigmaReparamForward(lin->w->value.f32(), lin->gain->value.f32(), lin->out, lin->in, true,
+                                         lin->u->f32(), lin->v->f32(), lin->sigma.f32(), lin->w_eff.f32());
       }
     }
   }
@@ -259,17 +260,6 @@ void AllocNorm(Device device, NormActs& a, int64_t rows, int64_t d) {
   Alloc(device, a.y, {rows * d});
   Alloc(device, a.mean, {rows});
   Alloc(device, a.rstd, {rows});
-}
-
-// One float of a (possibly device) tensor, read and updated through the host.
-float ReadScalar(const Tensor& t) {
-  float v = 0;
-  t.CopyToHost(&v);
-  return v;
-}
-void AddToScalar(Tensor& t, float x) {
-  const float v = ReadScalar(t) + x;
-  t.CopyFromHost(&v);
 }
 
 }  // namespace
@@ -326,8 +316,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name,
                               Tensor* act = nullptr) {
     if (lin.gain) {
-      lin.sigma = be.SigmaReparamForward(lin.w->value.f32(), ReadScalar(lin.gain->value), lin.out, lin.in, training_,
-                                         lin.u->f32(), lin.v->f32(), lin.w_eff.f32());
+      be.SigmaReparamForward(lin.w->value.f32(), lin.gain->value.f32(), lin.out, lin.in, training_, lin.u->f32(),
+                             lin.v->f32(), lin.sigma.f32(), lin.w_eff.f32());
     }
     Alloc(device_, y, {N, lin.out});
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
@@ -344,7 +334,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       queued.emplace_back(telemetry_.Slot(name + ".in_norm"), false);
       be.QueueSumSquares(lin.weight(), lin.out * lin.in);
       queued.emplace_back(telemetry_.Slot(name + ".weight_norm"), true);
-      if (lin.gain) telemetry_.Set(name + ".sigma", lin.sigma);
+      if (lin.gain) {
+        be.QueueValue(lin.sigma.f32());
+        queued.emplace_back(telemetry_.Slot(name + ".sigma"), false);
+      }
     }
   };
 
@@ -486,9 +479,8 @@ absl::Status Model::Backward(float dloss) {
     be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
                       lin.b ? lin.b->grad.f32() : nullptr);
     if (lin.gain) {
-      AddToScalar(lin.gain->grad,
-                  be.SigmaReparamBackward(lin.w->value.f32(), ReadScalar(lin.gain->value), lin.sigma, lin.u->f32(),
-                                          lin.v->f32(), lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32()));
+      be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32(), lin.sigma.f32(), lin.u->f32(), lin.v->f32(),
+                              lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32(), lin.gain->grad.f32());
     }
   };
 

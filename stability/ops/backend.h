@@ -151,13 +151,15 @@ class Backend {
 
   // σ-reparam of w [out, in] with persistent unit vectors u [out], v [in]:
   //   v ← normalize(wᵀu), u ← normalize(w v)   (power iteration, if update)
-  //   σ = uᵀ w v,  w_eff = (g / σ)·w          returns σ
-  virtual float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
-                                    float* v, float* w_eff) = 0;
+  //   σ = uᵀ w v,  w_eff = (g / σ)·w          σ written to *sigma
+  // The gain g [1] and σ [1] are on the backend's device like the rest, so a GPU never waits.
+  virtual void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
+                                   float* v, float* sigma, float* w_eff) = 0;
   // u, v held constant (stop-gradient, as Zhai et al.): with G = dw_eff,
-  //   dw += (g/σ)·G − (g/σ²)·⟨G, w⟩·u vᵀ,   returns dg = ⟨G, w⟩ / σ
-  virtual float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
-                                     const float* dw_eff, int64_t out, int64_t in, float* dw) = 0;
+  //   dw += (g/σ)·G − (g/σ²)·⟨G, w⟩·u vᵀ,   dg += ⟨G, w⟩ / σ
+  virtual void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u,
+                                    const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
+                                    float* dg) = 0;
 
   // Forward: per-row lse [N] saved; stats filled. Backward: dlogits [N, V] overwritten with
   // d(loss)/d(logits)·dloss.
@@ -189,6 +191,8 @@ class Backend {
     queued_.push_back(MeanRowNorm(x, rows, d));
   }
   virtual std::vector<double> ReadQueued() { return std::exchange(queued_, {}); }
+  // *x (one float on the device) into the batch.
+  virtual void QueueValue(const float* x) { queued_.push_back(*x); }
 
  private:
   std::vector<double> queued_;

@@ -215,8 +215,8 @@ void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const floa
   }
 }
 
-float CpuBackend::SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
-                                      float* v, float* w_eff) {
+void CpuBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
+                                     float* v, float* sigma_out, float* w_eff) {
   // Matrix-vector products as GEMMs with one column (oneDNN, all threads).
   const auto normalize = [this](float* x, int64_t n) {
     const double norm = std::sqrt(SumSquares(x, n));
@@ -234,14 +234,16 @@ float CpuBackend::SigmaReparamForward(const float* w, float g, int64_t out, int6
   }
   double sigma = 0;  // uᵀ w v
   for (int64_t i = 0; i < out; ++i) sigma += static_cast<double>(u[i]) * wv[i];
-  const float scale = static_cast<float>(g / sigma);
+  const float scale = static_cast<float>(*g / sigma);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < out * in; ++i) w_eff[i] = scale * w[i];
-  return static_cast<float>(sigma);
+  *sigma_out = static_cast<float>(sigma);
 }
 
-float CpuBackend::SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
-                                       const float* dw_eff, int64_t out, int64_t in, float* dw) {
+void CpuBackend::SigmaReparamBackward(const float* w, const float* g_in, const float* sigma_in, const float* u,
+                                      const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
+                                      float* dg) {
+  const float g = *g_in, sigma = *sigma_in;
   const double gw =
       ChunkedSum(out * in, [&](int64_t lo, int64_t hi) { return internal::DotF64(dw_eff + lo, w + lo, hi - lo); });
   const float a = g / sigma;
@@ -249,7 +251,7 @@ float CpuBackend::SigmaReparamBackward(const float* w, float g, float sigma, con
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < out; ++i)
     for (int64_t j = 0; j < in; ++j) dw[i * in + j] += a * dw_eff[i * in + j] - b * u[i] * v[j];
-  return static_cast<float>(gw / sigma);
+  *dg += static_cast<float>(gw / sigma);
 }
 
 void CpuBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2,

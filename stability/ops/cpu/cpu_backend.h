@@ -42,10 +42,10 @@ class CpuBackend final : public Backend {
   void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
   void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
                             float* ds) override;
-  float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u, float* v,
-                            float* w_eff) override;
-  float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
-                             const float* dw_eff, int64_t out, int64_t in, float* dw) override;
+  void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u, float* v,
+                           float* sigma, float* w_eff) override;
+  void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u, const float* v,
+                            const float* dw_eff, int64_t out, int64_t in, float* dw, float* dg) override;
   void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,

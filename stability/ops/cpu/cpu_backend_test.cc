@@ -98,16 +98,17 @@ TEST(SigmaReparamTest, BackwardMatchesFiniteDifferencesWithFixedVectors) {
   std::vector<float> w = RandomVector(OUT * IN, 1), g = {1.7f};
   std::vector<float> u = RandomVector(OUT, 2), v = RandomVector(IN, 3);
   std::vector<float> w_eff(OUT * IN);
-  Be().SigmaReparamForward(w.data(), g[0], OUT, IN, /*update=*/true, u.data(), v.data(), w_eff.data());
+  float sigma = 0;
+  Be().SigmaReparamForward(w.data(), g.data(), OUT, IN, /*update=*/true, u.data(), v.data(), &sigma, w_eff.data());
   const std::vector<float> r = RandomVector(OUT * IN, 4);
   auto forward = [&] {
-    Be().SigmaReparamForward(w.data(), g[0], OUT, IN, /*update=*/false, u.data(), v.data(), w_eff.data());
+    float s = 0;
+    Be().SigmaReparamForward(w.data(), g.data(), OUT, IN, /*update=*/false, u.data(), v.data(), &s, w_eff.data());
     return w_eff;
   };
-  const float sigma = Be().SigmaReparamForward(w.data(), g[0], OUT, IN, false, u.data(), v.data(), w_eff.data());
-  std::vector<float> dw(w.size(), 0.0f);
-  std::vector<float> dg = {Be().SigmaReparamBackward(w.data(), g[0], sigma, u.data(), v.data(), r.data(), OUT, IN,
-                                                     dw.data())};
+  Be().SigmaReparamForward(w.data(), g.data(), OUT, IN, false, u.data(), v.data(), &sigma, w_eff.data());
+  std::vector<float> dw(w.size(), 0.0f), dg = {0.0f};
+  Be().SigmaReparamBackward(w.data(), g.data(), &sigma, u.data(), v.data(), r.data(), OUT, IN, dw.data(), dg.data());
   ExpectGradientsMatch(forward, r, {{"w", &w, &dw}, {"g", &g, &dg}});
 }
 
@@ -115,8 +116,9 @@ TEST(SigmaReparamTest, PowerIterationConvergesToTheSpectralNorm) {
   // diag(3, 1) padded: σ = 3.
   const float w[6] = {3, 0, 0, 0, 1, 0};
   std::vector<float> u = {0.6f, 0.8f}, v(3), w_eff(6);
+  const float g = 2.0f;
   float sigma = 0;
-  for (int i = 0; i < 30; ++i) sigma = Be().SigmaReparamForward(w, 2.0f, 2, 3, true, u.data(), v.data(), w_eff.data());
+  for (int i = 0; i < 30; ++i) Be().SigmaReparamForward(w, &g, 2, 3, true, u.data(), v.data(), &sigma, w_eff.data());
   EXPECT_NEAR(sigma, 3.0f, 1e-4);
   EXPECT_NEAR(w_eff[0], 2.0f, 1e-4);  // g·w/σ
 }

@@ -189,17 +189,34 @@ __global__ void ScaleKernel(float* x, int64_t n, float s) {
   if (i < n) x[i] *= s;
 }
 
-__global__ void ScaleToKernel(const float* x, int64_t n, float s, float* y) {
+// x ← x / max(sqrt(*sum_squares), 1e-12), the scale computed as the CPU does (double, then float).
+__global__ void NormalizeKernel(float* x, int64_t n, const double* sum_squares) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) y[i] = s * x[i];
+  if (i >= n) return;
+  x[i] *= static_cast<float>(1.0 / fmax(sqrt(*sum_squares), 1e-12));
 }
 
+// w_eff = (g/σ)·w with σ = *sigma_d (double); thread 0 also stores σ as a float.
+__global__ void SigmaScaleKernel(const float* w, int64_t n, const float* g, const double* sigma_d, float* w_eff,
+                                 float* sigma) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i == 0) *sigma = static_cast<float>(*sigma_d);
+  if (i < n) w_eff[i] = static_cast<float>(*g / *sigma_d) * w[i];
+}
+
+// dw += a·G − b·u vᵀ with a = g/σ, b = g·⟨G, w⟩/σ²; thread 0 also adds dg += ⟨G, w⟩/σ.
 __global__ void SigmaReparamGradKernel(const float* dw_eff, const float* u, const float* v, int64_t out, int64_t in,
-                                       float a, float b, float* dw) {
+                                       const float* g, const float* sigma, const double* gw, float* dw, float* dg) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const float s = *sigma;
+  if (idx == 0) *dg += static_cast<float>(*gw / s);
   if (idx >= out * in) return;
+  const float a = *g / s;
+  const float b = static_cast<float>(*g * *gw / (static_cast<double>(s) * s));
   dw[idx] += a * dw_eff[idx] - b * u[idx / in] * v[idx % in];
 }
+
+__global__ void FloatToDoubleKernel(const float* x, double* y) { *y = *x; }
 
 // Rounded operations in the CPU's order (no FMA contraction), so an update matches the
 // CPU backend's bit for bit on the same inputs.
@@ -387,6 +404,11 @@ double* CudaBackend::NextQueueSlot(double divisor) {
 
 void CudaBackend::QueueSumSquares(const float* x, int64_t n) { DotInto(x, x, n, NextQueueSlot(1.0)); }
 
+void CudaBackend::QueueValue(const float* x) {
+  FloatToDoubleKernel<<<1, 1>>>(x, NextQueueSlot(1.0));
+  STABILITY_CUDA_LAUNCHED("FloatToDoubleKernel");
+}
+
 void CudaBackend::QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
   if (rows == 0) {
     Check(cudaMemset(NextQueueSlot(1.0), 0, sizeof(double)), "cudaMemset (queue)");
@@ -514,11 +536,14 @@ void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const flo
   STABILITY_CUDA_LAUNCHED("ChannelScaleKernel");
 }
 
-float CudaBackend::SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u,
-                                       float* v, float* w_eff) {
-  const auto normalize = [this](float* x, int64_t n) {
-    const double norm = std::sqrt(Dot(x, x, n));
-    Scale(x, n, static_cast<float>(1.0 / std::max(norm, 1e-12)));
+void CudaBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
+                                      float* v, float* sigma, float* w_eff) {
+  // The CPU's steps (cpu_backend.cc), every scalar kept on the device: no synchronisation.
+  double* d = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));  // [a norm², σ]
+  const auto normalize = [&](float* x, int64_t n) {
+    DotInto(x, x, n, d);
+    NormalizeKernel<<<Blocks(n, kThreads), kThreads>>>(x, n, d);
+    STABILITY_CUDA_LAUNCHED("NormalizeKernel");
   };
   float* wv = static_cast<float*>(Scratch(kVector, out * sizeof(float)));
   if (update) {
@@ -530,20 +555,18 @@ float CudaBackend::SigmaReparamForward(const float* w, float g, int64_t out, int
     Copy(wv, out, u);  // u ← normalize(w v)
     normalize(u, out);
   }
-  const double sigma = Dot(u, wv, out);  // uᵀ w v
-  ScaleToKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, static_cast<float>(g / sigma), w_eff);
-  STABILITY_CUDA_LAUNCHED("ScaleToKernel");
-  return static_cast<float>(sigma);
+  DotInto(u, wv, out, d + 1);  // σ = uᵀ w v
+  SigmaScaleKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, g, d + 1, w_eff, sigma);
+  STABILITY_CUDA_LAUNCHED("SigmaScaleKernel");
 }
 
-float CudaBackend::SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
-                                        const float* dw_eff, int64_t out, int64_t in, float* dw) {
-  const double gw = Dot(dw_eff, w, out * in);
-  const float a = g / sigma;
-  const float b = static_cast<float>(g * gw / (static_cast<double>(sigma) * sigma));
-  SigmaReparamGradKernel<<<Blocks(out * in, kThreads), kThreads>>>(dw_eff, u, v, out, in, a, b, dw);
+void CudaBackend::SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u,
+                                       const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
+                                       float* dg) {
+  double* gw = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));  // ⟨G, w⟩
+  DotInto(dw_eff, w, out * in, gw);
+  SigmaReparamGradKernel<<<Blocks(out * in, kThreads), kThreads>>>(dw_eff, u, v, out, in, g, sigma, gw, dw, dg);
   STABILITY_CUDA_LAUNCHED("SigmaReparamGradKernel");
-  return static_cast<float>(gw / sigma);
 }
 
 void CudaBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1,

@@ -266,17 +266,22 @@ TEST_F(CudaBackendTest, ElementwiseOps) {
 TEST_F(CudaBackendTest, SigmaReparam) {
   const int64_t out = 48, in = 40;
   std::vector<float> w = Random(out * in, 0.2), u = Random(out), v = Random(in), w_eff(out * in), g_eff = Random(out * in);
-  std::vector<float> dw(out * in, 0.0f);
-  float *gw = Up(w), *gu = Up(u), *gv = Up(v), *gweff = Up(w_eff), *ggeff = Up(g_eff), *gdw = Up(dw);
-  const float cs = cpu_->SigmaReparamForward(w.data(), 1.3f, out, in, true, u.data(), v.data(), w_eff.data());
-  const float gs = gpu_->SigmaReparamForward(gw, 1.3f, out, in, true, gu, gv, gweff);
-  EXPECT_NEAR(gs, cs, 1e-5 * cs);
+  std::vector<float> dw(out * in, 0.0f), g = {1.3f}, sigma = {0.0f}, dg = {0.25f};
+  float *gw = Up(w), *gu = Up(u), *gv = Up(v), *gweff = Up(w_eff), *ggeff = Up(g_eff), *gdw = Up(dw), *gg = Up(g),
+        *gsigma = Up(sigma), *gdg = Up(dg);
+  cpu_->SigmaReparamForward(w.data(), g.data(), out, in, true, u.data(), v.data(), sigma.data(), w_eff.data());
+  gpu_->SigmaReparamForward(gw, gg, out, in, true, gu, gv, gsigma, gweff);
+  EXPECT_NEAR(Down(gsigma, 1)[0], sigma[0], 1e-5 * sigma[0]);
   ExpectClose(Down(gu, out), u, 1e-5, 0, "u");
+  ExpectClose(Down(gv, in), v, 1e-5, 0, "v");
   ExpectClose(Down(gweff, out * in), w_eff, 1e-5, 0, "w_eff");
-  const float cg = cpu_->SigmaReparamBackward(w.data(), 1.3f, cs, u.data(), v.data(), g_eff.data(), out, in, dw.data());
-  const float gg = gpu_->SigmaReparamBackward(gw, 1.3f, gs, gu, gv, ggeff, out, in, gdw);
-  EXPECT_NEAR(gg, cg, 1e-5 * std::abs(cg) + 1e-6);
+  cpu_->SigmaReparamBackward(w.data(), g.data(), sigma.data(), u.data(), v.data(), g_eff.data(), out, in, dw.data(),
+                             dg.data());
+  gpu_->SigmaReparamBackward(gw, gg, gsigma, gu, gv, ggeff, out, in, gdw, gdg);
+  EXPECT_NEAR(Down(gdg, 1)[0], dg[0], 1e-5 * std::abs(dg[0]) + 1e-6) << "dg (accumulated onto 0.25)";
   ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "dw");
+  gpu_->QueueValue(gsigma);  // the telemetry's read of σ
+  EXPECT_EQ(gpu_->ReadQueued(), std::vector<double>{Down(gsigma, 1)[0]});
 }
 
 TEST_F(CudaBackendTest, CrossEntropyWithCapAndZLoss) {

@@ -123,10 +123,10 @@ class CudaBackend final : public Backend {
   void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
   void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
                             float* ds) override;
-  float SigmaReparamForward(const float* w, float g, int64_t out, int64_t in, bool update, float* u, float* v,
-                            float* w_eff) override;
-  float SigmaReparamBackward(const float* w, float g, float sigma, const float* u, const float* v,
-                             const float* dw_eff, int64_t out, int64_t in, float* dw) override;
+  void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u, float* v,
+                           float* sigma, float* w_eff) override;
+  void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u, const float* v,
+                            const float* dw_eff, int64_t out, int64_t in, float* dw, float* dg) override;
   void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
@@ -139,6 +139,7 @@ class CudaBackend final : public Backend {
   void QueueSumSquares(const float* x, int64_t n) override;
   void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) override;
   std::vector<double> ReadQueued() override;
+  void QueueValue(const float* x) override;
 
   // Row-major C[M,N] = alpha·op(A)·op(B) + beta·C (the CPU Sgemm's contract), `batch`
   // times with element strides between the matrices.
@@ -197,7 +198,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 9;
+  static constexpr int kSlots = 10;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -213,6 +214,7 @@ enum ScratchSlot {
   kBf16A = 6,  // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
   kLtWorkspace = 8,  // cuBLASLt's
+  kSigma = 9,        // σ-reparam's device doubles (norms, σ, ⟨G, w⟩)
 };
 
 }  // namespace stability::ops::cuda::internal
