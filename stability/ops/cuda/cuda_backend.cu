@@ -337,17 +337,8 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
     // tensor cores with fp32 accumulation into the fp32 C.
     const int64_t span_a = ta == Trans::kNo ? Span(m, k, lda, batch, stride_a) : Span(k, m, lda, batch, stride_a);
     const int64_t span_b = tb == Trans::kNo ? Span(k, n, ldb, batch, stride_b) : Span(n, k, ldb, batch, stride_b);
-    auto* a16 = static_cast<__nv_bfloat16*>(Scratch(kBf16A, span_a * sizeof(__nv_bfloat16)));
-    auto* b16 = static_cast<__nv_bfloat16*>(Scratch(kBf16B, span_b * sizeof(__nv_bfloat16)));
-    ToBf16Kernel<<<Blocks(span_a, kThreads), kThreads>>>(a, span_a, a16);
-    ToBf16Kernel<<<Blocks(span_b, kThreads), kThreads>>>(b, span_b, b16);
-    STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
-    Check(blas_->gemm_strided_batched_ex(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
-                                     static_cast<int>(k), &alpha, b16, CUDA_R_16BF, static_cast<int>(ldb), stride_b,
-                                     a16, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c, CUDA_R_32F,
-                                     static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT),
-          "cublasGemmStridedBatchedEx (bf16)");
+    GemmBf16(ta, tb, m, n, k, alpha, ToBf16(a, span_a, kBf16A), lda, ToBf16(b, span_b, kBf16B), ldb, beta, c, ldc,
+             batch, stride_a, stride_b, stride_c);
     return;
   }
   if (batch == 1) {
@@ -361,6 +352,24 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
                                   static_cast<int>(lda), stride_a, &beta, c, static_cast<int>(ldc), stride_c,
                                   static_cast<int>(batch)),
         "cublasSgemmStridedBatched");
+}
+
+__nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, int slot) {
+  auto* y = static_cast<__nv_bfloat16*>(Scratch(slot, n * sizeof(__nv_bfloat16)));
+  ToBf16Kernel<<<Blocks(n, kThreads), kThreads>>>(x, n, y);
+  STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
+  return y;
+}
+
+void CudaBackend::GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a,
+                           int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                           int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+  Check(blas_->gemm_strided_batched_ex(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
+                                       static_cast<int>(k), &alpha, b, CUDA_R_16BF, static_cast<int>(ldb), stride_b, a,
+                                       CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c, CUDA_R_32F,
+                                       static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx (bf16)");
 }
 
 void CudaBackend::DotInto(const float* a, const float* b, int64_t n, double* out) {
@@ -456,12 +465,8 @@ bool CudaBackend::LtLinearForward(const float* x, const float* w, const float* b
                                   float* y, float* gelu_pre) {
   if (precision_ != MatmulPrecision::kBf16) return false;
   constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
-  auto* x16 = static_cast<__nv_bfloat16*>(Scratch(kBf16B, n * in * sizeof(__nv_bfloat16)));
-  auto* w16 = static_cast<__nv_bfloat16*>(Scratch(kBf16A, out * in * sizeof(__nv_bfloat16)));
-  ToBf16Kernel<<<Blocks(n * in, kThreads), kThreads>>>(x, n * in, x16);
-  ToBf16Kernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, w16);
-  STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
-  return lt_->Forward(x16, w16, b, n, in, out, y, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
+  return lt_->Forward(ToBf16(x, n * in, kBf16B), ToBf16(w, out * in, kBf16A), b, n, in, out, y, gelu_pre,
+                      Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
 }
 
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
@@ -482,8 +487,16 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
 
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db) {
-  if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
-  Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  if (precision_ == MatmulPrecision::kBf16) {  // dy rounded once for both products
+    const __nv_bfloat16* dy16 = ToBf16(dy, n * out, kBf16C);
+    if (dx) {
+      GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, ToBf16(w, out * in, kBf16A), in, 0.0f, dx, in);
+    }
+    GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, ToBf16(x, n * in, kBf16B), in, 1.0f, dw, in);
+  } else {
+    if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+    Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+  }
   if (db) AddColumnSums(dy, n, out, db);
 }
 

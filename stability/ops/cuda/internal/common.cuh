@@ -4,6 +4,7 @@
 #define STABILITY_OPS_CUDA_INTERNAL_COMMON_CUH_
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -146,6 +147,12 @@ class CudaBackend final : public Backend {
   void Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
             int64_t stride_b = 0, int64_t stride_c = 0);
+  // The same product from operands already rounded to bf16 (tensor cores, fp32 accumulation).
+  void GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a, int64_t lda,
+                const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
+                int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
+  // x[0, n) rounded to bf16 into scratch slot `slot` (kBf16A/B/C).
+  __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot);
   bool AttentionStoresProbs(int64_t head_dim) const override {
     return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
   }
@@ -198,7 +205,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 10;
+  static constexpr int kSlots = 11;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -215,6 +222,7 @@ enum ScratchSlot {
   kBf16B = 7,
   kLtWorkspace = 8,  // cuBLASLt's
   kSigma = 9,        // σ-reparam's device doubles (norms, σ, ⟨G, w⟩)
+  kBf16C = 10,       // a third bf16 operand (LinearBackward's dy, shared by its two products)
 };
 
 }  // namespace stability::ops::cuda::internal
