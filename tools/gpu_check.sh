@@ -85,7 +85,7 @@ run_test() {  # name, binary, timeout
   echo
   echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
   echo '```'
-  timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 2>&1 | grep -E "^BM_|ERROR" | head -70
+  timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 2>&1 | grep -E "^BM_|ERROR" | head -140
   echo '```'
   echo
   echo "(check took ${SECONDS} s)"
