@@ -1,5 +1,6 @@
 // Loss and attention statistics from per-row values, reduced on the host in row order, so
-// every backend (and any thread count) gives the same numbers from the same rows.
+// any thread count gives the same numbers from the same rows: the CPU backend's, and the
+// CUDA backend's loss (its attention rows are reduced on the device, where they are).
 #ifndef STABILITY_OPS_ROW_STATS_H_
 #define STABILITY_OPS_ROW_STATS_H_
 
