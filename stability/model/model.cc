@@ -484,11 +484,10 @@ absl::Status Model::Backward(float dloss) {
     }
   };
 
-  be.CrossEntropyBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss}, dloss,
-                          m.dlogits.f32());
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
-  be.LinearBackward(m.xf.y.f32(), head->value.f32(), m.dlogits.f32(), N, C, V, m.dxf.f32(), head->grad.f32(),
-                    nullptr);
+  be.CrossEntropyLinearBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
+                                dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.f32(), m.dxf.f32(),
+                                head->grad.f32());
   norm_back(m.nf, m.stream[c.n_layer], m.xf, m.dxf.f32(), N, C, m.dres.f32());
 
   for (int64_t l = c.n_layer - 1; l >= 0; --l) {

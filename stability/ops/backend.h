@@ -168,6 +168,17 @@ class Backend {
   virtual void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                     int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) = 0;
 
+  // The loss head's backward as one op: CrossEntropyBackward into dlogits [N, V], then the
+  // LM head's LinearBackward (x [N, C], w [V, C], no bias): dx = dlogits·w (overwritten),
+  // dw += dlogitsᵀ·x. dlogits is scratch that a backend may leave unwritten (CUDA in bf16
+  // writes the gradient straight in bf16 for the two products: no fp32 N×V pass).
+  virtual void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+                                          int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
+                                          const float* w, int64_t c, float* dlogits, float* dx, float* dw) {
+    CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
+    LinearBackward(x, w, dlogits, n, c, v, dx, dw, nullptr);
+  }
+
   // AdamW (Loshchilov & Hutter; torch.optim.AdamW's order of operations), with g = grad·grad_scale:
   //   p ← p − lr·wd·p;  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
   //   p ← p − (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps),   bc_i = 1 − β_i^step

@@ -33,9 +33,14 @@ __global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* ta
   }
 }
 
+__device__ inline void Store(float x, float* y) { *y = x; }
+__device__ inline void Store(float x, __nv_bfloat16* y) { *y = __float2bfloat16_rn(x); }
+
 // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
+// Out: float, or bf16 when the gradient only feeds bf16 products.
+template <typename Out>
 __global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* targets, const float* lse, int64_t n,
-                                           int64_t v, float cap, float z_loss, float inv_n, float* dlogits) {
+                                           int64_t v, float cap, float z_loss, float inv_n, Out* dlogits) {
   const int64_t row = blockIdx.x;  // rows on x (up to 2^31), column blocks on y (≤ 65,535)
   const int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= v) return;
@@ -45,7 +50,7 @@ __global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* t
   const float row_lse = lse[row];
   float dz = (expf(z - row_lse) * (1.0f + 2.0f * z_loss * row_lse) - (j == targets[row] ? 1.0f : 0.0f)) * inv_n;
   if (cap > 0) dz *= 1.0f - th * th;
-  dlogits[row * v + j] = dz;
+  Store(dz, dlogits + row * v + j);
 }
 
 }  // namespace
@@ -70,6 +75,22 @@ void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targe
   CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
                                             dloss / static_cast<float>(n), dlogits);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");
+}
+
+void CudaBackend::CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+                                             int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
+                                             const float* w, int64_t c, float* dlogits, float* dx, float* dw) {
+  if (precision_ != MatmulPrecision::kBf16) {
+    Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw);
+    return;
+  }
+  // The gradient straight in bf16 (N×V: 412 M values at GPT-2 124M, batch 8): no fp32 pass.
+  auto* dl16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * v * sizeof(__nv_bfloat16)));
+  const dim3 grid(static_cast<unsigned>(n), Blocks(v, 256));
+  CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
+                                            dloss / static_cast<float>(n), dl16);
+  STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
+  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw);
 }
 
 }  // namespace stability::ops::cuda::internal

@@ -485,14 +485,18 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
   Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y);
 }
 
+void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
+                                     int64_t out, float* dx, float* dw) {
+  if (dx) {
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, ToBf16(w, out * in, kBf16A), in, 0.0f, dx, in);
+  }
+  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, ToBf16(x, n * in, kBf16B), in, 1.0f, dw, in);
+}
+
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db) {
   if (precision_ == MatmulPrecision::kBf16) {  // dy rounded once for both products
-    const __nv_bfloat16* dy16 = ToBf16(dy, n * out, kBf16C);
-    if (dx) {
-      GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, ToBf16(w, out * in, kBf16A), in, 0.0f, dx, in);
-    }
-    GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, ToBf16(x, n * in, kBf16B), in, 1.0f, dw, in);
+    LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw);
   } else {
     if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
     Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);

@@ -159,7 +159,8 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   SCOPED_TRACE("hd " + std::to_string(hd) + " cap " + std::to_string(opt.soft_cap) + " temp " +
                std::to_string(opt.temperature) + " clip " + std::to_string(opt.clip) + (fused ? " fused" : ""));
   const int64_t n = b * t * h * hd;
-  std::vector<float> q = Random(n, tol.input_scale), k = Random(n, tol.input_scale), v = Random(n), dout = Random(n);
+  std::vector<float> q = Random(n, tol.input_scale), k = Random(n, tol.input_scale);
+  std::vector<float> v = Random(n), dout = Random(n);
   std::vector<float> out(n), probs(b * h * t * t), lse(b * h * t), dq(n), dk(n), dv(n);
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = fused ? nullptr : Up(probs),
         *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
@@ -373,6 +374,37 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy);
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
+}
+
+// The loss head's fused backward (cross-entropy gradient, then the LM head's products)
+// against the CPU's two ops: fp32 at the linear layer's tolerance; bf16, where the gradient
+// goes straight to bf16 for the products, at the bf16 bar (1e-2 of the largest value).
+TEST_F(CudaBackendTest, CrossEntropyLinearBackwardMatchesTheTwoOps) {
+  const int64_t n = 48, v = 1031, c = 64;
+  const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
+  std::vector<float> logits = Random(n * v, 4.0), lse(n), x = Random(n * c), w = Random(v * c, 0.1);
+  std::vector<int32_t> targets(n);
+  for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 37) % v);
+  cpu_->CrossEntropyForward(logits.data(), targets.data(), n, v, opt, lse.data(), nullptr);
+  std::vector<float> dlogits(n * v), dx(n * c), dw(v * c, 0.0f);
+  cpu_->CrossEntropyLinearBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 2.0f, x.data(), w.data(), c,
+                                   dlogits.data(), dx.data(), dw.data());
+  float *gl = Up(logits), *glse = Up(lse), *gx = Up(x), *gw = Up(w), *gdl = Up(dlogits);
+  int32_t* gt = Up(targets);
+  for (MatmulPrecision precision : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
+    const bool bf16 = precision == MatmulPrecision::kBf16;
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(precision));
+    float *gdx = Up(std::vector<float>(n * c)), *gdw = Up(std::vector<float>(v * c, 0.0f));
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw);
+    ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
+    ExpectClose(Down(gdw, v * c), dw, bf16 ? 1e-2 : 1e-5, 0, "dw");
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw);  // dw accumulates
+    std::vector<float> twice = dw;
+    for (float& g : twice) g *= 2;
+    ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 
 // Queued reductions (read back together) give the same bits as the immediate ones, in

@@ -132,6 +132,9 @@ class CudaBackend final : public Backend {
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
+  void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
+                                  const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
+                                  int64_t c, float* dlogits, float* dx, float* dw) override;
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
   double SumSquares(const float* x, int64_t n) override;
@@ -151,6 +154,9 @@ class CudaBackend final : public Backend {
   void GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a, int64_t lda,
                 const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
+  // LinearBackward's two products from dy already in bf16 (x and w rounded here).
+  void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
+                          int64_t out, float* dx, float* dw);
   // x[0, n) rounded to bf16 into scratch slot `slot` (kBf16A/B/C).
   __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot);
   bool AttentionStoresProbs(int64_t head_dim) const override {
