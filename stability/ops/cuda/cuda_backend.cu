@@ -465,6 +465,7 @@ bool CudaBackend::LtLinearForward(const float* x, const float* w, const float* b
                                   float* y, float* gelu_pre) {
   if (precision_ != MatmulPrecision::kBf16) return false;
   constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
+  if (!lt_->Ready(n, in, out, b, gelu_pre, kWorkspaceBytes)) return false;  // before any rounding
   return lt_->Forward(ToBf16(x, n * in, kBf16B), ToBf16(w, out * in, kBf16A), b, n, in, out, y, gelu_pre,
                       Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
 }

@@ -61,18 +61,27 @@ LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEp
   return p;
 }
 
-bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in,
-                       int64_t out, float* y, float* gelu_pre, void* workspace, size_t workspace_bytes) {
+cublasLtEpilogue_t LtLinear::EpilogueFor(const float* b, const float* gelu_pre) {
+  return gelu_pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                  : (b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+}
+
+bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const float* b, float* gelu_pre, size_t workspace_bytes) {
   if (gelu_pre && out % 8 != 0) return false;  // the aux output's leading dimension
-  const cublasLtEpilogue_t epilogue = gelu_pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
-                                               : (b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+  const cublasLtEpilogue_t epilogue = EpilogueFor(b, gelu_pre);
   const auto key = std::make_tuple(n, in, out, static_cast<int>(epilogue));
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     it = plans_.emplace(key, MakePlan(n, in, out, epilogue, b, gelu_pre, workspace_bytes)).first;
   }
+  return it->second.ok;
+}
+
+bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in,
+                       int64_t out, float* y, float* gelu_pre, void* workspace, size_t workspace_bytes) {
+  auto it = plans_.find(std::make_tuple(n, in, out, static_cast<int>(EpilogueFor(b, gelu_pre))));
+  if (it == plans_.end() || !it->second.ok) return false;
   Plan& p = it->second;
-  if (!p.ok) return false;
   if (b) Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof(b)),
                "cublasLtMatmulDescSetAttribute (bias)");
   if (gelu_pre) {

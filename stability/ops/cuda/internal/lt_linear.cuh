@@ -31,7 +31,11 @@ class LtLinear {
   LtLinear(const LtLinear&) = delete;
   LtLinear& operator=(const LtLinear&) = delete;
 
-  // b nullable; gelu_pre nullptr: y = x·wᵀ + b; else gelu_pre = x·wᵀ + b and y = GELU of it.
+  // Whether cuBLASLt has a kernel for this shape and epilogue (the plan is made on first
+  // asking and kept): callers check before rounding their operands to bf16.
+  bool Ready(int64_t n, int64_t in, int64_t out, const float* b, float* gelu_pre, size_t workspace_bytes);
+  // After Ready: b nullable; gelu_pre nullptr: y = x·wᵀ + b; else gelu_pre = x·wᵀ + b and
+  // y = GELU of it. False (nothing written) if cuBLASLt fails at run time.
   bool Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in, int64_t out,
                float* y, float* gelu_pre, void* workspace, size_t workspace_bytes);
 
@@ -45,6 +49,7 @@ class LtLinear {
   Plan MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const float* bias, float* aux,
                 size_t workspace_bytes);
   void Destroy(Plan& p);
+  static cublasLtEpilogue_t EpilogueFor(const float* b, const float* gelu_pre);
 
   const CublasApi* api_;
   cublasLtHandle_t handle_ = nullptr;
