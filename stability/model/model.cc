@@ -342,8 +342,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   };
 
   // A residual branch's end: out = residual + LS ⊙ Norm(branch); the scale's input is kept.
+  // The norm that reads `out` next (when on) runs in the same pass over it: AddNormForward.
   const auto add_branch = [&](const Tensor& branch_out, const Norm& norm, NormActs& norm_acts, Parameter* scale,
-                              Tensor& scale_out, const Tensor& residual, const Tensor** scale_in, Tensor& out) {
+                              Tensor& scale_out, const Tensor& residual, const Tensor** scale_in, Tensor& out,
+                              const Norm& next, NormActs& next_acts) {
     const Tensor* branch = &branch_out;
     if (norm.on()) {
       run_norm(norm, branch_out, N, C, norm_acts);
@@ -355,7 +357,14 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.ChannelScaleForward(branch->f32(), scale->value.f32(), N, C, scale_out.f32());
       branch = &scale_out;
     }
-    be.Add(residual.f32(), branch->f32(), N * C, out.f32());
+    if (next.on()) {
+      AllocNorm(device_, next_acts, N, C);
+      be.AddNormForward(c.norm, residual.f32(), branch->f32(), next.g->value.f32(),
+                        next.b ? next.b->value.f32() : nullptr, N, C, c.norm_eps, out.f32(), next_acts.y.f32(),
+                        next_acts.mean.f32(), next_acts.rstd.f32());
+    } else {
+      be.Add(residual.f32(), branch->f32(), N * C, out.f32());
+    }
   };
 
   m.stream.resize(c.n_layer + 1);
@@ -372,7 +381,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     const Tensor& x = m.stream[l];
     const Tensor* a1 = &x;
     if (y.n1.on()) {
-      run_norm(y.n1, x, N, C, y.a1);
+      if (l == 0) run_norm(y.n1, x, N, C, y.a1);  // later layers': fused with the residual add before
       a1 = &y.a1.y;
     }
     run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
@@ -422,19 +431,16 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
     run_linear(y.proj, y.att, y.proj_out, name + "proj");
     Alloc(device_, y.h, {N, C});
-    add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h);
+    add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h, y.n2, y.a2);
 
-    const Tensor* a2 = &y.h;
-    if (y.n2.on()) {
-      run_norm(y.n2, y.h, N, C, y.a2);
-      a2 = &y.a2.y;
-    }
-    run_linear(y.fc1, *a2, y.fc1_out, name + "fc1", &y.act);
+    const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
+    run_linear(y.fc1, a2, y.fc1_out, name + "fc1", &y.act);
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
-    add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1]);
+    const bool last = l + 1 == c.n_layer;
+    add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1],
+               last ? m.nf : m.layers[l + 1].n1, last ? m.xf : m.layers[l + 1].a1);
   }
-
-  run_norm(m.nf, m.stream[c.n_layer], N, C, m.xf);
+  if (c.n_layer == 0) run_norm(m.nf, m.stream[0], N, C, m.xf);  // else fused into the last residual add
   Alloc(device_, m.logits, {N, V});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32());
@@ -474,6 +480,11 @@ absl::Status Model::Backward(float dloss) {
     be.NormBackward(c.norm, x.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, rows, d, dx, n.g->grad.f32(),
                     n.b ? n.b->grad.f32() : nullptr);
   };
+  // The norm after a residual add: its input gradient joins the residual's in dres.
+  const auto add_norm_back = [&](const Norm& n, const Tensor& sum, const NormActs& a, const float* dy) {
+    be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
+                       n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr);
+  };
   const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx) {
     if (lin.gain) lin.dw_eff.SetZero();
     be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
@@ -507,8 +518,7 @@ absl::Status Model::Backward(float dloss) {
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
     linear_back(y.fc1, a2, m.dF2.f32(), m.t3.f32());
     if (y.n2.on()) {
-      norm_back(y.n2, y.h, y.a2, m.t3.f32(), N, C, m.dtmp.f32());
-      be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
+      add_norm_back(y.n2, y.h, y.a2, m.t3.f32());
     } else {
       be.AddInPlace(m.dres.f32(), m.t3.f32(), N * C);
     }
@@ -550,8 +560,7 @@ absl::Status Model::Backward(float dloss) {
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     linear_back(y.qkv, a1, m.dqkv.f32(), m.dtmp.f32());
     if (y.n1.on()) {
-      norm_back(y.n1, x, y.a1, m.dtmp.f32(), N, C, m.t1.f32());
-      be.AddInPlace(m.dres.f32(), m.t1.f32(), N * C);
+      add_norm_back(y.n1, x, y.a1, m.dtmp.f32());
     } else {
       be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
     }

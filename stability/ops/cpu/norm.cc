@@ -10,39 +10,65 @@
 
 namespace stability::ops::cpu {
 
+namespace {
+
+// One row: statistics in double, in a fixed order (SIMD lanes).
+void NormRow(bool layer, const float* xr, const float* g, const float* b, int64_t d, float eps, float* yr, float* mean,
+             float* rstd) {
+  double mu = 0;
+  if (layer) {
+#pragma omp simd reduction(+ : mu)
+    for (int64_t j = 0; j < d; ++j) mu += xr[j];
+    mu /= d;
+  }
+  double var = 0;
+#pragma omp simd reduction(+ : var)
+  for (int64_t j = 0; j < d; ++j) var += (xr[j] - mu) * (xr[j] - mu);
+  var /= d;
+  const float rs = static_cast<float>(1.0 / std::sqrt(var + eps));
+  const float m = static_cast<float>(mu);
+  if (b) {
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j] + b[j];
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j];
+  }
+  if (mean) *mean = m;
+  *rstd = rs;
+}
+
+}  // namespace
+
 void CpuBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
                              float eps, float* y, float* mean, float* rstd) {
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    double mu = 0;
-    if (layer) {
-#pragma omp simd reduction(+ : mu)
-      for (int64_t j = 0; j < d; ++j) mu += xr[j];
-      mu /= d;
-    }
-    double var = 0;
-#pragma omp simd reduction(+ : var)
-    for (int64_t j = 0; j < d; ++j) var += (xr[j] - mu) * (xr[j] - mu);
-    var /= d;
-    const float rs = static_cast<float>(1.0 / std::sqrt(var + eps));
-    const float m = static_cast<float>(mu);
-    float* yr = y + r * d;
-    if (b) {
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j] + b[j];
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < d; ++j) yr[j] = (xr[j] - m) * rs * g[j];
-    }
-    if (mean) mean[r] = m;
-    rstd[r] = rs;
+    NormRow(layer, x + r * d, g, b, d, eps, y + r * d, mean ? mean + r : nullptr, rstd + r);
   }
 }
 
-void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                              const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
+// The row's sum is normalised while it is still in cache: one pass over memory, not two.
+void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b,
+                                int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
+  const bool layer = kind == NormKind::kLayerNorm;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = sum + r * d;
+    const float* xr = x + r * d;
+    const float* ar = a + r * d;
+#pragma omp simd
+    for (int64_t j = 0; j < d; ++j) sr[j] = xr[j] + ar[j];
+    NormRow(layer, sr, g, b, d, eps, y + r * d, mean ? mean + r : nullptr, rstd + r);
+  }
+}
+
+namespace {
+
+// dx overwritten, or added to (accumulate: the residual stream's gradient).
+void NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                      const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx, float* dg, float* db) {
   const bool layer = kind == NormKind::kLayerNorm;
   // dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
 #pragma omp parallel for schedule(static)
@@ -63,7 +89,8 @@ void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, con
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) {
       const float xh = (xr[j] - m) * rs;
-      dxr[j] = rs * (dyr[j] * g[j] - mg - xh * mgx);
+      const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
+      dxr[j] = accumulate ? dxr[j] + v : v;
     }
   }
   // Parameter gradients dg = Σ_rows dy·x̂, db = Σ_rows dy: a fixed grid of row chunks ×
@@ -96,6 +123,18 @@ void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, con
     dg[j] += static_cast<float>(sg);
     if (db) db[j] += static_cast<float>(sb);
   }
+}
+
+}  // namespace
+
+void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                              const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
+  NormBackwardRows(kind, x, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
+}
+
+void CpuBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
+                                 const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) {
+  NormBackwardRows(kind, sum, g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 
 }  // namespace stability::ops::cpu

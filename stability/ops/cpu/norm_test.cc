@@ -35,6 +35,42 @@ INSTANTIATE_TEST_SUITE_P(KindsAndWidths, NormGradTest,
                          ::testing::Combine(::testing::Values(NormKind::kLayerNorm, NormKind::kRMSNorm),
                                             ::testing::Values(int64_t{12}, int64_t{3}), ::testing::Bool()));
 
+// The fused residual add + norm is the two ops it replaces, bit for bit, both ways.
+TEST(NormTest, AddNormIsTheAddThenTheNorm) {
+  const int64_t rows = 7, d = 12;
+  const std::vector<float> x = RandomVector(rows * d, 5, 2.0f), a = RandomVector(rows * d, 6), b = RandomVector(d, 7);
+  std::vector<float> g = RandomVector(d, 8);
+  for (float& v : g) v += 1.0f;
+  const std::vector<float> dy = RandomVector(rows * d, 9), dres = RandomVector(rows * d, 10);
+  CpuBackend& be = GetCpuBackend();
+  for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
+    std::vector<float> sum(rows * d), y(rows * d), mean(rows), rstd(rows);
+    be.Add(x.data(), a.data(), rows * d, sum.data());
+    be.NormForward(kind, sum.data(), g.data(), b.data(), rows, d, 1e-5f, y.data(), mean.data(), rstd.data());
+    std::vector<float> fsum(rows * d), fy(rows * d), fmean(rows), frstd(rows);
+    be.AddNormForward(kind, x.data(), a.data(), g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
+                      fmean.data(), frstd.data());
+    EXPECT_EQ(fsum, sum);
+    EXPECT_EQ(fy, y);
+    EXPECT_EQ(frstd, rstd);
+    if (kind == NormKind::kLayerNorm) {
+      EXPECT_EQ(fmean, mean);
+    }
+
+    std::vector<float> dx(rows * d), dg(d, 0.5f), db(d, 0.25f), expect = dres;
+    be.NormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dx.data(), dg.data(),
+                    db.data());
+    be.AddInPlace(expect.data(), dx.data(), rows * d);
+    std::vector<float> fdres = dres, fdg(d, 0.5f), fdb(d, 0.25f);
+    be.AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, fdres.data(),
+                       fdg.data(), fdb.data());
+    EXPECT_EQ(fdres, expect);
+    EXPECT_EQ(fdg, dg);
+    EXPECT_EQ(fdb, db);
+    EXPECT_NE(fdres, dres);  // it did add
+  }
+}
+
 TEST(NormTest, NormalisesRows) {
   const float x[4] = {1, 2, 3, 4}, g[4] = {1, 1, 1, 1};
   float y[4], mean[1], rstd[1];

@@ -153,6 +153,44 @@ TEST_F(CudaBackendTest, Norms) {
   }
 }
 
+// The fused residual add + norm: against the CPU's (the Norms bars), and bit for bit against
+// the GPU's own Add + NormForward and NormBackward + AddInPlace (the same kernels' math).
+TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
+  const int64_t rows = 48, d = 200;
+  for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
+    std::vector<float> x = Random(rows * d, 2.0), a = Random(rows * d), g = Random(d), b = Random(d);
+    std::vector<float> dy = Random(rows * d), dres = Random(rows * d);
+    std::vector<float> sum(rows * d), y(rows * d), mean(rows), rstd(rows), dg(d, 0.5f), db(d, 0.25f), dsum = dres;
+    const float* bp = kind == NormKind::kLayerNorm ? b.data() : nullptr;
+    cpu_->AddNormForward(kind, x.data(), a.data(), g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(), mean.data(),
+                         rstd.data());
+    cpu_->AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dsum.data(),
+                          dg.data(), bp ? db.data() : nullptr);
+    float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = bp ? Up(b) : nullptr, *gdy = Up(dy);
+    float *gsum = Up(sum), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd), *gdsum = Up(dres);
+    float *gdg = Up(std::vector<float>(d, 0.5f)), *gdb = Up(std::vector<float>(d, 0.25f));
+    gpu_->AddNormForward(kind, gx, ga, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr);
+    EXPECT_EQ(Down(gsum, rows * d), sum);  // one float add
+    ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "add+norm y");
+    ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "add+norm rstd");
+    ExpectClose(Down(gdsum, rows * d), dsum, 1e-5, 0, "dsum (accumulated onto dres)");
+    ExpectClose(Down(gdg, d), dg, 1e-5, 0, "dg");
+    if (bp) ExpectClose(Down(gdb, d), db, 1e-5, 0, "db");
+
+    float *usum = Up(sum), *uy = Up(y), *umean = Up(mean), *urstd = Up(rstd), *udx = Up(sum), *udres = Up(dres);
+    float *udg = Up(std::vector<float>(d, 0.5f)), *udb = Up(std::vector<float>(d, 0.25f));
+    gpu_->Add(gx, ga, rows * d, usum);
+    gpu_->NormForward(kind, usum, gg, gb, rows, d, 1e-5f, uy, umean, urstd);
+    gpu_->NormBackward(kind, usum, gg, umean, urstd, gdy, rows, d, udx, udg, bp ? udb : nullptr);
+    gpu_->AddInPlace(udres, udx, rows * d);
+    EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
+    EXPECT_EQ(Down(grstd, rows), Down(urstd, rows));
+    EXPECT_EQ(Down(gdsum, rows * d), Down(udres, rows * d));
+    EXPECT_EQ(Down(gdg, d), Down(udg, d));
+  }
+}
+
 // Plain, soft cap, temperature and clipped softmax, at head dim hd.
 std::vector<AttentionOptions> EveryAttentionOption(int64_t hd) {
   AttentionOptions plain;

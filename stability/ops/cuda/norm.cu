@@ -7,10 +7,18 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
-__global__ void NormForwardKernel(bool layer, const float* x, const float* g, const float* b, int64_t d, float eps,
-                                  float* y, float* mean, float* rstd) {
+// With a (AddNormForward): the row of x + a is written to sum and normalised from there;
+// each thread reads back only what it wrote, so no barrier is needed between the passes.
+__global__ void NormForwardKernel(bool layer, const float* x, const float* a, const float* g, const float* b,
+                                  int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
   const int64_t r = blockIdx.x;
   const float* xr = x + r * d;
+  if (a) {
+    const float* ar = a + r * d;
+    float* sr = sum + r * d;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sr[j] = xr[j] + ar[j];
+    xr = sr;
+  }
   double mu = 0;
   if (layer) {
     double s = 0;
@@ -31,9 +39,9 @@ __global__ void NormForwardKernel(bool layer, const float* x, const float* g, co
 }
 
 // dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r.
-// Also writes dy·x̂ to prod (for dg) when prod is not null.
+// Also writes dy·x̂ to prod (for dg) when prod is not null; accumulate: dx += (AddNormBackward).
 __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, const float* mean, const float* rstd,
-                                   const float* dy, int64_t d, float* dx, float* prod) {
+                                   const float* dy, int64_t d, bool accumulate, float* dx, float* prod) {
   const int64_t r = blockIdx.x;
   const float* xr = x + r * d;
   const float* dyr = dy + r * d;
@@ -49,7 +57,8 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float xh = (xr[j] - m) * rs;
     if (prod) prod[r * d + j] = dyr[j] * xh;
-    dx[r * d + j] = rs * (dyr[j] * g[j] - mg - xh * mgx);
+    const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
+    dx[r * d + j] = accumulate ? dx[r * d + j] + v : v;
   }
 }
 
@@ -57,20 +66,39 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
 
 void CudaBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
                               float eps, float* y, float* mean, float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, g, b, d, eps, y,
-                                                                  mean, rstd);
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, nullptr, g, b, d,
+                                                                  eps, nullptr, y, mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
-void CudaBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                               const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
+void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b,
+                                 int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, a, g, b, d, eps,
+                                                                  sum, y, mean, rstd);
+  STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
+}
+
+void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean,
+                                   const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate,
+                                   float* dx, float* dg, float* db) {
   // db first: dx may not alias dy by the interface, but the sums must read dy as given.
   if (db) AddColumnSums(dy, rows, d, db);
   float* prod = static_cast<float*>(Scratch(kVector, rows * d * sizeof(float)));
   NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, g, mean, rstd,
-                                                                   dy, d, dx, prod);
+                                                                   dy, d, accumulate, dx, prod);
   STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
   AddColumnSums(prod, rows, d, dg);
+}
+
+void CudaBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                               const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
+  NormBackwardRows(kind, x, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
+}
+
+void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean,
+                                  const float* rstd, const float* dy, int64_t rows, int64_t d, float* dsum, float* dg,
+                                  float* db) {
+  NormBackwardRows(kind, sum, g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 
 }  // namespace stability::ops::cuda::internal

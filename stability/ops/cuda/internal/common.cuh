@@ -107,6 +107,10 @@ class CudaBackend final : public Backend {
                    float* y, float* mean, float* rstd) override;
   void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
                     const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) override;
+  void AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b, int64_t rows,
+                      int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
+  void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
+                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, float* out, float* probs, float* lse,
                         AttentionStats* stats) override;
@@ -192,6 +196,9 @@ class CudaBackend final : public Backend {
   // block's fixed tree), into *out on the device or returned.
   void DotInto(const float* a, const float* b, int64_t n, double* out);
   double Dot(const float* a, const float* b, int64_t n);
+  // NormBackward (dx overwritten) and AddNormBackward (accumulate: dx +=).
+  void NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
+                        const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx, float* dg, float* db);
   // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator).
   void RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out);
   // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
