@@ -32,6 +32,24 @@ struct Norm {
   bool on() const { return g != nullptr; }
 };
 
+// A linear layer's operands rounded to bf16 by its forward and read back by its backward
+// (ops::Bf16Operands), where the backend uses them; nothing is kept otherwise.
+struct KeptOperands {
+  Tensor x, w;
+  ops::Bf16Operands ptrs;  // null members: nothing kept
+  ops::Bf16Operands* Prepare(bool keep, Device device, int64_t x_values, int64_t w_values) {
+    if (!keep) {
+      *this = KeptOperands();
+      return nullptr;
+    }
+    if (x.numel() != x_values) x = Tensor::Empty({x_values}, DType::kBF16, device);
+    if (w.numel() != w_values) w = Tensor::Empty({w_values}, DType::kBF16, device);
+    ptrs = {x.data(), w.data()};
+    return &ptrs;
+  }
+  const ops::Bf16Operands* get() const { return ptrs.x ? &ptrs : nullptr; }
+};
+
 struct Linear {
   Parameter* w = nullptr;
   Parameter* b = nullptr;
@@ -40,6 +58,7 @@ struct Linear {
   Tensor* v = nullptr;
   Tensor w_eff, dw_eff;
   Tensor sigma;  // [1], on the model's device
+  KeptOperands kept;
   int64_t in = 0, out = 0;
   // The weight the layer computes with: W, or (g/σ)·W under σ-reparam.
   const float* weight() const { return gain ? w_eff.f32() : w->value.f32(); }
@@ -88,6 +107,7 @@ struct Model::Impl {
   std::vector<Tensor> stream;  // residual stream: input of block l, and stream[L] = output
   NormActs xf;
   Tensor logits, lse, ids, targets;
+  KeptOperands head_kept;
   bool have_forward = false;
   // Backward scratch.
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dlogits, dtmp;
@@ -307,6 +327,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // on a GPU): their telemetry slots, and whether the value read is a square.
   std::vector<std::pair<size_t, bool>> queued;
   be.ReadQueued();  // nothing should be left over; if a failed call left some, drop them
+  const bool keep_bf16 = be.KeepsBf16Operands();
   const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
     AllocNorm(device_, a, rows, d);
     be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
@@ -321,11 +342,13 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
     Alloc(device_, y, {N, lin.out});
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
+    ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
     if (act) {
       Alloc(device_, *act, {N, lin.out});
-      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), act->f32());
+      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), act->f32(),
+                                 kept);
     } else {
-      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32());
+      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), kept);
     }
     if (telemetry_on_) {
       be.QueueMeanRowNorm(y.f32(), N, lin.out);
@@ -443,7 +466,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   if (c.n_layer == 0) run_norm(m.nf, m.stream[0], N, C, m.xf);  // else fused into the last residual add
   Alloc(device_, m.logits, {N, V});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
-  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32());
+  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32(),
+                   m.head_kept.Prepare(keep_bf16, device_, N * C, V * C));
   Alloc(device_, m.lse, {N});
   ops::CrossEntropyStats ce;
   be.CrossEntropyForward(m.logits.f32(), targets.i32(), N, V, {c.logit_soft_cap, c.z_loss}, m.lse.f32(), &ce);
@@ -488,7 +512,7 @@ absl::Status Model::Backward(float dloss) {
   const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx) {
     if (lin.gain) lin.dw_eff.SetZero();
     be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
-                      lin.b ? lin.b->grad.f32() : nullptr);
+                      lin.b ? lin.b->grad.f32() : nullptr, lin.kept.get());
     if (lin.gain) {
       be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32(), lin.sigma.f32(), lin.u->f32(), lin.v->f32(),
                               lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32(), lin.gain->grad.f32());
@@ -498,7 +522,7 @@ absl::Status Model::Backward(float dloss) {
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.CrossEntropyLinearBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
                                 dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.f32(), m.dxf.f32(),
-                                head->grad.f32());
+                                head->grad.f32(), m.head_kept.get());
   norm_back(m.nf, m.stream[c.n_layer], m.xf, m.dxf.f32(), N, C, m.dres.f32());
 
   for (int64_t l = c.n_layer - 1; l >= 0; --l) {

@@ -73,6 +73,16 @@ enum class MatmulPrecision { kFp32, kBf16 };
 //           no kernel for still take kGemm (AttentionStoresProbs says which).
 enum class AttentionKernel { kGemm, kFused };
 
+// A linear layer's operands in bf16, rounded by its forward and kept by the caller for its
+// backward, which then reads them instead of rounding x and w again (a backend that
+// multiplies in bf16 says so with KeepsBf16Operands). x: n·in values, w: out·in, bf16
+// storage the caller owns. Valid from a layer's forward to its backward: x and w must not
+// change in between (they do not: the optimizer steps after the backward).
+struct Bf16Operands {
+  void* x = nullptr;
+  void* w = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -83,6 +93,8 @@ class Backend {
   // Between steps, never between a forward and its backward. False (nothing changed) when
   // this backend has no such kernel.
   virtual bool SetAttentionKernel(AttentionKernel kernel) { return kernel == AttentionKernel::kGemm; }
+  // Whether the linear ops use Bf16Operands (passing them elsewhere is harmless: ignored).
+  virtual bool KeepsBf16Operands() const { return false; }
 
   // out[n, :] = wte[ids[n], :] + wpe[n % T, :]   (wpe nullable: RoPE or no positions)
   virtual void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
@@ -91,19 +103,20 @@ class Backend {
   virtual void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
                                  float* dwte, float* dwpe) = 0;
 
-  // y[N, Out] = x[N, In] · w[Out, In]ᵀ + b[Out]   (b nullable)
+  // y[N, Out] = x[N, In] · w[Out, In]ᵀ + b[Out]   (b nullable; kept nullable: Bf16Operands)
   virtual void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                             float* y) = 0;
+                             float* y, Bf16Operands* kept) = 0;
   // y_pre = x·wᵀ + b and y = act(y_pre): LinearForward then ActivationForward, which a
   // backend may fuse (CUDA in bf16: one cuBLASLt product with a bias + GELU epilogue).
   virtual void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                       int64_t in, int64_t out, float* y_pre, float* y) {
-    LinearForward(x, w, b, n, in, out, y_pre);
+                                       int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept) {
+    LinearForward(x, w, b, n, in, out, y_pre, kept);
     ActivationForward(act, y_pre, n * out, y);
   }
-  // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable)
+  // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable); kept: what
+  // this layer's LinearForward was given (nullable)
   virtual void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
-                              float* dx, float* dw, float* db) = 0;
+                              float* dx, float* dw, float* db, const Bf16Operands* kept) = 0;
 
   // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
@@ -178,13 +191,15 @@ class Backend {
 
   // The loss head's backward as one op: CrossEntropyBackward into dlogits [N, V], then the
   // LM head's LinearBackward (x [N, C], w [V, C], no bias): dx = dlogits·w (overwritten),
-  // dw += dlogitsᵀ·x. dlogits is scratch that a backend may leave unwritten (CUDA in bf16
-  // writes the gradient straight in bf16 for the two products: no fp32 N×V pass).
+  // dw += dlogitsᵀ·x. dlogits is N×V floats of scratch whose contents are the backend's
+  // (CUDA in bf16 writes the gradient straight in bf16 into its first half for the two
+  // products: no fp32 N×V pass, no second N×V buffer).
   virtual void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                           int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
-                                          const float* w, int64_t c, float* dlogits, float* dx, float* dw) {
+                                          const float* w, int64_t c, float* dlogits, float* dx, float* dw,
+                                          const Bf16Operands* kept) {
     CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
-    LinearBackward(x, w, dlogits, n, c, v, dx, dw, nullptr);
+    LinearBackward(x, w, dlogits, n, c, v, dx, dw, nullptr, kept);
   }
 
   // AdamW (Loshchilov & Hutter; torch.optim.AdamW's order of operations), with g = grad·grad_scale:

@@ -72,7 +72,7 @@ void CpuBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, con
 }
 
 void CpuBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                               float* y) {
+                               float* y, Bf16Operands* /*kept: fp32 only*/) {
   // Arguments are checked by the caller; Sgemm cannot fail on them.
   (void)Sgemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
   if (b) {
@@ -83,7 +83,7 @@ void CpuBackend::LinearForward(const float* x, const float* w, const float* b, i
 }
 
 void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
-                                float* dx, float* dw, float* db) {
+                                float* dx, float* dw, float* db, const Bf16Operands* /*kept: fp32 only*/) {
   if (dx) (void)Sgemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
   (void)Sgemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
   if (db) {  // column sums, rows in order, over blocks of 64 columns (contiguous loads)

@@ -19,11 +19,11 @@ TEST(LinearTest, BackwardMatchesFiniteDifferences) {
   const std::vector<float> r = RandomVector(N * OUT, 4);
   std::vector<float> y(N * OUT);
   auto forward = [&] {
-    Be().LinearForward(x.data(), w.data(), b.data(), N, IN, OUT, y.data());
+    Be().LinearForward(x.data(), w.data(), b.data(), N, IN, OUT, y.data(), nullptr);
     return y;
   };
   std::vector<float> dx(x.size()), dw(w.size(), 0.0f), db(b.size(), 0.0f);
-  Be().LinearBackward(x.data(), w.data(), r.data(), N, IN, OUT, dx.data(), dw.data(), db.data());
+  Be().LinearBackward(x.data(), w.data(), r.data(), N, IN, OUT, dx.data(), dw.data(), db.data(), nullptr);
   ExpectGradientsMatch(forward, r, {{"x", &x, &dx}, {"w", &w, &dw}, {"b", &b, &db}});
 }
 
@@ -31,9 +31,9 @@ TEST(LinearTest, ParameterGradientsAccumulate) {
   constexpr int64_t N = 3, IN = 2, OUT = 2;
   const std::vector<float> x = RandomVector(N * IN, 1), w = RandomVector(OUT * IN, 2), dy = RandomVector(N * OUT, 3);
   std::vector<float> dw1(OUT * IN, 0.0f), dw2(OUT * IN, 0.0f), db(OUT, 0.0f);
-  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw1.data(), nullptr);
-  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw2.data(), db.data());
-  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw2.data(), db.data());
+  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw1.data(), nullptr, nullptr);
+  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw2.data(), db.data(), nullptr);
+  Be().LinearBackward(x.data(), w.data(), dy.data(), N, IN, OUT, nullptr, dw2.data(), db.data(), nullptr);
   for (size_t i = 0; i < dw1.size(); ++i) EXPECT_NEAR(dw2[i], 2 * dw1[i], 1e-5);
 }
 

@@ -79,18 +79,20 @@ void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targe
 
 void CudaBackend::CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                              int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
-                                             const float* w, int64_t c, float* dlogits, float* dx, float* dw) {
+                                             const float* w, int64_t c, float* dlogits, float* dx, float* dw,
+                                             const Bf16Operands* kept) {
   if (precision_ != MatmulPrecision::kBf16) {
-    Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw);
+    Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw, kept);
     return;
   }
-  // The gradient straight in bf16 (N×V: 412 M values at GPT-2 124M, batch 8): no fp32 pass.
-  auto* dl16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * v * sizeof(__nv_bfloat16)));
+  // The gradient straight in bf16 (N×V: 412 M values at GPT-2 124M, batch 8): no fp32 pass,
+  // and no buffer of its own — it fits in the first half of the caller's fp32 scratch.
+  auto* dl16 = reinterpret_cast<__nv_bfloat16*>(dlogits);
   const dim3 grid(static_cast<unsigned>(n), Blocks(v, 256));
   CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
                                             dloss / static_cast<float>(n), dl16);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
-  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw);
+  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, kept);
 }
 
 }  // namespace stability::ops::cuda::internal

@@ -341,6 +341,12 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
              batch, stride_a, stride_b, stride_c);
     return;
   }
+  GemmFp32(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, batch, stride_a, stride_b, stride_c);
+}
+
+void CudaBackend::GemmFp32(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch,
+                           int64_t stride_a, int64_t stride_b, int64_t stride_c) {
   if (batch == 1) {
     Check(blas_->sgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                       b, static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
@@ -354,8 +360,8 @@ void CudaBackend::Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, floa
         "cublasSgemmStridedBatched");
 }
 
-__nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, int slot) {
-  auto* y = static_cast<__nv_bfloat16*>(Scratch(slot, n * sizeof(__nv_bfloat16)));
+__nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, int slot, void* into) {
+  auto* y = static_cast<__nv_bfloat16*>(into ? into : Scratch(slot, n * sizeof(__nv_bfloat16)));
   ToBf16Kernel<<<Blocks(n, kThreads), kThreads>>>(x, n, y);
   STABILITY_CUDA_LAUNCHED("ToBf16Kernel");
   return y;
@@ -462,18 +468,24 @@ void CudaBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, co
 }
 
 bool CudaBackend::LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                                  float* y, float* gelu_pre) {
+                                  float* y, float* gelu_pre, Bf16Operands* kept) {
   if (precision_ != MatmulPrecision::kBf16) return false;
   constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
   if (!lt_->Ready(n, in, out, b, gelu_pre, kWorkspaceBytes)) return false;  // before any rounding
-  return lt_->Forward(ToBf16(x, n * in, kBf16B), ToBf16(w, out * in, kBf16A), b, n, in, out, y, gelu_pre,
+  return lt_->Forward(ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr),
+                      ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr), b, n, in, out, y, gelu_pre,
                       Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
 }
 
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                                float* y) {
-  if (b && LtLinearForward(x, w, b, n, in, out, y, nullptr)) return;  // bf16: the bias in the epilogue
-  Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+                                float* y, Bf16Operands* kept) {
+  if (b && LtLinearForward(x, w, b, n, in, out, y, nullptr, kept)) return;  // bf16: the bias in the epilogue
+  if (precision_ == MatmulPrecision::kBf16) {  // the operands rounded into the kept copies, if any
+    GemmBf16(Trans::kNo, Trans::kYes, n, out, in, 1.0f, ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr), in,
+             ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr), in, 0.0f, y, out);
+  } else {
+    Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+  }
   if (b) {
     AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(y, b, n, out);
     STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
@@ -481,23 +493,25 @@ void CudaBackend::LinearForward(const float* x, const float* w, const float* b, 
 }
 
 void CudaBackend::LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                          int64_t in, int64_t out, float* y_pre, float* y) {
-  if (act == Activation::kGelu && LtLinearForward(x, w, b, n, in, out, y, y_pre)) return;  // bf16: fused
-  Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y);
+                                          int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept) {
+  if (act == Activation::kGelu && LtLinearForward(x, w, b, n, in, out, y, y_pre, kept)) return;  // bf16: fused
+  Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y, kept);
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                                     int64_t out, float* dx, float* dw) {
+                                     int64_t out, float* dx, float* dw, const Bf16Operands* kept) {
   if (dx) {
-    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, ToBf16(w, out * in, kBf16A), in, 0.0f, dx, in);
+    const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, 0.0f, dx, in);
   }
-  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, ToBf16(x, n * in, kBf16B), in, 1.0f, dw, in);
+  const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);
+  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, dw, in);
 }
 
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
-                                 float* dx, float* dw, float* db) {
+                                 float* dx, float* dw, float* db, const Bf16Operands* kept) {
   if (precision_ == MatmulPrecision::kBf16) {  // dy rounded once for both products
-    LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw);
+    LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw, kept);
   } else {
     if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
     Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
@@ -564,11 +578,12 @@ void CudaBackend::SigmaReparamForward(const float* w, const float* g, int64_t ou
     STABILITY_CUDA_LAUNCHED("NormalizeKernel");
   };
   float* wv = static_cast<float*>(Scratch(kVector, out * sizeof(float)));
+  // fp32 in either precision: σ is a statistic, and a bf16 product would round all of w.
   if (update) {
-    Gemm(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
+    GemmFp32(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
     normalize(v, in);
   }
-  Gemm(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv, 1);  // w v
+  GemmFp32(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv, 1);  // w v
   if (update) {
     Copy(wv, out, u);  // u ← normalize(w v)
     normalize(u, out);

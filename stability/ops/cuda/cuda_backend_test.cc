@@ -103,11 +103,11 @@ TEST_F(CudaBackendTest, LinearForwardAndBackward) {
   std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out), dy = Random(n * out);
   std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.5f), db(out, 0.25f);
   float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw), *gdb = Up(db);
-  cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, y.data());
-  gpu_->LinearForward(gx, gw, gb, n, in, out, gy);
+  cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, y.data(), nullptr);
+  gpu_->LinearForward(gx, gw, gb, n, in, out, gy, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "y");
-  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), db.data());
-  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, gdb);
+  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), db.data(), nullptr);
+  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, gdb, nullptr);
   ExpectClose(Down(gdx, n * in), dx, 1e-5, 0, "dx");
   ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "dw (accumulated onto 0.5)");
   ExpectClose(Down(gdb, out), db, 1e-5, 0, "db (accumulated onto 0.25)");
@@ -397,8 +397,8 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
   float* gx = Up(x);
   std::vector<float> db1(64, 0.0f), db2(64, 0.0f);
   float *gdb1 = Up(db1), *gdb2 = Up(db2), *gw = Up(Random(64 * 64)), *gdw = Up(std::vector<float>(64 * 64, 0.0f));
-  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb1);
-  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb2);
+  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb1, nullptr);
+  gpu_->LinearBackward(gx, gw, gx, 512, 64, 64, nullptr, gdw, gdb2, nullptr);
   EXPECT_EQ(Down(gdb1, 64), Down(gdb2, 64));
   EXPECT_EQ(gpu_->SumSquares(gx, 512 * 64), gpu_->SumSquares(gx, 512 * 64));
 }
@@ -413,11 +413,11 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), dy = Random(n * out);
   std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
   float *gx = Up(x), *gw = Up(w), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw);
-  cpu_->LinearForward(x.data(), w.data(), nullptr, n, in, out, y.data());
-  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy);
+  cpu_->LinearForward(x.data(), w.data(), nullptr, n, in, out, y.data(), nullptr);
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-2, 0, "bf16 y");
-  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), nullptr);
-  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, nullptr);
+  cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), nullptr, nullptr);
+  gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, nullptr, nullptr);
   ExpectClose(Down(gdx, n * in), dx, 1e-2, 0, "bf16 dx");
   ExpectClose(Down(gdw, out * in), dw, 1e-2, 0, "bf16 dw");
   const int64_t b = 2, t = 48, h = 4, hd = 32, m = b * t * h * hd;
@@ -430,7 +430,7 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, go, gp, gl, nullptr);
   ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
-  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy);
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
@@ -446,7 +446,7 @@ TEST_F(CudaBackendTest, CrossEntropyLinearBackwardMatchesTheTwoOps) {
   cpu_->CrossEntropyForward(logits.data(), targets.data(), n, v, opt, lse.data(), nullptr);
   std::vector<float> dlogits(n * v), dx(n * c), dw(v * c, 0.0f);
   cpu_->CrossEntropyLinearBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 2.0f, x.data(), w.data(), c,
-                                   dlogits.data(), dx.data(), dw.data());
+                                   dlogits.data(), dx.data(), dw.data(), nullptr);
   float *gl = Up(logits), *glse = Up(lse), *gx = Up(x), *gw = Up(w), *gdl = Up(dlogits);
   int32_t* gt = Up(targets);
   for (MatmulPrecision precision : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
@@ -454,10 +454,10 @@ TEST_F(CudaBackendTest, CrossEntropyLinearBackwardMatchesTheTwoOps) {
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     ASSERT_TRUE(gpu_->SetMatmulPrecision(precision));
     float *gdx = Up(std::vector<float>(n * c)), *gdw = Up(std::vector<float>(v * c, 0.0f));
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw);
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
     ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
     ExpectClose(Down(gdw, v * c), dw, bf16 ? 1e-2 : 1e-5, 0, "dw");
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw);  // dw accumulates
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);  // dw accumulates
     std::vector<float> twice = dw;
     for (float& g : twice) g *= 2;
     ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
@@ -505,16 +505,89 @@ TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
     for (Activation a : {Activation::kGelu, Activation::kRelu}) {
       for (bool bias : {true, false}) {
         SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : ""));
-        cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data());
+        cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr);
         cpu_->ActivationForward(a, pre.data(), n * out, act.data());
-        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact);
+        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr);
         ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "pre-activation");
         ExpectClose(Down(gact, n * out), act, 1e-2, 0, "activation");
-        gpu_->LinearForward(gx, gw, bias ? gb : nullptr, n, in, out, gpre);
+        gpu_->LinearForward(gx, gw, bias ? gb : nullptr, n, in, out, gpre, nullptr);
         ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "linear alone");
       }
     }
   }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// The bf16 operands a linear forward keeps for its backward change no result: every
+// output is bit for bit the one computed without them (the same rounding, done once), on
+// the cuBLASLt path (bias, bias + GELU), the plain bf16 product, and the loss head; and
+// what is kept is x and w rounded to nearest even.
+TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
+  EXPECT_FALSE(gpu_->KeepsBf16Operands());  // fp32: nothing to keep
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  EXPECT_TRUE(gpu_->KeepsBf16Operands());
+  const int64_t n = 128, in = 256, out = 192;
+  std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out), dy = Random(n * out);
+  float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gdy = Up(dy);
+  Tensor x16 = Tensor::Empty({n * in}, DType::kBF16, kGpu), w16 = Tensor::Empty({out * in}, DType::kBF16, kGpu);
+  Bf16Operands kept{x16.data(), w16.data()};
+  for (int path = 0; path < 3; ++path) {  // Lt bias epilogue, Lt bias + GELU, plain bf16 product
+    SCOPED_TRACE("path " + std::to_string(path));
+    const float* bias = path == 2 ? nullptr : gb;
+    std::vector<float*> y(2), act(2), dx(2), dw(2), db(2);
+    for (int with = 0; with < 2; ++with) {
+      y[with] = Up(std::vector<float>(n * out));
+      act[with] = Up(std::vector<float>(n * out));
+      dx[with] = Up(std::vector<float>(n * in));
+      dw[with] = Up(std::vector<float>(out * in, 0.5f));
+      db[with] = Up(std::vector<float>(out, 0.25f));
+      Bf16Operands* k = with ? &kept : nullptr;
+      if (path == 1) {
+        gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k);
+      } else {
+        gpu_->LinearForward(gx, gw, bias, n, in, out, y[with], k);
+      }
+      gpu_->LinearBackward(gx, gw, gdy, n, in, out, dx[with], dw[with], db[with], k);
+    }
+    EXPECT_EQ(Down(y[1], n * out), Down(y[0], n * out));
+    if (path == 1) {
+      EXPECT_EQ(Down(act[1], n * out), Down(act[0], n * out));
+    }
+    EXPECT_EQ(Down(dx[1], n * in), Down(dx[0], n * in));
+    EXPECT_EQ(Down(dw[1], out * in), Down(dw[0], out * in));
+    EXPECT_EQ(Down(db[1], out), Down(db[0], out));
+    for (const auto& [t, host] : {std::pair{&x16, &x}, std::pair{&w16, &w}}) {
+      std::vector<uint16_t> bits(host->size());
+      t->CopyToHost(bits.data());
+      for (size_t i = 0; i < bits.size(); ++i) {
+        uint32_t u;
+        const float r = RoundToBf16((*host)[i]);
+        std::memcpy(&u, &r, 4);
+        ASSERT_EQ(bits[i], u >> 16) << (t == &x16 ? "x" : "w") << " at " << i;
+      }
+    }
+  }
+  // The loss head: its LinearForward keeps x and w; the fused backward reads them.
+  const int64_t v = 1031, c = 64;
+  const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
+  std::vector<int32_t> targets(n);
+  for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 37) % v);
+  float *hx = Up(Random(n * c)), *hw = Up(Random(v * c, 0.1)), *logits = Up(std::vector<float>(n * v));
+  float *lse = Up(std::vector<float>(n)), *dl = Up(std::vector<float>(n * v));
+  int32_t* gt = Up(targets);
+  Tensor hx16 = Tensor::Empty({n * c}, DType::kBF16, kGpu), hw16 = Tensor::Empty({v * c}, DType::kBF16, kGpu);
+  Bf16Operands head{hx16.data(), hw16.data()};
+  gpu_->LinearForward(hx, hw, nullptr, n, c, v, logits, &head);
+  gpu_->CrossEntropyForward(logits, gt, n, v, opt, lse, nullptr);
+  std::vector<std::vector<float>> dxs, dws;
+  for (const Bf16Operands* k : {static_cast<const Bf16Operands*>(nullptr), static_cast<const Bf16Operands*>(&head)}) {
+    float *hdx = Up(std::vector<float>(n * c)), *hdw = Up(std::vector<float>(v * c, 0.0f));
+    gpu_->CrossEntropyLinearBackward(logits, gt, lse, n, v, opt, 1.0f, hx, hw, c, dl, hdx, hdw, k);
+    dxs.push_back(Down(hdx, n * c));
+    dws.push_back(Down(hdw, v * c));
+  }
+  EXPECT_EQ(dxs[1], dxs[0]);
+  EXPECT_EQ(dws[1], dws[0]);
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 

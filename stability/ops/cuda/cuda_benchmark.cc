@@ -90,11 +90,11 @@ void BM_Linear(benchmark::State& state) {
   const float* bias = layer == 3 ? nullptr : b.f32();  // the LM head has none
   Timed(state, [&] {
     if (backward) {
-      be->LinearBackward(x.f32(), w.f32(), y.f32(), n, in, out, dx.f32(), dw.f32(), nullptr);
+      be->LinearBackward(x.f32(), w.f32(), y.f32(), n, in, out, dx.f32(), dw.f32(), nullptr, nullptr);
     } else if (layer == 1) {
-      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32());
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32(), nullptr);
     } else {
-      be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32());
+      be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32(), nullptr);
     }
   });
   be->SetMatmulPrecision(MatmulPrecision::kFp32);

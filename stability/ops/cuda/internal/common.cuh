@@ -98,11 +98,11 @@ class CudaBackend final : public Backend {
   void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
                          float* dwpe) override;
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                     float* y) override;
+                     float* y, Bf16Operands* kept) override;
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
-                               int64_t out, float* y_pre, float* y) override;
+                               int64_t out, float* y_pre, float* y, Bf16Operands* kept) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
-                      float* dw, float* db) override;
+                      float* dw, float* db, const Bf16Operands* kept) override;
   void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
                    float* y, float* mean, float* rstd) override;
   void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
@@ -138,7 +138,8 @@ class CudaBackend final : public Backend {
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
   void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                                   const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
-                                  int64_t c, float* dlogits, float* dx, float* dw) override;
+                                  int64_t c, float* dlogits, float* dx, float* dw,
+                                  const Bf16Operands* kept) override;
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
   double SumSquares(const float* x, int64_t n) override;
@@ -154,15 +155,22 @@ class CudaBackend final : public Backend {
   void Gemm(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1, int64_t stride_a = 0,
             int64_t stride_b = 0, int64_t stride_c = 0);
+  // Gemm in fp32 whatever the precision (cuBLAS SGEMM).
+  void GemmFp32(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
+                int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
   // The same product from operands already rounded to bf16 (tensor cores, fp32 accumulation).
   void GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a, int64_t lda,
                 const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
-  // LinearBackward's two products from dy already in bf16 (x and w rounded here).
+  // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
+  // copies, or rounded here).
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                          int64_t out, float* dx, float* dw);
-  // x[0, n) rounded to bf16 into scratch slot `slot` (kBf16A/B/C).
-  __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot);
+                          int64_t out, float* dx, float* dw, const Bf16Operands* kept);
+  // x[0, n) rounded to bf16 into `into` (n bf16 values) or, when null, scratch slot `slot`
+  // (kBf16A/B/C).
+  __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot, void* into = nullptr);
+  bool KeepsBf16Operands() const override { return precision_ == MatmulPrecision::kBf16; }
   bool AttentionStoresProbs(int64_t head_dim) const override {
     return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
   }
@@ -189,7 +197,7 @@ class CudaBackend final : public Backend {
   // bf16 only: the linear forward through cuBLASLt with its epilogue fused (bias; GELU
   // when gelu_pre is given); false, nothing written, where cuBLASLt has no kernel for it.
   bool LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
-                       float* gelu_pre);
+                       float* gelu_pre, Bf16Operands* kept);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
