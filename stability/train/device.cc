@@ -22,18 +22,19 @@ absl::StatusOr<Device> ResolveDevice(const std::string& flag) {
   return (*gpu)->device();
 }
 
-int64_t EstimateTrainingBytes(const model::ModelConfig& c, int64_t batch, int64_t seq, bool stores_attention_probs) {
+int64_t EstimateTrainingBytes(const model::ModelConfig& c, int64_t batch, int64_t seq, const ops::Backend& be) {
   const int64_t n = batch * seq, C = c.n_embd, F = c.mlp_ratio * C;
   const int64_t params = model::ParameterCount(c);
-  const int64_t per_layer = n * (24 * C + 4 * F) + (stores_attention_probs ? batch * c.n_head * seq * seq : 0);
+  const bool probs = be.AttentionStoresProbs(c.n_embd / c.n_head);
+  const int64_t per_layer = n * (24 * C + 4 * F) + (probs ? batch * c.n_head * seq * seq : 0);
   const int64_t head = 4 * n * c.vocab_size;  // logits, their gradient, and slack
-  return 4 * (4 * params + c.n_layer * per_layer + head);
+  const int64_t kept_bf16 = be.KeepsBf16Operands() ? c.n_layer * n * (3 * C + F) + n * C + params : 0;
+  return 4 * (4 * params + c.n_layer * per_layer + head) + 2 * kept_bf16;
 }
 
-absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq,
-                       bool stores_attention_probs) {
+absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq) {
   if (device.type == DeviceType::kCpu) return absl::OkStatus();
-  const int64_t need = EstimateTrainingBytes(config, batch, seq, stores_attention_probs);
+  const int64_t need = EstimateTrainingBytes(config, batch, seq, *ops::GetBackend(device));
   const ops::cuda::MemoryInfo mem = ops::cuda::GpuMemory(device.index);
   if (need > mem.free_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(

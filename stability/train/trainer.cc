@@ -250,8 +250,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
       data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .rank = comm->rank(),
                                           .world = world, .vocab_size = mc.vocab_size}));
 
-  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq,
-                                      ops::GetBackend(device)->AttentionStoresProbs(mc.n_embd / mc.n_head)));
+  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));  // after the precision and attention kernel are set
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed, device));
   // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
   // that piece; the pieces are all-gathered after each update.
