@@ -509,10 +509,18 @@ absl::Status Model::Backward(float dloss) {
     be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
                        n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr);
   };
-  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx) {
+  // With y_pre: dy is the gradient of act(y_pre), the activation's backward comes first
+  // (LinearActivationBackward, d_pre its scratch).
+  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx,
+                               const Tensor* y_pre = nullptr, float* d_pre = nullptr) {
     if (lin.gain) lin.dw_eff.SetZero();
-    be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(),
-                      lin.b ? lin.b->grad.f32() : nullptr, lin.kept.get());
+    float* db = lin.b ? lin.b->grad.f32() : nullptr;
+    if (y_pre) {
+      be.LinearActivationBackward(c.activation, x.f32(), lin.weight(), y_pre->f32(), dy, N, lin.in, lin.out, d_pre,
+                                  dx, lin.weight_grad(), db, lin.kept.get());
+    } else {
+      be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(), db, lin.kept.get());
+    }
     if (lin.gain) {
       be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32(), lin.sigma.f32(), lin.u->f32(), lin.v->f32(),
                               lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32(), lin.gain->grad.f32());
@@ -538,9 +546,8 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.fc2, y.act, g, m.dF1.f32());
-    be.ActivationBackward(c.activation, y.fc1_out.f32(), m.dF1.f32(), N * F, m.dF2.f32());
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
-    linear_back(y.fc1, a2, m.dF2.f32(), m.t3.f32());
+    linear_back(y.fc1, a2, m.dF1.f32(), m.t3.f32(), &y.fc1_out, m.dF2.f32());
     if (y.n2.on()) {
       add_norm_back(y.n2, y.h, y.a2, m.t3.f32());
     } else {

@@ -118,6 +118,17 @@ class Backend {
   virtual void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                               float* dx, float* dw, float* db, const Bf16Operands* kept) = 0;
 
+  // The backward of LinearActivationForward: d_pre = act'(y_pre) ⊙ dy, then LinearBackward
+  // with it (dx = d_pre·w, dw += d_preᵀ·x, db += Σ_n d_pre). d_pre [n, out] floats is
+  // scratch whose contents are the backend's (CUDA in bf16 writes d_pre straight in bf16 into
+  // its first half, the bias gradient's sums taken on the way: no fp32 pass).
+  virtual void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre,
+                                        const float* dy, int64_t n, int64_t in, int64_t out, float* d_pre, float* dx,
+                                        float* dw, float* db, const Bf16Operands* kept) {
+    ActivationBackward(act, y_pre, dy, n * out, d_pre);
+    LinearBackward(x, w, d_pre, n, in, out, dx, dw, db, kept);
+  }
+
   // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
   // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable.

@@ -148,17 +148,37 @@ __global__ void ActivationForwardKernel(Activation act, const float* x, int64_t 
   }
 }
 
+// dy·act'(v): the one formula of both backward kernels below, not inlined so that both run
+// the same compiled instructions (inlined, FMA contraction could differ between them).
+__device__ __noinline__ float ActivationGrad(Activation act, float v, float dy) {
+  if (act == Activation::kRelu) return v > 0 ? dy : 0.0f;
+  const float th = tanhf(kGeluScale * (v + 0.044715f * v * v * v));
+  const float dth = (1.0f - th * th) * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
+  return dy * (0.5f * (1.0f + th) + 0.5f * v * dth);
+}
+
 __global__ void ActivationBackwardKernel(Activation act, const float* x, const float* dy, int64_t n, float* dx) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float v = x[i];
-  if (act == Activation::kRelu) {
-    dx[i] = v > 0 ? dy[i] : 0.0f;
-    return;
+  dx[i] = ActivationGrad(act, x[i], dy[i]);
+}
+
+// The activation's backward for a bf16 linear backward, in one pass: d_pre = act'(pre)·dy
+// stored in bf16 (what the products read) and its column sums' partials for the bias
+// gradient, from the fp32 value — the same grid, order and bits as ActivationBackwardKernel,
+// ToBf16Kernel and ColumnPartialsKernel one after the other, without the fp32 d_pre in memory.
+__global__ void ActivationBackwardBf16Kernel(Activation act, const float* pre, const float* dy, int64_t rows,
+                                             int64_t cols, __nv_bfloat16* d_pre, double* partials) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (j >= cols) return;
+  double s = 0;
+  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
+    const float g = ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]);
+    d_pre[r * cols + j] = __float2bfloat16_rn(g);
+    s += g;
   }
-  const float th = tanhf(kGeluScale * (v + 0.044715f * v * v * v));
-  const float dth = (1.0f - th * th) * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
-  dx[i] = dy[i] * (0.5f * (1.0f + th) + 0.5f * v * dth);
+  if (partials) partials[chunk * cols + j] = s;
 }
 
 __global__ void AddKernel(const float* x, const float* a, int64_t n, float* y) {
@@ -517,6 +537,25 @@ void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy
     Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
   }
   if (db) AddColumnSums(dy, n, out, db);
+}
+
+void CudaBackend::LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre,
+                                           const float* dy, int64_t n, int64_t in, int64_t out, float* d_pre,
+                                           float* dx, float* dw, float* db, const Bf16Operands* kept) {
+  if (precision_ != MatmulPrecision::kBf16) {
+    Backend::LinearActivationBackward(act, x, w, y_pre, dy, n, in, out, d_pre, dx, dw, db, kept);
+    return;
+  }
+  auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
+  double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, kRowChunks * out * sizeof(double))) : nullptr;
+  ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), kRowChunks), kThreads>>>(act, y_pre, dy, n, out, d16,
+                                                                                      partials);
+  STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel");
+  if (db) {
+    ColumnTotalsKernel<<<Blocks(out, kThreads), kThreads>>>(partials, out, db);
+    STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
+  }
+  LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
 
 void CudaBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) {

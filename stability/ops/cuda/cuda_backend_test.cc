@@ -591,6 +591,48 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 
+// The MLP's activation backward fused into FC1's backward. fp32: the CPU's two ops at the
+// linear layer's bars. bf16, where d_pre goes straight to bf16 with its bias sums taken on
+// the way: bit for bit the GPU's own ActivationBackward then LinearBackward.
+TEST_F(CudaBackendTest, LinearActivationBackwardIsTheActivationsThenTheLinears) {
+  const int64_t n = 96, in = 64, out = 200;
+  std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), pre = Random(n * out, 2.0), dy = Random(n * out);
+  float *gx = Up(x), *gw = Up(w), *gpre = Up(pre), *gdy = Up(dy);
+  for (Activation act : {Activation::kGelu, Activation::kRelu}) {
+    SCOPED_TRACE(act == Activation::kGelu ? "gelu" : "relu");
+    std::vector<float> d_pre(n * out), dx(n * in), dw(out * in, 0.5f), db(out, 0.25f);
+    cpu_->LinearActivationBackward(act, x.data(), w.data(), pre.data(), dy.data(), n, in, out, d_pre.data(),
+                                   dx.data(), dw.data(), db.data(), nullptr);
+    float *gd = Up(d_pre), *gdx = Up(dx), *gdw = Up(std::vector<float>(out * in, 0.5f));
+    float* gdb = Up(std::vector<float>(out, 0.25f));
+    gpu_->LinearActivationBackward(act, gx, gw, gpre, gdy, n, in, out, gd, gdx, gdw, gdb, nullptr);
+    ExpectClose(Down(gdx, n * in), dx, 1e-5, 0, "fp32 dx");
+    ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "fp32 dw");
+    ExpectClose(Down(gdb, out), db, 1e-5, 0, "fp32 db");
+
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+    std::vector<std::vector<float>> got;
+    for (bool fused : {true, false}) {
+      float *d = Up(d_pre), *ddx = Up(dx), *ddw = Up(std::vector<float>(out * in, 0.5f));
+      float* ddb = Up(std::vector<float>(out, 0.25f));
+      if (fused) {
+        gpu_->LinearActivationBackward(act, gx, gw, gpre, gdy, n, in, out, d, ddx, ddw, ddb, nullptr);
+      } else {
+        gpu_->ActivationBackward(act, gpre, gdy, n * out, d);
+        gpu_->LinearBackward(gx, gw, d, n, in, out, ddx, ddw, ddb, nullptr);
+      }
+      got.push_back(Down(ddx, n * in));
+      got.push_back(Down(ddw, out * in));
+      got.push_back(Down(ddb, out));
+    }
+    EXPECT_EQ(got[0], got[3]) << "bf16 dx";
+    EXPECT_EQ(got[1], got[4]) << "bf16 dw";
+    EXPECT_EQ(got[2], got[5]) << "bf16 db";
+    ExpectClose(got[0], dx, 1e-2, 0, "bf16 dx against the CPU's fp32");
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  }
+}
+
 // The host rounding the bf16 comparisons give both sides: round to nearest, ties to even.
 TEST(CudaBackendSetupTest, RoundToBf16TiesToEven) {
   const float ulp = std::ldexp(1.0f, -7);  // bf16's spacing in [1, 2)

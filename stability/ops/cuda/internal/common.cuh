@@ -103,6 +103,9 @@ class CudaBackend final : public Backend {
                                int64_t out, float* y_pre, float* y, Bf16Operands* kept) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override;
+  void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre, const float* dy,
+                                int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
+                                const Bf16Operands* kept) override;
   void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
                    float* y, float* mean, float* rstd) override;
   void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
