@@ -6,9 +6,9 @@
 #   run(carry=[".gpu"], command="bash tools/gpu_check.sh", timeout_s=540)
 #
 # It runs every CUDA test (op by op against the CPU, the whole model per preset and
-# variant, 20 training steps, determinism, the NCCL communicator of size 1), the op tests
-# again under compute-sanitizer's memcheck, the training benchmark (tools/gpu_bench.py:
-# tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M shape, baseline and methods),
+# variant, 20 training steps, determinism, the NCCL communicator of size 1), the training
+# benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M
+# shape, baseline and methods), the op tests again under compute-sanitizer's memcheck,
 # then the op benchmarks (//stability/ops/cuda:benchmarks), and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
 # GPU_CHECK_BUDGET_S (500 s), so the device call (timeout_s=540) returns a report.
@@ -68,6 +68,10 @@ run_test() {  # name, binary, timeout
   run_test model_cuda model_cuda_test 240
   run_test nccl_communicator nccl_communicator_test 60
   echo
+  echo "## Training throughput"
+  echo
+  timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
+  echo
   # None of the kernels had run before the first check: memcheck finds out-of-bounds and
   # misaligned accesses that a passing comparison can hide.
   echo "## compute-sanitizer memcheck of the op tests"
@@ -78,10 +82,6 @@ run_test() {  # name, binary, timeout
   echo "exit $? (0: clean, 9: errors found, 124: out of time)"
   grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at 0x|by thread|\[  (PASSED|FAILED) " "$work/memcheck.log" | head -30
   echo '```'
-  echo
-  echo "## Training throughput"
-  echo
-  timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
   echo
   echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
   echo '```'

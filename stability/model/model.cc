@@ -1,5 +1,6 @@
 #include "stability/model/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -143,15 +144,13 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   auto add = [&](const std::string& name, Shape shape, Init init, bool decay) {
     Tensor value = Tensor::Empty(shape, DType::kF32, kCpu);
     float* p = value.f32();
-    const double residual_std = c.init_std / std::sqrt(2.0 * L);
-    for (int64_t i = 0; i < value.numel(); ++i) {
-      switch (init) {
-        case kNormal: p[i] = static_cast<float>(rng.Normal() * c.init_std); break;
-        case kResidual: p[i] = static_cast<float>(rng.Normal() * residual_std); break;
-        case kZero: p[i] = 0.0f; break;
-        case kOne: p[i] = 1.0f; break;
-        case kLayerScale: p[i] = c.layer_scale_init; break;
-      }
+    const int64_t n = value.numel();
+    switch (init) {
+      case kNormal: rng.FillNormal(p, n, c.init_std); break;
+      case kResidual: rng.FillNormal(p, n, c.init_std / std::sqrt(2.0 * L)); break;
+      case kZero: std::fill(p, p + n, 0.0f); break;
+      case kOne: std::fill(p, p + n, 1.0f); break;
+      case kLayerScale: std::fill(p, p + n, c.layer_scale_init); break;
     }
     m->params_.push_back({name, value, Tensor::Zeros(shape), decay});
   };

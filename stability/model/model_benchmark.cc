@@ -1,4 +1,5 @@
-// Forward + backward per step on the CPU, with telemetry on and off (its cost):
+// Forward + backward per step on the CPU, with telemetry on and off (its cost), and model
+// creation:
 //   bazel run //stability/model:model_benchmark
 // Args: size preset index (0 tiny: B 8 × T 64; 1 mid: 8 blocks × 512 wide, B 2 × T 512),
 // telemetry (1 on, 0 off). Counters: tokens/s.
@@ -30,6 +31,16 @@ void BM_ForwardBackward(benchmark::State& state) {
   state.SetLabel(mid ? "mid" : "tiny");
   state.counters["tokens/s"] = benchmark::Counter(static_cast<double>(B * T), benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// Creating (initialising) a model of a size preset: the cost a large run pays before its
+// first step (Arg: 0 tiny, 1 GPT-2 124M). Counters: parameters/s.
+void BM_Create(benchmark::State& state) {
+  const ModelConfig config = *MakeConfig(state.range(0) == 1 ? "gpt2_124m" : "tiny", "baseline");
+  for (auto _ : state) benchmark::DoNotOptimize(*Model::Create(config, 1));
+  state.counters["parameters/s"] = benchmark::Counter(static_cast<double>(ParameterCount(config)),
+                                                      benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_Create)->ArgName("gpt2_124m")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK(BM_ForwardBackward)
     ->ArgNames({"mid", "telemetry"})
