@@ -1,0 +1,29 @@
+"""tools/gpu_bench.py's plumbing on the CPU (its smoke plan): the training runs start with
+its flags, their metrics files parse, and the table has a row of numbers per method, so
+that a lent GPU's minutes are never spent finding a broken script."""
+import os
+import re
+import subprocess
+import sys
+
+RUNFILES = os.environ.get("TEST_SRCDIR", "")
+BIN = os.path.join(RUNFILES, "stability/cli/stability")
+SCRIPT = os.path.join(RUNFILES, "stability/tools/gpu_bench.py")
+
+
+def test_smoke_plan_prints_a_row_of_numbers_per_method(tmp_path):
+    r = subprocess.run([sys.executable, SCRIPT, "--bin", BIN, "--work", str(tmp_path), "--device=cpu",
+                        "--plan=smoke"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| tiny |")]
+    assert len(rows) == 2, r.stdout
+    assert not any("failed" in l for l in rows), r.stdout
+    for row, method in zip(rows, ["baseline", "qk_norm"]):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        preset, precision, kernel, name, shape, tps, mfu, rel, loss, wall = cells
+        assert (preset, precision, kernel, name, shape) == ("tiny", "fp32", "gemm", method, "2 × 64")
+        assert float(tps.replace(",", "")) > 0
+        assert mfu == "?"  # no card, no peak: MFU is not made up
+        assert 0 < float(loss) < 12  # ln(50257) ≈ 10.8 at init
+        assert re.fullmatch(r"\d+ s", wall)
+    assert rows[0].split("|")[8].strip() == "1.000"  # the baseline against itself
