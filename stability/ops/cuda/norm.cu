@@ -58,7 +58,7 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
     const float xh = (xr[j] - m) * rs;
     if (prod) prod[r * d + j] = dyr[j] * xh;
     const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
-    dx[r * d + j] = accumulate ? dx[r * d + j] + v : v;
+    dx[r * d + j] = accumulate ? __fadd_rn(dx[r * d + j], v) : v;  // never an FMA: the bits of Add's
   }
 }
 
