@@ -25,19 +25,7 @@ constexpr int kThreads = 256;
 
 class CudaAllocator final : public Allocator {
  public:
-  void* Allocate(size_t bytes) override {
-    void* p = nullptr;
-    if (bytes == 0) return nullptr;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      size_t free_b = 0, total_b = 0;
-      cudaMemGetInfo(&free_b, &total_b);
-      std::fprintf(stderr, "CUDA out of memory: %.1f MiB requested, %.1f MiB free of %.1f MiB\n", bytes / 1048576.0,
-                   free_b / 1048576.0, total_b / 1048576.0);
-      throw std::bad_alloc();
-    }
-    return p;  // cudaMalloc aligns to 256 bytes
-  }
+  void* Allocate(size_t bytes) override { return DeviceMalloc(bytes); }
   void Free(void* p) override { cudaFree(p); }
   void Zero(void* p, size_t bytes) override { Check(cudaMemset(p, 0, bytes), "cudaMemset"); }
   void CopyFromHost(void* dst, const void* src, size_t bytes) override {
@@ -268,6 +256,20 @@ int64_t Span(int64_t rows, int64_t cols, int64_t ld, int64_t batch, int64_t stri
 
 }  // namespace
 
+void* DeviceMalloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) return nullptr;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    std::fprintf(stderr, "CUDA out of memory: %.1f MiB requested, %.1f MiB free of %.1f MiB\n", bytes / 1048576.0,
+                 free_b / 1048576.0, total_b / 1048576.0);
+    throw std::bad_alloc();
+  }
+  return p;  // cudaMalloc aligns to 256 bytes
+}
+
 const CublasApi* LoadCublas(std::string* error) {
   static std::string load_error;
   static const CublasApi* api = []() -> const CublasApi* {
@@ -334,7 +336,8 @@ void* CudaBackend::Scratch(int slot, size_t bytes) {
   if (scratch_bytes_[slot] < bytes) {
     cudaFree(scratch_[slot]);
     scratch_[slot] = nullptr;
-    Check(cudaMalloc(&scratch_[slot], bytes), "cudaMalloc (scratch)");
+    scratch_bytes_[slot] = 0;
+    scratch_[slot] = DeviceMalloc(bytes);
     scratch_bytes_[slot] = bytes;
   }
   return scratch_[slot];
@@ -424,7 +427,7 @@ void CudaBackend::RowNormSumInto(const float* x, int64_t rows, int64_t d, double
 }
 
 double* CudaBackend::NextQueueSlot(double divisor) {
-  if (queue_dev_ == nullptr) Check(cudaMalloc(&queue_dev_, kQueueCapacity * sizeof(double)), "cudaMalloc (queue)");
+  if (queue_dev_ == nullptr) queue_dev_ = static_cast<double*>(DeviceMalloc(kQueueCapacity * sizeof(double)));
   const size_t pending = queue_divisors_.size() - queue_read_.size();
   if (pending == kQueueCapacity) {  // full: bring these back and start the device slots again
     queue_read_.resize(queue_read_.size() + pending);

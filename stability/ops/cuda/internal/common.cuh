@@ -30,6 +30,10 @@ inline void Check(cublasStatus_t s, const char* what) {
 }
 #define STABILITY_CUDA_LAUNCHED(what) ::stability::ops::cuda::internal::Check(cudaGetLastError(), what)
 
+// cudaMalloc, or std::bad_alloc after printing the bytes asked for and free (the trainer
+// turns it into an out-of-memory error with what to change).
+void* DeviceMalloc(size_t bytes);
+
 inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
 // Grid of the two-pass reductions: fixed, so the summation order never changes.
