@@ -72,13 +72,18 @@ __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, dou
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-constexpr int kRowChunks = 32;
+// Column sums: each thread one column of one of kRowChunks row chunks, rows in order (the
+// order, and so the bits, fixed by kRowChunks). 128 chunks give a GPT-2 sized matrix (8,192
+// rows × 768 columns) 384 blocks of 64 rows a thread; loops unrolled so that a thread has
+// several loads in flight (the sums still run in row order).
+constexpr int kRowChunks = 128;
 // partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
 __global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   if (j >= cols) return;
   double s = 0;
+#pragma unroll 4
   for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) s += x[r * cols + j];
   partials[chunk * cols + j] = s;
 }
@@ -155,12 +160,14 @@ __global__ void ActivationBackwardKernel(Activation act, const float* x, const f
 // stored in bf16 (what the products read) and its column sums' partials for the bias
 // gradient, from the fp32 value — the same grid, order and bits as ActivationBackwardKernel,
 // ToBf16Kernel and ColumnPartialsKernel one after the other, without the fp32 d_pre in memory.
-__global__ void ActivationBackwardBf16Kernel(Activation act, const float* pre, const float* dy, int64_t rows,
+__global__ void ActivationBackwardBf16Kernel(Activation act, const float* __restrict__ pre,
+                                             const float* __restrict__ dy, int64_t rows,
                                              int64_t cols, __nv_bfloat16* d_pre, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   if (j >= cols) return;
   double s = 0;
+#pragma unroll 4
   for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
     const float g = ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]);
     d_pre[r * cols + j] = __float2bfloat16_rn(g);
@@ -187,9 +194,23 @@ __global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, in
   if (idx < n * c) y[idx] = x[idx] * s[idx % c];
 }
 
-__global__ void MulKernel(const float* a, const float* b, int64_t n, float* y) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) y[i] = a[i] * b[i];
+// Layer scale's backward in one pass: dx = dy·s and the partials of ds = Σ_rows dy·x (in
+// double, as the CPU), a fixed grid of row chunks per column like ColumnPartialsKernel. Each
+// element is read before it is written by the same thread, so dx may alias dy.
+__global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const float* dy, int64_t rows, int64_t cols,
+                                           float* dx, double* partials) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (j >= cols) return;
+  const float sj = s[j];
+  double acc = 0;
+#pragma unroll 4
+  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
+    const float g = dy[r * cols + j];
+    acc += static_cast<double>(g) * x[r * cols + j];
+    dx[r * cols + j] = g * sj;
+  }
+  partials[chunk * cols + j] = acc;
 }
 
 __global__ void ScaleKernel(float* x, int64_t n, float s) {
@@ -601,13 +622,11 @@ void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n,
 
 void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
                                        float* dx, float* ds) {
-  // ds += Σ_n dy·x first (dx may alias dy), then dx = dy·s.
-  float* prod = static_cast<float*>(Scratch(kVector, n * c * sizeof(float)));
-  MulKernel<<<Blocks(n * c, kThreads), kThreads>>>(dy, x, n * c, prod);
-  STABILITY_CUDA_LAUNCHED("MulKernel");
-  AddColumnSums(prod, n, c, ds);
-  ChannelScaleKernel<<<Blocks(n * c, kThreads), kThreads>>>(dy, s, n, c, dx);
-  STABILITY_CUDA_LAUNCHED("ChannelScaleKernel");
+  double* partials = static_cast<double*>(Scratch(kColumnPartials, kRowChunks * c * sizeof(double)));
+  ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), kRowChunks), kThreads>>>(x, s, dy, n, c, dx, partials);
+  STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
+  ColumnTotalsKernel<<<Blocks(c, kThreads), kThreads>>>(partials, c, ds);
+  STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
 void CudaBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
