@@ -69,7 +69,7 @@ def _cuda_library_impl(ctx):
         # in their own namespace, so nvcc's /tmp/tmpxft_<pid>_... names collide between
         # parallel compiles ("cannot open source file /tmp/tmpxft_00000002_...").
         args.add("--objdir-as-tempdir")
-        args.add_all(["-Xcompiler", "-fPIC", "-Xcompiler", "-fopenmp"])
+        args.add_all(["-Xcompiler", "-fPIC", "-Xcompiler", "-fopenmp", "-Xcompiler", "-ffp-contract=off"])
         args.add_all(ctx.attr.archs)
         args.add_all(include_flags)
         args.add_all(ctx.attr.copts)

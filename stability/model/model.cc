@@ -364,7 +364,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   };
 
   // A residual branch's end: out = residual + LS ⊙ Norm(branch); the scale's input is kept.
-  // The norm that reads `out` next (when on) runs in the same pass over it: AddNormForward.
+  // The norm that reads `out` next (when on) runs in the same pass over it, the layer scale
+  // too: AddNormForward.
   const auto add_branch = [&](const Tensor& branch_out, const Norm& norm, NormActs& norm_acts, Parameter* scale,
                               Tensor& scale_out, const Tensor& residual, const Tensor** scale_in, Tensor& out,
                               const Norm& next, NormActs& next_acts) {
@@ -374,19 +375,19 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       branch = &norm_acts.y;
     }
     *scale_in = branch;
+    if (next.on()) {
+      AllocNorm(device_, next_acts, N, C);
+      be.AddNormForward(c.norm, residual.f32(), branch->f32(), scale ? scale->value.f32() : nullptr,
+                        next.g->value.f32(), next.b ? next.b->value.f32() : nullptr, N, C, c.norm_eps, out.f32(),
+                        next_acts.y.f32(), next_acts.mean.f32(), next_acts.rstd.f32());
+      return;
+    }
     if (scale) {
       Alloc(device_, scale_out, {N, C});
       be.ChannelScaleForward(branch->f32(), scale->value.f32(), N, C, scale_out.f32());
       branch = &scale_out;
     }
-    if (next.on()) {
-      AllocNorm(device_, next_acts, N, C);
-      be.AddNormForward(c.norm, residual.f32(), branch->f32(), next.g->value.f32(),
-                        next.b ? next.b->value.f32() : nullptr, N, C, c.norm_eps, out.f32(), next_acts.y.f32(),
-                        next_acts.mean.f32(), next_acts.rstd.f32());
-    } else {
-      be.Add(residual.f32(), branch->f32(), N * C, out.f32());
-    }
+    be.Add(residual.f32(), branch->f32(), N * C, out.f32());
   };
 
   m.stream.resize(c.n_layer + 1);

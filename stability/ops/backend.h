@@ -137,11 +137,13 @@ class Backend {
   virtual void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
                             const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) = 0;
   // A residual add and the norm after it, in one pass over the rows:
-  //   sum = x + a,  y = Norm(sum)      (Add then NormForward, the same bits)
+  //   sum = x + a ⊙ s,  y = Norm(sum)   (ChannelScaleForward, Add, NormForward: the same
+  //                                      bits; s [D] nullable: no layer scale, a alone)
   // Backward accumulates into the residual stream's gradient, which already holds what
   // reached sum by the residual path:  dsum += ∂y/∂sum · dy  (dsum ACCUMULATED).
-  virtual void AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b,
-                              int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) = 0;
+  virtual void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
+                              const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
+                              float* rstd) = 0;
   virtual void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) = 0;
 

@@ -50,16 +50,23 @@ void CpuBackend::NormForward(NormKind kind, const float* x, const float* g, cons
 }
 
 // The row's sum is normalised while it is still in cache: one pass over memory, not two.
-void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b,
-                                int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
+// x + a·s is not contracted to an FMA (-ffp-contract=off, .bazelrc): ChannelScaleForward's bits.
+void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
+                                const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
+                                float* rstd) {
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     float* sr = sum + r * d;
     const float* xr = x + r * d;
     const float* ar = a + r * d;
+    if (s) {
 #pragma omp simd
-    for (int64_t j = 0; j < d; ++j) sr[j] = xr[j] + ar[j];
+      for (int64_t j = 0; j < d; ++j) sr[j] = xr[j] + ar[j] * s[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < d; ++j) sr[j] = xr[j] + ar[j];
+    }
     NormRow(layer, sr, g, b, d, eps, y + r * d, mean ? mean + r : nullptr, rstd + r);
   }
 }

@@ -48,7 +48,7 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
     be.Add(x.data(), a.data(), rows * d, sum.data());
     be.NormForward(kind, sum.data(), g.data(), b.data(), rows, d, 1e-5f, y.data(), mean.data(), rstd.data());
     std::vector<float> fsum(rows * d), fy(rows * d), fmean(rows), frstd(rows);
-    be.AddNormForward(kind, x.data(), a.data(), g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
+    be.AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
                       fmean.data(), frstd.data());
     EXPECT_EQ(fsum, sum);
     EXPECT_EQ(fy, y);
@@ -56,6 +56,16 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
     if (kind == NormKind::kLayerNorm) {
       EXPECT_EQ(fmean, mean);
     }
+    // With a layer scale on the branch: ChannelScaleForward, then the same.
+    std::vector<float> scaled(rows * d), ssum(rows * d), sy(rows * d), smean(rows), srstd(rows);
+    be.ChannelScaleForward(a.data(), b.data(), rows, d, scaled.data());
+    be.Add(x.data(), scaled.data(), rows * d, ssum.data());
+    be.NormForward(kind, ssum.data(), g.data(), b.data(), rows, d, 1e-5f, sy.data(), smean.data(), srstd.data());
+    be.AddNormForward(kind, x.data(), a.data(), b.data(), g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
+                      fmean.data(), frstd.data());
+    EXPECT_EQ(fsum, ssum);
+    EXPECT_EQ(fy, sy);
+    EXPECT_NE(fsum, sum);
 
     std::vector<float> dx(rows * d), dg(d, 0.5f), db(d, 0.25f), expect = dres;
     be.NormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dx.data(), dg.data(),

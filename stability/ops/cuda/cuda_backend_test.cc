@@ -162,14 +162,14 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     std::vector<float> dy = Random(rows * d), dres = Random(rows * d);
     std::vector<float> sum(rows * d), y(rows * d), mean(rows), rstd(rows), dg(d, 0.5f), db(d, 0.25f), dsum = dres;
     const float* bp = kind == NormKind::kLayerNorm ? b.data() : nullptr;
-    cpu_->AddNormForward(kind, x.data(), a.data(), g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(), mean.data(),
-                         rstd.data());
+    cpu_->AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(),
+                         mean.data(), rstd.data());
     cpu_->AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dsum.data(),
                           dg.data(), bp ? db.data() : nullptr);
     float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = bp ? Up(b) : nullptr, *gdy = Up(dy);
     float *gsum = Up(sum), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd), *gdsum = Up(dres);
     float *gdg = Up(std::vector<float>(d, 0.5f)), *gdb = Up(std::vector<float>(d, 0.25f));
-    gpu_->AddNormForward(kind, gx, ga, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
+    gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
     gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr);
     EXPECT_EQ(Down(gsum, rows * d), sum);  // one float add
     ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "add+norm y");
@@ -188,6 +188,15 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     EXPECT_EQ(Down(grstd, rows), Down(urstd, rows));
     EXPECT_EQ(Down(gdsum, rows * d), Down(udres, rows * d));
     EXPECT_EQ(Down(gdg, d), Down(udg, d));
+
+    // With a layer scale on the branch: bit for bit ChannelScaleForward, Add, NormForward.
+    float* gs = Up(g);  // any channel vector
+    gpu_->ChannelScaleForward(ga, gs, rows, d, uy);
+    gpu_->Add(gx, uy, rows * d, usum);
+    gpu_->NormForward(kind, usum, gg, gb, rows, d, 1e-5f, uy, umean, urstd);
+    gpu_->AddNormForward(kind, gx, ga, gs, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
+    EXPECT_EQ(Down(gsum, rows * d), Down(usum, rows * d));
+    EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
   }
 }
 

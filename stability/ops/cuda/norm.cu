@@ -7,16 +7,18 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
-// With a (AddNormForward): the row of x + a is written to sum and normalised from there;
-// each thread reads back only what it wrote, so no barrier is needed between the passes.
-__global__ void NormForwardKernel(bool layer, const float* x, const float* a, const float* g, const float* b,
-                                  int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
+// With a (AddNormForward): the row of x + a ⊙ s (s nullable) is written to sum and
+// normalised from there; each thread reads back only what it wrote, so no barrier is needed
+// between the passes. __fmul_rn: a·s rounded on its own, as ChannelScaleKernel does (no FMA).
+__global__ void NormForwardKernel(bool layer, const float* x, const float* a, const float* s, const float* g,
+                                  const float* b, int64_t d, float eps, float* sum, float* y, float* mean,
+                                  float* rstd) {
   const int64_t r = blockIdx.x;
   const float* xr = x + r * d;
   if (a) {
     const float* ar = a + r * d;
     float* sr = sum + r * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sr[j] = xr[j] + ar[j];
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sr[j] = xr[j] + (s ? __fmul_rn(ar[j], s[j]) : ar[j]);
     xr = sr;
   }
   double mu = 0;
@@ -66,14 +68,15 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
 
 void CudaBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
                               float eps, float* y, float* mean, float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, nullptr, g, b, d,
-                                                                  eps, nullptr, y, mean, rstd);
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, nullptr, nullptr,
+                                                                  g, b, d, eps, nullptr, y, mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
-void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b,
-                                 int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, a, g, b, d, eps,
+void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
+                                 const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
+                                 float* rstd) {
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, a, s, g, b, d, eps,
                                                                   sum, y, mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }

@@ -114,8 +114,8 @@ class CudaBackend final : public Backend {
                    float* y, float* mean, float* rstd) override;
   void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
                     const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) override;
-  void AddNormForward(NormKind kind, const float* x, const float* a, const float* g, const float* b, int64_t rows,
-                      int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
+  void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
+                      int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
