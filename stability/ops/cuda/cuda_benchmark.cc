@@ -186,6 +186,24 @@ void BM_Gelu(benchmark::State& state) {
 }
 BENCHMARK(BM_Gelu)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
 
+// The embedding's backward (token and position gradients) on GPT-2-like text statistics:
+// token ids drawn from a Zipf-like law over the vocabulary (frequent tokens make long runs).
+void BM_EmbeddingBackward(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t n = s.b * s.t, c = s.h * s.hd;
+  Rng rng(3);
+  std::vector<int32_t> host(n);
+  for (int32_t& id : host) id = static_cast<int32_t>(std::pow(static_cast<double>(s.v), rng.Uniform())) - 1;
+  Tensor ids = Tensor::Empty({n}, DType::kI32, Gpu()->device());
+  ids.CopyFromHost(host.data());
+  Tensor dout = Random(n * c), dwte = Random(s.v * c), dwpe = Random(s.t * c);
+  Backend* be = Gpu();
+  Timed(state, [&] { be->EmbeddingBackward(ids.i32(), n, s.t, dout.f32(), c, dwte.f32(), dwpe.f32()); });
+  Report(state, 2.0 * n * c, 4.0 * 3 * n * c);
+}
+BENCHMARK(BM_EmbeddingBackward)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+
 void BM_AdamW(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   const int64_t n = state.range(0);

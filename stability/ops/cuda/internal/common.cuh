@@ -233,7 +233,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 11;
+  static constexpr int kSlots = 12;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -251,6 +251,7 @@ enum ScratchSlot {
   kLtWorkspace = 8,  // cuBLASLt's
   kSigma = 9,        // σ-reparam's device doubles (norms, σ, ⟨G, w⟩)
   kBf16C = 10,       // a third bf16 operand (LinearBackward's dy, shared by its two products)
+  kTokenOrder = 11,  // EmbeddingBackward's positions sorted by token id
 };
 
 }  // namespace stability::ops::cuda::internal
