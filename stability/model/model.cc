@@ -602,7 +602,9 @@ absl::Status Model::Backward(float dloss) {
 
 double Model::ComputeGradNorms() {
   backend_->ReadQueued();  // drop leftovers of a failed call, if any
-  for (const Parameter& p : params_) backend_->QueueSumSquares(p.grad.f32(), p.grad.numel());
+  std::vector<std::pair<const float*, int64_t>> grads;
+  for (const Parameter& p : params_) grads.emplace_back(p.grad.f32(), p.grad.numel());
+  backend_->QueueSumSquaresOfEach(grads);
   const std::vector<double> squares = backend_->ReadQueued();  // one synchronisation on a GPU
   double total = 0;
   for (size_t i = 0; i < params_.size(); ++i) {

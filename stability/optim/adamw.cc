@@ -67,9 +67,14 @@ AdamW::AdamW(std::vector<Parameter>* params, const AdamWOptions& options, FlatRa
   });
 }
 
+// Queued and read once: one synchronisation on a GPU, not one per parameter.
 double AdamW::GradNorm() const {
+  backend_->ReadQueued();  // drop leftovers of a failed call, if any
+  std::vector<std::pair<const float*, int64_t>> grads;
+  for (const Parameter& p : *params_) grads.emplace_back(p.grad.f32(), p.grad.numel());
+  backend_->QueueSumSquaresOfEach(grads);
   double ss = 0;
-  for (const Parameter& p : *params_) ss += backend_->SumSquares(p.grad.f32(), p.grad.numel());
+  for (double v : backend_->ReadQueued()) ss += v;
   return std::sqrt(ss);
 }
 

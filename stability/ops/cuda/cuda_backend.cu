@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <initializer_list>
 #include <new>
@@ -98,11 +99,17 @@ __global__ void AddRowVectorKernel(float* y, const float* b, int64_t n, int64_t 
   if (idx < n * c) y[idx] += b[idx % c];
 }
 
+// s + a·b in double as one fused operation, written out so that every reduction kernel that
+// promises DotPartialsKernel's bits compiles to the same arithmetic.
+__device__ inline double AddProduct(double s, float a, float b) {
+  return fma(static_cast<double>(a), static_cast<double>(b), s);
+}
+
 __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, double* partials) {
   double s = 0;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s += static_cast<double>(a[i]) * b[i];
+    s = AddProduct(s, a[i], b[i]);
   }
   s = BlockSum(s);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
@@ -140,6 +147,37 @@ __global__ void RowNormsKernel(const float* x, int64_t rows, int64_t d, double* 
   for (int64_t j = lane; j < d; j += 32) s += static_cast<double>(x[r * d + j]) * x[r * d + j];
   s = WarpSum(s);
   if (lane == 0) norms[r] = sqrt(s);
+}
+
+// QueueSumSquaresOfEach's batch: up to kEachMax buffers, passed by value (3 KB of kernel
+// parameters), each with its queue slot.
+constexpr int kEachMax = 128;
+struct EachSpans {
+  const float* x[kEachMax];
+  int64_t n[kEachMax];
+  double* out[kEachMax];
+};
+
+// Block (b, i): DotPartialsKernel's block b for x_i·x_i (the same grid, stride and tree).
+__global__ void EachSquarePartialsKernel(EachSpans spans, double* partials) {
+  const float* x = spans.x[blockIdx.y];
+  const int64_t n = spans.n[blockIdx.y];
+  double s = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s = AddProduct(s, x[i], x[i]);
+  }
+  s = BlockSum(s);
+  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = s;
+}
+
+// One block per buffer: SumDoublesKernel over its partials, into its queue slot.
+__global__ void EachSumKernel(EachSpans spans, const double* partials, int64_t blocks) {
+  const double* p = partials + blockIdx.x * blocks;
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) s += p[i];
+  s = BlockSum(s);
+  if (threadIdx.x == 0) *spans.out[blockIdx.x] = s;
 }
 
 // One block: Σ x in a fixed order (each thread's stride, then the block tree).
@@ -498,6 +536,28 @@ double* CudaBackend::NextQueueSlot(double divisor) {
 }
 
 void CudaBackend::QueueSumSquares(const float* x, int64_t n) { DotInto(x, x, n, NextQueueSlot(1.0)); }
+
+void CudaBackend::QueueSumSquaresOfEach(const std::vector<std::pair<const float*, int64_t>>& xs) {
+  for (size_t i = 0; i < xs.size();) {
+    // Slots for a whole batch without the queue flushing in the middle of it (a flush reads
+    // the pending slots, so it may only happen before the batch's first).
+    const size_t pending = queue_divisors_.size() - queue_read_.size();
+    const size_t room = pending == kQueueCapacity ? kQueueCapacity : kQueueCapacity - pending;
+    const int count = static_cast<int>(std::min({xs.size() - i, room, static_cast<size_t>(kEachMax)}));
+    EachSpans spans{};
+    for (int k = 0; k < count; ++k) {
+      spans.x[k] = xs[i + k].first;
+      spans.n[k] = xs[i + k].second;
+      spans.out[k] = NextQueueSlot(1.0);
+    }
+    double* partials = static_cast<double*>(Scratch(kEachPartials, kEachMax * kReduceBlocks * sizeof(double)));
+    EachSquarePartialsKernel<<<dim3(kReduceBlocks, count), kReduceThreads>>>(spans, partials);
+    STABILITY_CUDA_LAUNCHED("EachSquarePartialsKernel");
+    EachSumKernel<<<count, 1024>>>(spans, partials, kReduceBlocks);
+    STABILITY_CUDA_LAUNCHED("EachSumKernel");
+    i += count;
+  }
+}
 
 void CudaBackend::QueueValue(const float* x) {
   FloatToDoubleKernel<<<1, 1>>>(x, NextQueueSlot(1.0));

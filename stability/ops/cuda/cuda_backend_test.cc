@@ -502,6 +502,26 @@ TEST_F(CudaBackendTest, QueuedReductionsEqualTheImmediateOnes) {
   EXPECT_NEAR(want[1], cpu_->MeanRowNorm(x.data(), 2, d), 1e-12 * want[1]);
 }
 
+// The batched sums of squares (a model's gradients in a few launches) give each buffer's
+// SumSquares bits, in order: 1,300 buffers of varied sizes (empty ones too), so batches of
+// 128 and the queue's 1,024-slot capacity are both crossed, after values already queued.
+TEST_F(CudaBackendTest, SumSquaresOfEachEqualsEachSumSquares) {
+  std::vector<float> x = Random(70000);
+  float* gx = Up(x);
+  std::vector<std::pair<const float*, int64_t>> spans;
+  std::vector<double> want;
+  gpu_->QueueMeanRowNorm(gx, 3, 7);
+  want.push_back(gpu_->MeanRowNorm(gx, 3, 7));
+  for (int i = 0; i < 1300; ++i) {
+    const int64_t n = (i * 7919) % 70000 * (i % 11 != 0);  // every 11th empty
+    spans.emplace_back(gx + (i % 13), std::max<int64_t>(0, n - 13));
+    want.push_back(gpu_->SumSquares(spans.back().first, spans.back().second));
+  }
+  gpu_->QueueSumSquaresOfEach(spans);
+  EXPECT_EQ(gpu_->ReadQueued(), want);
+  EXPECT_NEAR(want[2], cpu_->SumSquares(x.data() + 1, spans[1].second), 1e-12 * want[2]);
+}
+
 // bf16 linear forwards through cuBLASLt with the bias, or the bias and GELU, fused into the
 // epilogue, and the unfused path where the epilogue's aux output rules cuBLASLt out (Out not
 // a multiple of 8) or the activation has no epilogue (ReLU): the bf16 bar of the test above

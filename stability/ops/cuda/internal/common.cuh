@@ -154,6 +154,7 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float s) override;
   void QueueSumSquares(const float* x, int64_t n) override;
   void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) override;
+  void QueueSumSquaresOfEach(const std::vector<std::pair<const float*, int64_t>>& xs) override;
   std::vector<double> ReadQueued() override;
   void QueueValue(const float* x) override;
 
@@ -233,7 +234,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 12;
+  static constexpr int kSlots = 13;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -252,6 +253,7 @@ enum ScratchSlot {
   kSigma = 9,        // σ-reparam's device doubles (norms, σ, ⟨G, w⟩)
   kBf16C = 10,       // a third bf16 operand (LinearBackward's dy, shared by its two products)
   kTokenOrder = 11,  // EmbeddingBackward's positions sorted by token id
+  kEachPartials = 12,  // QueueSumSquaresOfEach's partial sums
 };
 
 }  // namespace stability::ops::cuda::internal
