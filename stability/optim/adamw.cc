@@ -84,16 +84,18 @@ double AdamW::Step(double lr, double clip) {
   ++step_;
   const double bc1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_));
   const double bc2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
+  std::vector<ops::Backend::AdamWBuffer> buffers;  // one update of them all (few launches on a GPU)
   for (size_t i = 0; i < params_->size(); ++i) {
     const Piece& piece = pieces_[i];
     if (piece.hi == piece.lo) continue;
     Parameter& p = (*params_)[i];
     const double wd = (p.weight_decay || options_.decay_all) ? options_.weight_decay : 0.0;
-    backend_->AdamW(p.value.f32() + piece.lo, p.grad.f32() + piece.lo, m_[i].f32(), v_[i].f32(), piece.hi - piece.lo,
-                    static_cast<float>(lr), static_cast<float>(options_.beta1), static_cast<float>(options_.beta2),
-                    static_cast<float>(options_.eps), static_cast<float>(wd), static_cast<float>(bc1),
-                    static_cast<float>(bc2), static_cast<float>(scale));
+    buffers.push_back({p.value.f32() + piece.lo, p.grad.f32() + piece.lo, m_[i].f32(), v_[i].f32(),
+                       piece.hi - piece.lo, static_cast<float>(wd)});
   }
+  backend_->AdamWEach(buffers, static_cast<float>(lr), static_cast<float>(options_.beta1),
+                      static_cast<float>(options_.beta2), static_cast<float>(options_.eps), static_cast<float>(bc1),
+                      static_cast<float>(bc2), static_cast<float>(scale));
   return norm;
 }
 

@@ -323,10 +323,9 @@ __global__ void FloatToDoubleKernel(const float* x, double* y) { *y = *x; }
 
 // Rounded operations in the CPU's order (no FMA contraction), so an update matches the
 // CPU backend's bit for bit on the same inputs.
-__global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int64_t n, float beta1, float beta2,
-                            float eps, float step_size, float sqrt_bc2, float decay, float grad_scale) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
+__device__ inline void AdamWUpdate(float* p, const float* grad, float* m, float* v, int64_t i, float beta1,
+                                   float beta2, float eps, float step_size, float sqrt_bc2, float decay,
+                                   float grad_scale) {
   const float g = __fmul_rn(grad[i], grad_scale);
   const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
   const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
@@ -334,6 +333,38 @@ __global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int
   v[i] = vi;
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), sqrt_bc2), eps);
   p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+}
+
+__global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int64_t n, float beta1, float beta2,
+                            float eps, float step_size, float sqrt_bc2, float decay, float grad_scale) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) AdamWUpdate(p, grad, m, v, i, beta1, beta2, eps, step_size, sqrt_bc2, decay, grad_scale);
+}
+
+// AdamWEach's batch, passed by value (~2.5 KB of kernel parameters): buffer k owns blocks
+// [first_block[k], first_block[k + 1]), kAdamWPerBlock elements each.
+constexpr int kAdamWMax = 48;
+constexpr int kAdamWPerBlock = 1024;
+struct AdamWBatch {
+  float* p[kAdamWMax];
+  const float* grad[kAdamWMax];
+  float* m[kAdamWMax];
+  float* v[kAdamWMax];
+  int64_t n[kAdamWMax];
+  float decay[kAdamWMax];
+  int64_t first_block[kAdamWMax + 1];
+  int count;
+};
+
+__global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size,
+                                float sqrt_bc2, float grad_scale) {
+  int k = 0;
+  while (k + 1 < batch.count && blockIdx.x >= batch.first_block[k + 1]) ++k;
+  const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock);
+  for (int64_t i = base + threadIdx.x; i < base + kAdamWPerBlock && i < batch.n[k]; i += blockDim.x) {
+    AdamWUpdate(batch.p[k], batch.grad[k], batch.m[k], batch.v[k], i, beta1, beta2, eps, step_size, sqrt_bc2,
+                batch.decay[k], grad_scale);
+  }
 }
 
 cublasOperation_t Op(Trans t) { return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
@@ -776,6 +807,33 @@ void CudaBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t
   AdamWKernel<<<Blocks(n, kThreads), kThreads>>>(p, grad, m, v, n, beta1, beta2, eps, step_size, sqrt_bc2, decay,
                                                  grad_scale);
   STABILITY_CUDA_LAUNCHED("AdamWKernel");
+}
+
+void CudaBackend::AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
+                            float bias_correction1, float bias_correction2, float grad_scale) {
+  // The scalars as AdamW computes them (the same bits per buffer).
+  const float step_size = lr / bias_correction1;
+  const float sqrt_bc2 = std::sqrt(bias_correction2);
+  for (size_t i = 0; i < buffers.size();) {
+    AdamWBatch batch{};
+    batch.first_block[0] = 0;
+    while (batch.count < kAdamWMax && i < buffers.size()) {
+      const AdamWBuffer& b = buffers[i++];
+      if (b.n == 0) continue;
+      const int k = batch.count++;
+      batch.p[k] = b.p;
+      batch.grad[k] = b.grad;
+      batch.m[k] = b.m;
+      batch.v[k] = b.v;
+      batch.n[k] = b.n;
+      batch.decay[k] = 1.0f - lr * b.weight_decay;
+      batch.first_block[k + 1] = batch.first_block[k] + (b.n + kAdamWPerBlock - 1) / kAdamWPerBlock;
+    }
+    if (batch.count == 0) continue;
+    AdamWEachKernel<<<static_cast<unsigned>(batch.first_block[batch.count]), kThreads>>>(
+        batch, beta1, beta2, eps, step_size, sqrt_bc2, grad_scale);
+    STABILITY_CUDA_LAUNCHED("AdamWEachKernel");
+  }
 }
 
 double CudaBackend::SumSquares(const float* x, int64_t n) { return Dot(x, x, n); }

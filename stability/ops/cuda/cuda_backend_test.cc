@@ -502,6 +502,36 @@ TEST_F(CudaBackendTest, QueuedReductionsEqualTheImmediateOnes) {
   EXPECT_NEAR(want[1], cpu_->MeanRowNorm(x.data(), 2, d), 1e-12 * want[1]);
 }
 
+// AdamW on many buffers in a few launches: bit for bit the CPU's AdamW on each (sizes across
+// the per-block chunk, empty ones, more buffers than one launch takes, per-buffer decay).
+TEST_F(CudaBackendTest, AdamWEachIsAdamWOnEach) {
+  std::vector<std::vector<float>> p, g, m, v;
+  std::vector<Backend::AdamWBuffer> cpu_buffers, gpu_buffers;
+  for (int i = 0; i < 100; ++i) {
+    const int64_t n = (i * 613) % 3000 * (i % 17 != 0);
+    p.push_back(Random(n));
+    g.push_back(Random(n));
+    m.push_back(Random(n, 0.1));
+    v.push_back(Random(n, 0.01));
+    for (float& x : v.back()) x = std::abs(x);
+  }
+  for (int i = 0; i < 100; ++i) {
+    const float wd = i % 3 == 0 ? 0.0f : 0.1f;
+    const int64_t n = static_cast<int64_t>(p[i].size());
+    gpu_buffers.push_back({Up(p[i]), Up(g[i]), Up(m[i]), Up(v[i]), n, wd});
+    cpu_buffers.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), n, wd});
+  }
+  cpu_->AdamWEach(cpu_buffers, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.19f, 0.0975f, 0.7f);
+  gpu_->AdamWEach(gpu_buffers, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.19f, 0.0975f, 0.7f);
+  for (int i = 0; i < 100; ++i) {
+    const int64_t n = gpu_buffers[i].n;
+    if (n == 0) continue;
+    ASSERT_EQ(Down(gpu_buffers[i].p, n), p[i]) << "p of buffer " << i;
+    ASSERT_EQ(Down(gpu_buffers[i].m, n), m[i]) << "m of buffer " << i;
+    ASSERT_EQ(Down(gpu_buffers[i].v, n), v[i]) << "v of buffer " << i;
+  }
+}
+
 // The batched sums of squares (a model's gradients in a few launches) give each buffer's
 // SumSquares bits, in order: 1,300 buffers of varied sizes (empty ones too), so batches of
 // 128 and the queue's 1,024-slot capacity are both crossed, after values already queued.

@@ -149,6 +149,8 @@ class CudaBackend final : public Backend {
                                   const Bf16Operands* kept) override;
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
+  void AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
+                 float bias_correction1, float bias_correction2, float grad_scale) override;
   double SumSquares(const float* x, int64_t n) override;
   double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
   void Scale(float* x, int64_t n, float s) override;
