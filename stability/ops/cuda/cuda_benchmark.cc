@@ -105,6 +105,43 @@ BENCHMARK(BM_Linear)
     ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
+// FC1 and its GELU in bf16, fused (forward: cuBLASLt's GELU_AUX_BIAS epilogue; backward:
+// LinearActivationBackward's one-pass bf16 d_pre) or as the two ops. llm.c found cuBLASLt's
+// GELU epilogues slower than a separate GELU kernel (karpathy/llm.c#338, CUDA 12.4): this
+// pair of rows says which path the CUDA backend should take on this card and toolkit.
+// args: shape, backward, fused
+void BM_Fc1Gelu(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t c = s.h * s.hd, n = s.b * s.t, f = 4 * c;
+  const bool backward = state.range(1) == 1, fused = state.range(2) == 1;
+  Backend* be = Gpu();
+  be->SetMatmulPrecision(MatmulPrecision::kBf16);
+  Tensor x = Random(n * c), w = Random(f * c, 2), b = Random(f, 4), pre = Random(n * f, 3), act = Random(n * f, 5),
+         dy = Random(n * f, 6), d_pre = Random(n * f, 7), dx = Random(n * c), dw = Random(f * c), db = Random(f);
+  Timed(state, [&] {
+    if (backward && fused) {
+      be->LinearActivationBackward(Activation::kGelu, x.f32(), w.f32(), pre.f32(), dy.f32(), n, c, f, d_pre.f32(),
+                                   dx.f32(), dw.f32(), db.f32(), nullptr);
+    } else if (backward) {
+      be->ActivationBackward(Activation::kGelu, pre.f32(), dy.f32(), n * f, d_pre.f32());
+      be->LinearBackward(x.f32(), w.f32(), d_pre.f32(), n, c, f, dx.f32(), dw.f32(), db.f32(), nullptr);
+    } else if (fused) {
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), act.f32(),
+                                  nullptr);
+    } else {
+      be->LinearForward(x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), nullptr);
+      be->ActivationForward(Activation::kGelu, pre.f32(), n * f, act.f32());
+    }
+  });
+  be->SetMatmulPrecision(MatmulPrecision::kFp32);
+  Report(state, (backward ? 4.0 : 2.0) * n * c * f, 4.0 * (n * c + f * c + 2 * n * f));
+}
+BENCHMARK(BM_Fc1Gelu)
+    ->ArgNames({"shape", "backward", "fused"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})
+    ->UseManualTime();
+
 // args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused),
 // bf16 (1: bf16 products; the fused kernel on the tensor cores)
 void BM_Attention(benchmark::State& state) {
