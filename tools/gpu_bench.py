@@ -4,7 +4,11 @@ method against the baseline). Called by tools/gpu_check.sh on a lent GPU machine
 
 MFU = tokens/s x (6N + 6·L·C·T) / the card's dense peak for the run's arithmetic: fp32 on
 the CUDA cores for --precision=fp32, bf16 on the tensor cores for --precision=bf16 (the
-issue's target metric). Peaks by card name, from NVIDIA's data sheets (dense, boost clock)."""
+issue's target metric). N counts the parameters that take part in matrix products: all of
+them less the learned position table and, when the embeddings are not tied, the input
+embedding (a lookup, no FLOPs: 262 M of the 830M shape's parameters, which would otherwise
+inflate its MFU by a third). Peaks by card name, from NVIDIA's data sheets (dense, boost
+clock)."""
 import argparse
 import array
 import json
@@ -59,6 +63,16 @@ def write_shards(folder, vocab, tokens):
             f.write(toks.tobytes())
 
 
+def matmul_parameters(total, model):
+    """The parameters in matrix products (see the module's docstring)."""
+    n = total
+    if model["position"] == "learned":
+        n -= model["seq_len"] * model["n_embd"]
+    if not model["tie_embeddings"]:
+        n -= model["vocab_size"] * model["n_embd"]
+    return n
+
+
 def run(binary, work, data, device, preset, precision, attention, method, batch, seq, steps):
     out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}")
     args = [binary, "train", f"--device={device}", f"--precision={precision}", f"--attention={attention}",
@@ -74,7 +88,7 @@ def run(binary, work, data, device, preset, precision, attention, method, batch,
     summary = json.load(open(os.path.join(out, "summary.json")))
     config = json.load(open(os.path.join(out, "config.json")))["model"]
     tps = statistics.median(r["tokens_per_s"] for r in rows[2:])  # the first two steps warm up
-    flops = 6 * summary["parameters"] + 6 * config["n_layer"] * config["n_embd"] * seq
+    flops = 6 * matmul_parameters(summary["parameters"], config) + 6 * config["n_layer"] * config["n_embd"] * seq
     return (tps, flops, rows[-1]["loss"], time.time() - t0), None
 
 
@@ -90,7 +104,9 @@ def main():
     data = os.path.join(a.work, "data")
     write_shards(data, 50257, 4 * 1024 * 64 + 1)
     print(f"{name}: peaks used for MFU {fp32} TFLOP/s fp32, {bf16} TFLOP/s bf16 dense; synthetic tokens. "
-          "MFU is against the peak of the mode's own arithmetic (fp32: CUDA cores; bf16: tensor cores).\n")
+          "MFU is against the peak of the mode's own arithmetic (fp32: CUDA cores; bf16: tensor cores), with "
+          "6N + 6·L·C·T FLOPs a token, N the parameters in matrix products (no position table, no untied "
+          "input embedding).\n")
     print("| preset | precision | attention | method | batch × seq | tokens/s | MFU | vs baseline | last loss | wall |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     sys.stdout.flush()

@@ -27,3 +27,12 @@ def test_smoke_plan_prints_a_row_of_numbers_per_method(tmp_path):
         assert 0 < float(loss) < 12  # ln(50257) ≈ 10.8 at init
         assert re.fullmatch(r"\d+ s", wall)
     assert rows[0].split("|")[8].strip() == "1.000"  # the baseline against itself
+
+
+def test_mfu_counts_only_parameters_in_matrix_products():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import gpu_bench
+    tied = {"position": "learned", "seq_len": 1024, "n_embd": 768, "tie_embeddings": True, "vocab_size": 50257}
+    assert gpu_bench.matmul_parameters(124_439_808, tied) == 124_439_808 - 1024 * 768  # the head is wte
+    untied = dict(tied, tie_embeddings=False, position="rope")
+    assert gpu_bench.matmul_parameters(10**9, untied) == 10**9 - 50257 * 768  # the input lookup is not a product
