@@ -30,6 +30,19 @@ cuda_dirs="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib"
 wheel_dirs="$(python3 -c 'import os, nvidia; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p))))' 2>/dev/null)"
 export LD_LIBRARY_PATH="$work/lib:$cuda_dirs:$wheel_dirs:${LD_LIBRARY_PATH:-}"
 export OMP_NUM_THREADS="$(nproc)"
+# The binaries were built on Debian 12. If this image's C or C++ runtime is older than they
+# need, every binary is wrapped to start with the bundled loader and runtime instead.
+runtime="image"
+if ! "$work/bin/device_query_test" --gtest_list_tests > "$work/probe.log" 2>&1 &&
+    grep -qE "GLIBC|GLIBCXX|CXXABI|version .* not found" "$work/probe.log"; then
+  runtime="bundled (the image's: $(head -1 "$work/probe.log"))"
+  for b in "$work"/bin/*; do
+    mv "$b" "$b.real"
+    printf '#!/bin/sh\nexec "%s/lib/fallback/ld-linux-x86-64.so.2" --library-path "%s/lib/fallback:%s" "%s.real" "$@"\n' \
+      "$work" "$work" "$LD_LIBRARY_PATH" "$b" > "$b"
+    chmod +x "$b"
+  done
+fi
 
 # One deadline for the whole check (the device tool allows 600 s a call): each stage gets
 # at most its own limit and never more than what is left.
@@ -56,6 +69,8 @@ run_test() {  # name, binary, timeout
   echo '```'
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | head -5
   echo '```'
+  echo
+  echo "C/C++ runtime: $runtime"
   echo
   echo "## stability info"
   echo '```'

@@ -32,6 +32,13 @@ done
 for b in "$stage"/bin/*; do ldd "$b"; done | awk '/=> \//{print $3}' | sort -u |
   grep -v -E '/(libc|libm|libdl|librt|libpthread|ld-linux-x86-64|libcuda|libcublas|libcublasLt|libnccl|libstdc\+\+|libgcc_s)\.so' |
   while read -r lib; do cp -L "$lib" "$stage/lib/"; done
+# This machine's C and C++ runtime, for an image whose glibc is older than the binaries need
+# (GLIBC_2.34 here, 2.36 for Open MPI's libevent): gpu_check.sh then runs every binary with
+# this loader instead of the image's.
+mkdir -p "$stage/lib/fallback"
+for lib in /lib64/ld-linux-x86-64.so.2 /lib/x86_64-linux-gnu/{libc.so.6,libm.so.6,libdl.so.2,librt.so.1,libpthread.so.0,libstdc++.so.6,libgcc_s.so.1}; do
+  cp -L "$lib" "$stage/lib/fallback/"
+done
 git rev-parse --short HEAD > "$stage/commit"
 mkdir -p .gpu
 tar -C "$stage" -cJf .gpu/bundle.tar.xz .
