@@ -115,26 +115,29 @@ __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, dou
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-// Column sums: each thread one column of one of kRowChunks row chunks, rows in order (the
-// order, and so the bits, fixed by kRowChunks). 128 chunks give a GPT-2 sized matrix (8,192
-// rows × 768 columns) 384 blocks of 64 rows a thread; loops unrolled so that a thread has
-// several loads in flight (the sums still run in row order).
-constexpr int kRowChunks = 128;
+// Column sums: each thread one column of one row chunk (gridDim.y chunks), its rows in
+// order, then the chunks in order; the order, and so the bits, depend on the shape alone
+// (RowChunks). About 64 rows a chunk: a GPT-2 matrix (8,192 × 768) gets 128 chunks, 384
+// blocks; a per-head norm's (98,304 rows × 64) 1,536 chunks — with a fixed 128 its threads
+// would each walk 768 rows, one dependent load at a time. Loops unrolled so that a thread
+// has several loads in flight (the sums still run in row order).
+int RowChunks(int64_t rows) { return static_cast<int>(std::clamp<int64_t>(rows / 64, 1, 4096)); }
+
 // partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
 __global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
+  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
   double s = 0;
 #pragma unroll 4
-  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) s += x[r * cols + j];
+  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) s += x[r * cols + j];
   partials[chunk * cols + j] = s;
 }
-__global__ void ColumnTotalsKernel(const double* partials, int64_t cols, float* out) {
+__global__ void ColumnTotalsKernel(const double* partials, int64_t cols, int chunks, float* out) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= cols) return;
   double s = 0;
-  for (int c = 0; c < kRowChunks; ++c) s += partials[c * cols + j];
+  for (int c = 0; c < chunks; ++c) s += partials[c * cols + j];
   out[j] += static_cast<float>(s);
 }
 
@@ -238,11 +241,11 @@ __global__ void ActivationBackwardBf16Kernel(Activation act, const float* __rest
                                              const float* __restrict__ dy, int64_t rows,
                                              int64_t cols, __nv_bfloat16* d_pre, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
+  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
   double s = 0;
 #pragma unroll 4
-  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
+  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
     const float g = ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]);
     d_pre[r * cols + j] = __float2bfloat16_rn(g);
     s += g;
@@ -274,12 +277,12 @@ __global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, in
 __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const float* dy, int64_t rows, int64_t cols,
                                            float* dx, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
+  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
   const float sj = s[j];
   double acc = 0;
 #pragma unroll 4
-  for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
+  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
     const float g = dy[r * cols + j];
     acc += static_cast<double>(g) * x[r * cols + j];
     dx[r * cols + j] = g * sj;
@@ -619,10 +622,11 @@ std::vector<double> CudaBackend::ReadQueued() {
 }
 
 void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out) {
-  double* partials = static_cast<double*>(Scratch(kColumnPartials, kRowChunks * cols * sizeof(double)));
-  ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), kRowChunks), kThreads>>>(x, rows, cols, partials);
+  const int chunks = RowChunks(rows);
+  double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * cols * sizeof(double)));
+  ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), chunks), kThreads>>>(x, rows, cols, partials);
   STABILITY_CUDA_LAUNCHED("ColumnPartialsKernel");
-  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, out);
+  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, chunks, out);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
@@ -706,12 +710,13 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
     return;
   }
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
-  double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, kRowChunks * out * sizeof(double))) : nullptr;
-  ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), kRowChunks), kThreads>>>(act, y_pre, dy, n, out, d16,
+  const int chunks = RowChunks(n);
+  double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double))) : nullptr;
+  ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, y_pre, dy, n, out, d16,
                                                                                       partials);
   STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel");
   if (db) {
-    ColumnTotalsKernel<<<Blocks(out, kThreads), kThreads>>>(partials, out, db);
+    ColumnTotalsKernel<<<Blocks(out, kThreads), kThreads>>>(partials, out, chunks, db);
     STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
   }
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
@@ -757,10 +762,11 @@ void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n,
 
 void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
                                        float* dx, float* ds) {
-  double* partials = static_cast<double*>(Scratch(kColumnPartials, kRowChunks * c * sizeof(double)));
-  ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), kRowChunks), kThreads>>>(x, s, dy, n, c, dx, partials);
+  const int chunks = RowChunks(n);
+  double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * c * sizeof(double)));
+  ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), chunks), kThreads>>>(x, s, dy, n, c, dx, partials);
   STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
-  ColumnTotalsKernel<<<Blocks(c, kThreads), kThreads>>>(partials, c, ds);
+  ColumnTotalsKernel<<<Blocks(c, kThreads), kThreads>>>(partials, c, chunks, ds);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
