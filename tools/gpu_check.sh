@@ -24,7 +24,10 @@ if [ ! -f .gpu/bundle.tar.xz ]; then
   echo "no .gpu/bundle.tar.xz: run tools/gpu_pack.sh where the tree builds, then carry .gpu" | tee "$report"
   exit 1
 fi
-tar -xJf .gpu/bundle.tar.xz -C "$work"
+# tar needs the xz program for .tar.xz; Python's tarfile (lzma is in its standard library)
+# unpacks it where the image has no xz.
+tar -xJf .gpu/bundle.tar.xz -C "$work" 2>/dev/null ||
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' .gpu/bundle.tar.xz "$work"
 # CUDA's own libraries from the image: the toolkit's and those of the Python wheels.
 cuda_dirs="/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib"
 wheel_dirs="$(python3 -c 'import os, nvidia; print(":".join(os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p))))' 2>/dev/null)"
