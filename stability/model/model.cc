@@ -565,8 +565,8 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
-    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.probs.f32(), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn,
-                         m.dq.f32(), m.dk.f32(), m.dv.f32());
+    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.att.f32(), y.probs.f32(), y.attn_lse.f32(),
+                         m.t3.f32(), B, T, H, HD, attn, m.dq.f32(), m.dk.f32(), m.dv.f32());
     if (c.position == Position::kRope) {
       be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
       be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);

@@ -156,10 +156,13 @@ class Backend {
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
   // fused kernel that recomputes them from lse; the caller may then pass a 1-float buffer).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
-  // dq, dk, dv overwritten.
-  virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
-                                 const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                 const AttentionOptions& opt, float* dq, float* dk, float* dv) = 0;
+  // dq, dk, dv overwritten. out: the forward's output (nullable), from which a fused kernel
+  // takes each row's D = Σ_s p·dp = dO·O instead of a sweep over the keys (not under the
+  // clipped softmax, whose output is of p', not p).
+  virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* out,
+                                 const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
+                                 int64_t h, int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
+                                 float* dv) = 0;
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] in place, positions 0..T−1:
   //   (x1, x2) ← (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)

@@ -123,9 +123,10 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
   if (stats) *stats = AttentionStatsFromRows(entropy.data(), max_logit.data(), b * h);  // per head
 }
 
-void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
-                                   const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                   const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* /*out: the probs
+                                   suffice*/, const float* probs, const float* lse, const float* dout, int64_t b,
+                                   int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
+                                   float* dk, float* dv) {
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
   // tile0: dP' then dA; tile1: P' (clip).

@@ -27,8 +27,8 @@ void BM_Attention(benchmark::State& state) {
   be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, out.data(), probs.data(), lse.data(), nullptr);
   for (auto _ : state) {
     if (backward) {
-      be.AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), out.data(), s.b, s.t, s.h, s.hd, opt, dq.data(),
-                           dk.data(), dv.data());
+      be.AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), out.data(), s.b, s.t,
+                           s.h, s.hd, opt, dq.data(), dk.data(), dv.data());
     } else {
       be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, out.data(), probs.data(), lse.data(), nullptr);
     }

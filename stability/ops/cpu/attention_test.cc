@@ -28,8 +28,8 @@ TEST_P(AttentionGradTest, BackwardMatchesFiniteDifferences) {
   };
   forward();
   std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
-  be.AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), r.data(), B, T, H, HD, opt, dq.data(),
-                       dk.data(), dv.data());
+  be.AttentionBackward(q.data(), k.data(), v.data(), nullptr, probs.data(), lse.data(), r.data(), B, T, H, HD, opt,
+                       dq.data(), dk.data(), dv.data());
   ExpectGradientsMatch(forward, r, {{"q", &q, &dq}, {"k", &k, &dk}, {"v", &v, &dv}});
 }
 

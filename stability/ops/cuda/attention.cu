@@ -162,11 +162,12 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
 
 }
 
-void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* probs,
-                                    const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                    const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* out,
+                                    const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
+                                    int64_t h, int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
+                                    float* dv) {
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionBackward(q, k, v, lse, dout, b, t, h, hd, opt, dq, dk, dv)) {
+      FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, dq, dk, dv)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;

@@ -239,14 +239,14 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   ExpectClose(Down(glse, lse.size()), lse, tol.lse, 0, "lse");
   EXPECT_NEAR(gs.max_logit, cs.max_logit, tol.stats * std::abs(cs.max_logit));
   EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, tol.stats * cs.entropy_sum);
-  cpu_->AttentionBackward(q.data(), k.data(), v.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
-                          dq.data(), dk.data(), dv.data());
-  gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+  cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h,
+                          hd, opt, dq.data(), dk.data(), dv.data());
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
   const std::vector<float> first_dk = Down(gdk, n);
   ExpectClose(Down(gdq, n), dq, tol.grads, 0, "dq");
   ExpectClose(first_dk, dk, tol.grads, 0, "dk");
   ExpectClose(Down(gdv, n), dv, tol.grads, 0, "dv");
-  gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
   EXPECT_EQ(Down(gdk, n), first_dk);
 }
 
@@ -267,9 +267,10 @@ TEST_F(CudaBackendTest, FusedAttentionWithEveryOption) {
 // The tensor-core kernel (fused, bf16) at every head dim it has, T not a multiple of its
 // 64-row tiles, every option, against the fp32 CPU on the same bf16-rounded q, k, v and dO
 // (the kernel rounds them as they load, so that rounding is the same on both sides). What
-// remains is the kernel's own: P (or P') and dZ rounded to bf16 for their products. Emulated
-// in PyTorch (tensor_core_attention_numerics.py), the worst over every head dim and option:
-// out 2.5e-3 and gradients 5e-3 of their largest value; lse, max logit and entropy ~1e-7
+// remains is the kernel's own: P (or P') and dZ rounded to bf16 for their products, and
+// (no clip) D = dO·O from the forward's output. Emulated in PyTorch
+// (tensor_core_attention_numerics.py), the worst over every head dim and option: out
+// 2.5e-3 and gradients 7.5e-3 of their largest value; lse, max logit and entropy ~1e-7
 // (fp32 sums in another order). The bars: 1e-2, 1.5e-2 and 1e-5. Rounding only the GPU's
 // inputs would not do: bf16 moves some p across a clip threshold, where the clipped
 // softmax's gradient jumps (dq off by up to 0.14 of its largest value in the emulation).
@@ -400,7 +401,7 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
     gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, nullptr);
-    gpu_->AttentionBackward(gq, gk, gv, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+    gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
     std::vector<float> got = Down(gdq, n);
     if (run == 0) first = got;
     else EXPECT_EQ(got, first);

@@ -160,8 +160,8 @@ void BM_Attention(benchmark::State& state) {
   be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(), nullptr);
   Timed(state, [&] {
     if (backward) {
-      be->AttentionBackward(q.f32(), k.f32(), v.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h, s.hd, opt,
-                            dq.f32(), dk.f32(), dv.f32());
+      be->AttentionBackward(q.f32(), k.f32(), v.f32(), out.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h,
+                            s.hd, opt, dq.f32(), dk.f32(), dv.f32());
     } else {
       be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(),
                            nullptr);

@@ -221,12 +221,12 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
   return true;
 }
 
-bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const float* v, const float* lse,
-                                         const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                         const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out,
+                                         const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
+                                         int64_t hd, const AttentionOptions& opt, float* dq, float* dk, float* dv) {
   float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
   if (precision_ == MatmulPrecision::kBf16 &&
-      TensorCoreAttentionBackward(q, k, v, lse, dout, b, t, h, hd, opt, dq, dk, dv, rowd)) {
+      TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, dq, dk, dv, rowd)) {
     return true;
   }
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));

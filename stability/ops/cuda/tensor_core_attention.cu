@@ -16,8 +16,9 @@
 //   clip, two sweeps (p' needs the exact p): sweep 1 m and l only; sweep 2
 //     p = e^(z−lse), O += clip(p) V, entropy = lse − Σ p·z
 // Backward, two kernels and no atomics (runs repeat bit for bit):
-//   queries: per key tile S and dP' = dO Vᵀ; sweep 1 D = Σ p·clip'(p)·dP';
-//            sweep 2 dZ = p·(clip'(p)·dP' − D)·cap'/τ, dQ += dZ K; dQ = scale·dQ
+//   queries: per key tile S and dP' = dO Vᵀ; D = dO·O from the forward's output (as
+//            FlashAttention), or under the clip (O is of p') a first sweep D = Σ p·clip'(p)·dP';
+//            then dZ = p·(clip'(p)·dP' − D)·cap'/τ, dQ += dZ K; dQ = scale·dQ
 //   keys:    per query tile t ≥ s: Sᵀ = K Qᵀ, dP'ᵀ = V dOᵀ, dZᵀ as above with each query's
 //            lse and D; dK += dZᵀ Q, dV += clip(p)ᵀ dO; dK = scale·dK
 // Its bf16 tolerances against the fp32 CPU op: cuda_backend_test.
@@ -230,11 +231,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per query row: D (sweep 1), then dQ (sweep 2).
+// Per query row: D (from dO·O, or a first sweep under the clip), then dQ.
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
-    BackwardQueryKernel(const float* q, const float* k, const float* v, const float* lse, const float* dout,
-                        int64_t t, int64_t h, Softmax sm, float* dq, float* rowd) {
+    BackwardQueryKernel(const float* q, const float* k, const float* v, const float* out, const float* lse,
+                        const float* dout, int64_t t, int64_t h, Softmax sm, float* dq, float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -257,7 +258,13 @@ __global__ void __launch_bounds__(kThreads)
   Accumulator acc[HD / 16];
   for (auto& a : acc) wmma::fill_fragment(a, 0.0f);
   float d_part = 0.0f, d_row = 0.0f;
-  for (int sweep = 0; sweep < 2; ++sweep) {
+  const bool d_from_out = out != nullptr && !sm.o.clip;
+  if (d_from_out && tq < t) {  // each lane half the row's dims, fp32
+    const float* orow = out + off + tq * c + half * (HD / 2);
+    const float* dorow = dout + off + tq * c + half * (HD / 2);
+    for (int i = 0; i < HD / 2; ++i) d_part += dorow[i] * orow[i];
+  }
+  for (int sweep = d_from_out ? 1 : 0; sweep < 2; ++sweep) {
     if (sweep == 1) d_row = d_part + __shfl_xor_sync(0xffffffffu, d_part, 1);
     for (int64_t s0 = 0; s0 <= last_key; s0 += kRows) {
       __syncthreads();
@@ -375,11 +382,12 @@ struct LaunchForward {
 };
 template <int HD>
 struct LaunchBackward {
-  static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* lse, const float* dout,
-                  int64_t t, int64_t h, Softmax sm, float* dq, float* dk, float* dv, float* rowd) {
+  static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* out, const float* lse,
+                  const float* dout, int64_t t, int64_t h, Softmax sm, float* dq, float* dk, float* dv, float* rowd) {
     AllowSharedBytes(BackwardQueryKernel<HD>, Layout<HD>::kQueryBytes);
     AllowSharedBytes(BackwardKeyKernel<HD>, Layout<HD>::kKeyBytes);
-    BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, lse, dout, t, h, sm, dq, rowd);
+    BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, dq,
+                                                                          rowd);
     BackwardKeyKernel<HD><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, dk, dv);
   }
 };
@@ -404,13 +412,15 @@ bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, con
   return true;
 }
 
-bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* lse,
-                                              const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                              const AttentionOptions& opt, float* dq, float* dk, float* dv,
-                                              float* rowd) {
+bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
+                                              const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
+                                              int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
+                                              float* dv, float* rowd) {
   if (!Aligned({q, k, v, dout, dq, dk, dv})) return false;
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, lse, dout, t, h, Softmax{opt}, dq, dk, dv, rowd)) return false;
+  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, out, lse, dout, t, h, Softmax{opt}, dq, dk, dv, rowd)) {
+    return false;
+  }
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
   return true;
 }

@@ -82,7 +82,9 @@ def kernel(q, k, v, do, o, scale):  # the tensor-core kernel's rounding
     p = torch.exp(zm - lse[:, None])
     dpp = dob @ vb.T
     dp = clip_slope(p, o) * dpp * mask
-    D = (p * dp).sum(1, keepdim=True)
+    # D: without the clip, rowsum(dO ∘ O) from the fp32 dO and forward output (no sweep over
+    # the keys); with it, Σ p·clip'(p)·dP' over a first sweep.
+    D = (p * dp).sum(1, keepdim=True) if o["clip"] else (do * out).sum(1, keepdim=True)
     dz = p * (dp - D) * cap_slope(torch.where(mask, z, torch.zeros_like(z)), o) / o["temp"]
     dq = scale * (bf(dz) @ kb)
     dk = scale * (bf(dz).T @ qb)
