@@ -115,13 +115,9 @@ __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, dou
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
-// Column sums: each thread one column of one row chunk (gridDim.y chunks), its rows in
-// order, then the chunks in order; the order, and so the bits, depend on the shape alone
-// (RowChunks). About 64 rows a chunk: a GPT-2 matrix (8,192 × 768) gets 128 chunks, 384
-// blocks; a per-head norm's (98,304 rows × 64) 1,536 chunks — with a fixed 128 its threads
-// would each walk 768 rows, one dependent load at a time. Loops unrolled so that a thread
-// has several loads in flight (the sums still run in row order).
-int RowChunks(int64_t rows) { return static_cast<int>(std::clamp<int64_t>(rows / 64, 1, 4096)); }
+// Column sums: each thread one column of one row chunk (gridDim.y = RowChunks(rows)), its
+// rows in order, then the chunks in order. Loops unrolled so that a thread has several
+// loads in flight (the sums still run in row order).
 
 // partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
 __global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
@@ -619,6 +615,11 @@ std::vector<double> CudaBackend::ReadQueued() {
   queue_divisors_.clear();
   queue_read_.clear();
   return values;
+}
+
+void CudaBackend::AddColumnTotals(const double* partials, int chunks, int64_t cols, float* out) {
+  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, chunks, out);
+  STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
 void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out) {

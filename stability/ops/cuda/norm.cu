@@ -1,5 +1,6 @@
 // LayerNorm and RMSNorm on the GPU: one block per row, statistics in double through a
-// fixed reduction tree; the parameter gradients as deterministic column sums.
+// fixed reduction tree; the parameter gradients as deterministic column sums, both in one
+// pass over x and dy.
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
@@ -41,9 +42,9 @@ __global__ void NormForwardKernel(bool layer, const float* x, const float* a, co
 }
 
 // dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r.
-// Also writes dy·x̂ to prod (for dg) when prod is not null; accumulate: dx += (AddNormBackward).
+// accumulate: dx += (AddNormBackward).
 __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, const float* mean, const float* rstd,
-                                   const float* dy, int64_t d, bool accumulate, float* dx, float* prod) {
+                                   const float* dy, int64_t d, bool accumulate, float* dx) {
   const int64_t r = blockIdx.x;
   const float* xr = x + r * d;
   const float* dyr = dy + r * d;
@@ -58,10 +59,29 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
   const float mgx = static_cast<float>(BlockSum(sgx) / d);
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float xh = (xr[j] - m) * rs;
-    if (prod) prod[r * d + j] = dyr[j] * xh;
     const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
     dx[r * d + j] = accumulate ? __fadd_rn(dx[r * d + j], v) : v;  // never an FMA: the bits of Add's
   }
+}
+
+// The parameter gradients' partial sums, per column and row chunk (gridDim.y of them,
+// RowChunks), rows in order: dg ← Σ dy·x̂ (double, as the CPU), db ← Σ dy (partials_b
+// nullable). One pass over x and dy for both, nothing N×D written.
+__global__ void NormParamGradKernel(bool layer, const float* x, const float* mean, const float* rstd, const float* dy,
+                                    int64_t rows, int64_t d, double* partials_g, double* partials_b) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
+  if (j >= d) return;
+  double sg = 0, sb = 0;
+#pragma unroll 4
+  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
+    const float xh = (x[r * d + j] - (layer ? mean[r] : 0.0f)) * rstd[r];
+    const float g = dy[r * d + j];
+    sg += static_cast<double>(g) * xh;
+    sb += g;
+  }
+  partials_g[chunk * d + j] = sg;
+  if (partials_b) partials_b[chunk * d + j] = sb;
 }
 
 }  // namespace
@@ -84,13 +104,17 @@ void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, 
 void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean,
                                    const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate,
                                    float* dx, float* dg, float* db) {
-  // db first: dx may not alias dy by the interface, but the sums must read dy as given.
-  if (db) AddColumnSums(dy, rows, d, db);
-  float* prod = static_cast<float*>(Scratch(kVector, rows * d * sizeof(float)));
-  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, g, mean, rstd,
-                                                                   dy, d, accumulate, dx, prod);
+  const bool layer = kind == NormKind::kLayerNorm;
+  const int chunks = RowChunks(rows);
+  double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
+  double* partials_b = db ? partials_g + chunks * d : nullptr;
+  NormParamGradKernel<<<dim3(Blocks(d, 256), chunks), 256>>>(layer, x, mean, rstd, dy, rows, d, partials_g,
+                                                             partials_b);
+  STABILITY_CUDA_LAUNCHED("NormParamGradKernel");
+  AddColumnTotals(partials_g, chunks, d, dg);
+  if (db) AddColumnTotals(partials_b, chunks, d, db);
+  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(layer, x, g, mean, rstd, dy, d, accumulate, dx);
   STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
-  AddColumnSums(prod, rows, d, dg);
 }
 
 void CudaBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,

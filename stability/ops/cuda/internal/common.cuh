@@ -34,6 +34,12 @@ inline void Check(cublasStatus_t s, const char* what) {
 // turns it into an out-of-memory error with what to change).
 void* DeviceMalloc(size_t bytes);
 
+// Row chunks of the deterministic column sums (a function of the shape alone, so the order
+// of the sums is fixed): about 64 rows a chunk. A GPT-2 matrix (8,192 × 768) gets 128
+// chunks, 384 blocks; a per-head norm's gradient (98,304 rows × 64) 1,536 — with a fixed
+// number its threads would each walk thousands of rows, one dependent load at a time.
+inline int RowChunks(int64_t rows) { return static_cast<int>(rows < 64 ? 1 : rows / 64 < 4096 ? rows / 64 : 4096); }
+
 inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
 // Grid of the two-pass reductions: fixed, so the summation order never changes.
@@ -219,6 +225,8 @@ class CudaBackend final : public Backend {
                         const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx, float* dg, float* db);
   // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator).
   void RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out);
+  // out[cols] += Σ over `chunks` row chunks of partials [chunks, cols], in chunk order.
+  void AddColumnTotals(const double* partials, int chunks, int64_t cols, float* out);
   // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
   void AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out);
 
