@@ -291,11 +291,21 @@ __global__ void ScaleKernel(float* x, int64_t n, float s) {
   if (i < n) x[i] *= s;
 }
 
-// x ← x / max(sqrt(*sum_squares), 1e-12), the scale computed as the CPU does (double, then float).
-__global__ void NormalizeKernel(float* x, int64_t n, const double* sum_squares) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  x[i] *= static_cast<float>(1.0 / fmax(sqrt(*sum_squares), 1e-12));
+// σ-reparam's vector steps, each one block (the vectors are a layer's width: launches,
+// not bandwidth, are their cost). x ← src / max(‖src‖, 1e-12) (src may be x), the norm in
+// double and the scale rounded to float, as the CPU's normalize.
+__global__ void NormalizeVectorKernel(const float* src, int64_t n, float* x) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(src[i]) * src[i];
+  const float scale = static_cast<float>(1.0 / fmax(sqrt(BlockSum(s)), 1e-12));
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = src[i] * scale;
+}
+// *out = Σ a·b in double.
+__global__ void DotVectorKernel(const float* a, const float* b, int64_t n, double* out) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(a[i]) * b[i];
+  s = BlockSum(s);
+  if (threadIdx.x == 0) *out = s;
 }
 
 // w_eff = (g/σ)·w with σ = *sigma_d (double); thread 0 also stores σ as a float.
@@ -773,26 +783,24 @@ void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const flo
 
 void CudaBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
                                       float* v, float* sigma, float* w_eff) {
-  // The CPU's steps (cpu_backend.cc), every scalar kept on the device: no synchronisation.
-  double* d = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));  // [a norm², σ]
-  const auto normalize = [&](float* x, int64_t n) {
-    DotInto(x, x, n, d);
-    NormalizeKernel<<<Blocks(n, kThreads), kThreads>>>(x, n, d);
-    STABILITY_CUDA_LAUNCHED("NormalizeKernel");
-  };
+  // The CPU's steps (cpu_backend.cc), every scalar kept on the device (no synchronisation),
+  // in 5 launches with the update, 3 without.
+  double* sigma_d = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));
   float* wv = static_cast<float*>(Scratch(kVector, out * sizeof(float)));
   // fp32 in either precision: σ is a statistic, and a bf16 product would round all of w.
   if (update) {
     GemmFp32(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
-    normalize(v, in);
+    NormalizeVectorKernel<<<1, 1024>>>(v, in, v);
+    STABILITY_CUDA_LAUNCHED("NormalizeVectorKernel");
   }
   GemmFp32(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv, 1);  // w v
   if (update) {
-    Copy(wv, out, u);  // u ← normalize(w v)
-    normalize(u, out);
+    NormalizeVectorKernel<<<1, 1024>>>(wv, out, u);  // u ← normalize(w v)
+    STABILITY_CUDA_LAUNCHED("NormalizeVectorKernel");
   }
-  DotInto(u, wv, out, d + 1);  // σ = uᵀ w v
-  SigmaScaleKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, g, d + 1, w_eff, sigma);
+  DotVectorKernel<<<1, 1024>>>(u, wv, out, sigma_d);  // σ = uᵀ w v
+  STABILITY_CUDA_LAUNCHED("DotVectorKernel");
+  SigmaScaleKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, g, sigma_d, w_eff, sigma);
   STABILITY_CUDA_LAUNCHED("SigmaScaleKernel");
 }
 
