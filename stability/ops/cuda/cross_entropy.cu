@@ -16,9 +16,11 @@ constexpr int kRowThreads = 256;
 
 __device__ inline float Cap(float l, float cap) { return cap > 0 ? cap * tanhf(l * (1.0f / cap)) : l; }
 
-// A running softmax denominator: Σ exp(z − m) over what was seen, m its largest z.
+// A running softmax denominator: Σ exp(z − m) over what was seen, m its largest z. A plain
+// aggregate (no initialisers), so that it may live in shared memory; Empty() starts one.
 struct MaxSum {
-  float m = -INFINITY, s = 0.0f;
+  float m, s;
+  __device__ static MaxSum Empty() { return {-INFINITY, 0.0f}; }
   __device__ void Add(float z) {
     if (z > m) {
       s = s * expf(m - z) + 1.0f;  // m = −∞ at first: 0 · 0 + 1
@@ -28,7 +30,7 @@ struct MaxSum {
     }
   }
   __device__ static MaxSum Merge(MaxSum a, MaxSum b) {
-    MaxSum r;
+    MaxSum r = Empty();
     r.m = fmaxf(a.m, b.m);
     if (r.m == -INFINITY) return r;
     r.s = (a.m == -INFINITY ? 0.0f : a.s * expf(a.m - r.m)) + (b.m == -INFINITY ? 0.0f : b.s * expf(b.m - r.m));
@@ -40,7 +42,7 @@ struct MaxSum {
 __device__ MaxSum BlockMaxSum(MaxSum v) {
   __shared__ MaxSum warp_part[32];
   for (int o = 16; o > 0; o >>= 1) {
-    MaxSum other;
+    MaxSum other = MaxSum::Empty();
     other.m = __shfl_down_sync(0xffffffffu, v.m, o);
     other.s = __shfl_down_sync(0xffffffffu, v.s, o);
     v = MaxSum::Merge(v, other);
@@ -49,9 +51,9 @@ __device__ MaxSum BlockMaxSum(MaxSum v) {
   if (lane == 0) warp_part[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < (blockDim.x >> 5) ? warp_part[lane] : MaxSum{};
+    v = lane < (blockDim.x >> 5) ? warp_part[lane] : MaxSum::Empty();
     for (int o = 16; o > 0; o >>= 1) {
-      MaxSum other;
+      MaxSum other = MaxSum::Empty();
       other.m = __shfl_down_sync(0xffffffffu, v.m, o);
       other.s = __shfl_down_sync(0xffffffffu, v.s, o);
       v = MaxSum::Merge(v, other);
@@ -67,7 +69,7 @@ __global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* ta
   const int64_t row = blockIdx.x;
   const float* l = logits + row * v;
   float lmax = -INFINITY;
-  MaxSum acc;
+  MaxSum acc = MaxSum::Empty();
   for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
     const float x = l[j];
     lmax = fmaxf(lmax, x);
