@@ -81,13 +81,19 @@ def run(binary, work, data, device, preset, precision, attention, method, batch,
             "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
             "--lr=3e-4"]
     t0 = time.time()
-    r = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return None, "no result in 240 s"
     if r.returncode != 0:
         return None, r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     summary = json.load(open(os.path.join(out, "summary.json")))
     config = json.load(open(os.path.join(out, "config.json")))["model"]
-    tps = statistics.median(r["tokens_per_s"] for r in rows[2:])  # the first two steps warm up
+    if not rows:
+        return None, "no steps recorded"
+    timed = rows[2:] or rows  # the first two steps warm up (a run that stopped early: all it has)
+    tps = statistics.median(r["tokens_per_s"] for r in timed)
     flops = 6 * matmul_parameters(summary["parameters"], config) + 6 * config["n_layer"] * config["n_embd"] * seq
     return (tps, flops, rows[-1]["loss"], time.time() - t0), None
 
