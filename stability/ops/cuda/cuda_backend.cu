@@ -229,10 +229,11 @@ __global__ void ActivationBackwardKernel(Activation act, const float* x, const f
   dx[i] = ActivationGrad(act, x[i], dy[i]);
 }
 
-// The activation's backward for a bf16 linear backward, in one pass: d_pre = act'(pre)·dy
-// stored in bf16 (what the products read) and its column sums' partials for the bias
-// gradient, from the fp32 value — the same grid, order and bits as ActivationBackwardKernel,
-// ToBf16Kernel and ColumnPartialsKernel one after the other, without the fp32 d_pre in memory.
+// A bf16 linear backward's gradient in one pass: g = act'(pre)·dy (pre null: g = dy) stored
+// in bf16 (what the products read) and its column sums' partials for the bias gradient
+// (partials nullable), from the fp32 value — the same grid, order and bits as
+// ActivationBackwardKernel, ToBf16Kernel and ColumnPartialsKernel one after the other,
+// without the fp32 gradient written or read twice.
 __global__ void ActivationBackwardBf16Kernel(Activation act, const float* __restrict__ pre,
                                              const float* __restrict__ dy, int64_t rows,
                                              int64_t cols, __nv_bfloat16* d_pre, double* partials) {
@@ -242,7 +243,7 @@ __global__ void ActivationBackwardBf16Kernel(Activation act, const float* __rest
   double s = 0;
 #pragma unroll 4
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
-    const float g = ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]);
+    const float g = pre ? ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]) : dy[r * cols + j];
     d_pre[r * cols + j] = __float2bfloat16_rn(g);
     s += g;
   }
@@ -705,11 +706,23 @@ void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db, const Bf16Operands* kept) {
   if (precision_ == MatmulPrecision::kBf16) {  // dy rounded once for both products
-    LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw, kept);
-  } else {
-    if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
-    Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
+    if (!db) {
+      LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw, kept);
+      return;
+    }
+    // The bias gradient's sums taken in the pass that rounds dy: dy read once.
+    auto* dy16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * out * sizeof(__nv_bfloat16)));
+    const int chunks = RowChunks(n);
+    double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double)));
+    ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(Activation::kGelu, nullptr, dy, n,
+                                                                                    out, dy16, partials);
+    STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel (dy)");
+    AddColumnTotals(partials, chunks, out, db);
+    LinearBackwardBf16(x, w, dy16, n, in, out, dx, dw, kept);
+    return;
   }
+  if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+  Gemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
   if (db) AddColumnSums(dy, n, out, db);
 }
 
@@ -726,10 +739,7 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
   ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, y_pre, dy, n, out, d16,
                                                                                       partials);
   STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel");
-  if (db) {
-    ColumnTotalsKernel<<<Blocks(out, kThreads), kThreads>>>(partials, out, chunks, db);
-    STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
-  }
+  if (db) AddColumnTotals(partials, chunks, out, db);
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
 
