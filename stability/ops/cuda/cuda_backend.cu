@@ -234,7 +234,7 @@ __global__ void ActivationBackwardKernel(Activation act, const float* x, const f
 // (partials nullable), from the fp32 value — the same grid, order and bits as
 // ActivationBackwardKernel, ToBf16Kernel and ColumnPartialsKernel one after the other,
 // without the fp32 gradient written or read twice.
-__global__ void ActivationBackwardBf16Kernel(Activation act, const float* __restrict__ pre,
+__global__ void GradientToBf16Kernel(Activation act, const float* __restrict__ pre,
                                              const float* __restrict__ dy, int64_t rows,
                                              int64_t cols, __nv_bfloat16* d_pre, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -714,9 +714,9 @@ void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy
     auto* dy16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * out * sizeof(__nv_bfloat16)));
     const int chunks = RowChunks(n);
     double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double)));
-    ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(Activation::kGelu, nullptr, dy, n,
-                                                                                    out, dy16, partials);
-    STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel (dy)");
+    GradientToBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(
+        Activation::kGelu /*unused: no pre-activation*/, nullptr, dy, n, out, dy16, partials);
+    STABILITY_CUDA_LAUNCHED("GradientToBf16Kernel (dy)");
     AddColumnTotals(partials, chunks, out, db);
     LinearBackwardBf16(x, w, dy16, n, in, out, dx, dw, kept);
     return;
@@ -736,9 +736,9 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
   const int chunks = RowChunks(n);
   double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double))) : nullptr;
-  ActivationBackwardBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, y_pre, dy, n, out, d16,
+  GradientToBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, y_pre, dy, n, out, d16,
                                                                                       partials);
-  STABILITY_CUDA_LAUNCHED("ActivationBackwardBf16Kernel");
+  STABILITY_CUDA_LAUNCHED("GradientToBf16Kernel");
   if (db) AddColumnTotals(partials, chunks, out, db);
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
