@@ -64,6 +64,31 @@ run_test() {  # name, binary, timeout
   echo '```'
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|Failure|Expected|Which is|error|worst at" "$log" | head -60
   echo '```'
+  [ $rc -eq 0 ] || run_alone "$1" "$2"
+}
+
+# A kernel's illegal access leaves the CUDA context broken for every later test in the
+# process, and a crash ends the run: each test that did not pass runs again in a process of
+# its own, so the report tells the first bug from the failures it caused.
+run_alone() {  # name, binary
+  local tests passed stop=$((SECONDS + 90))
+  tests="$("$work/bin/$2" --gtest_list_tests 2>/dev/null |
+    awk '/^[^ ]/ { suite = $1 } /^  / { print suite $1 }')"
+  passed="$(sed -n 's/^\[ *\(OK\|SKIPPED\) *\] \([^ ]*\) .*/\2/p' "$work/$1.log")"
+  echo "Each test that did not pass, alone:"
+  echo '```'
+  for t in $tests; do
+    grep -qxF "$t" <<< "$passed" && continue
+    if [ $((deadline - SECONDS)) -lt 60 ] || [ "$SECONDS" -ge "$stop" ]; then
+      echo "$t: not rerun (out of time)"; continue
+    fi
+    timeout 30 "$work/bin/$2" --gtest_filter="$t" > "$work/$1.alone.log" 2>&1
+    local rc=$?
+    echo "$t: $([ $rc -eq 0 ] && echo passed || echo "FAILED (exit $rc)")"
+    [ $rc -eq 0 ] || grep -E "Failure|Expected|Which is|error|worst at" "$work/$1.alone.log" | head -8
+    cat "$work/$1.alone.log" >> "$work/$1.alone-all.log"
+  done
+  echo '```'
 }
 
 {
