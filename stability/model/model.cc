@@ -79,8 +79,14 @@ struct Layer {
   // Activations of the last Forward (x, the block input, is Impl::stream[l]).
   NormActs a1, qn, kn, vn, pn, a2, fn;
   Tensor qkv_out, q_raw, k_raw, v_raw, probs, attn_lse, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
-  Tensor q_att, k_att, v_att;  // attention inputs: after norms and RoPE
-  Tensor q_rope, k_rope;       // RoPE's own buffers when there is no q/k norm
+  Tensor q_rope, k_rope;  // RoPE's own buffers when there is no q/k norm
+  // Attention inputs, after norms and RoPE: the QKV product's column blocks read in place
+  // (rows 3·C apart), or the outputs of the norms and RoPE (C apart). Backward writes each
+  // gradient the same way: into the QKV gradient, or into a buffer for the norm or RoPE.
+  const float* q_att = nullptr;
+  const float* k_att = nullptr;
+  const float* v_att = nullptr;
+  ops::AttentionStrides attn_ld{};
   const Tensor* branch1_in = nullptr;  // what layer scale 1 multiplied
   const Tensor* branch2_in = nullptr;
 };
@@ -397,6 +403,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
 
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  const bool rope = c.position == Position::kRope;
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     Layer& y = m.layers[l];
@@ -408,46 +415,50 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       a1 = &y.a1.y;
     }
     run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
-    Alloc(device_, y.q_raw, {N, C});
-    Alloc(device_, y.k_raw, {N, C});
-    Alloc(device_, y.v_raw, {N, C});
-    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 0, C, y.q_raw.f32(), C, 0);
-    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, C, C, y.k_raw.f32(), C, 0);
-    be.CopyColumns(y.qkv_out.f32(), N, 3 * C, 2 * C, C, y.v_raw.f32(), C, 0);
-    // Norm outputs (or the raw slices) become the attention inputs; RoPE rotates them in
-    // place, which is safe: backward needs only the norms' inputs, not their outputs.
-    y.q_att = y.q_raw;
-    y.k_att = y.k_raw;
-    y.v_att = y.v_raw;
-    if (y.q_norm.on()) {
-      run_norm(y.q_norm, y.q_raw, qkv_rows, qkv_d, y.qn);
-      run_norm(y.k_norm, y.k_raw, qkv_rows, qkv_d, y.kn);
-      y.q_att = y.qn.y;
-      y.k_att = y.kn.y;
+    const float* qkv = y.qkv_out.f32();
+    y.q_att = qkv;
+    y.k_att = qkv + C;
+    y.v_att = qkv + 2 * C;
+    y.attn_ld = {3 * C, 3 * C, 3 * C, 3 * C, 3 * C, 3 * C};
+    // A normed block is copied out first (its norm reads rows of C); RoPE rotates the norm's
+    // output in place, which is safe (backward needs the norm's input, not its output), or
+    // a copy of the block.
+    const auto take_block = [&](int64_t col0, Tensor& block) {
+      Alloc(device_, block, {N, C});
+      be.CopyColumns(qkv, N, 3 * C, col0, C, block.f32(), C, 0);
+    };
+    if (y.q_norm.on() || rope) {
+      Tensor* qt = &y.q_rope;
+      Tensor* kt = &y.k_rope;
+      take_block(0, y.q_norm.on() ? y.q_raw : y.q_rope);
+      take_block(C, y.q_norm.on() ? y.k_raw : y.k_rope);
+      if (y.q_norm.on()) {
+        run_norm(y.q_norm, y.q_raw, qkv_rows, qkv_d, y.qn);
+        run_norm(y.k_norm, y.k_raw, qkv_rows, qkv_d, y.kn);
+        qt = &y.qn.y;
+        kt = &y.kn.y;
+      }
+      if (rope) {
+        be.Rope(qt->f32(), B, T, H, HD, c.rope_base, false);
+        be.Rope(kt->f32(), B, T, H, HD, c.rope_base, false);
+      }
+      y.q_att = qt->f32();
+      y.k_att = kt->f32();
+      y.attn_ld.q = y.attn_ld.k = y.attn_ld.dq = y.attn_ld.dk = C;
     }
     if (y.v_norm.on()) {
+      take_block(2 * C, y.v_raw);
       run_norm(y.v_norm, y.v_raw, qkv_rows, qkv_d, y.vn);
-      y.v_att = y.vn.y;
-    }
-    if (c.position == Position::kRope) {
-      if (!y.q_norm.on()) {  // keep q_raw/k_raw as QKV produced them
-        Alloc(device_, y.q_rope, {N, C});
-        Alloc(device_, y.k_rope, {N, C});
-        be.Copy(y.q_raw.f32(), N * C, y.q_rope.f32());
-        be.Copy(y.k_raw.f32(), N * C, y.k_rope.f32());
-        y.q_att = y.q_rope;
-        y.k_att = y.k_rope;
-      }
-      be.Rope(y.q_att.f32(), B, T, H, HD, c.rope_base, false);
-      be.Rope(y.k_att.f32(), B, T, H, HD, c.rope_base, false);
+      y.v_att = y.vn.y.f32();
+      y.attn_ld.v = y.attn_ld.dv = C;
     }
     // The T×T probabilities only where the backend keeps them (not for a fused kernel).
     Alloc(device_, y.probs, be.AttentionStoresProbs(HD) ? Shape{B, H, T, T} : Shape{1});
     Alloc(device_, y.attn_lse, {B, H, T});
     Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;
-    be.AttentionForward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), B, T, H, HD, attn, y.att.f32(), y.probs.f32(), y.attn_lse.f32(),
-                        telemetry_on_ ? &stats : nullptr);
+    be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), y.probs.f32(),
+                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr);
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
@@ -491,6 +502,7 @@ absl::Status Model::Backward(float dloss) {
   const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  const bool rope = c.position == Position::kRope;
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(device_, *t, {N, C});
   Alloc(device_, m.dqkv, {N, 3 * C});
@@ -565,28 +577,32 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
-    be.AttentionBackward(y.q_att.f32(), y.k_att.f32(), y.v_att.f32(), y.att.f32(), y.probs.f32(), y.attn_lse.f32(),
-                         m.t3.f32(), B, T, H, HD, attn, m.dq.f32(), m.dk.f32(), m.dv.f32());
-    if (c.position == Position::kRope) {
-      be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
-      be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);
+    // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
+    float* dqkv = m.dqkv.f32();
+    const bool qk_in_place = y.attn_ld.dq == 3 * C, v_in_place = y.attn_ld.dv == 3 * C;
+    be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), y.probs.f32(), y.attn_lse.f32(), m.t3.f32(), B, T,
+                         H, HD, attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(),
+                         qk_in_place ? dqkv + C : m.dk.f32(), v_in_place ? dqkv + 2 * C : m.dv.f32());
+    if (!qk_in_place) {
+      if (rope) {
+        be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
+        be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);
+      }
+      const float* dq = m.dq.f32();
+      const float* dk = m.dk.f32();
+      if (y.q_norm.on()) {
+        norm_back(y.q_norm, y.q_raw, y.qn, dq, qkv_rows, qkv_d, m.t1.f32());
+        norm_back(y.k_norm, y.k_raw, y.kn, dk, qkv_rows, qkv_d, m.t2.f32());
+        dq = m.t1.f32();
+        dk = m.t2.f32();
+      }
+      be.CopyColumns(dq, N, C, 0, C, dqkv, 3 * C, 0);
+      be.CopyColumns(dk, N, C, 0, C, dqkv, 3 * C, C);
     }
-    const float* dq = m.dq.f32();
-    const float* dk = m.dk.f32();
-    const float* dv = m.dv.f32();
-    if (y.q_norm.on()) {
-      norm_back(y.q_norm, y.q_raw, y.qn, dq, qkv_rows, qkv_d, m.t1.f32());
-      norm_back(y.k_norm, y.k_raw, y.kn, dk, qkv_rows, qkv_d, m.t2.f32());
-      dq = m.t1.f32();
-      dk = m.t2.f32();
+    if (!v_in_place) {
+      norm_back(y.v_norm, y.v_raw, y.vn, m.dv.f32(), qkv_rows, qkv_d, m.t3.f32());
+      be.CopyColumns(m.t3.f32(), N, C, 0, C, dqkv, 3 * C, 2 * C);
     }
-    if (y.v_norm.on()) {
-      norm_back(y.v_norm, y.v_raw, y.vn, dv, qkv_rows, qkv_d, m.t3.f32());
-      dv = m.t3.f32();
-    }
-    be.CopyColumns(dq, N, C, 0, C, m.dqkv.f32(), 3 * C, 0);
-    be.CopyColumns(dk, N, C, 0, C, m.dqkv.f32(), 3 * C, C);
-    be.CopyColumns(dv, N, C, 0, C, m.dqkv.f32(), 3 * C, 2 * C);
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     linear_back(y.qkv, a1, m.dqkv.f32(), m.dtmp.f32());

@@ -38,6 +38,16 @@ struct AttentionOptions {
   float clip_gamma = -0.03f;
 };
 
+// Row strides, in floats, of the attention's q, k, v and of their gradients dq, dk, dv.
+// A row's H·hd values may sit inside a wider row: the column blocks of the QKV product
+// [B·T, 3·C] are read in place (stride 3·C), and their gradients written into the QKV
+// gradient, with no copies. out, dout, probs and lse are always contiguous.
+struct AttentionStrides {
+  int64_t q, k, v;     // inputs
+  int64_t dq, dk, dv;  // gradients (AttentionBackward)
+  static AttentionStrides Contiguous(int64_t c) { return {c, c, c, c, c, c}; }
+};
+
 // Telemetry of one attention call, over all batches, heads and queries.
 struct AttentionStats {
   float max_logit = 0;     // max of a (before temperature and cap)
@@ -147,12 +157,13 @@ class Backend {
   virtual void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) = 0;
 
-  // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous). probs: [B, H, T, T], the
-  // softmax p (not p'), and lse: [B, H, T], log Σ exp z per query row, both saved for
-  // backward (z_s = log p_s + lse recovers the capped logits); stats nullable.
+  // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous; q, k, v rows `ld` apart).
+  // probs: [B, H, T, T], the softmax p (not p'), and lse: [B, H, T], log Σ exp z per query
+  // row, both saved for backward (z_s = log p_s + lse recovers the capped logits); stats
+  // nullable.
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
-                                AttentionStats* stats) = 0;
+                                int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                                float* probs, float* lse, AttentionStats* stats) = 0;
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
   // fused kernel that recomputes them from lse; the caller may then pass a 1-float buffer).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
@@ -161,8 +172,8 @@ class Backend {
   // clipped softmax, whose output is of p', not p).
   virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                  const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
-                                 int64_t h, int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
-                                 float* dv) = 0;
+                                 int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+                                 float* dq, float* dk, float* dv) = 0;
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] in place, positions 0..T−1:
   //   (x1, x2) ← (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)

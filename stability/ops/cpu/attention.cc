@@ -59,20 +59,20 @@ void ForEachHead(int64_t bh_count, int64_t t, Body body) {
 }  // namespace
 
 void CpuBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                  int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
-                                  AttentionStats* stats) {
+                                  int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                                  float* probs, float* lse, AttentionStats* stats) {
   const int64_t c = h * hd;
   const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
   std::vector<double> entropy(b * h, 0.0);
   ForEachHead(b * h, t, [&](int64_t bh, float* tile0, float*) {
     const int64_t bi = bh / h, hi = bh % h;
-    const float* qb = q + bi * t * c + hi * hd;
-    const float* kb = k + bi * t * c + hi * hd;
-    const float* vb = v + bi * t * c + hi * hd;
+    const float* qb = q + bi * t * ld.q + hi * hd;
+    const float* kb = k + bi * t * ld.k + hi * hd;
+    const float* vb = v + bi * t * ld.v + hi * hd;
     float* p = probs + bh * t * t;
     float* pc = opt.clip ? tile0 : p;  // P' (clipped) when it differs from P
-    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, qb, c, kb, c, 0.0f, p, t);  // A
+    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, qb, ld.q, kb, ld.k, 0.0f, p, t);  // A
     double ent = 0;
     float mx = max_logit[bh];
     for (int64_t ti = 0; ti < t; ++ti) {
@@ -118,21 +118,22 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
     }
     max_logit[bh] = mx;
     entropy[bh] = ent;
-    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc, t, vb, c, 0.0f, out + bi * t * c + hi * hd, c);  // O
+    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc, t, vb, ld.v, 0.0f, out + bi * t * c + hi * hd, c);  // O
   });
   if (stats) *stats = AttentionStatsFromRows(entropy.data(), max_logit.data(), b * h);  // per head
 }
 
 void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* /*out: the probs
                                    suffice*/, const float* probs, const float* lse, const float* dout, int64_t b,
-                                   int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, float* dq,
-                                   float* dk, float* dv) {
+                                   int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
+                                   const AttentionStrides& ld, float* dq, float* dk, float* dv) {
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
   // tile0: dP' then dA; tile1: P' (clip).
   ForEachHead(b * h, t, [&](int64_t bh, float* tile0, float* tile1) {
     const int64_t bi = bh / h, hi = bh % h;
-    const int64_t off = bi * t * c + hi * hd;
+    const int64_t off = bi * t * c + hi * hd;  // of out and dout
+    const auto at = [&](int64_t stride) { return bi * t * stride + hi * hd; };
     const float* p = probs + bh * t * t;
     float* dp = tile0;
     float* aux = tile1;
@@ -142,8 +143,8 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
         for (int64_t s = 0; s < t; ++s) aux[ti * t + s] = s <= ti ? Clip(p[ti * t + s], opt) : 0.0f;
       pc = aux;
     }
-    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + off, c, 0.0f, dp, t);  // dP'
-    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc, t, dout + off, c, 0.0f, dv + off, c);  // dV
+    (void)Sgemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + at(ld.v), ld.v, 0.0f, dp, t);  // dP'
+    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc, t, dout + off, c, 0.0f, dv + at(ld.dv), ld.dv);  // dV
     for (int64_t ti = 0; ti < t; ++ti) {
       const float* prow = p + ti * t;
       float* drow = dp + ti * t;
@@ -175,8 +176,8 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
       }
       std::fill(drow + ti + 1, drow + t, 0.0f);
     }
-    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp, t, k + off, c, 0.0f, dq + off, c);   // dQ
-    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp, t, q + off, c, 0.0f, dk + off, c);  // dK
+    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp, t, k + at(ld.k), ld.k, 0.0f, dq + at(ld.dq), ld.dq);  // dQ
+    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp, t, q + at(ld.q), ld.q, 0.0f, dk + at(ld.dk), ld.dk);  // dK
   });
 }
 

@@ -23,14 +23,17 @@ void BM_Attention(benchmark::State& state) {
                      dv(n);
   AttentionOptions opt;
   opt.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  const AttentionStrides ld = AttentionStrides::Contiguous(c);
   CpuBackend& be = GetCpuBackend();
-  be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, out.data(), probs.data(), lse.data(), nullptr);
+  be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, ld, out.data(), probs.data(), lse.data(),
+                      nullptr);
   for (auto _ : state) {
     if (backward) {
       be.AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), out.data(), s.b, s.t,
-                           s.h, s.hd, opt, dq.data(), dk.data(), dv.data());
+                           s.h, s.hd, opt, ld, dq.data(), dk.data(), dv.data());
     } else {
-      be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, out.data(), probs.data(), lse.data(), nullptr);
+      be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, ld, out.data(), probs.data(),
+                          lse.data(), nullptr);
     }
   }
   // Useful (causal) FLOPs: forward 2 GEMMs of T²·hd/2 each, backward 4.

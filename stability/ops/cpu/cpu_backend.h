@@ -30,11 +30,12 @@ class CpuBackend final : public Backend {
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
-                        const AttentionOptions& opt, float* out, float* probs, float* lse,
-                        AttentionStats* stats) override;
+                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs,
+                        float* lse, AttentionStats* stats) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                         const AttentionOptions& opt, float* dq, float* dk, float* dv) override;
+                         const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
+                         float* dv) override;
   void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
   void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override;

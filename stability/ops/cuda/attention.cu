@@ -135,10 +135,10 @@ void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row
 }
 
 void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                   int64_t hd, const AttentionOptions& opt, float* out, float* probs, float* lse,
-                                   AttentionStats* stats) {
+                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                                   float* probs, float* lse, AttentionStats* stats) {
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionForward(q, k, v, b, t, h, hd, opt, out, lse, stats)) {
+      FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;
@@ -148,26 +148,25 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
   double* row_entropy = reinterpret_cast<double*>(stats_buf);
   float* row_max = reinterpret_cast<float*>(stats_buf + rows * sizeof(double));
   for (int64_t bi = 0; bi < b; ++bi) {
-    Gemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, q + bi * t * c, c, k + bi * t * c, c, 0.0f,
+    Gemm(Trans::kNo, Trans::kYes, t, t, hd, opt.scale, q + bi * t * ld.q, ld.q, k + bi * t * ld.k, ld.k, 0.0f,
          probs + bi * h * t * t, t, h, hd, hd, t * t);  // A, per head
   }
   SoftmaxRowsKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(probs, opt.clip ? pc : nullptr, lse, row_max,
                                                                    row_entropy, t, opt);
   STABILITY_CUDA_LAUNCHED("SoftmaxRowsKernel");
   for (int64_t bi = 0; bi < b; ++bi) {
-    Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * c, c, 0.0f, out + bi * t * c,
+    Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * ld.v, ld.v, 0.0f, out + bi * t * c,
          c, h, t * t, hd, hd);  // O = P' V, per head
   }
   if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
-
 }
 
 void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                     const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
-                                    int64_t h, int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
-                                    float* dv) {
+                                    int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+                                    float* dq, float* dk, float* dv) {
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, dq, dk, dv)) {
+      FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;
@@ -181,19 +180,19 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
   }
   for (int64_t bi = 0; bi < b; ++bi) {
     const int64_t off = bi * t * c, poff = bi * h * t * t;
-    Gemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + off, c, 0.0f, dp + poff, t, h, hd, hd,
-         t * t);  // dP'
-    Gemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc + poff, t, dout + off, c, 0.0f, dv + off, c, h, t * t, hd,
-         hd);  // dV
+    Gemm(Trans::kNo, Trans::kYes, t, t, hd, 1.0f, dout + off, c, v + bi * t * ld.v, ld.v, 0.0f, dp + poff, t, h,
+         hd, hd, t * t);  // dP'
+    Gemm(Trans::kYes, Trans::kNo, t, hd, t, 1.0f, pc + poff, t, dout + off, c, 0.0f, dv + bi * t * ld.dv, ld.dv, h,
+         t * t, hd, hd);  // dV
   }
   SoftmaxBackwardRowsKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(probs, lse, dp, t, opt);
   STABILITY_CUDA_LAUNCHED("SoftmaxBackwardRowsKernel");
   for (int64_t bi = 0; bi < b; ++bi) {
     const int64_t off = bi * t * c, poff = bi * h * t * t;
-    Gemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, k + off, c, 0.0f, dq + off, c, h, t * t, hd,
-         hd);  // dQ
-    Gemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, q + off, c, 0.0f, dk + off, c, h, t * t, hd,
-         hd);  // dK
+    Gemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, k + bi * t * ld.k, ld.k, 0.0f,
+         dq + bi * t * ld.dq, ld.dq, h, t * t, hd, hd);  // dQ
+    Gemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, q + bi * t * ld.q, ld.q, 0.0f,
+         dk + bi * t * ld.dk, ld.dk, h, t * t, hd, hd);  // dK
   }
 }
 

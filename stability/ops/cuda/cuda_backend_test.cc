@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -232,22 +233,55 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *gdout = Up(dout), *gout = Up(out), *gprobs = fused ? nullptr : Up(probs),
         *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
   AttentionStats cs, gs;
-  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, out.data(), probs.data(), lse.data(), &cs);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, &gs);
+  const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
+  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(),
+                         &cs);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, &gs);
   ExpectClose(Down(gout, n), out, tol.out, 0, "attention out");
   if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, tol.probs, 0, "probs");
   ExpectClose(Down(glse, lse.size()), lse, tol.lse, 0, "lse");
   EXPECT_NEAR(gs.max_logit, cs.max_logit, tol.stats * std::abs(cs.max_logit));
   EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, tol.stats * cs.entropy_sum);
   cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h,
-                          hd, opt, dq.data(), dk.data(), dv.data());
-  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+                          hd, opt, ld, dq.data(), dk.data(), dv.data());
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
   const std::vector<float> first_dk = Down(gdk, n);
   ExpectClose(Down(gdq, n), dq, tol.grads, 0, "dq");
   ExpectClose(first_dk, dk, tol.grads, 0, "dk");
   ExpectClose(Down(gdv, n), dv, tol.grads, 0, "dv");
-  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
   EXPECT_EQ(Down(gdk, n), first_dk);
+
+  // q, k, v read in place as the column blocks of one [B·T, 3·C + 4] buffer (NaN between the
+  // rows' blocks, so a stray read shows), dq, dk, dv written into one: the fused kernels must
+  // give the contiguous call's bits (the same arithmetic); the GEMM path within 1e-6 (cuBLAS
+  // may choose another algorithm for another leading dimension). Nothing written outside.
+  const int64_t rows = b * t, c = h * hd, wide = 3 * c + 4;
+  std::vector<float> qkv(rows * wide, NAN), dqkv(rows * wide, -7.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < c; ++j) {
+      qkv[r * wide + j] = q[r * c + j];
+      qkv[r * wide + c + j] = k[r * c + j];
+      qkv[r * wide + 2 * c + j] = v[r * c + j];
+    }
+  }
+  float *gqkv = Up(qkv), *gdqkv = Up(dqkv), *gout2 = Up(out), *glse2 = Up(lse);
+  float* gprobs2 = fused ? nullptr : Up(probs);
+  const AttentionStrides blocks{wide, wide, wide, wide, wide, wide};
+  gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout2, gprobs2, glse2, nullptr);
+  gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout2, gprobs2, glse2, gdout, b, t, h, hd, opt, blocks, gdqkv,
+                          gdqkv + c, gdqkv + 2 * c);
+  const double same = fused ? 0.0 : 1e-6;
+  ExpectClose(Down(gout2, n), Down(gout, n), same, 0, "out, strided inputs");
+  ExpectClose(Down(glse2, lse.size()), Down(glse, lse.size()), same, 0, "lse, strided inputs");
+  const std::vector<float> got = Down(gdqkv, rows * wide);
+  std::vector<float> block(n), padding;
+  for (auto [col0, want, what] : {std::tuple{int64_t{0}, gdq, "dq"}, {c, gdk, "dk"}, {2 * c, gdv, "dv"}}) {
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(&got[r * wide + col0], c, &block[r * c]);
+    ExpectClose(block, Down(want, n), same, 0, what);
+  }
+  for (int64_t r = 0; r < rows; ++r) padding.insert(padding.end(), &got[r * wide + 3 * c], &got[(r + 1) * wide]);
+  EXPECT_EQ(padding, std::vector<float>(rows * 4, -7.0f)) << "written outside the gradient blocks";
 }
 
 TEST_F(CudaBackendTest, AttentionWithEveryOption) {
@@ -400,8 +434,9 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
         *glse = Up(lse), *gdq = Up(zeros), *gdk = Up(zeros), *gdv = Up(zeros);
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
-    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, gout, gprobs, glse, nullptr);
-    gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, gdq, gdk, gdv);
+    const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr);
+    gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
     std::vector<float> got = Down(gdq, n);
     if (run == 0) first = got;
     else EXPECT_EQ(got, first);
@@ -439,8 +474,10 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   opt.soft_cap = 5.0f;
   std::vector<float> q = Random(m), k = Random(m), v = Random(m), o(m), probs(b * h * t * t), lse(b * h * t);
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *go = Up(o), *gp = Up(probs), *gl = Up(lse);
-  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, o.data(), probs.data(), lse.data(), nullptr);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, go, gp, gl, nullptr);
+  const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
+  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, o.data(), probs.data(), lse.data(),
+                         nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr);
   ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);

@@ -154,17 +154,21 @@ void BM_Attention(benchmark::State& state) {
   AttentionOptions opt;
   opt.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
   opt.soft_cap = state.range(2) == 1 ? 50.0f : 0.0f;
-  Tensor q = Random(n), k = Random(n, 2), v = Random(n, 3), out = Random(n), probs = Random(s.b * s.h * s.t * s.t),
-         lse = Random(s.b * s.h * s.t), dq = Random(n), dk = Random(n), dv = Random(n);
+  // q, k, v read in place from a QKV product [B·T, 3·C], the gradients written into one, as
+  // the model does.
+  const int64_t c = s.h * s.hd;
+  Tensor qkv = Random(3 * n), out = Random(n), probs = Random(s.b * s.h * s.t * s.t), lse = Random(s.b * s.h * s.t),
+         dqkv = Random(3 * n);
+  const float *q = qkv.f32(), *k = q + c, *v = q + 2 * c;
+  const AttentionStrides ld{3 * c, 3 * c, 3 * c, 3 * c, 3 * c, 3 * c};
   Backend* be = Gpu();
-  be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(), nullptr);
+  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr);
   Timed(state, [&] {
     if (backward) {
-      be->AttentionBackward(q.f32(), k.f32(), v.f32(), out.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h,
-                            s.hd, opt, dq.f32(), dk.f32(), dv.f32());
+      be->AttentionBackward(q, k, v, out.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h, s.hd, opt, ld,
+                            dqkv.f32(), dqkv.f32() + c, dqkv.f32() + 2 * c);
     } else {
-      be->AttentionForward(q.f32(), k.f32(), v.f32(), s.b, s.t, s.h, s.hd, opt, out.f32(), probs.f32(), lse.f32(),
-                           nullptr);
+      be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr);
     }
   });
   Gpu()->SetAttentionKernel(AttentionKernel::kGemm);

@@ -36,18 +36,19 @@ __device__ void LoadTile(const float* x, int64_t row0, int64_t t, int64_t c, flo
 
 template <int HD>
 __global__ void ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                              float* out, float* lse, float* row_max, double* row_entropy) {
+                              AttentionStrides ld, float* out, float* lse, float* row_max, double* row_entropy) {
   __shared__ float ks[kTile][HD], vs[kTile][HD];
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD;
-  const int64_t off = bi * t * c + hi * HD;
+  const int64_t off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
   const int64_t tq = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
   const bool active = tq < t;
   const int64_t last = std::min<int64_t>(t - 1, (blockIdx.x + 1) * static_cast<int64_t>(kRows) - 1);
   float qr[HD], acc[HD];
-  for (int d = 0; d < HD; ++d) qr[d] = active ? q[off + tq * c + d] : 0.0f, acc[d] = 0.0f;
+  for (int d = 0; d < HD; ++d) qr[d] = active ? q[tq * ld.q + d] : 0.0f, acc[d] = 0.0f;
   float m = -INFINITY, l = 0.0f, amax = -INFINITY;
   for (int64_t s0 = 0; s0 <= last; s0 += kTile) {  // sweep 1: the row's log-sum-exp
-    LoadTile<HD>(k + off, s0, t, c, ks);
+    LoadTile<HD>(k, s0, t, ld.k, ks);
     __syncthreads();
     for (int j = 0; j < kTile && active; ++j) {
       if (s0 + j > tq) break;
@@ -68,8 +69,8 @@ __global__ void ForwardKernel(const float* q, const float* k, const float* v, in
   const float row_lse = m + logf(l);
   float pz = 0.0f;
   for (int64_t s0 = 0; s0 <= last; s0 += kTile) {  // sweep 2: exact p, clip, P'·V
-    LoadTile<HD>(k + off, s0, t, c, ks);
-    LoadTile<HD>(v + off, s0, t, c, vs);
+    LoadTile<HD>(k, s0, t, ld.k, ks);
+    LoadTile<HD>(v, s0, t, ld.v, vs);
     __syncthreads();
     for (int j = 0; j < kTile && active; ++j) {
       if (s0 + j > tq) break;
@@ -94,16 +95,19 @@ __global__ void ForwardKernel(const float* q, const float* k, const float* v, in
 // Per query row: D = Σ_s p·dP (sweep 1), then dQ (sweep 2).
 template <int HD>
 __global__ void BackwardQueryKernel(const float* q, const float* k, const float* v, const float* lse,
-                                    const float* dout, int64_t t, int64_t h, Softmax sm, float* dq, float* rowd) {
+                                    const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld,
+                                    float* dq, float* rowd) {
   __shared__ float ks[kTile][HD], vs[kTile][HD];
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD;
-  const int64_t off = bi * t * c + hi * HD;
+  const int64_t off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  dq += HeadOffset(bi, hi, t, ld.dq, HD);
   const int64_t tq = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
   const bool active = tq < t;
   const int64_t last = std::min<int64_t>(t - 1, (blockIdx.x + 1) * static_cast<int64_t>(kRows) - 1);
   float qr[HD], dor[HD], acc[HD];
   for (int d = 0; d < HD; ++d) {
-    qr[d] = active ? q[off + tq * c + d] : 0.0f;
+    qr[d] = active ? q[tq * ld.q + d] : 0.0f;
     dor[d] = active ? dout[off + tq * c + d] : 0.0f;
     acc[d] = 0.0f;
   }
@@ -111,8 +115,8 @@ __global__ void BackwardQueryKernel(const float* q, const float* k, const float*
   float D = 0.0f;
   for (int pass = 0; pass < 2; ++pass) {
     for (int64_t s0 = 0; s0 <= last; s0 += kTile) {
-      LoadTile<HD>(k + off, s0, t, c, ks);
-      LoadTile<HD>(v + off, s0, t, c, vs);
+      LoadTile<HD>(k, s0, t, ld.k, ks);
+      LoadTile<HD>(v, s0, t, ld.v, vs);
       __syncthreads();
       for (int j = 0; j < kTile && active; ++j) {
         if (s0 + j > tq) break;
@@ -132,29 +136,32 @@ __global__ void BackwardQueryKernel(const float* q, const float* k, const float*
     }
   }
   if (!active) return;
-  for (int d = 0; d < HD; ++d) dq[off + tq * c + d] = sm.o.scale * acc[d];
+  for (int d = 0; d < HD; ++d) dq[tq * ld.dq + d] = sm.o.scale * acc[d];
   rowd[bh * t + tq] = D;
 }
 
 // Per key row s: dK and dV over the queries t ≥ s.
 template <int HD>
 __global__ void BackwardKeyKernel(const float* q, const float* k, const float* v, const float* lse, const float* rowd,
-                                  const float* dout, int64_t t, int64_t h, Softmax sm, float* dk, float* dv) {
+                                  const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, float* dk,
+                                  float* dv) {
   __shared__ float qs[kTile][HD], dos[kTile][HD];
   __shared__ float lses[kTile], ds[kTile];
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD;
-  const int64_t off = bi * t * c + hi * HD;
+  const int64_t off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  dk += HeadOffset(bi, hi, t, ld.dk, HD), dv += HeadOffset(bi, hi, t, ld.dv, HD);
   const int64_t sk = blockIdx.x * static_cast<int64_t>(kRows) + threadIdx.x;
   const bool active = sk < t;
   const int64_t first = blockIdx.x * static_cast<int64_t>(kRows);  // queries before it see no key of this block
   float kr[HD], vr[HD], dka[HD], dva[HD];
   for (int d = 0; d < HD; ++d) {
-    kr[d] = active ? k[off + sk * c + d] : 0.0f;
-    vr[d] = active ? v[off + sk * c + d] : 0.0f;
+    kr[d] = active ? k[sk * ld.k + d] : 0.0f;
+    vr[d] = active ? v[sk * ld.v + d] : 0.0f;
     dka[d] = dva[d] = 0.0f;
   }
   for (int64_t t0 = first - first % kTile; t0 < t; t0 += kTile) {
-    LoadTile<HD>(q + off, t0, t, c, qs);
+    LoadTile<HD>(q, t0, t, ld.q, qs);
     LoadTile<HD>(dout + off, t0, t, c, dos);
     for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
       lses[i] = t0 + i < t ? lse[bh * t + t0 + i] : 0.0f;
@@ -177,32 +184,33 @@ __global__ void BackwardKeyKernel(const float* q, const float* k, const float* v
   }
   if (!active) return;
   for (int d = 0; d < HD; ++d) {
-    dk[off + sk * c + d] = sm.o.scale * dka[d];
-    dv[off + sk * c + d] = dva[d];
+    dk[sk * ld.dk + d] = sm.o.scale * dka[d];
+    dv[sk * ld.dv + d] = dva[d];
   }
 }
 
 template <int HD>
 struct LaunchForward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                  float* out, float* lse, float* row_max, double* row_entropy) {
-    ForwardKernel<HD><<<grid, kRows>>>(q, k, v, t, h, sm, out, lse, row_max, row_entropy);
+                  const AttentionStrides& ld, float* out, float* lse, float* row_max, double* row_entropy) {
+    ForwardKernel<HD><<<grid, kRows>>>(q, k, v, t, h, sm, ld, out, lse, row_max, row_entropy);
   }
 };
 template <int HD>
 struct LaunchBackward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* lse, const float* dout,
-                  int64_t t, int64_t h, Softmax sm, float* dq, float* dk, float* dv, float* rowd) {
-    BackwardQueryKernel<HD><<<grid, kRows>>>(q, k, v, lse, dout, t, h, sm, dq, rowd);
-    BackwardKeyKernel<HD><<<grid, kRows>>>(q, k, v, lse, rowd, dout, t, h, sm, dk, dv);
+                  int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, float* dq, float* dk, float* dv,
+                  float* rowd) {
+    BackwardQueryKernel<HD><<<grid, kRows>>>(q, k, v, lse, dout, t, h, sm, ld, dq, rowd);
+    BackwardKeyKernel<HD><<<grid, kRows>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk, dv);
   }
 };
 
 }  // namespace
 
 bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
-                                        int64_t h, int64_t hd, const AttentionOptions& opt, float* out, float* lse,
-                                        AttentionStats* stats) {
+                                        int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+                                        float* out, float* lse, AttentionStats* stats) {
   const int64_t rows = b * h * t;
   char* stats_buf = static_cast<char*>(Scratch(kRowStats, rows * (sizeof(float) + sizeof(double))));
   double* row_entropy = reinterpret_cast<double*>(stats_buf);
@@ -210,27 +218,29 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   // bf16: the tensor cores; fp32 (or buffers not 16-byte aligned): this file's kernel.
   if (!(precision_ == MatmulPrecision::kBf16 &&
-        TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, out, lse, row_max, row_entropy))) {
-    if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, out, lse, row_max, row_entropy)) {
+        TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, row_max, row_entropy))) {
+    if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
       return false;
     }
     STABILITY_CUDA_LAUNCHED("fused attention forward");
   }
   if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
-
   return true;
 }
 
 bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
-                                         int64_t hd, const AttentionOptions& opt, float* dq, float* dk, float* dv) {
+                                         int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+                                         float* dq, float* dk, float* dv) {
   float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
   if (precision_ == MatmulPrecision::kBf16 &&
-      TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, dq, dk, dv, rowd)) {
+      TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv, rowd)) {
     return true;
   }
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, lse, dout, t, h, Softmax{opt}, dq, dk, dv, rowd)) return false;
+  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd)) {
+    return false;
+  }
   STABILITY_CUDA_LAUNCHED("fused attention backward");
   return true;
 }

@@ -131,8 +131,8 @@ __device__ inline int ValidColumns(int64_t first, int64_t last) {
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm, float* out,
-                  float* lse, float* row_max, double* row_entropy) {
+    ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
+                  AttentionStrides ld, float* out, float* lse, float* row_max, double* row_entropy) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kOL = Lay::kOL, kHalfD = HD / 2;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -142,11 +142,12 @@ __global__ void __launch_bounds__(kThreads)
   bf16* vs = reinterpret_cast<bf16*>(smem + 2 * Lay::kTileBytes);
   float* f = reinterpret_cast<float*>(smem + 3 * Lay::kTileBytes + warp * Lay::kOBytes);
   bf16* pt = reinterpret_cast<bf16*>(smem + 3 * Lay::kTileBytes + kWarps * Lay::kOBytes + warp * kPBytes);
-  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = bi * t * c + hi * HD;
+  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
   const int64_t q0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp, tq = w0 + r;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t row_last = tq < t ? tq : -1;  // keys s ≤ row_last count (none past T)
-  LoadTile<HD>(q + off, q0, t, c, qs);
+  LoadTile<HD>(q, q0, t, ld.q, qs);
 
   float o[kHalfD];
   for (int i = 0; i < kHalfD; ++i) o[i] = 0.0f;
@@ -161,8 +162,8 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int64_t s0 = 0; s0 <= last_key; s0 += kRows) {
       __syncthreads();  // the previous tile is read
-      LoadTile<HD>(k + off, s0, t, c, ks);
-      if (sweep == 1) LoadTile<HD>(v + off, s0, t, c, vs);
+      LoadTile<HD>(k, s0, t, ld.k, ks);
+      if (sweep == 1) LoadTile<HD>(v, s0, t, ld.v, vs);
       __syncthreads();
       if (w0 >= t) continue;  // the warp has no query (T not a multiple of 64)
       WarpProduct<HD / 16, kRows / 16, true>(qs + 16 * warp * kL, kL, ks, kL, f, kOL);  // S = Q Kᵀ
@@ -235,7 +236,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     BackwardQueryKernel(const float* q, const float* k, const float* v, const float* out, const float* lse,
-                        const float* dout, int64_t t, int64_t h, Softmax sm, float* dq, float* rowd) {
+                        const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, float* dq,
+                        float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -247,11 +249,12 @@ __global__ void __launch_bounds__(kThreads)
   float* fs = reinterpret_cast<float*>(smem + 4 * Lay::kTileBytes + warp * 2 * kSBytes);
   float* fdp = fs + 16 * kSL;
   bf16* dzt = reinterpret_cast<bf16*>(smem + 4 * Lay::kTileBytes + kWarps * 2 * kSBytes + warp * kPBytes);
-  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = bi * t * c + hi * HD;
+  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
   const int64_t q0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp, tq = w0 + r;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t row_last = tq < t ? tq : -1;
-  LoadTile<HD>(q + off, q0, t, c, qs);
+  LoadTile<HD>(q, q0, t, ld.q, qs);
   LoadTile<HD>(dout + off, q0, t, c, dos);
   const float row_lse = tq < t ? lse[bh * t + tq] : 0.0f;
   const float inv_temp = 1.0f / sm.o.temperature;
@@ -268,8 +271,8 @@ __global__ void __launch_bounds__(kThreads)
     if (sweep == 1) d_row = d_part + __shfl_xor_sync(0xffffffffu, d_part, 1);
     for (int64_t s0 = 0; s0 <= last_key; s0 += kRows) {
       __syncthreads();
-      LoadTile<HD>(k + off, s0, t, c, ks);
-      LoadTile<HD>(v + off, s0, t, c, vs);
+      LoadTile<HD>(k, s0, t, ld.k, ks);
+      LoadTile<HD>(v, s0, t, ld.v, vs);
       __syncthreads();
       if (w0 >= t) continue;
       WarpProduct<HD / 16, kRows / 16, true>(qs + 16 * warp * kL, kL, ks, kL, fs, kSL);    // S
@@ -296,7 +299,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  WriteRows<HD>(acc, fs, tq, t, c, sm.o.scale, dq + off);
+  WriteRows<HD>(acc, fs, tq, t, ld.dq, sm.o.scale, dq + HeadOffset(bi, hi, t, ld.dq, HD));
   if (tq < t && half == 0) rowd[bh * t + tq] = d_row;
 }
 
@@ -304,7 +307,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
     BackwardKeyKernel(const float* q, const float* k, const float* v, const float* lse, const float* rowd,
-                      const float* dout, int64_t t, int64_t h, Softmax sm, float* dk, float* dv) {
+                      const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, float* dk,
+                      float* dv) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -320,17 +324,18 @@ __global__ void __launch_bounds__(kThreads)
   float* fdp = fs + 16 * kSL;
   bf16* dzt = reinterpret_cast<bf16*>(mine + kWarps * 2 * kSBytes + warp * 2 * kPBytes);
   bf16* pct = dzt + 16 * kPL;
-  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = bi * t * c + hi * HD;
+  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
+  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
   const int64_t k0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = k0 + 16 * warp, sk = w0 + r;
-  LoadTile<HD>(k + off, k0, t, c, ks);
-  LoadTile<HD>(v + off, k0, t, c, vs);
+  LoadTile<HD>(k, k0, t, ld.k, ks);
+  LoadTile<HD>(v, k0, t, ld.v, vs);
   const float inv_temp = 1.0f / sm.o.temperature;
   Accumulator acc_dk[HD / 16], acc_dv[HD / 16];
   for (auto& a : acc_dk) wmma::fill_fragment(a, 0.0f);
   for (auto& a : acc_dv) wmma::fill_fragment(a, 0.0f);
   for (int64_t t0 = k0; t0 < t; t0 += kRows) {  // queries before k0 see no key of this block
     __syncthreads();
-    LoadTile<HD>(q + off, t0, t, c, qs);
+    LoadTile<HD>(q, t0, t, ld.q, qs);
     LoadTile<HD>(dout + off, t0, t, c, dos);
     for (int i = threadIdx.x; i < kRows; i += kThreads) {
       lses[i] = t0 + i < t ? lse[bh * t + t0 + i] : 0.0f;
@@ -360,8 +365,8 @@ __global__ void __launch_bounds__(kThreads)
     WarpAccumulate<HD>(dzt, qs, acc_dk);   // dK += dZᵀ Q
     WarpAccumulate<HD>(pct, dos, acc_dv);  // dV += P'ᵀ dO
   }
-  WriteRows<HD>(acc_dk, fs, sk, t, c, sm.o.scale, dk + off);
-  WriteRows<HD>(acc_dv, fs, sk, t, c, 1.0f, dv + off);
+  WriteRows<HD>(acc_dk, fs, sk, t, ld.dk, sm.o.scale, dk + HeadOffset(bi, hi, t, ld.dk, HD));
+  WriteRows<HD>(acc_dv, fs, sk, t, ld.dv, 1.0f, dv + HeadOffset(bi, hi, t, ld.dv, HD));
 }
 
 // Kernels over 48 KB of shared memory must say so before their launch.
@@ -374,28 +379,34 @@ void AllowSharedBytes(Kernel kernel, int bytes) {
 template <int HD>
 struct LaunchForward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                  float* out, float* lse, float* row_max, double* row_entropy) {
+                  const AttentionStrides& ld, float* out, float* lse, float* row_max, double* row_entropy) {
     AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes);
-    ForwardKernel<HD><<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, out, lse, row_max,
+    ForwardKernel<HD><<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, ld, out, lse, row_max,
                                                                      row_entropy);
   }
 };
 template <int HD>
 struct LaunchBackward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* out, const float* lse,
-                  const float* dout, int64_t t, int64_t h, Softmax sm, float* dq, float* dk, float* dv, float* rowd) {
+                  const float* dout, int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, float* dq,
+                  float* dk, float* dv, float* rowd) {
     AllowSharedBytes(BackwardQueryKernel<HD>, Layout<HD>::kQueryBytes);
     AllowSharedBytes(BackwardKeyKernel<HD>, Layout<HD>::kKeyBytes);
-    BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, dq,
+    BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, ld, dq,
                                                                           rowd);
-    BackwardKeyKernel<HD><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, dk, dv);
+    BackwardKeyKernel<HD><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk,
+                                                                      dv);
   }
 };
 
-// float4 loads need 16-byte aligned rows: every pointer (rows are HD floats apart, HD % 16 == 0).
-bool Aligned(std::initializer_list<const float*> ptrs) {
+// float4 loads need 16-byte aligned rows: every pointer, and row strides of whole float4s
+// (heads start HD % 16 == 0 floats apart).
+bool Aligned(std::initializer_list<const float*> ptrs, std::initializer_list<int64_t> strides) {
   for (const float* p : ptrs) {
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  }
+  for (int64_t s : strides) {
+    if (s % 4 != 0) return false;
   }
   return true;
 }
@@ -403,22 +414,25 @@ bool Aligned(std::initializer_list<const float*> ptrs) {
 }  // namespace
 
 bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
-                                             int64_t h, int64_t hd, const AttentionOptions& opt, float* out,
-                                             float* lse, float* row_max, double* row_entropy) {
-  if (!Aligned({q, k, v, out})) return false;
+                                             int64_t h, int64_t hd, const AttentionOptions& opt,
+                                             const AttentionStrides& ld, float* out, float* lse, float* row_max,
+                                             double* row_entropy) {
+  if (!Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, out, lse, row_max, row_entropy)) return false;
+  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
+    return false;
+  }
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");
   return true;
 }
 
 bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                               const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
-                                              int64_t hd, const AttentionOptions& opt, float* dq, float* dk,
-                                              float* dv, float* rowd) {
-  if (!Aligned({q, k, v, dout, dq, dk, dv})) return false;
+                                              int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+                                              float* dq, float* dk, float* dv, float* rowd) {
+  if (!Aligned({q, k, v, dout, dq, dk, dv}, {ld.q, ld.k, ld.v})) return false;
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, out, lse, dout, t, h, Softmax{opt}, dq, dk, dv, rowd)) {
+  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, out, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd)) {
     return false;
   }
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");

@@ -125,11 +125,12 @@ class CudaBackend final : public Backend {
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
-                        const AttentionOptions& opt, float* out, float* probs, float* lse,
-                        AttentionStats* stats) override;
+                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs,
+                        float* lse, AttentionStats* stats) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                         const AttentionOptions& opt, float* dq, float* dk, float* dv) override;
+                         const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
+                         float* dv) override;
   void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
   void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override;
@@ -195,19 +196,22 @@ class CudaBackend final : public Backend {
   }
   // fused_attention.cu; false (nothing done) for a head dim it has no kernel for.
   bool FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                             int64_t hd, const AttentionOptions& opt, float* out, float* lse, AttentionStats* stats);
+                             int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                             float* lse, AttentionStats* stats);
   bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
                               const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                              const AttentionOptions& opt, float* dq, float* dk, float* dv);
+                              const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
+                              float* dv);
   // tensor_core_attention.cu (bf16): false, nothing done, for a head dim it has no kernel
   // for or buffers not 16-byte aligned. Per-row telemetry into row_max and row_entropy;
   // rowd [B·H·T] is the backward's scratch.
   bool TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
-                                  int64_t hd, const AttentionOptions& opt, float* out, float* lse, float* row_max,
-                                  double* row_entropy);
+                                  int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                                  float* lse, float* row_max, double* row_entropy);
   bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                    const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                   const AttentionOptions& opt, float* dq, float* dk, float* dv, float* rowd);
+                                   const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
+                                   float* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
   // bf16 only: the linear forward through cuBLASLt with its epilogue fused (bias; GELU

@@ -32,6 +32,13 @@ struct Softmax {
   }
 };
 
+// Where head hi of batch bi starts in x [B·T, ·] whose rows are `ld` floats apart (row r of
+// the head at [r·ld]): q, k, v and their gradients may be column blocks of a wider buffer
+// (AttentionStrides); out and dout are contiguous (ld = H·hd).
+__host__ __device__ inline int64_t HeadOffset(int64_t bi, int64_t hi, int64_t t, int64_t ld, int64_t hd) {
+  return bi * t * ld + hi * hd;
+}
+
 // Head dims of the presets (tiny 16, mid and GPT-2 64, the 830M shape 96) and neighbours.
 template <template <int> class Launch, typename... Args>
 bool ForHeadDim(int64_t hd, Args&&... args) {
