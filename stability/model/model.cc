@@ -78,7 +78,7 @@ struct Layer {
   Parameter* ls2 = nullptr;
   // Activations of the last Forward (x, the block input, is Impl::stream[l]).
   NormActs a1, qn, kn, vn, pn, a2, fn;
-  Tensor qkv_out, q_raw, k_raw, v_raw, probs, attn_lse, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
+  Tensor qkv_out, probs, attn_lse, att, proj_out, ls1_out, h, fc1_out, act, fc2_out, ls2_out;
   Tensor q_rope, k_rope;  // RoPE's own buffers when there is no q/k norm
   // Attention inputs, after norms and RoPE: the QKV product's column blocks read in place
   // (rows 3·C apart), or the outputs of the norms and RoPE (C apart). Backward writes each
@@ -333,11 +333,14 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   std::vector<std::pair<size_t, bool>> queued;
   be.ReadQueued();  // nothing should be left over; if a failed call left some, drop them
   const bool keep_bf16 = be.KeepsBf16Operands();
-  const auto run_norm = [&](const Norm& n, const Tensor& x, int64_t rows, int64_t d, NormActs& a) {
+  // x's rows where x_rows says (a QKV block's are read in place), y contiguous.
+  const auto run_norm = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, int64_t rows, int64_t d,
+                            NormActs& a) {
     AllocNorm(device_, a, rows, d);
-    be.NormForward(c.norm, x.f32(), n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
+    be.NormForward(c.norm, x, x_rows, n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
                    a.y.f32(), a.mean.f32(), a.rstd.f32());
   };
+  const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
   // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can).
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name,
                               Tensor* act = nullptr) {
@@ -377,7 +380,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                               const Norm& next, NormActs& next_acts) {
     const Tensor* branch = &branch_out;
     if (norm.on()) {
-      run_norm(norm, branch_out, N, C, norm_acts);
+      run_norm(norm, branch_out.f32(), rows_of_c, N, C, norm_acts);
       branch = &norm_acts.y;
     }
     *scale_in = branch;
@@ -403,6 +406,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
 
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  const ops::RowLayout qkv_block_rows{c.per_head_norm ? H : 1, 3 * C};  // a q/k/v norm's rows in the QKV product
   const bool rope = c.position == Position::kRope;
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
@@ -411,7 +415,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     const Tensor& x = m.stream[l];
     const Tensor* a1 = &x;
     if (y.n1.on()) {
-      if (l == 0) run_norm(y.n1, x, N, C, y.a1);  // later layers': fused with the residual add before
+      if (l == 0) run_norm(y.n1, x.f32(), rows_of_c, N, C, y.a1);  // later layers': fused with the residual add before
       a1 = &y.a1.y;
     }
     run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
@@ -420,23 +424,21 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     y.k_att = qkv + C;
     y.v_att = qkv + 2 * C;
     y.attn_ld = {3 * C, 3 * C, 3 * C, 3 * C, 3 * C, 3 * C};
-    // A normed block is copied out first (its norm reads rows of C); RoPE rotates the norm's
-    // output in place, which is safe (backward needs the norm's input, not its output), or
-    // a copy of the block.
-    const auto take_block = [&](int64_t col0, Tensor& block) {
-      Alloc(device_, block, {N, C});
-      be.CopyColumns(qkv, N, 3 * C, col0, C, block.f32(), C, 0);
-    };
+    // The q/k/v norms read their block in place. RoPE rotates the norm's output in place,
+    // which is safe (backward needs the norm's input, not its output), or a copy of the block.
     if (y.q_norm.on() || rope) {
-      Tensor* qt = &y.q_rope;
-      Tensor* kt = &y.k_rope;
-      take_block(0, y.q_norm.on() ? y.q_raw : y.q_rope);
-      take_block(C, y.q_norm.on() ? y.k_raw : y.k_rope);
+      Tensor* qt = &y.qn.y;
+      Tensor* kt = &y.kn.y;
       if (y.q_norm.on()) {
-        run_norm(y.q_norm, y.q_raw, qkv_rows, qkv_d, y.qn);
-        run_norm(y.k_norm, y.k_raw, qkv_rows, qkv_d, y.kn);
-        qt = &y.qn.y;
-        kt = &y.kn.y;
+        run_norm(y.q_norm, qkv, qkv_block_rows, qkv_rows, qkv_d, y.qn);
+        run_norm(y.k_norm, qkv + C, qkv_block_rows, qkv_rows, qkv_d, y.kn);
+      } else {
+        for (auto [col0, block] : {std::pair{int64_t{0}, &y.q_rope}, {C, &y.k_rope}}) {
+          Alloc(device_, *block, {N, C});
+          be.CopyColumns(qkv, N, 3 * C, col0, C, block->f32(), C, 0);
+        }
+        qt = &y.q_rope;
+        kt = &y.k_rope;
       }
       if (rope) {
         be.Rope(qt->f32(), B, T, H, HD, c.rope_base, false);
@@ -447,8 +449,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.attn_ld.q = y.attn_ld.k = y.attn_ld.dq = y.attn_ld.dk = C;
     }
     if (y.v_norm.on()) {
-      take_block(2 * C, y.v_raw);
-      run_norm(y.v_norm, y.v_raw, qkv_rows, qkv_d, y.vn);
+      run_norm(y.v_norm, qkv + 2 * C, qkv_block_rows, qkv_rows, qkv_d, y.vn);
       y.v_att = y.vn.y.f32();
       y.attn_ld.v = y.attn_ld.dv = C;
     }
@@ -474,7 +475,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1],
                last ? m.nf : m.layers[l + 1].n1, last ? m.xf : m.layers[l + 1].a1);
   }
-  if (c.n_layer == 0) run_norm(m.nf, m.stream[0], N, C, m.xf);  // else fused into the last residual add
+  if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf);  // else in the last add
   Alloc(device_, m.logits, {N, V});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32(),
@@ -502,6 +503,7 @@ absl::Status Model::Backward(float dloss) {
   const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
+  const ops::RowLayout qkv_block_rows{c.per_head_norm ? H : 1, 3 * C};  // a q/k/v norm's rows in the QKV product
   const bool rope = c.position == Position::kRope;
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(device_, *t, {N, C});
@@ -511,11 +513,13 @@ absl::Status Model::Backward(float dloss) {
   Alloc(device_, m.dlogits, {N, V});
   Alloc(device_, m.dtmp, {N, C});
 
-  const auto norm_back = [&](const Norm& n, const Tensor& x, const NormActs& a, const float* dy, int64_t rows,
-                             int64_t d, float* dx) {
-    be.NormBackward(c.norm, x.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, rows, d, dx, n.g->grad.f32(),
+  // dx laid out as x.
+  const auto norm_back = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, const NormActs& a,
+                             const float* dy, int64_t rows, int64_t d, float* dx) {
+    be.NormBackward(c.norm, x, x_rows, n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, rows, d, dx, n.g->grad.f32(),
                     n.b ? n.b->grad.f32() : nullptr);
   };
+  const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
   // The norm after a residual add: its input gradient joins the residual's in dres.
   const auto add_norm_back = [&](const Norm& n, const Tensor& sum, const NormActs& a, const float* dy) {
     be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
@@ -543,7 +547,7 @@ absl::Status Model::Backward(float dloss) {
   be.CrossEntropyLinearBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
                                 dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.f32(), m.dxf.f32(),
                                 head->grad.f32(), m.head_kept.get());
-  norm_back(m.nf, m.stream[c.n_layer], m.xf, m.dxf.f32(), N, C, m.dres.f32());
+  norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32());
 
   for (int64_t l = c.n_layer - 1; l >= 0; --l) {
     Layer& y = m.layers[l];
@@ -554,7 +558,7 @@ absl::Status Model::Backward(float dloss) {
       g = m.t1.f32();
     }
     if (y.fc2_norm.on()) {
-      norm_back(y.fc2_norm, y.fc2_out, y.fn, g, N, C, m.t2.f32());
+      norm_back(y.fc2_norm, y.fc2_out.f32(), rows_of_c, y.fn, g, N, C, m.t2.f32());
       g = m.t2.f32();
     }
     linear_back(y.fc2, y.act, g, m.dF1.f32());
@@ -573,7 +577,7 @@ absl::Status Model::Backward(float dloss) {
       g = m.t1.f32();
     }
     if (y.proj_norm.on()) {
-      norm_back(y.proj_norm, y.proj_out, y.pn, g, N, C, m.t2.f32());
+      norm_back(y.proj_norm, y.proj_out.f32(), rows_of_c, y.pn, g, N, C, m.t2.f32());
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
@@ -588,20 +592,17 @@ absl::Status Model::Backward(float dloss) {
         be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
         be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);
       }
-      const float* dq = m.dq.f32();
-      const float* dk = m.dk.f32();
-      if (y.q_norm.on()) {
-        norm_back(y.q_norm, y.q_raw, y.qn, dq, qkv_rows, qkv_d, m.t1.f32());
-        norm_back(y.k_norm, y.k_raw, y.kn, dk, qkv_rows, qkv_d, m.t2.f32());
-        dq = m.t1.f32();
-        dk = m.t2.f32();
+      if (y.q_norm.on()) {  // the norms' input gradients straight into their QKV blocks
+        const float* qkv = y.qkv_out.f32();
+        norm_back(y.q_norm, qkv, qkv_block_rows, y.qn, m.dq.f32(), qkv_rows, qkv_d, dqkv);
+        norm_back(y.k_norm, qkv + C, qkv_block_rows, y.kn, m.dk.f32(), qkv_rows, qkv_d, dqkv + C);
+      } else {
+        be.CopyColumns(m.dq.f32(), N, C, 0, C, dqkv, 3 * C, 0);
+        be.CopyColumns(m.dk.f32(), N, C, 0, C, dqkv, 3 * C, C);
       }
-      be.CopyColumns(dq, N, C, 0, C, dqkv, 3 * C, 0);
-      be.CopyColumns(dk, N, C, 0, C, dqkv, 3 * C, C);
     }
     if (!v_in_place) {
-      norm_back(y.v_norm, y.v_raw, y.vn, m.dv.f32(), qkv_rows, qkv_d, m.t3.f32());
-      be.CopyColumns(m.t3.f32(), N, C, 0, C, dqkv, 3 * C, 2 * C);
+      norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_block_rows, y.vn, m.dv.f32(), qkv_rows, qkv_d, dqkv + 2 * C);
     }
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;

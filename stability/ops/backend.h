@@ -20,6 +20,16 @@
 namespace stability::ops {
 
 enum class NormKind { kLayerNorm, kRMSNorm };
+
+// Where a norm's rows of x (and of its gradient dx) are: row r at
+// (r / group)·stride + (r % group)·d. A column block of the QKV product [N, 3·C] is
+// normalised in place: {1, 3·C} for a full-width norm (rows of C), {H, 3·C} per head (a
+// token's H rows of head_dim side by side).
+struct RowLayout {
+  int64_t group, stride;
+  static constexpr RowLayout Contiguous(int64_t d) { return {1, d}; }
+  constexpr int64_t Offset(int64_t r, int64_t d) const { return r / group * stride + r % group * d; }
+};
 enum class Activation { kGelu, kRelu };
 
 // Attention logits and softmax, per head, for query t and key s ≤ t (causal):
@@ -141,11 +151,13 @@ class Backend {
 
   // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
-  // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable.
-  virtual void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
-                           float eps, float* y, float* mean, float* rstd) = 0;
-  virtual void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                            const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) = 0;
+  // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable. x's rows (and
+  // dx's, laid out as x) where x_rows says; y and dy contiguous [rows, D].
+  virtual void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
+                           int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) = 0;
+  virtual void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
+                            const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
+                            float* db) = 0;
   // A residual add and the norm after it, in one pass over the rows:
   //   sum = x + a ⊙ s,  y = Norm(sum)   (ChannelScaleForward, Add, NormForward: the same
   //                                      bits; s [D] nullable: no layer scale, a alone)

@@ -40,12 +40,12 @@ void NormRow(bool layer, const float* xr, const float* g, const float* b, int64_
 
 }  // namespace
 
-void CpuBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
-                             float eps, float* y, float* mean, float* rstd) {
+void CpuBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
+                             int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) {
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    NormRow(layer, x + r * d, g, b, d, eps, y + r * d, mean ? mean + r : nullptr, rstd + r);
+    NormRow(layer, x + x_rows.Offset(r, d), g, b, d, eps, y + r * d, mean ? mean + r : nullptr, rstd + r);
   }
 }
 
@@ -73,14 +73,15 @@ void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, c
 
 namespace {
 
-// dx overwritten, or added to (accumulate: the residual stream's gradient).
-void NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                      const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx, float* dg, float* db) {
+// dx (laid out as x) overwritten, or added to (accumulate: the residual stream's gradient).
+void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
+                      const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx,
+                      float* dg, float* db) {
   const bool layer = kind == NormKind::kLayerNorm;
   // dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
+    const float* xr = x + x_rows.Offset(r, d);
     const float* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
     double mean_g = 0, mean_gx = 0;
@@ -92,7 +93,7 @@ void NormBackwardRows(NormKind kind, const float* x, const float* g, const float
     }
     const float mg = layer ? static_cast<float>(mean_g / d) : 0.0f;
     const float mgx = static_cast<float>(mean_gx / d);
-    float* dxr = dx + r * d;
+    float* dxr = dx + x_rows.Offset(r, d);
 #pragma omp simd
     for (int64_t j = 0; j < d; ++j) {
       const float xh = (xr[j] - m) * rs;
@@ -112,7 +113,7 @@ void NormBackwardRows(NormKind kind, const float* x, const float* g, const float
     const int64_t w = std::min(kCols, d - j0);
     double sg[kCols] = {}, sb[kCols] = {};
     for (int64_t r = rows * chunk / kRowChunks; r < rows * (chunk + 1) / kRowChunks; ++r) {
-      const float* xr = x + r * d + j0;
+      const float* xr = x + x_rows.Offset(r, d) + j0;
       const float* dyr = dy + r * d + j0;
       const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
 #pragma omp simd
@@ -134,14 +135,15 @@ void NormBackwardRows(NormKind kind, const float* x, const float* g, const float
 
 }  // namespace
 
-void CpuBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                              const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
-  NormBackwardRows(kind, x, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
+void CpuBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
+                              const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
+                              float* db) {
+  NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
 }
 
 void CpuBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                  const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) {
-  NormBackwardRows(kind, sum, g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
+  NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 
 }  // namespace stability::ops::cpu

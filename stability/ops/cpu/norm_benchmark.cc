@@ -24,9 +24,10 @@ void BM_LayerNorm(benchmark::State& state) {
                      dg(d), db(d);
   CpuBackend& be = GetCpuBackend();
   for (auto _ : state) {
-    be.NormForward(NormKind::kLayerNorm, x.data(), g.data(), b.data(), rows, d, 1e-5f, y.data(), mean.data(), rstd.data());
-    be.NormBackward(NormKind::kLayerNorm, x.data(), g.data(), mean.data(), rstd.data(), y.data(), rows, d, dx.data(),
-                    dg.data(), db.data());
+    be.NormForward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f,
+                   y.data(), mean.data(), rstd.data());
+    be.NormBackward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(),
+                    y.data(), rows, d, dx.data(), dg.data(), db.data());
   }
   Report(state, 16.0 * rows * d, 5.0 * rows * d * 4);
 }

@@ -143,16 +143,55 @@ TEST_F(CudaBackendTest, Norms) {
       const float* bp = kind == NormKind::kLayerNorm ? b.data() : nullptr;
       float *gx = Up(x), *gg = Up(g), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd),
             *gdx = Up(dx), *gdg = Up(dg), *gdb = Up(db);
-      cpu_->NormForward(kind, x.data(), g.data(), bp, rows, d, 1e-5f, y.data(), mean.data(), rstd.data());
-      gpu_->NormForward(kind, gx, gg, bp ? gb : nullptr, rows, d, 1e-5f, gy, gmean, grstd);
+      cpu_->NormForward(kind, x.data(), RowLayout::Contiguous(d), g.data(), bp, rows, d, 1e-5f, y.data(), mean.data(),
+                        rstd.data());
+      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, bp ? gb : nullptr, rows, d, 1e-5f, gy, gmean, grstd);
       ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "norm y");
       ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "rstd");
-      cpu_->NormBackward(kind, x.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dx.data(), dg.data(),
-                         bp ? db.data() : nullptr);
-      gpu_->NormBackward(kind, gx, gg, gmean, grstd, gdy, rows, d, gdx, gdg, bp ? gdb : nullptr);
+      cpu_->NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows,
+                         d, dx.data(), dg.data(), bp ? db.data() : nullptr);
+      gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg,
+                         bp ? gdb : nullptr);
       ExpectClose(Down(gdx, rows * d), dx, 1e-5, 0, "norm dx");
       ExpectClose(Down(gdg, d), dg, 1e-5, 0, "dg");
       if (bp) ExpectClose(Down(gdb, d), db, 1e-5, 0, "db");
+    }
+  }
+}
+
+// Rows read in place from a column block of a wider buffer (the q/k/v norms on the QKV
+// product: per head, a token's H rows side by side; full width, one), dx written into the
+// block: the GPU's contiguous results bit for bit (the same kernels, only the addresses
+// differ), and nothing written outside the block.
+TEST_F(CudaBackendTest, NormRowsInAWiderBufferAreTheContiguousRows) {
+  for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
+    for (int64_t group : {1, 4}) {
+      const int64_t d = 64, tokens = 70, rows = tokens * group, col0 = group * d, stride = 3 * group * d + 4;
+      const RowLayout layout{group, stride};
+      std::vector<float> x = Random(rows * d, 2.0), g = Random(d), b = Random(d), dy = Random(rows * d);
+      std::vector<float> wide(tokens * stride, NAN);
+      for (int64_t r = 0; r < rows; ++r) std::copy_n(&x[r * d], d, &wide[col0 + layout.Offset(r, d)]);
+      std::vector<float> zeros(rows * d, 0.0f), zd(d, 0.0f), zr(rows, 0.0f);
+      float *gx = Up(x), *gg = Up(g), *gb = Up(b), *gdy = Up(dy), *gwide = Up(wide);
+      float *gdwide = Up(std::vector<float>(tokens * stride, -7.0f)), *gy = Up(zeros), *gdx = Up(zeros);
+      float *gmean = Up(zr), *grstd = Up(zr), *gdg = Up(zd), *gdb = Up(zd);
+      float *gy2 = Up(zeros), *gmean2 = Up(zr), *grstd2 = Up(zr), *gdg2 = Up(zd), *gdb2 = Up(zd);
+      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, gy, gmean, grstd);
+      gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg, gdb);
+      gpu_->NormForward(kind, gwide + col0, layout, gg, gb, rows, d, 1e-5f, gy2, gmean2, grstd2);
+      gpu_->NormBackward(kind, gwide + col0, layout, gg, gmean2, grstd2, gdy, rows, d, gdwide + col0, gdg2, gdb2);
+      EXPECT_EQ(Down(gy2, rows * d), Down(gy, rows * d));
+      EXPECT_EQ(Down(grstd2, rows), Down(grstd, rows));
+      EXPECT_EQ(Down(gdg2, d), Down(gdg, d));
+      EXPECT_EQ(Down(gdb2, d), Down(gdb, d));
+      const std::vector<float> dx = Down(gdx, rows * d);
+      std::vector<float> dwide = Down(gdwide, tokens * stride);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t at = col0 + layout.Offset(r, d);
+        EXPECT_TRUE(std::equal(&dx[r * d], &dx[(r + 1) * d], &dwide[at])) << "dx row " << r << ", group " << group;
+        std::fill_n(&dwide[at], d, -7.0f);
+      }
+      EXPECT_EQ(dwide, std::vector<float>(tokens * stride, -7.0f)) << "written outside the block, group " << group;
     }
   }
 }
@@ -185,8 +224,9 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     float *usum = Up(sum), *uy = Up(y), *umean = Up(mean), *urstd = Up(rstd), *udx = Up(sum), *udres = Up(dres);
     float *udg = Up(std::vector<float>(d, 0.5f)), *udb = Up(std::vector<float>(d, 0.25f));
     gpu_->Add(gx, ga, rows * d, usum);
-    gpu_->NormForward(kind, usum, gg, gb, rows, d, 1e-5f, uy, umean, urstd);
-    gpu_->NormBackward(kind, usum, gg, umean, urstd, gdy, rows, d, udx, udg, bp ? udb : nullptr);
+    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd);
+    gpu_->NormBackward(kind, usum, RowLayout::Contiguous(d), gg, umean, urstd, gdy, rows, d, udx, udg,
+                       bp ? udb : nullptr);
     gpu_->AddInPlace(udres, udx, rows * d);
     EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
     EXPECT_EQ(Down(grstd, rows), Down(urstd, rows));
@@ -197,7 +237,7 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     float* gs = Up(g);  // any channel vector
     gpu_->ChannelScaleForward(ga, gs, rows, d, uy);
     gpu_->Add(gx, uy, rows * d, usum);
-    gpu_->NormForward(kind, usum, gg, gb, rows, d, 1e-5f, uy, umean, urstd);
+    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd);
     gpu_->AddNormForward(kind, gx, ga, gs, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
     EXPECT_EQ(Down(gsum, rows * d), Down(usum, rows * d));
     EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));

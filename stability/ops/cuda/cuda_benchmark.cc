@@ -205,9 +205,10 @@ void BM_LayerNorm(benchmark::State& state) {
          rstd = Random(rows), dx = Random(rows * d), dg = Random(d), db = Random(d);
   Backend* be = Gpu();
   Timed(state, [&] {
-    be->NormForward(NormKind::kLayerNorm, x.f32(), g.f32(), b.f32(), rows, d, 1e-5f, y.f32(), mean.f32(), rstd.f32());
-    be->NormBackward(NormKind::kLayerNorm, x.f32(), g.f32(), mean.f32(), rstd.f32(), y.f32(), rows, d, dx.f32(),
-                     dg.f32(), db.f32());
+    be->NormForward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), b.f32(), rows, d, 1e-5f, y.f32(),
+                    mean.f32(), rstd.f32());
+    be->NormBackward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), mean.f32(), rstd.f32(), y.f32(),
+                     rows, d, dx.f32(), dg.f32(), db.f32());
   });
   Report(state, 16.0 * rows * d, 4.0 * 6 * rows * d);
 }

@@ -8,14 +8,14 @@ namespace {
 
 constexpr int kRowThreads = 128;
 
-// With a (AddNormForward): the row of x + a ⊙ s (s nullable) is written to sum and
-// normalised from there; each thread reads back only what it wrote, so no barrier is needed
-// between the passes. __fmul_rn: a·s rounded on its own, as ChannelScaleKernel does (no FMA).
-__global__ void NormForwardKernel(bool layer, const float* x, const float* a, const float* s, const float* g,
-                                  const float* b, int64_t d, float eps, float* sum, float* y, float* mean,
-                                  float* rstd) {
+// With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to
+// sum and normalised from there; each thread reads back only what it wrote, so no barrier is
+// needed between the passes. __fmul_rn: a·s rounded on its own, as ChannelScaleKernel does.
+__global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
+                                  const float* g, const float* b, int64_t d, float eps, float* sum, float* y,
+                                  float* mean, float* rstd) {
   const int64_t r = blockIdx.x;
-  const float* xr = x + r * d;
+  const float* xr = x + x_rows.Offset(r, d);
   if (a) {
     const float* ar = a + r * d;
     float* sr = sum + r * d;
@@ -42,11 +42,12 @@ __global__ void NormForwardKernel(bool layer, const float* x, const float* a, co
 }
 
 // dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r.
-// accumulate: dx += (AddNormBackward).
-__global__ void NormBackwardKernel(bool layer, const float* x, const float* g, const float* mean, const float* rstd,
-                                   const float* dy, int64_t d, bool accumulate, float* dx) {
+// accumulate: dx += (AddNormBackward). dx laid out as x.
+__global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
+                                   const float* rstd, const float* dy, int64_t d, bool accumulate, float* dx) {
   const int64_t r = blockIdx.x;
-  const float* xr = x + r * d;
+  const float* xr = x + x_rows.Offset(r, d);
+  float* dxr = dx + x_rows.Offset(r, d);
   const float* dyr = dy + r * d;
   const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
   double sg = 0, sgx = 0;
@@ -60,22 +61,22 @@ __global__ void NormBackwardKernel(bool layer, const float* x, const float* g, c
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float xh = (xr[j] - m) * rs;
     const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
-    dx[r * d + j] = accumulate ? __fadd_rn(dx[r * d + j], v) : v;  // never an FMA: the bits of Add's
+    dxr[j] = accumulate ? __fadd_rn(dxr[j], v) : v;  // never an FMA: the bits of Add's
   }
 }
 
 // The parameter gradients' partial sums, per column and row chunk (gridDim.y of them,
 // RowChunks), rows in order: dg ← Σ dy·x̂ (double, as the CPU), db ← Σ dy (partials_b
 // nullable). One pass over x and dy for both, nothing N×D written.
-__global__ void NormParamGradKernel(bool layer, const float* x, const float* mean, const float* rstd, const float* dy,
-                                    int64_t rows, int64_t d, double* partials_g, double* partials_b) {
+__global__ void NormParamGradKernel(bool layer, const float* x, RowLayout x_rows, const float* mean, const float* rstd,
+                                    const float* dy, int64_t rows, int64_t d, double* partials_g, double* partials_b) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= d) return;
   double sg = 0, sb = 0;
 #pragma unroll 4
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
-    const float xh = (x[r * d + j] - (layer ? mean[r] : 0.0f)) * rstd[r];
+    const float xh = (x[x_rows.Offset(r, d) + j] - (layer ? mean[r] : 0.0f)) * rstd[r];
     const float g = dy[r * d + j];
     sg += static_cast<double>(g) * xh;
     sb += g;
@@ -86,46 +87,48 @@ __global__ void NormParamGradKernel(bool layer, const float* x, const float* mea
 
 }  // namespace
 
-void CudaBackend::NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d,
-                              float eps, float* y, float* mean, float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, nullptr, nullptr,
-                                                                  g, b, d, eps, nullptr, y, mean, rstd);
+void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
+                              int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) {
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, x_rows, nullptr,
+                                                                  nullptr, g, b, d, eps, nullptr, y, mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
 void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                  const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                                  float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, a, s, g, b, d, eps,
-                                                                  sum, y, mean, rstd);
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(
+      kind == NormKind::kLayerNorm, x, RowLayout::Contiguous(d), a, s, g, b, d, eps, sum, y, mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
 
-void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean,
-                                   const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate,
-                                   float* dx, float* dg, float* db) {
+void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
+                                   const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
+                                   bool accumulate, float* dx, float* dg, float* db) {
   const bool layer = kind == NormKind::kLayerNorm;
   const int chunks = RowChunks(rows);
   double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
   double* partials_b = db ? partials_g + chunks * d : nullptr;
-  NormParamGradKernel<<<dim3(Blocks(d, 256), chunks), 256>>>(layer, x, mean, rstd, dy, rows, d, partials_g,
+  NormParamGradKernel<<<dim3(Blocks(d, 256), chunks), 256>>>(layer, x, x_rows, mean, rstd, dy, rows, d, partials_g,
                                                              partials_b);
   STABILITY_CUDA_LAUNCHED("NormParamGradKernel");
   AddColumnTotals(partials_g, chunks, d, dg);
   if (db) AddColumnTotals(partials_b, chunks, d, db);
-  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(layer, x, g, mean, rstd, dy, d, accumulate, dx);
+  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(layer, x, x_rows, g, mean, rstd, dy, d, accumulate,
+                                                                   dx);
   STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
 }
 
-void CudaBackend::NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                               const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) {
-  NormBackwardRows(kind, x, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
+void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
+                               const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
+                               float* dx, float* dg, float* db) {
+  NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
 }
 
 void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean,
                                   const float* rstd, const float* dy, int64_t rows, int64_t d, float* dsum, float* dg,
                                   float* db) {
-  NormBackwardRows(kind, sum, g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
+  NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 
 }  // namespace stability::ops::cuda::internal

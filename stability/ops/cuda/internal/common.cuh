@@ -116,10 +116,11 @@ class CudaBackend final : public Backend {
   void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre, const float* dy,
                                 int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
                                 const Bf16Operands* kept) override;
-  void NormForward(NormKind kind, const float* x, const float* g, const float* b, int64_t rows, int64_t d, float eps,
-                   float* y, float* mean, float* rstd) override;
-  void NormBackward(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                    const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db) override;
+  void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
+                   int64_t d, float eps, float* y, float* mean, float* rstd) override;
+  void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
+                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
+                    float* db) override;
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
@@ -225,8 +226,9 @@ class CudaBackend final : public Backend {
   void DotInto(const float* a, const float* b, int64_t n, double* out);
   double Dot(const float* a, const float* b, int64_t n);
   // NormBackward (dx overwritten) and AddNormBackward (accumulate: dx +=).
-  void NormBackwardRows(NormKind kind, const float* x, const float* g, const float* mean, const float* rstd,
-                        const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx, float* dg, float* db);
+  void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
+                        const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx,
+                        float* dg, float* db);
   // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator).
   void RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out);
   // out[cols] += Σ over `chunks` row chunks of partials [chunks, cols], in chunk order.
