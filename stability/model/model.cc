@@ -425,24 +425,28 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     y.v_att = qkv + 2 * C;
     y.attn_ld = {3 * C, 3 * C, 3 * C, 3 * C, 3 * C, 3 * C};
     // The q/k/v norms read their block in place. RoPE rotates the norm's output in place,
-    // which is safe (backward needs the norm's input, not its output), or a copy of the block.
+    // which is safe (backward needs the norm's input, not its output), or the block into its
+    // own buffer.
     if (y.q_norm.on() || rope) {
       Tensor* qt = &y.qn.y;
       Tensor* kt = &y.kn.y;
       if (y.q_norm.on()) {
         run_norm(y.q_norm, qkv, qkv_block_rows, qkv_rows, qkv_d, y.qn);
         run_norm(y.k_norm, qkv + C, qkv_block_rows, qkv_rows, qkv_d, y.kn);
-      } else {
-        for (auto [col0, block] : {std::pair{int64_t{0}, &y.q_rope}, {C, &y.k_rope}}) {
-          Alloc(device_, *block, {N, C});
-          be.CopyColumns(qkv, N, 3 * C, col0, C, block->f32(), C, 0);
-        }
-        qt = &y.q_rope;
-        kt = &y.k_rope;
       }
       if (rope) {
-        be.Rope(qt->f32(), B, T, H, HD, c.rope_base, false);
-        be.Rope(kt->f32(), B, T, H, HD, c.rope_base, false);
+        const float* q_in = qkv;
+        const float* k_in = qkv + C;
+        int64_t in_ld = 3 * C;
+        if (y.q_norm.on()) {
+          q_in = qt->f32(), k_in = kt->f32(), in_ld = C;
+        } else {
+          Alloc(device_, y.q_rope, {N, C});
+          Alloc(device_, y.k_rope, {N, C});
+          qt = &y.q_rope, kt = &y.k_rope;
+        }
+        be.Rope(q_in, in_ld, qt->f32(), C, B, T, H, HD, c.rope_base, false);
+        be.Rope(k_in, in_ld, kt->f32(), C, B, T, H, HD, c.rope_base, false);
       }
       y.q_att = qt->f32();
       y.k_att = kt->f32();
@@ -587,18 +591,16 @@ absl::Status Model::Backward(float dloss) {
     be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), y.probs.f32(), y.attn_lse.f32(), m.t3.f32(), B, T,
                          H, HD, attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(),
                          qk_in_place ? dqkv + C : m.dk.f32(), v_in_place ? dqkv + 2 * C : m.dv.f32());
-    if (!qk_in_place) {
+    if (!qk_in_place) {  // RoPE's and the norms' input gradients end in their QKV blocks
       if (rope) {
-        be.Rope(m.dq.f32(), B, T, H, HD, c.rope_base, true);
-        be.Rope(m.dk.f32(), B, T, H, HD, c.rope_base, true);
+        const bool last = !y.q_norm.on();
+        be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+        be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
       }
-      if (y.q_norm.on()) {  // the norms' input gradients straight into their QKV blocks
+      if (y.q_norm.on()) {
         const float* qkv = y.qkv_out.f32();
         norm_back(y.q_norm, qkv, qkv_block_rows, y.qn, m.dq.f32(), qkv_rows, qkv_d, dqkv);
         norm_back(y.k_norm, qkv + C, qkv_block_rows, y.kn, m.dk.f32(), qkv_rows, qkv_d, dqkv + C);
-      } else {
-        be.CopyColumns(m.dq.f32(), N, C, 0, C, dqkv, 3 * C, 0);
-        be.CopyColumns(m.dk.f32(), N, C, 0, C, dqkv, 3 * C, C);
       }
     }
     if (!v_in_place) {

@@ -187,10 +187,12 @@ class Backend {
                                  int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
                                  float* dq, float* dk, float* dv) = 0;
 
-  // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] in place, positions 0..T−1:
-  //   (x1, x2) ← (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)
-  // inverse = true rotates by −θ, which is the backward (the map is orthogonal).
-  virtual void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) = 0;
+  // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] into y, positions 0..T−1:
+  //   (x1, x2) → (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)
+  // inverse = true rotates by −θ, which is the backward (the map is orthogonal). Token rows
+  // x_ld and y_ld floats apart (a QKV block read in place: 3·C); y may be x (in place).
+  virtual void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
+                    float base, bool inverse) = 0;
 
   // y = act(x); GELU is the tanh approximation. dx = act'(x)·dy (overwritten).
   virtual void ActivationForward(Activation act, const float* x, int64_t n, float* y) = 0;

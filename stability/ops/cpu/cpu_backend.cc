@@ -102,7 +102,8 @@ void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy,
   }
 }
 
-void CpuBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) {
+void CpuBackend::Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
+                      float base, bool inverse) {
   const int64_t half = hd / 2;
   const float sign = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static)
@@ -112,10 +113,11 @@ void CpuBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, flo
       const float c = static_cast<float>(std::cos(theta)), s = sign * static_cast<float>(std::sin(theta));
       for (int64_t bi = 0; bi < b; ++bi) {
         for (int64_t hi = 0; hi < h; ++hi) {
-          float* row = x + ((bi * t + pos) * h + hi) * hd;
-          const float x1 = row[i], x2 = row[i + half];
-          row[i] = x1 * c - x2 * s;
-          row[i + half] = x1 * s + x2 * c;
+          const float* xr = x + (bi * t + pos) * x_ld + hi * hd;
+          float* yr = y + (bi * t + pos) * y_ld + hi * hd;
+          const float x1 = xr[i], x2 = xr[i + half];
+          yr[i] = x1 * c - x2 * s;
+          yr[i + half] = x1 * s + x2 * c;
         }
       }
     }

@@ -126,13 +126,32 @@ TEST(SigmaReparamTest, PowerIterationConvergesToTheSpectralNorm) {
 TEST(RopeTest, InverseUndoesAndPreservesNorms) {
   constexpr int64_t B = 2, T = 5, H = 2, HD = 4;
   const std::vector<float> x0 = RandomVector(B * T * H * HD, 1);
+  constexpr int64_t C = H * HD;
   std::vector<float> x = x0;
-  Be().Rope(x.data(), B, T, H, HD, 10000.0f, false);
+  Be().Rope(x.data(), C, x.data(), C, B, T, H, HD, 10000.0f, false);
   EXPECT_NEAR(Be().SumSquares(x.data(), x.size()), Be().SumSquares(x0.data(), x0.size()), 1e-3);
   for (int64_t i = 0; i < H * HD; ++i) EXPECT_EQ(x[i], x0[i]);  // position 0 is not rotated
   EXPECT_NE(x[H * HD], x0[H * HD]);
-  Be().Rope(x.data(), B, T, H, HD, 10000.0f, true);
+  const std::vector<float> rotated = x;
+  Be().Rope(x.data(), C, x.data(), C, B, T, H, HD, 10000.0f, true);
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], x0[i], 1e-5);
+
+  // Out of place between a block of wider rows (a QKV block, 3·C) and contiguous rows: the
+  // same bits, nothing written outside the block.
+  std::vector<float> wide(B * T * 3 * C, -7.0f), y(B * T * C);
+  for (int64_t r = 0; r < B * T; ++r) std::copy_n(&x0[r * C], C, &wide[r * 3 * C + C]);
+  Be().Rope(wide.data() + C, 3 * C, y.data(), C, B, T, H, HD, 10000.0f, false);
+  EXPECT_EQ(y, rotated);
+  std::vector<float> back(B * T * 3 * C, -7.0f);
+  Be().Rope(y.data(), C, back.data() + C, 3 * C, B, T, H, HD, 10000.0f, true);
+  for (int64_t r = 0; r < B * T; ++r) {
+    for (int64_t j = 0; j < 3 * C; ++j) {
+      if (j < C || j >= 2 * C)
+        ASSERT_EQ(back[r * 3 * C + j], -7.0f) << "row " << r << " column " << j;
+      else
+        ASSERT_EQ(back[r * 3 * C + j], x[r * C + j - C]) << "row " << r << " column " << j;
+    }
+  }
 }
 
 TEST(ReductionTest, SumSquaresAndMeanRowNorm) {

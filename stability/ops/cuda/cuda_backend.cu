@@ -187,18 +187,20 @@ __global__ void SumDoublesKernel(const double* x, int64_t n, double* out) {
   if (threadIdx.x == 0) *out = s;
 }
 
-__global__ void RopeKernel(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, float sign) {
+__global__ void RopeKernel(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h,
+                           int64_t hd, float base, float sign) {
   const int64_t half = hd / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= b * t * h * half) return;
   const int64_t i = idx % half, row = idx / half;  // row = (bi·T + pos)·H + hi
-  const int64_t pos = (row / h) % t;
+  const int64_t token = row / h, hi = row % h, pos = token % t;
   const double theta = pos * pow(static_cast<double>(base), -2.0 * i / hd);
   const float c = static_cast<float>(cos(theta)), s = sign * static_cast<float>(sin(theta));
-  float* r = x + row * hd;
-  const float x1 = r[i], x2 = r[i + half];
-  r[i] = x1 * c - x2 * s;
-  r[i + half] = x1 * s + x2 * c;
+  const float* xr = x + token * x_ld + hi * hd;
+  float* yr = y + token * y_ld + hi * hd;
+  const float x1 = xr[i], x2 = xr[i + half];
+  yr[i] = x1 * c - x2 * s;
+  yr[i + half] = x1 * s + x2 * c;
 }
 
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
@@ -743,8 +745,10 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
 
-void CudaBackend::Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) {
-  RopeKernel<<<Blocks(b * t * h * (hd / 2), kThreads), kThreads>>>(x, b, t, h, hd, base, inverse ? -1.0f : 1.0f);
+void CudaBackend::Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h,
+                       int64_t hd, float base, bool inverse) {
+  RopeKernel<<<Blocks(b * t * h * (hd / 2), kThreads), kThreads>>>(x, x_ld, y, y_ld, b, t, h, hd, base,
+                                                                   inverse ? -1.0f : 1.0f);
   STABILITY_CUDA_LAUNCHED("RopeKernel");
 }
 

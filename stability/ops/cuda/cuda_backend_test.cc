@@ -366,11 +366,28 @@ TEST_F(CudaBackendTest, RopeAndItsInverse) {
   const int64_t b = 2, t = 12, h = 2, hd = 8, n = b * t * h * hd;
   std::vector<float> x = Random(n), y = x;
   float* gx = Up(x);
-  cpu_->Rope(y.data(), b, t, h, hd, 10000.0f, false);
-  gpu_->Rope(gx, b, t, h, hd, 10000.0f, false);
-  ExpectClose(Down(gx, n), y, 2e-6, 0, "rope");
-  gpu_->Rope(gx, b, t, h, hd, 10000.0f, true);
+  const int64_t c = h * hd;
+  cpu_->Rope(y.data(), c, y.data(), c, b, t, h, hd, 10000.0f, false);
+  gpu_->Rope(gx, c, gx, c, b, t, h, hd, 10000.0f, false);
+  const std::vector<float> rotated = Down(gx, n);
+  ExpectClose(rotated, y, 2e-6, 0, "rope");
+  gpu_->Rope(gx, c, gx, c, b, t, h, hd, 10000.0f, true);
   ExpectClose(Down(gx, n), x, 2e-6, 0, "rope then inverse");
+  // Out of place from a block of wider rows (a QKV block, 3·C) and back into one: the same
+  // bits as in place, nothing written outside the block.
+  std::vector<float> wide(b * t * 3 * c, -7.0f);
+  for (int64_t r = 0; r < b * t; ++r) std::copy_n(&x[r * c], c, &wide[r * 3 * c + c]);
+  float *gwide = Up(wide), *gy = Up(std::vector<float>(n, 0.0f)), *gback = Up(std::vector<float>(b * t * 3 * c, -7.0f));
+  gpu_->Rope(gwide + c, 3 * c, gy, c, b, t, h, hd, 10000.0f, false);
+  EXPECT_EQ(Down(gy, n), rotated);
+  gpu_->Rope(gy, c, gback + c, 3 * c, b, t, h, hd, 10000.0f, true);
+  const std::vector<float> inverse = Down(gx, n), back = Down(gback, b * t * 3 * c);
+  for (int64_t r = 0; r < b * t; ++r) {
+    for (int64_t j = 0; j < 3 * c; ++j) {
+      const float want = j < c || j >= 2 * c ? -7.0f : inverse[r * c + j - c];
+      ASSERT_EQ(back[r * 3 * c + j], want) << "row " << r << " column " << j;
+    }
+  }
 }
 
 TEST_F(CudaBackendTest, ElementwiseOps) {

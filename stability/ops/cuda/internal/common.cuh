@@ -132,7 +132,8 @@ class CudaBackend final : public Backend {
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
                          float* dv) override;
-  void Rope(float* x, int64_t b, int64_t t, int64_t h, int64_t hd, float base, bool inverse) override;
+  void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
+            float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
   void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override;
   void Add(const float* x, const float* a, int64_t n, float* y) override;
