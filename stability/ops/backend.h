@@ -202,9 +202,6 @@ class Backend {
   virtual void Add(const float* x, const float* a, int64_t n, float* y) = 0;
   virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
   virtual void Copy(const float* x, int64_t n, float* y) = 0;
-  // Columns [col0, col0 + cols) of src [rows, src_cols] to dst [rows, dst_cols] at dst_col0.
-  virtual void CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
-                           int64_t dst_cols, int64_t dst_col0) = 0;
 
   // Layer scale: y[n, c] = x[n, c]·s[c];  dx = dy·s (overwritten), ds += Σ_n dy·x.
   virtual void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) = 0;

@@ -191,13 +191,6 @@ void CpuBackend::AddInPlace(float* y, const float* x, int64_t n) {
 
 void CpuBackend::Copy(const float* x, int64_t n, float* y) { std::memcpy(y, x, n * sizeof(float)); }
 
-void CpuBackend::CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols,
-                             float* dst, int64_t dst_cols, int64_t dst_col0) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(dst + r * dst_cols + dst_col0, src + r * src_cols + col0, cols * sizeof(float));
-}
-
 void CpuBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)

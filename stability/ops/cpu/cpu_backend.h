@@ -44,8 +44,6 @@ class CpuBackend final : public Backend {
   void Add(const float* x, const float* a, int64_t n, float* y) override;
   void AddInPlace(float* y, const float* x, int64_t n) override;
   void Copy(const float* x, int64_t n, float* y) override;
-  void CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
-                   int64_t dst_cols, int64_t dst_col0) override;
   void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
   void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
                             float* ds) override;

@@ -257,14 +257,6 @@ __global__ void AddKernel(const float* x, const float* a, int64_t n, float* y) {
   if (i < n) y[i] = x[i] + a[i];
 }
 
-__global__ void CopyColumnsKernel(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols,
-                                  float* dst, int64_t dst_cols, int64_t dst_col0) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= rows * cols) return;
-  const int64_t r = idx / cols, j = idx % cols;
-  dst[r * dst_cols + dst_col0 + j] = src[r * src_cols + col0 + j];
-}
-
 __global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, int64_t c, float* y) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx < n * c) y[idx] = x[idx] * s[idx % c];
@@ -771,13 +763,6 @@ void CudaBackend::AddInPlace(float* y, const float* x, int64_t n) { Add(y, x, n,
 
 void CudaBackend::Copy(const float* x, int64_t n, float* y) {
   Check(cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice), "cudaMemcpy (device)");
-}
-
-void CudaBackend::CopyColumns(const float* src, int64_t rows, int64_t src_cols, int64_t col0, int64_t cols, float* dst,
-                              int64_t dst_cols, int64_t dst_col0) {
-  CopyColumnsKernel<<<Blocks(rows * cols, kThreads), kThreads>>>(src, rows, src_cols, col0, cols, dst, dst_cols,
-                                                                 dst_col0);
-  STABILITY_CUDA_LAUNCHED("CopyColumnsKernel");
 }
 
 void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
