@@ -65,7 +65,11 @@ int64_t NumElements(const Shape& shape) {
 
 std::string ShapeToString(const Shape& shape) { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
 
-void RegisterAllocator(DeviceType type, Allocator* allocator) { AllocatorSlot(type) = allocator; }
+Allocator* RegisterAllocator(DeviceType type, Allocator* allocator) {
+  Allocator* previous = AllocatorSlot(type);
+  AllocatorSlot(type) = allocator;
+  return previous;
+}
 
 Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) {

@@ -47,8 +47,10 @@ class Allocator {
   virtual void CopyFromHost(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void CopyToHost(void* host_dst, const void* src, size_t bytes) = 0;
 };
-// Registers the allocator used for `type` (a backend calls this once at start-up).
-void RegisterAllocator(DeviceType type, Allocator* allocator);
+// Registers the allocator used for `type` (a backend calls this once at start-up; a test
+// may put a counting one in front of the CPU's) and returns the one it replaces. Tensors
+// keep the allocator that made them, so it must outlive them.
+Allocator* RegisterAllocator(DeviceType type, Allocator* allocator);
 
 class Tensor {
  public:

@@ -17,16 +17,9 @@ namespace stability::train {
 // that GPU or a clear error (no GPU, no CUDA in this build, no such index).
 absl::StatusOr<Device> ResolveDevice(const std::string& flag);
 
-// Bytes a training step needs on the device: parameters, gradients and the two AdamW
-// moments (16 bytes a parameter), plus the activations kept for backward (per layer
-// ~24·C + 4·C·mlp_ratio floats a token, and the B·H·T² attention probabilities unless a
-// fused attention kernel recomputes them), the bf16 operands the linear layers keep for
-// backward where the backend multiplies in bf16 (2 bytes a value: 7·C a token a layer,
-// the head's input and every weight), and the logits with their gradient. An estimate;
-// `be` is the device's backend with its precision and attention kernel already set.
-int64_t EstimateTrainingBytes(const model::ModelConfig& config, int64_t batch, int64_t seq, const ops::Backend& be);
-
-// OK on the CPU; on a GPU, an error naming the bytes needed and free when it cannot fit.
+// OK on the CPU; on a GPU, an error naming the bytes needed (model::EstimateTrainingMemory,
+// with where they go) and free when it cannot fit. The device's backend must have its
+// precision and attention kernel set: they decide what is kept.
 absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq);
 
 }  // namespace stability::train

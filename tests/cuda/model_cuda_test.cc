@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "stability/base/rng.h"
 #include "stability/model/config.h"
+#include "stability/model/memory.h"
 #include "stability/model/model.h"
 #include "stability/ops/cuda/cuda_backend.h"
 #include "stability/optim/adamw.h"
@@ -164,6 +165,37 @@ TEST_F(ModelCudaTest, Bf16TensorCoreAttentionTrainsLikeFp32) {
     EXPECT_LT(bf16.back(), bf16.front() - 0.5);
     EXPECT_EQ(bf16, again);
   }
+}
+
+// What the trainer refuses runs by (model::EstimateTrainingMemory, exact on the CPU:
+// memory_test) against what a bf16 training step takes on the GPU (free memory before and
+// after, AdamW's moments included): at most 10% over the estimate (cudaMalloc's rounding,
+// cuBLAS's workspaces) and not far under it (the estimate's 256 MiB of slack for the
+// backend's scratch, which earlier tests may already have grown).
+TEST_F(ModelCudaTest, MemoryEstimateCoversABf16TrainingStep) {
+  ops::Backend* be = ops::GetBackend(gpu_);
+  ASSERT_TRUE(be->SetMatmulPrecision(ops::MatmulPrecision::kBf16));
+  ASSERT_TRUE(be->SetAttentionKernel(ops::AttentionKernel::kFused));
+  const model::ModelConfig c = *model::MakeConfig("mid", "qk_norm");
+  const int64_t batch = 8, seq = 512;
+  const int64_t before = ops::cuda::GpuMemory(gpu_.index).free_bytes;
+  int64_t used = 0;
+  {
+    auto m = model::Model::Create(c, 3, gpu_);
+    ASSERT_TRUE(m.ok());
+    optim::AdamW opt(&(*m)->parameters(), {});
+    auto [ids, targets] = Batch(c, batch, seq, 5);
+    ASSERT_TRUE((*m)->Forward(ids, targets).ok());
+    (*m)->ZeroGrad();
+    ASSERT_TRUE((*m)->Backward().ok());
+    opt.Step(3e-4, 1.0);
+    used = before - ops::cuda::GpuMemory(gpu_.index).free_bytes;
+  }
+  const model::TrainingMemory estimate = model::EstimateTrainingMemory(c, batch, seq, *be);
+  be->SetMatmulPrecision(ops::MatmulPrecision::kFp32);
+  be->SetAttentionKernel(ops::AttentionKernel::kGemm);
+  EXPECT_LE(used, estimate.total() * 11 / 10) << "used " << used << ", estimated " << estimate.ToString();
+  EXPECT_GE(used, estimate.total() * 3 / 4) << "used " << used << ", estimated " << estimate.ToString();
 }
 
 }  // namespace
