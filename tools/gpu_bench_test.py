@@ -29,6 +29,23 @@ def test_smoke_plan_prints_a_row_of_numbers_per_method(tmp_path):
     assert rows[0].split("|")[8].strip() == "1.000"  # the baseline against itself
 
 
+def test_a_batch_too_large_for_the_card_is_halved():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    import gpu_bench
+    tried = []
+
+    def run_one(batch):
+        tried.append(batch)
+        if batch > 4:
+            return None, "training stopped: the run needs about 90.1 GiB on cuda:0 for batch 16 × 1024 tokens"
+        return (1000.0, 1.0, 5.0, 2.0), None
+
+    assert gpu_bench.run_fitting(run_one, 16) == ((1000.0, 1.0, 5.0, 2.0), None, 4)
+    assert tried == [16, 8, 4]
+    other = gpu_bench.run_fitting(lambda b: (None, "exit 1"), 16)  # any other failure: no retry
+    assert other == (None, "exit 1", 16)
+
+
 def test_mfu_counts_only_parameters_in_matrix_products():
     sys.path.insert(0, os.path.dirname(SCRIPT))
     import gpu_bench

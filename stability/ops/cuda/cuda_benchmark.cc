@@ -30,7 +30,9 @@ struct Shape {
   const char* name;
   int64_t b, t, h, hd, v;
 };
-const Shape kShapes[] = {{"gpt2_124m", 8, 1024, 12, 64, 50257}, {"paper_830m", 4, 1024, 16, 96, 50257}};
+// The presets' shapes (model/config.cc): the 830M one is 16 heads of 64 (C = 1024) with a
+// 256K vocabulary.
+const Shape kShapes[] = {{"gpt2_124m", 8, 1024, 12, 64, 50257}, {"paper_830m", 4, 1024, 16, 64, 256000}};
 
 Tensor Random(int64_t n, uint64_t seed = 1) {
   Rng rng(seed);

@@ -39,7 +39,7 @@ __host__ __device__ inline int64_t HeadOffset(int64_t bi, int64_t hi, int64_t t,
   return bi * t * ld + hi * hd;
 }
 
-// Head dims of the presets (tiny 16, mid and GPT-2 64, the 830M shape 96) and neighbours.
+// Head dims of the presets (tiny 16; mid, GPT-2 124M and the 830M shape 64) and neighbours.
 template <template <int> class Launch, typename... Args>
 bool ForHeadDim(int64_t hd, Args&&... args) {
   switch (hd) {
