@@ -45,7 +45,8 @@ struct KeptOperands {
     }
     if (x.numel() != x_values) x = Tensor::Empty({x_values}, DType::kBF16, device);
     if (w.numel() != w_values) w = Tensor::Empty({w_values}, DType::kBF16, device);
-    ptrs = {x.data(), w.data()};
+    ptrs.x = x.data();  // x_rounded stays: the op before may have filled x already
+    ptrs.w = w.data();
     return &ptrs;
   }
   const ops::Bf16Operands* get() const { return ptrs.x ? &ptrs : nullptr; }
@@ -341,9 +342,11 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                    a.y.f32(), a.mean.f32(), a.rstd.f32());
   };
   const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
-  // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can).
-  const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name,
-                              Tensor* act = nullptr) {
+  // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can),
+  // which `next` multiplies next: where the backend keeps bf16 operands, act goes straight
+  // into next's bf16 input and its fp32 copy is written only for telemetry.
+  const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
+                              Linear* next = nullptr) {
     if (lin.gain) {
       be.SigmaReparamForward(lin.w->value.f32(), lin.gain->value.f32(), lin.out, lin.in, training_, lin.u->f32(),
                              lin.v->f32(), lin.sigma.f32(), lin.w_eff.f32());
@@ -353,8 +356,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
     if (act) {
       Alloc(device_, *act, {N, lin.out});
-      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), act->f32(),
-                                 kept);
+      ops::Bf16Operands* next_kept =
+          next ? next->kept.Prepare(keep_bf16, device_, N * next->in, next->out * next->in) : nullptr;
+      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(),
+                                 next_kept && !telemetry_on_ ? nullptr : act->f32(), kept, next_kept);
     } else {
       be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), kept);
     }
@@ -473,7 +478,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h, y.n2, y.a2);
 
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
-    run_linear(y.fc1, a2, y.fc1_out, name + "fc1", &y.act);
+    run_linear(y.fc1, a2, y.fc1_out, name + "fc1", &y.act, &y.fc2);
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
     const bool last = l + 1 == c.n_layer;
     add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1],

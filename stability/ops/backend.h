@@ -98,9 +98,12 @@ enum class AttentionKernel { kGemm, kFused };
 // multiplies in bf16 says so with KeepsBf16Operands). x: n·in values, w: out·in, bf16
 // storage the caller owns. Valid from a layer's forward to its backward: x and w must not
 // change in between (they do not: the optimizer steps after the backward).
+// x_rounded: x already holds this forward's input, rounded by the op that produced it
+// (LinearActivationForward's `next`); the forward reads it as it is and clears the flag.
 struct Bf16Operands {
   void* x = nullptr;
   void* w = nullptr;
+  bool x_rounded = false;
 };
 
 class Backend {
@@ -128,8 +131,13 @@ class Backend {
                              float* y, Bf16Operands* kept) = 0;
   // y_pre = x·wᵀ + b and y = act(y_pre): LinearForward then ActivationForward, which a
   // backend may fuse (CUDA in bf16: one cuBLASLt product with a bias + GELU epilogue).
+  // next (nullable): the Bf16Operands of the product that reads y. A backend that keeps
+  // bf16 operands then writes y rounded straight into next->x (the value that product
+  // would round: the same bits) and sets next->x_rounded, and y itself only where y is not
+  // null (the caller's fp32 copy, for telemetry). Elsewhere next is ignored and y required.
   virtual void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                       int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept) {
+                                       int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept,
+                                       Bf16Operands* next) {
     LinearForward(x, w, b, n, in, out, y_pre, kept);
     ActivationForward(act, y_pre, n * out, y);
   }

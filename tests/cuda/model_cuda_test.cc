@@ -37,10 +37,11 @@ std::pair<Tensor, Tensor> Batch(const model::ModelConfig& c, int64_t b, int64_t 
 
 std::vector<double> Train(Device device, const model::ModelConfig& c, int steps,
                           ops::MatmulPrecision precision = ops::MatmulPrecision::kFp32,
-                          ops::AttentionKernel attention = ops::AttentionKernel::kGemm) {
+                          ops::AttentionKernel attention = ops::AttentionKernel::kGemm, bool telemetry = true) {
   EXPECT_TRUE(ops::GetBackend(device)->SetMatmulPrecision(precision));
   EXPECT_TRUE(ops::GetBackend(device)->SetAttentionKernel(attention));
   auto m = model::Model::Create(c, 3, device);
+  (*m)->set_telemetry(telemetry);
   optim::AdamW opt(&(*m)->parameters(), {});
   std::vector<double> losses;
   auto [ids, targets] = Batch(c, 4, 32, 100);  // one batch, learned by heart: the loss must fall
@@ -149,6 +150,19 @@ TEST_F(ModelCudaTest, Bf16MatrixProductsTrainLikeFp32) {
   for (int s = 0; s < 20; ++s) EXPECT_NEAR(bf16[s], cpu[s], 3e-2 * cpu[s]) << "step " << s;
   EXPECT_LT(bf16.back(), bf16.front() - 0.5);
   EXPECT_EQ(bf16, again);
+}
+
+// Telemetry reads the run, never steers it: in bf16, where FC1's activation goes straight
+// into FC2's bf16 operand and its fp32 copy is written only for telemetry, the losses with
+// telemetry off are bit for bit those with it on.
+TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithAndWithoutTelemetry) {
+  for (const char* variant : {"baseline", "sigma_reparam"}) {
+    SCOPED_TRACE(variant);
+    model::ModelConfig c = *model::MakeConfig("tiny", variant);
+    const std::vector<double> on = Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, true);
+    const std::vector<double> off = Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, false);
+    EXPECT_EQ(off, on);
+  }
 }
 
 // The training configuration of the GPU benchmarks: bf16 products and the tensor-core

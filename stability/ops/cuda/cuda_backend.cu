@@ -205,15 +205,25 @@ __global__ void RopeKernel(const float* x, int64_t x_ld, float* y, int64_t y_ld,
 
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/pi)
 
+// Not inlined: every kernel that applies the activation gets the same bits.
+__device__ __noinline__ float ActivationValue(Activation act, float v) {
+  if (act == Activation::kRelu) return v > 0 ? v : 0.0f;
+  return 0.5f * v * (1.0f + tanhf(kGeluScale * (v + 0.044715f * v * v * v)));
+}
+
 __global__ void ActivationForwardKernel(Activation act, const float* x, int64_t n, float* y) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = ActivationValue(act, x[i]);
+}
+
+// act(pre) rounded to bf16 into y16 (the next product's operand) and, where y is given, in
+// fp32: ActivationForwardKernel then ToBf16Kernel in one pass, without y written and read.
+__global__ void ActivationToBf16Kernel(Activation act, const float* pre, int64_t n, float* y, __nv_bfloat16* y16) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float v = x[i];
-  if (act == Activation::kRelu) {
-    y[i] = v > 0 ? v : 0.0f;
-  } else {
-    y[i] = 0.5f * v * (1.0f + tanhf(kGeluScale * (v + 0.044715f * v * v * v)));
-  }
+  const float v = ActivationValue(act, pre[i]);
+  y16[i] = __float2bfloat16_rn(v);
+  if (y) y[i] = v;
 }
 
 // dy·act'(v): the one formula of both backward kernels below, not inlined so that both run
@@ -656,35 +666,78 @@ void CudaBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, co
   }
 }
 
-bool CudaBackend::LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                                  float* y, float* gelu_pre, Bf16Operands* kept) {
-  if (precision_ != MatmulPrecision::kBf16) return false;
+std::pair<const __nv_bfloat16*, const __nv_bfloat16*> CudaBackend::ForwardOperands(const float* x, const float* w,
+                                                                                   int64_t n, int64_t in, int64_t out,
+                                                                                   Bf16Operands* kept) {
+  const __nv_bfloat16* x16 = nullptr;
+  if (kept && kept->x_rounded) {  // the producer's rounding
+    kept->x_rounded = false;
+    x16 = static_cast<const __nv_bfloat16*>(kept->x);
+  } else {
+    x16 = ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr);
+  }
+  return {x16, ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr)};
+}
+
+bool CudaBackend::LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n,
+                                  int64_t in, int64_t out, float* y, float* gelu_pre) {
   constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
-  if (!lt_->Ready(n, in, out, b, gelu_pre, kWorkspaceBytes)) return false;  // before any rounding
-  return lt_->Forward(ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr),
-                      ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr), b, n, in, out, y, gelu_pre,
-                      Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
+  if (!lt_->Ready(n, in, out, b, gelu_pre, kWorkspaceBytes)) return false;
+  return lt_->Forward(x16, w16, b, n, in, out, y, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
+}
+
+void CudaBackend::ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
+                              int64_t out, float* y, float* gelu_pre) {
+  if ((b || gelu_pre) && LtLinearForward(x16, w16, b, n, in, out, y, gelu_pre)) return;  // the epilogue fused
+  float* z = gelu_pre ? gelu_pre : y;
+  GemmBf16(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x16, in, w16, in, 0.0f, z, out);
+  if (b) {
+    AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(z, b, n, out);
+    STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
+  }
+  if (gelu_pre) ActivationForward(Activation::kGelu, gelu_pre, n * out, y);
 }
 
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                                 float* y, Bf16Operands* kept) {
-  if (b && LtLinearForward(x, w, b, n, in, out, y, nullptr, kept)) return;  // bf16: the bias in the epilogue
   if (precision_ == MatmulPrecision::kBf16) {  // the operands rounded into the kept copies, if any
-    GemmBf16(Trans::kNo, Trans::kYes, n, out, in, 1.0f, ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr), in,
-             ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr), in, 0.0f, y, out);
-  } else {
-    Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+    const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
+    ForwardBf16(x16, w16, b, n, in, out, y, nullptr);
+    return;
   }
+  Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
   if (b) {
     AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(y, b, n, out);
     STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
   }
 }
 
+// bf16 with `next`: the product with its bias (epilogue), then one pass writes act(y_pre)
+// rounded into the next product's operand (its forward will not round y again) and y only
+// where asked: y's fp32 write and read and the next forward's rounding pass are saved. bf16
+// without `next`, GELU: one cuBLASLt product with the bias + GELU epilogue.
 void CudaBackend::LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                          int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept) {
-  if (act == Activation::kGelu && LtLinearForward(x, w, b, n, in, out, y, y_pre, kept)) return;  // bf16: fused
-  Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y, kept);
+                                          int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept,
+                                          Bf16Operands* next) {
+  if (precision_ != MatmulPrecision::kBf16) {
+    Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y, kept, next);
+    return;
+  }
+  const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
+  if (next) {
+    ForwardBf16(x16, w16, b, n, in, out, y_pre, nullptr);
+    ActivationToBf16Kernel<<<Blocks(n * out, kThreads), kThreads>>>(act, y_pre, n * out, y,
+                                                                    static_cast<__nv_bfloat16*>(next->x));
+    STABILITY_CUDA_LAUNCHED("ActivationToBf16Kernel");
+    next->x_rounded = true;
+    return;
+  }
+  if (act == Activation::kGelu) {
+    ForwardBf16(x16, w16, b, n, in, out, y, y_pre);
+    return;
+  }
+  ForwardBf16(x16, w16, b, n, in, out, y_pre, nullptr);
+  ActivationForward(act, y_pre, n * out, y);
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,

@@ -661,13 +661,56 @@ TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
         SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : ""));
         cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr);
         cpu_->ActivationForward(a, pre.data(), n * out, act.data());
-        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr);
+        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr, nullptr);
         ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "pre-activation");
         ExpectClose(Down(gact, n * out), act, 1e-2, 0, "activation");
         gpu_->LinearForward(gx, gw, bias ? gb : nullptr, n, in, out, gpre, nullptr);
         ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "linear alone");
       }
     }
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// FC1's activation written straight into FC2's bf16 operand (LinearActivationForward's
+// `next`) is what FC2's forward would have rounded: FC1's pre-activation, FC2's kept input
+// and output bit for bit those of the ops one by one (LinearForward, ActivationForward,
+// LinearForward), with and without the fp32 activation written. FC2's forward must not
+// read its fp32 x then (NaN here), and consumes the flag.
+TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const int64_t n = 96, c = 64, f = 256;
+  float *gx = Up(Random(n * c)), *gw1 = Up(Random(f * c, 0.1)), *gb1 = Up(Random(f)), *gw2 = Up(Random(c * f, 0.1)),
+        *gb2 = Up(Random(c)), *nans = Up(std::vector<float>(n * f, NAN));
+  const auto bf16 = [&](int64_t values) {
+    keep_.push_back(Tensor::Empty({values}, DType::kBF16, kGpu));
+    return keep_.back().data();
+  };
+  const auto bits = [&](const void* p, int64_t values) {
+    std::vector<uint16_t> h(values);
+    for (const Tensor& t : keep_) {
+      if (t.data() == p) t.CopyToHost(h.data());
+    }
+    return h;
+  };
+  Bf16Operands k1{bf16(n * c), bf16(f * c)}, k2{bf16(n * f), bf16(c * f)};
+  float *pre = Up(std::vector<float>(n * f)), *act = Up(std::vector<float>(n * f)), *y = Up(std::vector<float>(n * c));
+  gpu_->LinearForward(gx, gw1, gb1, n, c, f, pre, &k1);
+  gpu_->ActivationForward(Activation::kGelu, pre, n * f, act);
+  gpu_->LinearForward(act, gw2, gb2, n, f, c, y, &k2);
+  for (bool with_act : {false, true}) {
+    SCOPED_TRACE(with_act ? "fp32 activation written too" : "bf16 activation only");
+    Bf16Operands n1{bf16(n * c), bf16(f * c)}, n2{bf16(n * f), bf16(c * f)};
+    float *pre2 = Up(std::vector<float>(n * f)), *y2 = Up(std::vector<float>(n * c));
+    float* act2 = with_act ? Up(std::vector<float>(n * f)) : nullptr;
+    gpu_->LinearActivationForward(Activation::kGelu, gx, gw1, gb1, n, c, f, pre2, act2, &n1, &n2);
+    EXPECT_TRUE(n2.x_rounded);
+    gpu_->LinearForward(nans, gw2, gb2, n, f, c, y2, &n2);
+    EXPECT_FALSE(n2.x_rounded);
+    EXPECT_EQ(Down(pre2, n * f), Down(pre, n * f));
+    EXPECT_EQ(bits(n2.x, n * f), bits(k2.x, n * f));
+    EXPECT_EQ(Down(y2, n * c), Down(y, n * c));
+    if (with_act) EXPECT_EQ(Down(act2, n * f), Down(act, n * f));
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
@@ -697,7 +740,7 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
       db[with] = Up(std::vector<float>(out, 0.25f));
       Bf16Operands* k = with ? &kept : nullptr;
       if (path == 1) {
-        gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k);
+        gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k, nullptr);
       } else {
         gpu_->LinearForward(gx, gw, bias, n, in, out, y[with], k);
       }

@@ -94,7 +94,8 @@ void BM_Linear(benchmark::State& state) {
     if (backward) {
       be->LinearBackward(x.f32(), w.f32(), y.f32(), n, in, out, dx.f32(), dw.f32(), nullptr, nullptr);
     } else if (layer == 1) {
-      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32(), nullptr);
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32(), nullptr,
+                                  nullptr);
     } else {
       be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32(), nullptr);
     }
@@ -107,10 +108,12 @@ BENCHMARK(BM_Linear)
     ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
-// FC1 and its GELU in bf16, fused (forward: cuBLASLt's GELU_AUX_BIAS epilogue; backward:
-// LinearActivationBackward's one-pass bf16 d_pre) or as the two ops. llm.c found cuBLASLt's
-// GELU epilogues slower than a separate GELU kernel (karpathy/llm.c#338, CUDA 12.4): this
-// pair of rows says which path the CUDA backend should take on this card and toolkit.
+// FC1 and its GELU in bf16. fused 0: the two ops. fused 1: forward, cuBLASLt's
+// GELU_AUX_BIAS epilogue; backward, LinearActivationBackward's one-pass bf16 d_pre. fused 2
+// (forward; what the model runs): the bias epilogue, then one pass writing GELU(pre) in bf16
+// straight into FC2's operand (no fp32 activation, no rounding pass in FC2's forward, which
+// fused 0 and 1 leave to it). llm.c found cuBLASLt's GELU epilogues slower than a separate
+// GELU kernel (karpathy/llm.c#338, CUDA 12.4); these rows say how they compare here.
 // args: shape, backward, fused
 void BM_Fc1Gelu(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
@@ -121,15 +124,21 @@ void BM_Fc1Gelu(benchmark::State& state) {
   be->SetMatmulPrecision(MatmulPrecision::kBf16);
   Tensor x = Random(n * c), w = Random(f * c, 2), b = Random(f, 4), pre = Random(n * f, 3), act = Random(n * f, 5),
          dy = Random(n * f, 6), d_pre = Random(n * f, 7), dx = Random(n * c), dw = Random(f * c), db = Random(f);
+  Tensor next_x = Tensor::Empty({n * f}, DType::kBF16, be->device()),
+         next_w = Tensor::Empty({c * f}, DType::kBF16, be->device());
+  Bf16Operands next{next_x.data(), next_w.data()};
   Timed(state, [&] {
-    if (backward && fused) {
+    if (state.range(2) == 2) {
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), nullptr, nullptr,
+                                  &next);
+    } else if (backward && fused) {
       be->LinearActivationBackward(Activation::kGelu, x.f32(), w.f32(), pre.f32(), dy.f32(), n, c, f, d_pre.f32(),
                                    dx.f32(), dw.f32(), db.f32(), nullptr);
     } else if (backward) {
       be->ActivationBackward(Activation::kGelu, pre.f32(), dy.f32(), n * f, d_pre.f32());
       be->LinearBackward(x.f32(), w.f32(), d_pre.f32(), n, c, f, dx.f32(), dw.f32(), db.f32(), nullptr);
     } else if (fused) {
-      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), act.f32(),
+      be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), act.f32(), nullptr,
                                   nullptr);
     } else {
       be->LinearForward(x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), nullptr);
@@ -142,6 +151,8 @@ void BM_Fc1Gelu(benchmark::State& state) {
 BENCHMARK(BM_Fc1Gelu)
     ->ArgNames({"shape", "backward", "fused"})
     ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})
+    ->Args({0, 0, 2})
+    ->Args({1, 0, 2})
     ->UseManualTime();
 
 // args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused),

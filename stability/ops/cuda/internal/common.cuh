@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "stability/ops/backend.h"
@@ -110,7 +111,7 @@ class CudaBackend final : public Backend {
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                      float* y, Bf16Operands* kept) override;
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
-                               int64_t out, float* y_pre, float* y, Bf16Operands* kept) override;
+                               int64_t out, float* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override;
   void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre, const float* dy,
@@ -214,10 +215,18 @@ class CudaBackend final : public Backend {
                                    float* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
-  // bf16 only: the linear forward through cuBLASLt with its epilogue fused (bias; GELU
-  // when gelu_pre is given); false, nothing written, where cuBLASLt has no kernel for it.
-  bool LtLinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
-                       float* gelu_pre, Bf16Operands* kept);
+  // A bf16 forward's operands: x as the op that produced it left it rounded in kept
+  // (x_rounded, then cleared), else rounded here (into kept when given); w rounded (into kept).
+  std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ForwardOperands(const float* x, const float* w, int64_t n,
+                                                                        int64_t in, int64_t out, Bf16Operands* kept);
+  // y = x·wᵀ + b from bf16 operands (b nullable); with gelu_pre, gelu_pre = x·wᵀ + b and
+  // y = GELU(gelu_pre). cuBLASLt with the bias (and GELU) in its epilogue where it has a
+  // kernel for it, else cuBLAS and the elementwise passes.
+  void ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
+                   int64_t out, float* y, float* gelu_pre);
+  // cuBLASLt's part of ForwardBf16: false, nothing written, where it has no kernel for it.
+  bool LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
+                       int64_t out, float* y, float* gelu_pre);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
