@@ -334,12 +334,20 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   std::vector<std::pair<size_t, bool>> queued;
   be.ReadQueued();  // nothing should be left over; if a failed call left some, drop them
   const bool keep_bf16 = be.KeepsBf16Operands();
-  // x's rows where x_rows says (a QKV block's are read in place), y contiguous.
+  // The bf16 operands of the product that reads an op's output, where the backend keeps
+  // them: the op writes its output there directly, and in fp32 only for telemetry (which
+  // reads the products' inputs).
+  const auto kept_of = [&](Linear& lin) { return lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in); };
+  const auto fp32_out = [&](Tensor& y, const ops::Bf16Operands* next) {
+    return next && !telemetry_on_ ? nullptr : y.f32();
+  };
+  // x's rows where x_rows says (a QKV block's are read in place), y contiguous; `next`: the
+  // product that reads y (nullable).
   const auto run_norm = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, int64_t rows, int64_t d,
-                            NormActs& a) {
+                            NormActs& a, ops::Bf16Operands* next = nullptr) {
     AllocNorm(device_, a, rows, d);
     be.NormForward(c.norm, x, x_rows, n.g->value.f32(), n.b ? n.b->value.f32() : nullptr, rows, d, c.norm_eps,
-                   a.y.f32(), a.mean.f32(), a.rstd.f32());
+                   fp32_out(a.y, next), a.mean.f32(), a.rstd.f32(), next);
   };
   const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
   // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can),
@@ -356,10 +364,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
     if (act) {
       Alloc(device_, *act, {N, lin.out});
-      ops::Bf16Operands* next_kept =
-          next ? next->kept.Prepare(keep_bf16, device_, N * next->in, next->out * next->in) : nullptr;
+      ops::Bf16Operands* next_kept = next ? kept_of(*next) : nullptr;
       be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(),
-                                 next_kept && !telemetry_on_ ? nullptr : act->f32(), kept, next_kept);
+                                 fp32_out(*act, next_kept), kept, next_kept);
     } else {
       be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), kept);
     }
@@ -379,10 +386,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
 
   // A residual branch's end: out = residual + LS ⊙ Norm(branch); the scale's input is kept.
   // The norm that reads `out` next (when on) runs in the same pass over it, the layer scale
-  // too: AddNormForward.
+  // too: AddNormForward; its output goes to the product next_kept belongs to.
   const auto add_branch = [&](const Tensor& branch_out, const Norm& norm, NormActs& norm_acts, Parameter* scale,
                               Tensor& scale_out, const Tensor& residual, const Tensor** scale_in, Tensor& out,
-                              const Norm& next, NormActs& next_acts) {
+                              const Norm& next, NormActs& next_acts, ops::Bf16Operands* next_kept) {
     const Tensor* branch = &branch_out;
     if (norm.on()) {
       run_norm(norm, branch_out.f32(), rows_of_c, N, C, norm_acts);
@@ -393,7 +400,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       AllocNorm(device_, next_acts, N, C);
       be.AddNormForward(c.norm, residual.f32(), branch->f32(), scale ? scale->value.f32() : nullptr,
                         next.g->value.f32(), next.b ? next.b->value.f32() : nullptr, N, C, c.norm_eps, out.f32(),
-                        next_acts.y.f32(), next_acts.mean.f32(), next_acts.rstd.f32());
+                        fp32_out(next_acts.y, next_kept), next_acts.mean.f32(), next_acts.rstd.f32(), next_kept);
       return;
     }
     if (scale) {
@@ -413,6 +420,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
   const ops::RowLayout qkv_block_rows{c.per_head_norm ? H : 1, 3 * C};  // a q/k/v norm's rows in the QKV product
   const bool rope = c.position == Position::kRope;
+  const auto head_kept = [&] { return m.head_kept.Prepare(keep_bf16, device_, N * C, V * C); };
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     Layer& y = m.layers[l];
@@ -420,7 +428,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     const Tensor& x = m.stream[l];
     const Tensor* a1 = &x;
     if (y.n1.on()) {
-      if (l == 0) run_norm(y.n1, x.f32(), rows_of_c, N, C, y.a1);  // later layers': fused with the residual add before
+      if (l == 0) run_norm(y.n1, x.f32(), rows_of_c, N, C, y.a1, kept_of(y.qkv));  // later: in the add before
       a1 = &y.a1.y;
     }
     run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
@@ -475,20 +483,20 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     }
     run_linear(y.proj, y.att, y.proj_out, name + "proj");
     Alloc(device_, y.h, {N, C});
-    add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h, y.n2, y.a2);
+    add_branch(y.proj_out, y.proj_norm, y.pn, y.ls1, y.ls1_out, x, &y.branch1_in, y.h, y.n2, y.a2, kept_of(y.fc1));
 
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
     run_linear(y.fc1, a2, y.fc1_out, name + "fc1", &y.act, &y.fc2);
     run_linear(y.fc2, y.act, y.fc2_out, name + "fc2");
     const bool last = l + 1 == c.n_layer;
     add_branch(y.fc2_out, y.fc2_norm, y.fn, y.ls2, y.ls2_out, y.h, &y.branch2_in, m.stream[l + 1],
-               last ? m.nf : m.layers[l + 1].n1, last ? m.xf : m.layers[l + 1].a1);
+               last ? m.nf : m.layers[l + 1].n1, last ? m.xf : m.layers[l + 1].a1,
+               last ? head_kept() : kept_of(m.layers[l + 1].qkv));
   }
-  if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf);  // else in the last add
+  if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf, head_kept());  // else in the last add
   Alloc(device_, m.logits, {N, V});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
-  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32(),
-                   m.head_kept.Prepare(keep_bf16, device_, N * C, V * C));
+  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32(), head_kept());
   Alloc(device_, m.lse, {N});
   ops::CrossEntropyStats ce;
   be.CrossEntropyForward(m.logits.f32(), targets.i32(), N, V, {c.logit_soft_cap, c.z_loss}, m.lse.f32(), &ce);

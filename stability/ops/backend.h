@@ -160,9 +160,12 @@ class Backend {
   // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
   // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable. x's rows (and
-  // dx's, laid out as x) where x_rows says; y and dy contiguous [rows, D].
+  // dx's, laid out as x) where x_rows says; y and dy contiguous [rows, D]. next (nullable):
+  // the Bf16Operands of the product that reads y, as LinearActivationForward's `next` (y
+  // rounded into next->x where the backend keeps bf16 operands; y then nullable).
   virtual void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
-                           int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) = 0;
+                           int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
+                           Bf16Operands* next) = 0;
   virtual void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                             const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
                             float* db) = 0;
@@ -173,7 +176,7 @@ class Backend {
   // reached sum by the residual path:  dsum += ∂y/∂sum · dy  (dsum ACCUMULATED).
   virtual void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                               const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
-                              float* rstd) = 0;
+                              float* rstd, Bf16Operands* next) = 0;
   virtual void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) = 0;
 

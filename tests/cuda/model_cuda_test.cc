@@ -152,9 +152,9 @@ TEST_F(ModelCudaTest, Bf16MatrixProductsTrainLikeFp32) {
   EXPECT_EQ(bf16, again);
 }
 
-// Telemetry reads the run, never steers it: in bf16, where FC1's activation goes straight
-// into FC2's bf16 operand and its fp32 copy is written only for telemetry, the losses with
-// telemetry off are bit for bit those with it on.
+// Telemetry reads the run, never steers it: in bf16, where N1's, N2's, the final norm's and
+// FC1's outputs go straight into the next product's bf16 operand and their fp32 copies are
+// written only for telemetry, the losses with telemetry off are bit for bit those with it on.
 TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithAndWithoutTelemetry) {
   for (const char* variant : {"baseline", "sigma_reparam"}) {
     SCOPED_TRACE(variant);

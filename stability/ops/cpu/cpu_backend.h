@@ -22,12 +22,13 @@ class CpuBackend final : public Backend {
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override;
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
-                   int64_t d, float eps, float* y, float* mean, float* rstd) override;
+                   int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override;
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                     const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
                     float* db) override;
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
-                      int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
+                      int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
+                      Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,

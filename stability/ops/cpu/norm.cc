@@ -41,7 +41,8 @@ void NormRow(bool layer, const float* xr, const float* g, const float* b, int64_
 }  // namespace
 
 void CpuBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
-                             int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) {
+                             int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
+                             Bf16Operands* /*next: nothing kept*/) {
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -53,7 +54,7 @@ void CpuBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_r
 // x + a·s is not contracted to an FMA (-ffp-contract=off, .bazelrc): ChannelScaleForward's bits.
 void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                 const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
-                                float* rstd) {
+                                float* rstd, Bf16Operands* /*next: nothing kept*/) {
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {

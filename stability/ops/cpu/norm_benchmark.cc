@@ -25,7 +25,7 @@ void BM_LayerNorm(benchmark::State& state) {
   CpuBackend& be = GetCpuBackend();
   for (auto _ : state) {
     be.NormForward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f,
-                   y.data(), mean.data(), rstd.data());
+                   y.data(), mean.data(), rstd.data(), nullptr);
     be.NormBackward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(),
                     y.data(), rows, d, dx.data(), dg.data(), db.data());
   }

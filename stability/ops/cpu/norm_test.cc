@@ -21,7 +21,7 @@ TEST_P(NormGradTest, BackwardMatchesFiniteDifferences) {
   CpuBackend& be = GetCpuBackend();
   auto forward = [&] {
     be.NormForward(kind, x.data(), RowLayout::Contiguous(d), g.data(), with_bias ? b.data() : nullptr, rows, d, 1e-5f,
-                   y.data(), mean.data(), rstd.data());
+                   y.data(), mean.data(), rstd.data(), nullptr);
     return y;
   };
   forward();
@@ -53,12 +53,12 @@ TEST(NormTest, RowsInAWiderBufferAreTheContiguousRows) {
       CpuBackend& be = GetCpuBackend();
       std::vector<float> y(rows * d), mean(rows), rstd(rows), dx(rows * d), dg(d, 0.0f), db(d, 0.0f);
       be.NormForward(kind, x.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f, y.data(),
-                     mean.data(), rstd.data());
+                     mean.data(), rstd.data(), nullptr);
       be.NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows, d,
                       dx.data(), dg.data(), db.data());
       std::vector<float> y2(rows * d), mean2(rows), rstd2(rows), dg2(d, 0.0f), db2(d, 0.0f);
       be.NormForward(kind, wide.data() + col0, layout, g.data(), b.data(), rows, d, 1e-5f, y2.data(), mean2.data(),
-                     rstd2.data());
+                     rstd2.data(), nullptr);
       be.NormBackward(kind, wide.data() + col0, layout, g.data(), mean2.data(), rstd2.data(), dy.data(), rows, d,
                       dwide.data() + col0, dg2.data(), db2.data());
       EXPECT_EQ(y2, y);
@@ -88,10 +88,10 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
     std::vector<float> sum(rows * d), y(rows * d), mean(rows), rstd(rows);
     be.Add(x.data(), a.data(), rows * d, sum.data());
     be.NormForward(kind, sum.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f, y.data(),
-                   mean.data(), rstd.data());
+                   mean.data(), rstd.data(), nullptr);
     std::vector<float> fsum(rows * d), fy(rows * d), fmean(rows), frstd(rows);
     be.AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
-                      fmean.data(), frstd.data());
+                      fmean.data(), frstd.data(), nullptr);
     EXPECT_EQ(fsum, sum);
     EXPECT_EQ(fy, y);
     EXPECT_EQ(frstd, rstd);
@@ -103,9 +103,9 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
     be.ChannelScaleForward(a.data(), b.data(), rows, d, scaled.data());
     be.Add(x.data(), scaled.data(), rows * d, ssum.data());
     be.NormForward(kind, ssum.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f, sy.data(),
-                   smean.data(), srstd.data());
+                   smean.data(), srstd.data(), nullptr);
     be.AddNormForward(kind, x.data(), a.data(), b.data(), g.data(), b.data(), rows, d, 1e-5f, fsum.data(), fy.data(),
-                      fmean.data(), frstd.data());
+                      fmean.data(), frstd.data(), nullptr);
     EXPECT_EQ(fsum, ssum);
     EXPECT_EQ(fy, sy);
     EXPECT_NE(fsum, sum);
@@ -127,11 +127,12 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
 TEST(NormTest, NormalisesRows) {
   const float x[4] = {1, 2, 3, 4}, g[4] = {1, 1, 1, 1};
   float y[4], mean[1], rstd[1];
-  GetCpuBackend().NormForward(NormKind::kLayerNorm, x, RowLayout::Contiguous(4), g, nullptr, 1, 4, 0.0f, y, mean, rstd);
+  GetCpuBackend().NormForward(NormKind::kLayerNorm, x, RowLayout::Contiguous(4), g, nullptr, 1, 4, 0.0f, y, mean, rstd,
+                              nullptr);
   EXPECT_FLOAT_EQ(mean[0], 2.5f);
   EXPECT_NEAR(y[0], -1.5 / std::sqrt(1.25), 1e-6);
-  GetCpuBackend().NormForward(NormKind::kRMSNorm, x, RowLayout::Contiguous(4), g, nullptr, 1, 4, 0.0f, y, nullptr,
-                              rstd);
+  GetCpuBackend().NormForward(NormKind::kRMSNorm, x, RowLayout::Contiguous(4), g, nullptr, 1, 4, 0.0f, y, nullptr, rstd,
+                              nullptr);
   EXPECT_NEAR(y[3], 4 / std::sqrt(7.5), 1e-6);  // mean(x²) = 30/4
 }
 

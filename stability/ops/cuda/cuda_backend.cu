@@ -724,12 +724,10 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
     return;
   }
   const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
-  if (next) {
+  if (__nv_bfloat16* y16 = NextOperand(next)) {
     ForwardBf16(x16, w16, b, n, in, out, y_pre, nullptr);
-    ActivationToBf16Kernel<<<Blocks(n * out, kThreads), kThreads>>>(act, y_pre, n * out, y,
-                                                                    static_cast<__nv_bfloat16*>(next->x));
+    ActivationToBf16Kernel<<<Blocks(n * out, kThreads), kThreads>>>(act, y_pre, n * out, y, y16);
     STABILITY_CUDA_LAUNCHED("ActivationToBf16Kernel");
-    next->x_rounded = true;
     return;
   }
   if (act == Activation::kGelu) {

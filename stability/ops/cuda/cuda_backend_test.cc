@@ -144,8 +144,9 @@ TEST_F(CudaBackendTest, Norms) {
       float *gx = Up(x), *gg = Up(g), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd),
             *gdx = Up(dx), *gdg = Up(dg), *gdb = Up(db);
       cpu_->NormForward(kind, x.data(), RowLayout::Contiguous(d), g.data(), bp, rows, d, 1e-5f, y.data(), mean.data(),
-                        rstd.data());
-      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, bp ? gb : nullptr, rows, d, 1e-5f, gy, gmean, grstd);
+                        rstd.data(), nullptr);
+      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, bp ? gb : nullptr, rows, d, 1e-5f, gy, gmean, grstd,
+                        nullptr);
       ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "norm y");
       ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "rstd");
       cpu_->NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows,
@@ -176,9 +177,9 @@ TEST_F(CudaBackendTest, NormRowsInAWiderBufferAreTheContiguousRows) {
       float *gdwide = Up(std::vector<float>(tokens * stride, -7.0f)), *gy = Up(zeros), *gdx = Up(zeros);
       float *gmean = Up(zr), *grstd = Up(zr), *gdg = Up(zd), *gdb = Up(zd);
       float *gy2 = Up(zeros), *gmean2 = Up(zr), *grstd2 = Up(zr), *gdg2 = Up(zd), *gdb2 = Up(zd);
-      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, gy, gmean, grstd);
+      gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, gy, gmean, grstd, nullptr);
       gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg, gdb);
-      gpu_->NormForward(kind, gwide + col0, layout, gg, gb, rows, d, 1e-5f, gy2, gmean2, grstd2);
+      gpu_->NormForward(kind, gwide + col0, layout, gg, gb, rows, d, 1e-5f, gy2, gmean2, grstd2, nullptr);
       gpu_->NormBackward(kind, gwide + col0, layout, gg, gmean2, grstd2, gdy, rows, d, gdwide + col0, gdg2, gdb2);
       EXPECT_EQ(Down(gy2, rows * d), Down(gy, rows * d));
       EXPECT_EQ(Down(grstd2, rows), Down(grstd, rows));
@@ -206,13 +207,13 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     std::vector<float> sum(rows * d), y(rows * d), mean(rows), rstd(rows), dg(d, 0.5f), db(d, 0.25f), dsum = dres;
     const float* bp = kind == NormKind::kLayerNorm ? b.data() : nullptr;
     cpu_->AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(),
-                         mean.data(), rstd.data());
+                         mean.data(), rstd.data(), nullptr);
     cpu_->AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dsum.data(),
                           dg.data(), bp ? db.data() : nullptr);
     float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = bp ? Up(b) : nullptr, *gdy = Up(dy);
     float *gsum = Up(sum), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd), *gdsum = Up(dres);
     float *gdg = Up(std::vector<float>(d, 0.5f)), *gdb = Up(std::vector<float>(d, 0.25f));
-    gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
+    gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd, nullptr);
     gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr);
     EXPECT_EQ(Down(gsum, rows * d), sum);  // one float add
     ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "add+norm y");
@@ -224,7 +225,7 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     float *usum = Up(sum), *uy = Up(y), *umean = Up(mean), *urstd = Up(rstd), *udx = Up(sum), *udres = Up(dres);
     float *udg = Up(std::vector<float>(d, 0.5f)), *udb = Up(std::vector<float>(d, 0.25f));
     gpu_->Add(gx, ga, rows * d, usum);
-    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd);
+    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd, nullptr);
     gpu_->NormBackward(kind, usum, RowLayout::Contiguous(d), gg, umean, urstd, gdy, rows, d, udx, udg,
                        bp ? udb : nullptr);
     gpu_->AddInPlace(udres, udx, rows * d);
@@ -237,8 +238,8 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     float* gs = Up(g);  // any channel vector
     gpu_->ChannelScaleForward(ga, gs, rows, d, uy);
     gpu_->Add(gx, uy, rows * d, usum);
-    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd);
-    gpu_->AddNormForward(kind, gx, ga, gs, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd);
+    gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd, nullptr);
+    gpu_->AddNormForward(kind, gx, ga, gs, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd, nullptr);
     EXPECT_EQ(Down(gsum, rows * d), Down(usum, rows * d));
     EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
   }
@@ -713,6 +714,55 @@ TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
     if (with_act) EXPECT_EQ(Down(act2, n * f), Down(act, n * f));
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// A norm's output written straight into the next product's bf16 operand (NormForward's and
+// AddNormForward's `next`): the plain call's y rounded to nearest even, the statistics and
+// the residual sum unchanged, y (when asked for) the same bits; in fp32, `next` is ignored.
+TEST_F(CudaBackendTest, NormIntoTheNextProductsOperandIsItsRounding) {
+  const int64_t rows = 40, d = 200;
+  std::vector<float> x = Random(rows * d, 2.0), a = Random(rows * d), g = Random(d), b = Random(d);
+  float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = Up(b);
+  Tensor x16 = Tensor::Empty({rows * d}, DType::kBF16, kGpu);
+  for (bool add : {false, true}) {
+    SCOPED_TRACE(add ? "AddNormForward" : "NormForward");
+    const auto norm = [&](float* y, float* sum, float* mean, float* rstd, Bf16Operands* next) {
+      if (add) {
+        gpu_->AddNormForward(NormKind::kLayerNorm, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, sum, y, mean, rstd, next);
+      } else {
+        gpu_->NormForward(NormKind::kLayerNorm, gx, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, y, mean, rstd,
+                          next);
+      }
+    };
+    const std::vector<float> zeros(rows * d, 0.0f), zr(rows, 0.0f);
+    float *y = Up(zeros), *sum = Up(zeros), *mean = Up(zr), *rstd = Up(zr);
+    norm(y, sum, mean, rstd, nullptr);
+    const std::vector<float> want = Down(y, rows * d);
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+    for (bool with_y : {false, true}) {
+      Bf16Operands next{x16.data(), nullptr};
+      float *y2 = with_y ? Up(zeros) : nullptr, *sum2 = Up(zeros), *mean2 = Up(zr), *rstd2 = Up(zr);
+      norm(y2, sum2, mean2, rstd2, &next);
+      EXPECT_TRUE(next.x_rounded);
+      std::vector<uint16_t> bits(rows * d);
+      x16.CopyToHost(bits.data());
+      for (int64_t i = 0; i < rows * d; ++i) {
+        uint32_t u;
+        const float r = RoundToBf16(want[i]);
+        std::memcpy(&u, &r, 4);
+        ASSERT_EQ(bits[i], u >> 16) << "at " << i;
+      }
+      if (with_y) EXPECT_EQ(Down(y2, rows * d), want);
+      EXPECT_EQ(Down(rstd2, rows), Down(rstd, rows));
+      if (add) EXPECT_EQ(Down(sum2, rows * d), Down(sum, rows * d));
+    }
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+    Bf16Operands ignored{x16.data(), nullptr};
+    float* y3 = Up(zeros);
+    norm(y3, Up(zeros), Up(zr), Up(zr), &ignored);
+    EXPECT_FALSE(ignored.x_rounded);
+    EXPECT_EQ(Down(y3, rows * d), want);
+  }
 }
 
 // The bf16 operands a linear forward keeps for its backward change no result: every

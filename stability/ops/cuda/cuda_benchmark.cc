@@ -219,7 +219,7 @@ void BM_LayerNorm(benchmark::State& state) {
   Backend* be = Gpu();
   Timed(state, [&] {
     be->NormForward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), b.f32(), rows, d, 1e-5f, y.f32(),
-                    mean.f32(), rstd.f32());
+                    mean.f32(), rstd.f32(), nullptr);
     be->NormBackward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), mean.f32(), rstd.f32(), y.f32(),
                      rows, d, dx.f32(), dg.f32(), db.f32());
   });

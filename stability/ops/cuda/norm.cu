@@ -11,9 +11,10 @@ constexpr int kRowThreads = 128;
 // With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to
 // sum and normalised from there; each thread reads back only what it wrote, so no barrier is
 // needed between the passes. __fmul_rn: a·s rounded on its own, as ChannelScaleKernel does.
+// y16 (nullable): y rounded to bf16 (the next product's operand), y then nullable.
 __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
                                   const float* g, const float* b, int64_t d, float eps, float* sum, float* y,
-                                  float* mean, float* rstd) {
+                                  __nv_bfloat16* y16, float* mean, float* rstd) {
   const int64_t r = blockIdx.x;
   const float* xr = x + x_rows.Offset(r, d);
   if (a) {
@@ -33,8 +34,11 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
   const double var = BlockSum(s2) / d;
   const float rs = static_cast<float>(1.0 / sqrt(var + eps));
   const float m = static_cast<float>(mu);
-  float* yr = y + r * d;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) yr[j] = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
+    if (y) y[r * d + j] = v;
+    if (y16) y16[r * d + j] = __float2bfloat16_rn(v);
+  }
   if (threadIdx.x == 0) {
     if (mean) mean[r] = m;
     rstd[r] = rs;
@@ -87,18 +91,28 @@ __global__ void NormParamGradKernel(bool layer, const float* x, RowLayout x_rows
 
 }  // namespace
 
+// The next product's bf16 operand, where it is written here: then marked as rounded.
+__nv_bfloat16* CudaBackend::NextOperand(Bf16Operands* next) {
+  if (next == nullptr || !KeepsBf16Operands()) return nullptr;
+  next->x_rounded = true;
+  return static_cast<__nv_bfloat16*>(next->x);
+}
+
 void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
-                              int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd) {
+                              int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
+                              Bf16Operands* next) {
   NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, x_rows, nullptr,
-                                                                  nullptr, g, b, d, eps, nullptr, y, mean, rstd);
+                                                                  nullptr, g, b, d, eps, nullptr, y, NextOperand(next),
+                                                                  mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
 void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                  const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
-                                 float* rstd) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(
-      kind == NormKind::kLayerNorm, x, RowLayout::Contiguous(d), a, s, g, b, d, eps, sum, y, mean, rstd);
+                                 float* rstd, Bf16Operands* next) {
+  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x,
+                                                                  RowLayout::Contiguous(d), a, s, g, b, d, eps, sum, y,
+                                                                  NextOperand(next), mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
 

@@ -118,12 +118,13 @@ class CudaBackend final : public Backend {
                                 int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
                                 const Bf16Operands* kept) override;
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
-                   int64_t d, float eps, float* y, float* mean, float* rstd) override;
+                   int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override;
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                     const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
                     float* db) override;
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
-                      int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd) override;
+                      int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
+                      Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
@@ -215,6 +216,9 @@ class CudaBackend final : public Backend {
                                    float* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
+  // next->x (marked rounded) where an op writes its output straight into the next
+  // product's bf16 operand (bf16 only; null otherwise).
+  __nv_bfloat16* NextOperand(Bf16Operands* next);
   // A bf16 forward's operands: x as the op that produced it left it rounded in kept
   // (x_rounded, then cleared), else rounded here (into kept when given); w rounded (into kept).
   std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ForwardOperands(const float* x, const float* w, int64_t n,
