@@ -35,9 +35,9 @@ METHODS = ["baseline", "qk_norm", "qkv_norm", "qk_fc_norm", "soft_cap", "qk_norm
 # parameter, 23 GB at 830M: ~5 ms on an H200) stay near 5% of it. A batch the trainer refuses
 # as too large for the card (its memory estimate) is halved, for that preset's every method.
 PLAN = [
-    ("tiny", "fp32", "auto", METHODS, 16, 256, 30),
     ("gpt2_124m", "bf16", "auto", METHODS, 16, 1024, 12),
     ("paper_830m", "bf16", "auto", METHODS, 16, 1024, 6),
+    ("tiny", "fp32", "auto", METHODS, 16, 256, 30),
     ("gpt2_124m", "bf16", "gemm", ["baseline"], 16, 1024, 12),
     ("gpt2_124m", "fp32", "auto", ["baseline"], 16, 1024, 12),
     ("paper_830m", "fp32", "auto", ["baseline"], 8, 1024, 6),
