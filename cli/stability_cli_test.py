@@ -86,6 +86,7 @@ def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
         (["--n_head=3"], "must be divisible by n_head = 3"),
         (["--schedule=exp"], 'unknown schedule "exp"'),
         (["--qk_norm=maybe"], '"qk_norm" must be true or false'),
+        (["--profile_step=-1"], "--profile_step=-1 must be >= 0"),
     ]
     for extra, message in cases:
         r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/bad", *extra)
@@ -113,6 +114,16 @@ def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
     assert not (tmp_path / "fa").exists()
     r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/fa", "--attention=flash")
     assert r.returncode == 2 and "--attention=flash must be auto, gemm or fused" in r.stderr
+
+
+def test_a_kernel_profile_on_the_cpu_says_there_is_none_and_the_run_goes_on(tmp_path):
+    shards = prepare_bytes(tmp_path)
+    r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/p", "--steps=3", "--device=cpu",
+            "--profile_step=2")
+    assert r.returncode == 0, r.stderr
+    assert "--profile_step: the cpu backend has no kernel profile" in r.stderr
+    assert not (tmp_path / "p" / "kernel_profile.md").exists()
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["train"]["profile_step"] == 2
 
 
 def test_a_missing_gpu_is_an_error_before_anything_is_written(tmp_path):

@@ -45,6 +45,10 @@ PLAN = [
 # A few seconds on the CPU: the script's plumbing (flags, metrics files, the table), which
 # tools/gpu_bench_test.py checks in CI so that a lent GPU's minutes are not spent on it.
 SMOKE_PLAN = [("tiny", "fp32", "auto", ["baseline", "qk_norm"], 2, 64, 4)]
+# Runs whose third step is broken down by kernel (--profile_step): the baseline and the two
+# methods most likely over 5% (two more norms a layer; σ-reparam's power iteration), in bf16.
+PROFILED = {"baseline", "qk_norm", "sigma_reparam"}
+PROFILE_ROWS = 20
 
 
 def gpu_name():
@@ -76,13 +80,13 @@ def matmul_parameters(total, model):
     return n
 
 
-def run(binary, work, data, device, preset, precision, attention, method, batch, seq, steps):
-    out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}")
+def run(binary, work, data, device, preset, precision, attention, method, batch, seq, steps, profile=False):
+    out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}-{batch}")
     args = [binary, "train", f"--device={device}", f"--precision={precision}", f"--attention={attention}",
             f"--preset={preset}", f"--variant={method}", f"--data={data}",
             f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
             "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
-            "--lr=3e-4"]
+            "--lr=3e-4", f"--profile_step={3 if profile else 0}"]
     t0 = time.time()
     try:
         r = subprocess.run(args, capture_output=True, text=True, timeout=240)
@@ -98,7 +102,24 @@ def run(binary, work, data, device, preset, precision, attention, method, batch,
     timed = rows[2:] or rows  # the first two steps warm up (a run that stopped early: all it has)
     tps = statistics.median(r["tokens_per_s"] for r in timed)
     flops = 6 * matmul_parameters(summary["parameters"], config) + 6 * config["n_layer"] * config["n_embd"] * seq
+    profile_md = os.path.join(out, "kernel_profile.md")
+    if profile and os.path.exists(profile_md):
+        append_profile(os.path.join(work, "kernel_profiles.md"), f"{preset} {precision} {method}, batch {batch} × {seq}",
+                       open(profile_md).read())
     return (tps, flops, rows[-1]["loss"], time.time() - t0), None
+
+
+def append_profile(path, title, md):
+    """A profiled run's largest rows (the trainer's kernel_profile.md, cut to PROFILE_ROWS),
+    appended to `path` as each run ends: a check cut short by its deadline keeps them."""
+    lines = md.splitlines()
+    table = [l for l in lines if l.startswith("|")]
+    notes = [l for l in lines[1:] if l and not l.startswith("|")]
+    text = f"\n### {title}\n\n" + "\n".join(notes) + "\n\n" + "\n".join(table[: 2 + PROFILE_ROWS]) + "\n"
+    if len(table) > 2 + PROFILE_ROWS:
+        text += f"\n({len(table) - 2 - PROFILE_ROWS} smaller rows left out)\n"
+    with open(path, "a") as f:
+        f.write(text)
 
 
 def run_fitting(run_one, batch):
@@ -134,8 +155,10 @@ def main():
         peak = fp32 if precision == "fp32" else bf16
         kernel = attention if attention != "auto" else ("fused" if precision == "bf16" else "gemm")
         for method in methods:
+            profile = precision == "bf16" and method in PROFILED
             res, err, batch = run_fitting(
-                lambda b: run(a.bin, a.work, data, a.device, preset, precision, attention, method, b, seq, steps), batch)
+                lambda b: run(a.bin, a.work, data, a.device, preset, precision, attention, method, b, seq, steps,
+                              profile), batch)
             if err:
                 print(f"| {preset} | {precision} | {kernel} | {method} | {batch} × {seq} | failed: {err} | | | | |")
                 continue

@@ -115,6 +115,9 @@ run_alone() {  # name, binary
   echo
   timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
   echo
+  echo "## Kernel profiles (one step of each profiled bench run: --profile_step)"
+  cat "$work/bench/kernel_profiles.md" 2>/dev/null || echo "(none: no profiled run finished)"
+  echo
   # None of the kernels had run before the first check: memcheck finds out-of-bounds and
   # misaligned accesses that a passing comparison can hide.
   echo "## compute-sanitizer memcheck of the op tests"

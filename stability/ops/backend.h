@@ -12,6 +12,7 @@
 #define STABILITY_OPS_BACKEND_H_
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -299,6 +300,19 @@ class Backend {
   virtual std::vector<double> ReadQueued() { return std::exchange(queued_, {}); }
   // *x (one float on the device) into the batch.
   virtual void QueueValue(const float* x) { queued_.push_back(*x); }
+
+  // Where a step's device time goes: between StartKernelProfile and StopKernelProfile each
+  // kernel, matrix product and copy the backend issues is timed on the device (an event
+  // after each; a launch's time is the device time since the one before, so a gap in which
+  // the device waited for the host counts towards the launch after it). One row per name,
+  // in order of first launch. False (and no rows) where the backend cannot: the CPU.
+  struct KernelTime {
+    std::string name;
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  virtual bool StartKernelProfile() { return false; }
+  virtual std::vector<KernelTime> StopKernelProfile() { return {}; }
 
  private:
   std::vector<double> queued_;

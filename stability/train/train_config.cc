@@ -10,11 +10,38 @@ namespace {
 const JsonFields<TrainConfig>& Fields() {
 #define F(f) STABILITY_JSON_FIELD(TrainConfig, f)
   static const JsonFields<TrainConfig> fields = {
-      F(data), F(out), F(device), F(precision), F(attention),
-      F(threads), F(steps), F(batch), F(seq), F(grad_accum), F(lr), F(min_lr),
-      F(warmup), F(schedule), F(beta1), F(beta2), F(eps), F(weight_decay), F(decay_all), F(clip),
-      F(eval_interval), F(eval_batches), F(telemetry_interval), F(checkpoint_interval), F(keep_checkpoints),
-      F(divergence_factor), F(divergence_patience), F(spike_skip_factor), F(spike_window), F(zero), F(seed),
+      F(data),
+      F(out),
+      F(device),
+      F(precision),
+      F(attention),
+      F(threads),
+      F(steps),
+      F(batch),
+      F(seq),
+      F(grad_accum),
+      F(lr),
+      F(min_lr),
+      F(warmup),
+      F(schedule),
+      F(beta1),
+      F(beta2),
+      F(eps),
+      F(weight_decay),
+      F(decay_all),
+      F(clip),
+      F(eval_interval),
+      F(eval_batches),
+      F(telemetry_interval),
+      F(checkpoint_interval),
+      F(keep_checkpoints),
+      F(profile_step),
+      F(divergence_factor),
+      F(divergence_patience),
+      F(spike_skip_factor),
+      F(spike_window),
+      F(zero),
+      F(seed),
   };
 #undef F
   return fields;
@@ -34,7 +61,8 @@ absl::Status TrainConfig::Validate() const {
                                                           {"threads", threads},
                                                           {"warmup", warmup},
                                                           {"eval_interval", eval_interval},
-                                                          {"checkpoint_interval", checkpoint_interval}};
+                                                          {"checkpoint_interval", checkpoint_interval},
+                                                          {"profile_step", profile_step}};
   for (const auto& [name, v] : non_negative)
     if (v < 0) return bad(absl::StrCat("--", name, "=", v, " must be >= 0"));
   if (!(lr > 0)) return bad(absl::StrCat("--lr=", lr, " must be positive"));

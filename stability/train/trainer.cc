@@ -1,16 +1,16 @@
 #include "stability/train/trainer.h"
 
 #include <omp.h>
-
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
-#include <cstring>
-#include <optional>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -118,6 +118,28 @@ struct Detector {
     if (window.size() > size) window.erase(window.begin());
   }
 };
+
+// --profile_step's table: the step's device time by kernel, largest first, as Markdown.
+absl::Status WriteKernelProfile(std::vector<ops::Backend::KernelTime> rows, int64_t step, const std::string& out_dir,
+                                FILE* progress) {
+  double total = 0;
+  int64_t launches = 0;
+  for (const auto& r : rows) total += r.ms, launches += r.calls;
+  std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
+  std::string md = absl::StrFormat(
+      "# Kernel profile of step %d\n\nDevice time from launch to launch (a launch's time includes any wait of the "
+      "device for the host before it): %.3f ms in %d launches.\n\n| kernel | calls | ms | share | µs a call |\n"
+      "|---|---:|---:|---:|---:|\n",
+      step, total, launches);
+  for (const auto& r : rows) {
+    md += absl::StrFormat("| %s | %d | %.3f | %.1f%% | %.1f |\n", r.name, r.calls, r.ms,
+                          total > 0 ? 100 * r.ms / total : 0.0, r.calls > 0 ? 1000 * r.ms / r.calls : 0.0);
+  }
+  const std::string path = out_dir + "/kernel_profile.md";
+  STABILITY_RETURN_IF_ERROR(WriteFileAtomically(path, md));
+  if (progress) std::fprintf(progress, "kernel profile of step %lld: %s\n", static_cast<long long>(step), path.c_str());
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -421,6 +443,10 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
   const auto backend_scale = [backend](Tensor& t, float s) { backend->Scale(t.f32(), t.numel(), s); };
   while (step < tc.steps) {
     const bool telemetry = (step + 1) % tc.telemetry_interval == 0 || step + 1 == tc.steps;
+    const bool profile = step + 1 == tc.profile_step && root && backend->StartKernelProfile();
+    if (step + 1 == tc.profile_step && root && !profile && out) {
+      std::fprintf(out, "--profile_step: the %s backend has no kernel profile\n", backend->name());
+    }
     model->set_telemetry(telemetry);
     model->ZeroGrad();
     double loss = 0;
@@ -478,6 +504,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
       grad_norm = opt.Step(lr, tc.clip);
       if (zero1) STABILITY_RETURN_IF_ERROR(gather_parameters());
     }
+    if (profile) STABILITY_RETURN_IF_ERROR(WriteKernelProfile(backend->StopKernelProfile(), step + 1, tc.out, out));
     ++step;
     const auto now = Clock::now();
     const double dt = std::chrono::duration<double>(now - last).count();

@@ -129,7 +129,7 @@ void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row
   AttentionStatsKernel<<<1, 1024>>>(row_entropy, row_max, rows, out);
   STABILITY_CUDA_LAUNCHED("AttentionStatsKernel");
   double host[2];
-  Check(cudaMemcpy(host, out, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy (attention telemetry)");
+  Issued(cudaMemcpy(host, out, sizeof(host), cudaMemcpyDeviceToHost), "cudaMemcpy (attention telemetry)");
   stats->entropy_sum = host[0];
   stats->max_logit = static_cast<float>(host[1]);
 }

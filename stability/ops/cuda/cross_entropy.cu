@@ -114,9 +114,9 @@ void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* target
   STABILITY_CUDA_LAUNCHED("CrossEntropyForwardKernel");
   if (!stats) return;
   std::vector<float> host_lse(n), host_stats(2 * n);
-  Check(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
-  Check(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
-        "cudaMemcpy (cross-entropy stats)");
+  Issued(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
+  Issued(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
+         "cudaMemcpy (cross-entropy stats)");
   *stats = CrossEntropyStatsFromRows(host_lse.data(), host_stats.data() + n, host_stats.data(), n, opt.z_loss);
 }
 

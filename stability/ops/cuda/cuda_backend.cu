@@ -28,12 +28,12 @@ class CudaAllocator final : public Allocator {
  public:
   void* Allocate(size_t bytes) override { return DeviceMalloc(bytes); }
   void Free(void* p) override { cudaFree(p); }
-  void Zero(void* p, size_t bytes) override { Check(cudaMemset(p, 0, bytes), "cudaMemset"); }
+  void Zero(void* p, size_t bytes) override { Issued(cudaMemset(p, 0, bytes), "cudaMemset"); }
   void CopyFromHost(void* dst, const void* src, size_t bytes) override {
-    Check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to the GPU)");
+    Issued(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (to the GPU)");
   }
   void CopyToHost(void* dst, const void* src, size_t bytes) override {
-    Check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (from the GPU)");
+    Issued(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (from the GPU)");
   }
 };
 
@@ -514,6 +514,7 @@ void CudaBackend::GemmFp32(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, 
     Check(blas_->sgemm(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
                       b, static_cast<int>(ldb), a, static_cast<int>(lda), &beta, c, static_cast<int>(ldc)),
           "cublasSgemm");
+    MarkProduct("cublasSgemm", m, n, k);
     return;
   }
   Check(blas_->sgemm_strided_batched(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
@@ -521,6 +522,7 @@ void CudaBackend::GemmFp32(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, 
                                   static_cast<int>(lda), stride_a, &beta, c, static_cast<int>(ldc), stride_c,
                                   static_cast<int>(batch)),
         "cublasSgemmStridedBatched");
+  MarkProduct("cublasSgemm", m, n, k, batch);
 }
 
 __nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, int slot, void* into) {
@@ -539,6 +541,7 @@ void CudaBackend::GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, 
                                        static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
                                        CUBLAS_GEMM_DEFAULT),
         "cublasGemmStridedBatchedEx (bf16)");
+  MarkProduct("cublasGemmEx bf16", m, n, k, batch);
 }
 
 void CudaBackend::DotInto(const float* a, const float* b, int64_t n, double* out) {
@@ -554,7 +557,7 @@ double CudaBackend::Dot(const float* a, const float* b, int64_t n) {
                    kReduceBlocks;  // after the partial sums
   DotInto(a, b, n, result);
   double s = 0;
-  Check(cudaMemcpy(&s, result, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (reduction)");
+  Issued(cudaMemcpy(&s, result, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (reduction)");
   return s;
 }
 
@@ -571,9 +574,9 @@ double* CudaBackend::NextQueueSlot(double divisor) {
   const size_t pending = queue_divisors_.size() - queue_read_.size();
   if (pending == kQueueCapacity) {  // full: bring these back and start the device slots again
     queue_read_.resize(queue_read_.size() + pending);
-    Check(cudaMemcpy(queue_read_.data() + queue_read_.size() - pending, queue_dev_, pending * sizeof(double),
-                     cudaMemcpyDeviceToHost),
-          "cudaMemcpy (queued reductions)");
+    Issued(cudaMemcpy(queue_read_.data() + queue_read_.size() - pending, queue_dev_, pending * sizeof(double),
+                      cudaMemcpyDeviceToHost),
+           "cudaMemcpy (queued reductions)");
   }
   double* slot = queue_dev_ + (queue_divisors_.size() - queue_read_.size());
   queue_divisors_.push_back(divisor);
@@ -611,7 +614,7 @@ void CudaBackend::QueueValue(const float* x) {
 
 void CudaBackend::QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
   if (rows == 0) {
-    Check(cudaMemset(NextQueueSlot(1.0), 0, sizeof(double)), "cudaMemset (queue)");
+    Issued(cudaMemset(NextQueueSlot(1.0), 0, sizeof(double)), "cudaMemset (queue)");
     return;
   }
   RowNormSumInto(x, rows, d, NextQueueSlot(static_cast<double>(rows)));
@@ -622,9 +625,9 @@ std::vector<double> CudaBackend::ReadQueued() {
   const size_t done = values.size();
   values.resize(queue_divisors_.size());
   if (values.size() > done) {
-    Check(cudaMemcpy(values.data() + done, queue_dev_, (values.size() - done) * sizeof(double),
-                     cudaMemcpyDeviceToHost),
-          "cudaMemcpy (queued reductions)");
+    Issued(
+        cudaMemcpy(values.data() + done, queue_dev_, (values.size() - done) * sizeof(double), cudaMemcpyDeviceToHost),
+        "cudaMemcpy (queued reductions)");
   }
   for (size_t i = 0; i < values.size(); ++i) values[i] /= queue_divisors_[i];
   queue_divisors_.clear();
@@ -813,7 +816,7 @@ void CudaBackend::Add(const float* x, const float* a, int64_t n, float* y) {
 void CudaBackend::AddInPlace(float* y, const float* x, int64_t n) { Add(y, x, n, y); }
 
 void CudaBackend::Copy(const float* x, int64_t n, float* y) {
-  Check(cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice), "cudaMemcpy (device)");
+  Issued(cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice), "cudaMemcpy (device)");
 }
 
 void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
@@ -908,7 +911,7 @@ double CudaBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
   double* total = static_cast<double*>(Scratch(kReducePartials, (kReduceBlocks + 1) * sizeof(double)));
   RowNormSumInto(x, rows, d, total);
   double s = 0;
-  Check(cudaMemcpy(&s, total, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
+  Issued(cudaMemcpy(&s, total, sizeof(double), cudaMemcpyDeviceToHost), "cudaMemcpy (row norms)");
   return s / rows;
 }
 

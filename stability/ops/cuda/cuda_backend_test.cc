@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -763,6 +765,34 @@ TEST_F(CudaBackendTest, NormIntoTheNextProductsOperandIsItsRounding) {
     EXPECT_FALSE(ignored.x_rounded);
     EXPECT_EQ(Down(y3, rows * d), want);
   }
+}
+
+// The kernel profile (--profile_step): between Start and Stop each launch, product and copy
+// is a row, by name, with its count and non-negative device time; nothing is recorded while
+// it is off.
+TEST_F(CudaBackendTest, KernelProfileTimesEachLaunchByName) {
+  const int64_t n = 64, in = 32, out = 16;
+  float *gx = Up(Random(n * in)), *gw = Up(Random(out * in)), *gy = Up(std::vector<float>(n * out));
+  float* gsum = Up(std::vector<float>(n * out));
+  gpu_->Add(gy, gy, n * out, gsum);  // off: not recorded
+  ASSERT_TRUE(gpu_->StartKernelProfile());
+  for (int i = 0; i < 3; ++i) {
+    gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
+    gpu_->Add(gy, gy, n * out, gsum);
+  }
+  Down(gsum, n * out);  // a copy from the GPU (through a device copy)
+  const std::vector<Backend::KernelTime> rows = gpu_->StopKernelProfile();
+  std::map<std::string, Backend::KernelTime> by_name;
+  for (const Backend::KernelTime& r : rows) {
+    EXPECT_GE(r.ms, 0.0) << r.name;
+    by_name[r.name] = r;
+  }
+  ASSERT_EQ(by_name.count("cublasSgemm 64×16×32"), 1u) << rows.size() << " rows, first " << rows[0].name;
+  EXPECT_EQ(by_name["cublasSgemm 64×16×32"].calls, 3);
+  EXPECT_EQ(by_name["AddKernel"].calls, 3);
+  EXPECT_EQ(by_name["cudaMemcpy (from the GPU)"].calls, 1);
+  EXPECT_EQ(rows[0].name, "cublasSgemm 64×16×32");  // in order of first launch
+  EXPECT_TRUE(gpu_->StopKernelProfile().empty());
 }
 
 // The bf16 operands a linear forward keeps for its backward change no result: every

@@ -95,6 +95,7 @@ bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const flo
     Destroy(p);  // not again for this shape: the unfused ops take over
     return false;
   }
+  MarkProduct(gelu_pre ? "cublasLt bf16 + bias + GELU" : b ? "cublasLt bf16 + bias" : "cublasLt bf16", n, out, in);
   return true;
 }
 

@@ -16,6 +16,7 @@
 
 #include "stability/ops/backend.h"
 #include "stability/ops/cuda/cuda_backend.h"
+#include "stability/ops/cuda/internal/kernel_profile.cuh"
 #include "stability/ops/cuda/internal/lt_linear.cuh"
 
 namespace stability::ops::cuda::internal {
@@ -29,7 +30,26 @@ inline void Check(cublasStatus_t s, const char* what) {
     throw std::runtime_error(std::string("cuBLAS: ") + what + ": status " + std::to_string(static_cast<int>(s)));
   }
 }
-#define STABILITY_CUDA_LAUNCHED(what) ::stability::ops::cuda::internal::Check(cudaGetLastError(), what)
+// After every launch: a launch error throws, with the launch named; the kernel profile, when
+// on, marks it.
+inline void Launched(const char* what) {
+  Check(cudaGetLastError(), what);
+  if (Profile().on()) Profile().Mark(what);
+}
+#define STABILITY_CUDA_LAUNCHED(what) ::stability::ops::cuda::internal::Launched(what)
+// A copy or memset: checked, and marked in the kernel profile like a launch.
+inline void Issued(cudaError_t e, const char* what) {
+  Check(e, what);
+  if (Profile().on()) Profile().Mark(what);
+}
+
+// A matrix product's row in the kernel profile: "<what> M×N×K" (× batch when batched).
+inline void MarkProduct(const char* what, int64_t m, int64_t n, int64_t k, int64_t batch = 1) {
+  if (!Profile().on()) return;
+  std::string name = std::string(what) + " " + std::to_string(m) + "×" + std::to_string(n) + "×" + std::to_string(k);
+  if (batch > 1) name += " ×" + std::to_string(batch);
+  Profile().Mark(name);
+}
 
 // cudaMalloc, or std::bad_alloc after printing the bytes asked for and free (the trainer
 // turns it into an out-of-memory error with what to change).
@@ -168,6 +188,11 @@ class CudaBackend final : public Backend {
   void QueueSumSquaresOfEach(const std::vector<std::pair<const float*, int64_t>>& xs) override;
   std::vector<double> ReadQueued() override;
   void QueueValue(const float* x) override;
+  bool StartKernelProfile() override {
+    Profile().Start();
+    return true;
+  }
+  std::vector<KernelTime> StopKernelProfile() override { return Profile().Stop(); }
 
   // Row-major C[M,N] = alpha·op(A)·op(B) + beta·C (the CPU Sgemm's contract), `batch`
   // times with element strides between the matrices.
