@@ -31,7 +31,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   if (probs) forward += L * batch * H * seq * seq;
   const int64_t backward = (12 * C + 2 * F) * N;         // dres, dxf, t1–t3, dq, dk, dv, dqkv, dF1, dF2, dtmp
   m.activations = 4 * (forward + backward) + 4 * 2 * N;  // + the token ids and targets
-  m.logits = 4 * 2 * N * V;
+  m.logits = be.LogitBytes() * 2 * N * V;                // the logits and their gradient
 
   if (be.KeepsBf16Operands()) m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C);
   // The GEMM attention's backward tile (and the clipped probabilities) are the backend's

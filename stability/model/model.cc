@@ -278,8 +278,8 @@ void Model::ZeroGrad() {
 namespace {
 
 // Activation buffers live on the model's device and are reused while the shapes stay.
-void Alloc(Device device, Tensor& t, const Shape& shape) {
-  if (!t.defined() || t.shape() != shape) t = Tensor::Empty(shape, DType::kF32, device);
+void Alloc(Device device, Tensor& t, const Shape& shape, DType dtype = DType::kF32) {
+  if (!t.defined() || t.shape() != shape || t.dtype() != dtype) t = Tensor::Empty(shape, dtype, device);
 }
 
 void AllocNorm(Device device, NormActs& a, int64_t rows, int64_t d) {
@@ -413,7 +413,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
 
   m.stream.resize(c.n_layer + 1);
   for (Tensor& t : m.stream) Alloc(device_, t, {N, C});
-  be.EmbeddingForward(ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
+  be.EmbeddingForward(m.ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
                       m.stream[0].f32());
 
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
@@ -494,12 +494,13 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                last ? head_kept() : kept_of(m.layers[l + 1].qkv));
   }
   if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf, head_kept());  // else in the last add
-  Alloc(device_, m.logits, {N, V});
-  const Parameter* head = m.lm_head ? m.lm_head : m.wte;
-  be.LinearForward(m.xf.y.f32(), head->value.f32(), nullptr, N, C, V, m.logits.f32(), head_kept());
+  // The logits in the backend's storage (fp32, or bf16 where the products are bf16).
+  Alloc(device_, m.logits, {N, V}, be.LogitBytes() == 2 ? DType::kBF16 : DType::kF32);
   Alloc(device_, m.lse, {N});
+  const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   ops::CrossEntropyStats ce;
-  be.CrossEntropyForward(m.logits.f32(), targets.i32(), N, V, {c.logit_soft_cap, c.z_loss}, m.lse.f32(), &ce);
+  be.CrossEntropyLinearForward(m.xf.y.f32(), head->value.f32(), m.targets.i32(), N, C, V, {c.logit_soft_cap, c.z_loss},
+                               m.logits.data(), m.lse.f32(), &ce, head_kept());
   telemetry_.Set("loss", ce.loss);
   telemetry_.Set("ce_loss", ce.ce_loss);
   telemetry_.Set("logits.max", ce.max_logit);
@@ -527,7 +528,7 @@ absl::Status Model::Backward(float dloss) {
   Alloc(device_, m.dqkv, {N, 3 * C});
   Alloc(device_, m.dF1, {N, F});
   Alloc(device_, m.dF2, {N, F});
-  Alloc(device_, m.dlogits, {N, V});
+  Alloc(device_, m.dlogits, {N, V}, m.logits.dtype());
   Alloc(device_, m.dtmp, {N, C});
 
   // dx laid out as x.
@@ -561,8 +562,8 @@ absl::Status Model::Backward(float dloss) {
   };
 
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
-  be.CrossEntropyLinearBackward(m.logits.f32(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
-                                dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.f32(), m.dxf.f32(),
+  be.CrossEntropyLinearBackward(m.logits.data(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
+                                dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.data(), m.dxf.f32(),
                                 head->grad.f32(), m.head_kept.get());
   norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32());
 

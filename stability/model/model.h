@@ -83,7 +83,9 @@ class Model {
   double ComputeGradNorms();
 
   const Telemetry& telemetry() const { return telemetry_; }
-  const Tensor& logits() const;  // [B·T, vocab_size] of the last Forward, on the model's device
+  // [B·T, vocab_size] of the last Forward, on the model's device, in the backend's storage
+  // (fp32; bf16 where the matrix products are bf16: Backend::LogitBytes).
+  const Tensor& logits() const;
 
  private:
   struct Impl;

@@ -239,17 +239,29 @@ class Backend {
   virtual void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                     int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) = 0;
 
-  // The loss head's backward as one op: CrossEntropyBackward into dlogits [N, V], then the
-  // LM head's LinearBackward (x [N, C], w [V, C], no bias): dx = dlogits·w (overwritten),
-  // dw += dlogitsᵀ·x. dlogits is N×V floats of scratch whose contents are the backend's
-  // (CUDA in bf16 writes the gradient straight in bf16 into its first half for the two
-  // products: no fp32 N×V pass, no second N×V buffer).
-  virtual void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+  // The loss head as two ops, whose N×V logits and logit gradient are stored as the backend
+  // chooses: LogitBytes() a value — 4 (fp32), or 2 where the matrix products are bf16 and
+  // the head writes its logits and their gradient in bf16, as Megatron/NeMo do (the loss's
+  // math stays fp32; the N×V traffic and memory halve).
+  virtual int64_t LogitBytes() const { return 4; }
+  // logits = x·wᵀ (x [N, C], w [V, C], no bias; kept as LinearForward's), then
+  // CrossEntropyForward. logits: N·V·LogitBytes() bytes, read back by the backward.
+  virtual void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+                                         int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
+                                         CrossEntropyStats* stats, Bf16Operands* kept) {
+    auto* l = static_cast<float*>(logits);
+    LinearForward(x, w, nullptr, n, c, v, l, kept);
+    CrossEntropyForward(l, targets, n, v, opt, lse, stats);
+  }
+  // CrossEntropyBackward into dlogits [N, V] (N·V·LogitBytes() bytes of scratch), then the
+  // head's LinearBackward: dx = dlogits·w (overwritten), dw += dlogitsᵀ·x.
+  virtual void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
                                           int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
-                                          const float* w, int64_t c, float* dlogits, float* dx, float* dw,
+                                          const float* w, int64_t c, void* dlogits, float* dx, float* dw,
                                           const Bf16Operands* kept) {
-    CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
-    LinearBackward(x, w, dlogits, n, c, v, dx, dw, nullptr, kept);
+    auto* dl = static_cast<float*>(dlogits);
+    CrossEntropyBackward(static_cast<const float*>(logits), targets, lse, n, v, opt, dloss, dl);
+    LinearBackward(x, w, dl, n, c, v, dx, dw, nullptr, kept);
   }
 
   // AdamW (Loshchilov & Hutter; torch.optim.AdamW's order of operations), with g = grad·grad_scale:

@@ -3,7 +3,8 @@
 // the probabilities are never stored and the logits are read once (N×V: 1.6 GB at GPT-2
 // 124M, 4.2 GB at the 830M shape's 256K vocabulary); backward recomputes them elementwise
 // from the saved log-sum-exp. The loss statistics are summed on the host in row order, as
-// the CPU does.
+// the CPU does. In bf16 the loss head (CrossEntropyLinearForward/Backward) keeps its logits
+// and their gradient in bf16 (LogitBytes() = 2) and does all its math in fp32.
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
@@ -15,6 +16,9 @@ namespace {
 constexpr int kRowThreads = 256;
 
 __device__ inline float Cap(float l, float cap) { return cap > 0 ? cap * tanhf(l * (1.0f / cap)) : l; }
+
+__device__ inline float Load(const float* x) { return *x; }
+__device__ inline float Load(const __nv_bfloat16* x) { return __bfloat162float(*x); }
 
 // A running softmax denominator: Σ exp(z − m) over what was seen, m its largest z. A plain
 // aggregate (no initialisers), so that it may live in shared memory; Empty() starts one.
@@ -64,14 +68,15 @@ __device__ MaxSum BlockMaxSum(MaxSum v) {
 
 // One pass over the row (online softmax: the N×V logits are read once, not twice).
 // stats_out: [n] max raw logit, [n] capped target logit.
-__global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* targets, int64_t v, float cap,
-                                          float* lse, float* row_max, float* target_z) {
+template <typename In>
+__global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targets, int64_t v, float cap, float* lse,
+                                          float* row_max, float* target_z) {
   const int64_t row = blockIdx.x;
-  const float* l = logits + row * v;
+  const In* l = logits + row * v;
   float lmax = -INFINITY;
   MaxSum acc = MaxSum::Empty();
   for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-    const float x = l[j];
+    const float x = Load(l + j);
     lmax = fmaxf(lmax, x);
     acc.Add(Cap(x, cap));
   }
@@ -80,7 +85,7 @@ __global__ void CrossEntropyForwardKernel(const float* logits, const int32_t* ta
   if (threadIdx.x == 0) {
     lse[row] = acc.m + logf(acc.s);
     row_max[row] = lmax;
-    target_z[row] = Cap(l[targets[row]], cap);
+    target_z[row] = Cap(Load(l + targets[row]), cap);
   }
 }
 
@@ -89,13 +94,13 @@ __device__ inline void Store(float x, __nv_bfloat16* y) { *y = __float2bfloat16_
 
 // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
 // Out: float, or bf16 when the gradient only feeds bf16 products.
-template <typename Out>
-__global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+template <typename In, typename Out>
+__global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targets, const float* lse, int64_t n,
                                            int64_t v, float cap, float z_loss, float inv_n, Out* dlogits) {
   const int64_t row = blockIdx.x;  // rows on x (up to 2^31), column blocks on y (≤ 65,535)
   const int64_t j = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= v) return;
-  const float l = logits[row * v + j];
+  const float l = Load(logits + row * v + j);
   const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
   const float z = cap > 0 ? cap * th : l;
   const float row_lse = lse[row];
@@ -104,20 +109,41 @@ __global__ void CrossEntropyBackwardKernel(const float* logits, const int32_t* t
   Store(dz, dlogits + row * v + j);
 }
 
-}  // namespace
-
-void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
-                                      const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
-  float* row_stats = static_cast<float*>(Scratch(kRowStats, 2 * n * sizeof(float)));
+// The forward's row statistics (scratch), then the loss statistics summed on the host.
+template <typename In>
+void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v,
+             const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+  float* row_stats = static_cast<float*>(be.Scratch(kRowStats, 2 * n * sizeof(float)));
   CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse,
                                                                        row_stats, row_stats + n);
-  STABILITY_CUDA_LAUNCHED("CrossEntropyForwardKernel");
+  STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
   if (!stats) return;
   std::vector<float> host_lse(n), host_stats(2 * n);
   Issued(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
   Issued(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
          "cudaMemcpy (cross-entropy stats)");
   *stats = CrossEntropyStatsFromRows(host_lse.data(), host_stats.data() + n, host_stats.data(), n, opt.z_loss);
+}
+
+}  // namespace
+
+void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
+                                      const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+  Forward(*this, logits, targets, n, v, opt, lse, stats);
+}
+
+// bf16: the head's product writes its logits straight in bf16 (cuBLAS rounds the fp32
+// accumulator), which the forward and backward read.
+void CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n,
+                                            int64_t c, int64_t v, const CrossEntropyOptions& opt, void* logits,
+                                            float* lse, CrossEntropyStats* stats, Bf16Operands* kept) {
+  if (precision_ != MatmulPrecision::kBf16) {
+    Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept);
+    return;
+  }
+  const auto [x16, w16] = ForwardOperands(x, w, n, c, v, kept);
+  GemmBf16(Trans::kNo, Trans::kYes, n, v, c, 1.0f, x16, c, w16, c, 0.0f, logits, v, 1, 0, 0, 0, CUDA_R_16BF);
+  Forward(*this, static_cast<const __nv_bfloat16*>(logits), targets, n, v, opt, lse, stats);
 }
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
@@ -128,20 +154,19 @@ void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targe
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");
 }
 
-void CudaBackend::CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
+void CudaBackend::CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
                                              int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
-                                             const float* w, int64_t c, float* dlogits, float* dx, float* dw,
+                                             const float* w, int64_t c, void* dlogits, float* dx, float* dw,
                                              const Bf16Operands* kept) {
   if (precision_ != MatmulPrecision::kBf16) {
     Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw, kept);
     return;
   }
-  // The gradient straight in bf16 (N×V: 412 M values at GPT-2 124M, batch 8): no fp32 pass,
-  // and no buffer of its own — it fits in the first half of the caller's fp32 scratch.
-  auto* dl16 = reinterpret_cast<__nv_bfloat16*>(dlogits);
+  // bf16 logits in, the bf16 gradient out for the two products: no fp32 N×V pass.
+  auto* dl16 = static_cast<__nv_bfloat16*>(dlogits);
   const dim3 grid(static_cast<unsigned>(n), Blocks(v, 256));
-  CrossEntropyBackwardKernel<<<grid, 256>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
-                                            dloss / static_cast<float>(n), dl16);
+  CrossEntropyBackwardKernel<<<grid, 256>>>(static_cast<const __nv_bfloat16*>(logits), targets, lse, n, v, opt.soft_cap,
+                                            opt.z_loss, dloss / static_cast<float>(n), dl16);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
   LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, kept);
 }

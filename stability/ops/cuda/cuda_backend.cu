@@ -533,15 +533,14 @@ __nv_bfloat16* CudaBackend::ToBf16(const float* x, int64_t n, int slot, void* in
 }
 
 void CudaBackend::GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a,
-                           int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc,
-                           int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
-  Check(blas_->gemm_strided_batched_ex(cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m),
-                                       static_cast<int>(k), &alpha, b, CUDA_R_16BF, static_cast<int>(ldb), stride_b, a,
-                                       CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c, CUDA_R_32F,
-                                       static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT),
+                           int64_t lda, const __nv_bfloat16* b, int64_t ldb, float beta, void* c, int64_t ldc,
+                           int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c, cudaDataType c_type) {
+  Check(blas_->gemm_strided_batched_ex(
+            cublas_, Op(tb), Op(ta), static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b,
+            CUDA_R_16BF, static_cast<int>(ldb), stride_b, a, CUDA_R_16BF, static_cast<int>(lda), stride_a, &beta, c,
+            c_type, static_cast<int>(ldc), stride_c, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmStridedBatchedEx (bf16)");
-  MarkProduct("cublasGemmEx bf16", m, n, k, batch);
+  MarkProduct(c_type == CUDA_R_16BF ? "cublasGemmEx bf16 (bf16 out)" : "cublasGemmEx bf16", m, n, k, batch);
 }
 
 void CudaBackend::DotInto(const float* a, const float* b, int64_t n, double* out) {

@@ -541,16 +541,18 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
-// The loss head's fused backward (cross-entropy gradient, then the LM head's products)
-// against the CPU's two ops: fp32 at the linear layer's tolerance; bf16, where the gradient
-// goes straight to bf16 for the products, at the bf16 bar (1e-2 of the largest value).
-TEST_F(CudaBackendTest, CrossEntropyLinearBackwardMatchesTheTwoOps) {
+// The loss head's two ops (product + cross-entropy forward; gradient + the two products)
+// against the CPU's: fp32 at the linear layer's tolerance; bf16, where the logits and their
+// gradient are stored in bf16, at the bars stated below.
+TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
   const int64_t n = 48, v = 1031, c = 64;
   const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
-  std::vector<float> logits = Random(n * v, 4.0), lse(n), x = Random(n * c), w = Random(v * c, 0.1);
+  std::vector<float> logits(n * v), lse(n), x = Random(n * c, 2.0), w = Random(v * c, 0.1);
   std::vector<int32_t> targets(n);
   for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 37) % v);
-  cpu_->CrossEntropyForward(logits.data(), targets.data(), n, v, opt, lse.data(), nullptr);
+  CrossEntropyStats cs;
+  cpu_->CrossEntropyLinearForward(x.data(), w.data(), targets.data(), n, c, v, opt, logits.data(), lse.data(), &cs,
+                                  nullptr);
   std::vector<float> dlogits(n * v), dx(n * c), dw(v * c, 0.0f);
   cpu_->CrossEntropyLinearBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 2.0f, x.data(), w.data(), c,
                                    dlogits.data(), dx.data(), dw.data(), nullptr);
@@ -560,6 +562,18 @@ TEST_F(CudaBackendTest, CrossEntropyLinearBackwardMatchesTheTwoOps) {
     const bool bf16 = precision == MatmulPrecision::kBf16;
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     ASSERT_TRUE(gpu_->SetMatmulPrecision(precision));
+    EXPECT_EQ(gpu_->LogitBytes(), bf16 ? 2 : 4);
+    // The forward: in bf16 the logits come out of the product rounded to bf16 (each within
+    // 2^-9 of itself: ~3e-3 here, |z| ≲ 6), which moves the log-sum-exp by at most about as
+    // much; 2e-3 of the largest lse (~7) and of the loss is the bar (fp32: 1e-5, the GEMMs'
+    // order).
+    CrossEntropyStats gs;
+    gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl, glse, &gs, nullptr);
+    ExpectClose(Down(glse, n), lse, bf16 ? 2e-3 : 1e-5, 0, "lse");
+    EXPECT_NEAR(gs.loss, cs.loss, (bf16 ? 2e-3 : 1e-5) * cs.loss);
+    EXPECT_NEAR(gs.max_logit, cs.max_logit, (bf16 ? 1e-2 : 1e-5) * std::abs(cs.max_logit));
+    // The backward from the GPU's own logits: the bf16 products' bar (1e-2 of the largest
+    // value) covers the logits' rounding too (a ~0.3% error in p against the target's ~1).
     float *gdx = Up(std::vector<float>(n * c)), *gdw = Up(std::vector<float>(v * c, 0.0f));
     gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
     ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
@@ -854,8 +868,7 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
   int32_t* gt = Up(targets);
   Tensor hx16 = Tensor::Empty({n * c}, DType::kBF16, kGpu), hw16 = Tensor::Empty({v * c}, DType::kBF16, kGpu);
   Bf16Operands head{hx16.data(), hw16.data()};
-  gpu_->LinearForward(hx, hw, nullptr, n, c, v, logits, &head);
-  gpu_->CrossEntropyForward(logits, gt, n, v, opt, lse, nullptr);
+  gpu_->CrossEntropyLinearForward(hx, hw, gt, n, c, v, opt, logits, lse, nullptr, &head);
   std::vector<std::vector<float>> dxs, dws;
   for (const Bf16Operands* k : {static_cast<const Bf16Operands*>(nullptr), static_cast<const Bf16Operands*>(&head)}) {
     float *hdx = Up(std::vector<float>(n * c)), *hdw = Up(std::vector<float>(v * c, 0.0f));

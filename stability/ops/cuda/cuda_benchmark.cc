@@ -210,6 +210,31 @@ void BM_CrossEntropy(benchmark::State& state) {
 }
 BENCHMARK(BM_CrossEntropy)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
 
+// The loss head as the model runs it in bf16: the product into bf16 logits and the
+// cross-entropy forward, then the bf16 gradient and the head's two backward products.
+// FLOPs of the three products; bytes of the logits' traffic (bf16: written, read twice, the
+// gradient written and read twice).
+void BM_LossHead(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t n = s.b * s.t, c = s.h * s.hd;
+  Backend* be = Gpu();
+  be->SetMatmulPrecision(MatmulPrecision::kBf16);
+  Tensor x = Random(n * c), w = Random(s.v * c, 2), lse = Random(n), dx = Random(n * c), dw = Random(s.v * c);
+  Tensor logits = Tensor::Empty({n * s.v}, DType::kBF16, be->device());
+  Tensor dlogits = Tensor::Empty({n * s.v}, DType::kBF16, be->device());
+  Tensor targets = Tensor::Zeros({n}, DType::kI32, be->device());
+  Timed(state, [&] {
+    be->CrossEntropyLinearForward(x.f32(), w.f32(), targets.i32(), n, c, s.v, {}, logits.data(), lse.f32(), nullptr,
+                                  nullptr);
+    be->CrossEntropyLinearBackward(logits.data(), targets.i32(), lse.f32(), n, s.v, {}, 1.0f, x.f32(), w.f32(), c,
+                                   dlogits.data(), dx.f32(), dw.f32(), nullptr);
+  });
+  be->SetMatmulPrecision(MatmulPrecision::kFp32);
+  Report(state, 6.0 * n * c * s.v, 2.0 * 6 * n * s.v);
+}
+BENCHMARK(BM_LossHead)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+
 void BM_LayerNorm(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   const Shape s = kShapes[state.range(0)];

@@ -172,10 +172,13 @@ class CudaBackend final : public Backend {
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
-  void CrossEntropyLinearBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
+  int64_t LogitBytes() const override { return precision_ == MatmulPrecision::kBf16 ? 2 : 4; }
+  void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+                                 int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
+                                 CrossEntropyStats* stats, Bf16Operands* kept) override;
+  void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                                   const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
-                                  int64_t c, float* dlogits, float* dx, float* dw,
-                                  const Bf16Operands* kept) override;
+                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept) override;
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
   void AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
@@ -204,9 +207,10 @@ class CudaBackend final : public Backend {
                 const float* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
   // The same product from operands already rounded to bf16 (tensor cores, fp32 accumulation).
+  // c_type: C's element type, fp32 (float* c) or CUDA_R_16BF (C rounded to bf16).
   void GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, float alpha, const __nv_bfloat16* a, int64_t lda,
-                const __nv_bfloat16* b, int64_t ldb, float beta, float* c, int64_t ldc, int64_t batch = 1,
-                int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0);
+                const __nv_bfloat16* b, int64_t ldb, float beta, void* c, int64_t ldc, int64_t batch = 1,
+                int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0, cudaDataType c_type = CUDA_R_32F);
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
   // copies, or rounded here).
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
