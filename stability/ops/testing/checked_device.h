@@ -1,0 +1,36 @@
+// A stand-in GPU for tests on machines without one: DeviceType::kCuda backed by host
+// memory, whose backend runs the CPU's ops but first checks that every pointer it is given
+// lies in memory allocated on that device. Code that hands a kernel a host pointer (the
+// caller's token ids, say) works on the CPU, where host and device are one, and fails on a
+// real GPU with an illegal address — here it fails at once, naming the op and the argument.
+//
+//   ops::testing::CheckedDevice device;  // registers itself for kCuda; unregisters on exit
+//   auto model = model::Model::Create(config, seed, device.device());
+//   model->Forward(ids, targets);        // throws std::logic_error on a host pointer
+//
+// The ops' results are the CPU's, bit for bit. Not for processes that initialise CUDA.
+#ifndef STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
+#define STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
+
+#include <memory>
+
+#include "stability/base/tensor.h"
+
+namespace stability::ops::testing {
+
+class CheckedDevice {
+ public:
+  CheckedDevice();
+  ~CheckedDevice();
+  Device device() const { return {DeviceType::kCuda, 0}; }
+  // Ops checked so far (each checks all its pointer arguments).
+  int64_t checked_ops() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace stability::ops::testing
+
+#endif  // STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
