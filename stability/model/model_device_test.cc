@@ -56,5 +56,40 @@ TEST(ModelOnADeviceTest, HandsItsKernelsDeviceMemoryOnlyAndGetsTheCpusBits) {
   EXPECT_GT(device.checked_ops(), 1000);
 }
 
+// The bf16 path's plumbing (a device that keeps bf16 operands, hands activations to the next
+// product as bf16 and stores the logits in bf16; ops::testing::CheckedDevice::Mode::kBf16):
+// with telemetry off the fp32 copies of the norms' and FC1's outputs are never written, so
+// an op that read one instead of its bf16 operand would change the losses — they must be
+// those with telemetry on, bit for bit; and the run stays within 3% of the fp32 CPU's.
+TEST(ModelOnADeviceTest, Bf16PlumbingIsTheSameWithAndWithoutTelemetry) {
+  ops::testing::CheckedDevice device(ops::testing::CheckedDevice::Mode::kBf16);
+  for (const char* variant : {"baseline", "qk_norm", "sigma_reparam", "layer_scale"}) {
+    SCOPED_TRACE(variant);
+    const ModelConfig c = *MakeConfig("tiny", variant, {{"vocab_size", 80}, {"n_embd", 32}, {"seq_len", 16}});
+    auto [ids, targets] = Tokens(2, 16, 80);
+    std::vector<std::vector<double>> losses;
+    for (bool telemetry : {true, false}) {
+      std::unique_ptr<Model> m = *Model::Create(c, 4, device.device());
+      m->set_telemetry(telemetry);
+      std::vector<double> l;
+      for (int step = 0; step < 3; ++step) {
+        l.push_back(*m->Forward(ids, targets));
+        m->ZeroGrad();
+        ASSERT_TRUE(m->Backward().ok());
+        for (Parameter& p : m->parameters()) {  // a plain SGD step, so that the steps differ
+          Tensor g = p.grad.To(kCpu), v = p.value.To(kCpu);
+          for (int64_t i = 0; i < v.numel(); ++i) v.f32()[i] -= 0.05f * g.f32()[i];
+          p.value.CopyFromHost(v.data());
+        }
+      }
+      losses.push_back(l);
+    }
+    EXPECT_EQ(losses[1], losses[0]);
+    std::unique_ptr<Model> cpu = *Model::Create(c, 4);
+    const double fp32 = *cpu->Forward(ids, targets);
+    EXPECT_NEAR(losses[0][0], fp32, 3e-2 * fp32);
+  }
+}
+
 }  // namespace
 }  // namespace stability::model

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "stability/ops/backend.h"
 
@@ -55,10 +56,41 @@ CheckedAllocator& TheAllocator() {
   return allocator;
 }
 
-// The CPU's ops behind a check of every pointer argument.
+uint16_t ToBf16(float x) {  // round to nearest even, as __float2bfloat16_rn (finite x)
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float FromBf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+// x rounded to bf16 into `into` (n values), and the rounded values as floats.
+std::vector<float> Round(const float* x, int64_t n, void* into) {
+  std::vector<float> r(n);
+  auto* h = static_cast<uint16_t*>(into);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t b = ToBf16(x[i]);
+    if (h) h[i] = b;
+    r[i] = FromBf16(b);
+  }
+  return r;
+}
+std::vector<float> Widen(const void* x16, int64_t n) {
+  std::vector<float> r(n);
+  for (int64_t i = 0; i < n; ++i) r[i] = FromBf16(static_cast<const uint16_t*>(x16)[i]);
+  return r;
+}
+
+// The CPU's ops behind a check of every pointer argument; in bf16 mode, with the CUDA
+// backend's bf16 storage contracts emulated around them.
 class CheckedBackend final : public Backend {
  public:
-  explicit CheckedBackend(Backend& cpu) : cpu_(cpu) {}
+  CheckedBackend(Backend& cpu, bool bf16) : cpu_(cpu), bf16_(bf16) {}
+  bool KeepsBf16Operands() const override { return bf16_; }
+  int64_t LogitBytes() const override { return bf16_ ? 2 : 4; }
   Device device() const override { return {DeviceType::kCuda, 0}; }
   const char* name() const override { return "checked-device"; }
   int64_t checked() const { return checked_; }
@@ -76,17 +108,52 @@ class CheckedBackend final : public Backend {
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
                      Bf16Operands* kept) override {
     Need("LinearForward", {{"x", x}, {"w", w}, {"b", b}, {"y", y}});
-    cpu_.LinearForward(x, w, b, n, in, out, y, kept);
+    if (!bf16_) return cpu_.LinearForward(x, w, b, n, in, out, y, kept);
+    // As the CUDA backend: x as its producer left it rounded (x_rounded; x itself may be
+    // stale then), else rounded here; both into the kept copies for the backward.
+    std::vector<float> x16;
+    if (kept && kept->x_rounded) {
+      Need("LinearForward", {{"kept x", kept->x}});
+      kept->x_rounded = false;
+      x16 = Widen(kept->x, n * in);
+    } else {
+      Need("LinearForward", {{"x", x}});
+      x16 = Round(x, n * in, kept ? kept->x : nullptr);
+    }
+    const std::vector<float> w16 = Round(w, out * in, kept ? kept->w : nullptr);
+    cpu_.LinearForward(x16.data(), w16.data(), b, n, in, out, y, nullptr);
   }
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override {
     Need("LinearBackward", {{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}, {"db", db}});
-    cpu_.LinearBackward(x, w, dy, n, in, out, dx, dw, db, kept);
+    if (!bf16_) return cpu_.LinearBackward(x, w, dy, n, in, out, dx, dw, db, kept);
+    // The kept operands (never x: a forward fed by `next` may have left it unwritten), dy
+    // rounded; the bias gradient from the fp32 dy, as the CUDA backend takes it.
+    if (kept == nullptr) throw std::logic_error("LinearBackward: a bf16 backward without its forward's kept operands");
+    const std::vector<float> x16 = Widen(kept->x, n * in), w16 = Widen(kept->w, out * in);
+    const std::vector<float> dy16 = Round(dy, n * out, nullptr);
+    cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx, dw, nullptr, nullptr);
+    if (db) {
+      for (int64_t j = 0; j < out; ++j) {
+        double s = 0;
+        for (int64_t r = 0; r < n; ++r) s += dy[r * out + j];
+        db[j] += static_cast<float>(s);
+      }
+    }
+  }
+  void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
+                               int64_t out, float* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override {
+    LinearForward(x, w, b, n, in, out, y_pre, kept);
+    std::vector<float> act_out(n * out);
+    ActivationForward(act, y_pre, n * out, y ? y : Scratch(act_out));
+    if (bf16_ && next) Into(next, y ? y : act_out.data(), n * out);
   }
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override {
     Need("NormForward", {{"x", x}, {"g", g}, {"b", b}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
-    cpu_.NormForward(kind, x, x_rows, g, b, rows, d, eps, y, mean, rstd, next);
+    std::vector<float> tmp(y ? 0 : rows * d);
+    cpu_.NormForward(kind, x, x_rows, g, b, rows, d, eps, y ? y : tmp.data(), mean, rstd, nullptr);
+    if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
   }
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                     const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
@@ -100,7 +167,9 @@ class CheckedBackend final : public Backend {
                       Bf16Operands* next) override {
     Need("AddNormForward",
          {{"x", x}, {"a", a}, {"s", s}, {"g", g}, {"b", b}, {"sum", sum}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
-    cpu_.AddNormForward(kind, x, a, s, g, b, rows, d, eps, sum, y, mean, rstd, next);
+    std::vector<float> tmp(y ? 0 : rows * d);
+    cpu_.AddNormForward(kind, x, a, s, g, b, rows, d, eps, sum, y ? y : tmp.data(), mean, rstd, nullptr);
+    if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
   }
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override {
@@ -186,6 +255,31 @@ class CheckedBackend final : public Backend {
     Need("CrossEntropyBackward", {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
     cpu_.CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
   }
+  // bf16: the logits stored in bf16 from the (bf16) product, the loss from them.
+  void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+                                 int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
+                                 CrossEntropyStats* stats, Bf16Operands* kept) override {
+    if (!bf16_) return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept);
+    Need("CrossEntropyLinearForward", {{"logits", logits}});
+    std::vector<float> l(n * v);
+    LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept);
+    const std::vector<float> l16 = Round(l.data(), n * v, logits);
+    cpu_.CrossEntropyForward(l16.data(), targets, n, v, opt, lse, stats);
+  }
+  void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
+                                  const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
+                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept) override {
+    if (!bf16_) {
+      return Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw,
+                                                 kept);
+    }
+    Need("CrossEntropyLinearBackward", {{"logits", logits}, {"dlogits", dlogits}});
+    const std::vector<float> l = Widen(logits, n * v);
+    std::vector<float> dl(n * v);
+    cpu_.CrossEntropyBackward(l.data(), targets, lse, n, v, opt, dloss, dl.data());
+    std::vector<float> dl16 = Round(dl.data(), n * v, dlogits);
+    LinearBackward(x, w, Scratch(dl16), n, c, v, dx, dw, nullptr, kept);
+  }
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override {
     Need("AdamW", {{"p", p}, {"grad", grad}, {"m", m}, {"v", v}});
@@ -209,27 +303,43 @@ class CheckedBackend final : public Backend {
   }
 
  private:
+  // A host buffer stands in for a device one the op writes and nobody reads (y when only
+  // its bf16 copy is wanted): Scratch exempts it from the next op's check, only that one.
+  float* Scratch(std::vector<float>& buffer) {
+    scratch_ = buffer.data();
+    return buffer.data();
+  }
+  // y rounded into the next product's operand, marked as rounded (NextOperand on CUDA).
+  void Into(Bf16Operands* next, const float* y, int64_t n) {
+    Need("next operand", {{"next x", next->x}});
+    Round(y, n, next->x);
+    next->x_rounded = true;
+  }
   void Need(const char* op, std::initializer_list<std::pair<const char*, const void*>> args) {
     ++checked_;
     for (const auto& [arg, p] : args) {
-      if (p != nullptr && !TheAllocator().Owns(p)) {
+      if (p != nullptr && p != scratch_ && !TheAllocator().Owns(p)) {
         throw std::logic_error(std::string(op) + ": `" + arg +
                                "` is not memory of the device (a host pointer handed to a kernel?)");
       }
     }
+    scratch_ = nullptr;
   }
   Backend& cpu_;
+  const bool bf16_;
+  const float* scratch_ = nullptr;
   int64_t checked_ = 0;
 };
 
 }  // namespace
 
 struct CheckedDevice::Impl {
-  CheckedBackend backend{*GetBackend(kCpu)};
+  explicit Impl(bool bf16) : backend(*GetBackend(kCpu), bf16) {}
+  CheckedBackend backend;
   Allocator* previous_allocator = nullptr;
 };
 
-CheckedDevice::CheckedDevice() : impl_(new Impl) {
+CheckedDevice::CheckedDevice(Mode mode) : impl_(new Impl(mode == Mode::kBf16)) {
   impl_->previous_allocator = RegisterAllocator(DeviceType::kCuda, &TheAllocator());
   RegisterBackend(DeviceType::kCuda, &impl_->backend);
 }

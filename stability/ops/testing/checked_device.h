@@ -8,7 +8,12 @@
 //   auto model = model::Model::Create(config, seed, device.device());
 //   model->Forward(ids, targets);        // throws std::logic_error on a host pointer
 //
-// The ops' results are the CPU's, bit for bit. Not for processes that initialise CUDA.
+// The ops' results are the CPU's, bit for bit. With Mode::kBf16 the device also keeps what
+// the CUDA backend keeps in bf16 (Backend::KeepsBf16Operands, Bf16Operands and their
+// `next`/x_rounded hand-over, LogitBytes() = 2) and multiplies bf16-rounded operands on the
+// CPU: the model's bf16 plumbing runs here — an op that skips its rounding must find its
+// operand already rounded, a y left unwritten (telemetry off) must never be read. Not for
+// processes that initialise CUDA.
 #ifndef STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
 #define STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
 
@@ -20,7 +25,8 @@ namespace stability::ops::testing {
 
 class CheckedDevice {
  public:
-  CheckedDevice();
+  enum class Mode { kFp32, kBf16 };
+  explicit CheckedDevice(Mode mode = Mode::kFp32);
   ~CheckedDevice();
   Device device() const { return {DeviceType::kCuda, 0}; }
   // Ops checked so far (each checks all its pointer arguments).
