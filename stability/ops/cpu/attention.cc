@@ -176,8 +176,9 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
       }
       std::fill(drow + ti + 1, drow + t, 0.0f);
     }
-    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp, t, k + at(ld.k), ld.k, 0.0f, dq + at(ld.dq), ld.dq);  // dQ
-    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp, t, q + at(ld.q), ld.q, 0.0f, dk + at(ld.dk), ld.dk);  // dK
+    // dQ = scale·dA K;  dK = scale·dAᵀ Q
+    (void)Sgemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp, t, k + at(ld.k), ld.k, 0.0f, dq + at(ld.dq), ld.dq);
+    (void)Sgemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp, t, q + at(ld.q), ld.q, 0.0f, dk + at(ld.dk), ld.dk);
   });
 }
 

@@ -155,8 +155,8 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
                                                                    row_entropy, t, opt);
   STABILITY_CUDA_LAUNCHED("SoftmaxRowsKernel");
   for (int64_t bi = 0; bi < b; ++bi) {
-    Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * ld.v, ld.v, 0.0f, out + bi * t * c,
-         c, h, t * t, hd, hd);  // O = P' V, per head
+    Gemm(Trans::kNo, Trans::kNo, t, hd, t, 1.0f, pc + bi * h * t * t, t, v + bi * t * ld.v, ld.v, 0.0f,
+         out + bi * t * c, c, h, t * t, hd, hd);  // O = P' V, per head
   }
   if (stats) ReadAttentionStats(row_entropy, row_max, rows, stats);
 }

@@ -578,7 +578,8 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
     ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
     ExpectClose(Down(gdw, v * c), dw, bf16 ? 1e-2 : 1e-5, 0, "dw");
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);  // dw accumulates
+    // dw accumulates:
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
     std::vector<float> twice = dw;
     for (float& g : twice) g *= 2;
     ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
