@@ -88,7 +88,15 @@ std::vector<float> Widen(const void* x16, int64_t n) {
 // backend's bf16 storage contracts emulated around them.
 class CheckedBackend final : public Backend {
  public:
-  CheckedBackend(Backend& cpu, bool bf16) : cpu_(cpu), bf16_(bf16) {}
+  CheckedBackend(Backend& cpu, bool bf16_mode) : cpu_(cpu), bf16_mode_(bf16_mode), bf16_(bf16_mode) {}
+  // As the CUDA backend: bf16 products where the mode allows them; any attention kernel (the
+  // CPU's runs whatever is asked, and stores the probabilities as it always does).
+  bool SetMatmulPrecision(MatmulPrecision precision) override {
+    if (precision == MatmulPrecision::kBf16 && !bf16_mode_) return false;
+    bf16_ = precision == MatmulPrecision::kBf16;
+    return true;
+  }
+  bool SetAttentionKernel(AttentionKernel) override { return true; }
   bool KeepsBf16Operands() const override { return bf16_; }
   int64_t LogitBytes() const override { return bf16_ ? 2 : 4; }
   Device device() const override { return {DeviceType::kCuda, 0}; }
@@ -326,7 +334,8 @@ class CheckedBackend final : public Backend {
     scratch_ = nullptr;
   }
   Backend& cpu_;
-  const bool bf16_;
+  const bool bf16_mode_;
+  bool bf16_;
   const float* scratch_ = nullptr;
   int64_t checked_ = 0;
 };

@@ -8,6 +8,9 @@
 //   auto model = model::Model::Create(config, seed, device.device());
 //   model->Forward(ids, targets);        // throws std::logic_error on a host pointer
 //
+// The trainer finds it too (train::ResolveDevice takes a registered CUDA backend), so
+// `--device=cuda` runs end to end here.
+//
 // The ops' results are the CPU's, bit for bit. With Mode::kBf16 the device also keeps what
 // the CUDA backend keeps in bf16 (Backend::KeepsBf16Operands, Bf16Operands and their
 // `next`/x_rounded hand-over, LogitBytes() = 2) and multiplies bf16-rounded operands on the
