@@ -107,6 +107,13 @@ struct Bf16Operands {
   bool x_rounded = false;
 };
 
+// A device's memory in bytes; total 0 where the backend does not track it (the CPU's host
+// memory): nothing is checked against it then.
+struct DeviceMemory {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -119,6 +126,8 @@ class Backend {
   virtual bool SetAttentionKernel(AttentionKernel kernel) { return kernel == AttentionKernel::kGemm; }
   // Whether the linear ops use Bf16Operands (passing them elsewhere is harmless: ignored).
   virtual bool KeepsBf16Operands() const { return false; }
+  // Free and total memory of this backend's device now.
+  virtual DeviceMemory Memory() const { return {}; }
 
   // out[n, :] = wte[ids[n], :] + wpe[n % T, :]   (wpe nullable: RoPE or no positions)
   virtual void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,

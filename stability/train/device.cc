@@ -36,10 +36,10 @@ absl::StatusOr<Device> ResolveDevice(const std::string& flag) {
 }
 
 absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq) {
-  if (device.type == DeviceType::kCpu) return absl::OkStatus();
-  const model::TrainingMemory need = model::EstimateTrainingMemory(config, batch, seq, *ops::GetBackend(device));
-  const ops::cuda::MemoryInfo mem = ops::cuda::GpuMemory(device.index);
-  if (mem.total_bytes == 0) return absl::OkStatus();  // the device does not say (a test's stand-in)
+  const ops::Backend& backend = *ops::GetBackend(device);
+  const ops::DeviceMemory mem = backend.Memory();
+  if (mem.total_bytes == 0) return absl::OkStatus();  // the backend does not track its memory
+  const model::TrainingMemory need = model::EstimateTrainingMemory(config, batch, seq, backend);
   if (need.total() > mem.free_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "the run needs about %s on %s for batch %d × %d tokens; %.1f GiB of %.1f GiB are free: lower --batch or "

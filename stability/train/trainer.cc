@@ -239,6 +239,14 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                  tc.precision.c_str(), fused ? "fused" : "gemm", nccl ? ", gradients over NCCL" : "");
   }
 
+  const int64_t seq = tc.seq > 0 ? tc.seq : mc.seq_len;
+  if (seq > mc.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("--seq=", seq, " exceeds the model's seq_len = ", mc.seq_len));
+  }
+  // Whether it fits on the GPU, with the precision and attention kernel set (they decide what
+  // is kept), before anything is written.
+  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));
+
   // Every rank has checked the folder; only now may rank 0 change it.
   STABILITY_RETURN_IF_ERROR(comm->Barrier());
   if (root) fs::create_directories(tc.out, ec);
@@ -249,10 +257,6 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
   }
 
   if (tc.threads > 0) omp_set_num_threads(static_cast<int>(tc.threads));
-  const int64_t seq = tc.seq > 0 ? tc.seq : mc.seq_len;
-  if (seq > mc.seq_len) {
-    return absl::InvalidArgumentError(absl::StrCat("--seq=", seq, " exceeds the model's seq_len = ", mc.seq_len));
-  }
   std::string data_dir;
   if (root) {  // may prepare the bundled corpus, once
     STABILITY_ASSIGN_OR_RETURN(data_dir, ResolveData(tc.data, out));
@@ -272,7 +276,6 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
       data::DataLoader::Open(val_shards, {.batch = tc.batch, .seq = seq, .shuffle = false, .rank = comm->rank(),
                                           .world = world, .vocab_size = mc.vocab_size}));
 
-  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));  // after the precision and attention kernel are set
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed, device));
   // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
   // that piece; the pieces are all-gathered after each update.

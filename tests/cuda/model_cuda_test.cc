@@ -192,7 +192,7 @@ TEST_F(ModelCudaTest, MemoryEstimateCoversABf16TrainingStep) {
   ASSERT_TRUE(be->SetAttentionKernel(ops::AttentionKernel::kFused));
   const model::ModelConfig c = *model::MakeConfig("mid", "qk_norm");
   const int64_t batch = 8, seq = 512;
-  const int64_t before = ops::cuda::GpuMemory(gpu_.index).free_bytes;
+  const int64_t before = be->Memory().free_bytes;
   int64_t used = 0;
   {
     auto m = model::Model::Create(c, 3, gpu_);
@@ -203,7 +203,7 @@ TEST_F(ModelCudaTest, MemoryEstimateCoversABf16TrainingStep) {
     (*m)->ZeroGrad();
     ASSERT_TRUE((*m)->Backward().ok());
     opt.Step(3e-4, 1.0);
-    used = before - ops::cuda::GpuMemory(gpu_.index).free_bytes;
+    used = before - be->Memory().free_bytes;
   }
   const model::TrainingMemory estimate = model::EstimateTrainingMemory(c, batch, seq, *be);
   be->SetMatmulPrecision(ops::MatmulPrecision::kFp32);

@@ -3,14 +3,17 @@
 // in bf16 (the GPU bench's configuration: bf16 products, fused attention, telemetry only at
 // the end) a run stopped at a checkpoint and resumed gives the uninterrupted run's losses
 // bit for bit, and so does telemetry at every step. Every kernel argument is checked to be
-// device memory throughout.
+// device memory throughout. A run too large for the device is refused before it writes.
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "stability/data/prepare.h"
+#include "stability/model/memory.h"
 #include "stability/ops/testing/checked_device.h"
 #include "stability/train/metrics.h"
 #include "stability/train/trainer.h"
@@ -87,6 +90,43 @@ TEST(TrainerOnDeviceTest, Bf16RunResumesAndIgnoresTelemetryBitForBit) {
   every.train.telemetry_interval = 1;
   ASSERT_TRUE(RunTraining(every, {}).ok());
   EXPECT_EQ(Losses(every), Losses(whole));
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// A GPU too small for the run: refused before anything is written, with the bytes it needs
+// and what to change; a stopped run on it is refused the same way on --resume, its files
+// untouched. With room for the estimate (no more) the run trains.
+TEST(TrainerOnDeviceTest, ARunThatDoesNotFitIsRefusedBeforeAnythingIsWritten) {
+  ops::testing::CheckedDevice device(ops::testing::CheckedDevice::Mode::kBf16);
+  const RunConfig stopped = SmallRun("stopped", "cuda", "bf16");
+  ASSERT_TRUE(RunTraining(stopped, {.stop_after = 10}).ok());
+  const std::string metrics = ReadAll(stopped.train.out + "/metrics.jsonl");
+
+  ops::Backend* be = ops::GetBackend(device.device());
+  ASSERT_TRUE(be->SetMatmulPrecision(ops::MatmulPrecision::kBf16));
+  const int64_t need =
+      model::EstimateTrainingMemory(stopped.model, stopped.train.batch, stopped.model.seq_len, *be).total();
+  device.SetCapacity(device.bytes_alive() + need - 1);
+  const RunConfig fresh = SmallRun("too-large", "cuda", "bf16");
+  absl::StatusOr<nlohmann::json> s = RunTraining(fresh, {});
+  ASSERT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted) << s.status();
+  EXPECT_THAT(std::string(s.status().message()),
+              ::testing::AllOf(::testing::HasSubstr("the run needs about"), ::testing::HasSubstr("activations"),
+                               ::testing::HasSubstr("lower --batch or --seq")));
+  EXPECT_FALSE(fs::exists(fresh.train.out)) << "a refused run created its folder";
+
+  s = RunTraining(stopped, {.resume = true});
+  ASSERT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted) << s.status();
+  EXPECT_EQ(ReadAll(stopped.train.out + "/metrics.jsonl"), metrics);
+
+  device.SetCapacity(device.bytes_alive() + need);
+  s = RunTraining(stopped, {.resume = true});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_FALSE((*s)["diverged"].get<bool>());
 }
 
 }  // namespace

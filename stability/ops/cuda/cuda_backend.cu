@@ -903,6 +903,16 @@ void CudaBackend::AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, f
   }
 }
 
+DeviceMemory CudaBackend::Memory() const {
+  int current = 0;
+  cudaGetDevice(&current);
+  cudaSetDevice(device_index_);
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  cudaSetDevice(current);
+  return {static_cast<int64_t>(free_b), static_cast<int64_t>(total_b)};
+}
+
 double CudaBackend::SumSquares(const float* x, int64_t n) { return Dot(x, x, n); }
 
 double CudaBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
@@ -957,16 +967,6 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
 absl::Status CublasStatus() {
   std::string error;
   return internal::LoadCublas(&error) != nullptr ? absl::OkStatus() : absl::UnavailableError(error);
-}
-
-MemoryInfo GpuMemory(int device_index) {
-  int current = 0;
-  cudaGetDevice(&current);
-  cudaSetDevice(device_index);
-  size_t free_b = 0, total_b = 0;
-  cudaMemGetInfo(&free_b, &total_b);
-  cudaSetDevice(current);
-  return {static_cast<int64_t>(free_b), static_cast<int64_t>(total_b)};
 }
 
 }  // namespace stability::ops::cuda

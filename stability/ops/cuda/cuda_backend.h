@@ -37,13 +37,6 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index);
 // Whether cuBLAS can be opened (it is loaded at run time, not linked); needs no GPU.
 absl::Status CublasStatus();
 
-// Free and total memory of an initialised GPU, in bytes.
-struct MemoryInfo {
-  int64_t free_bytes = 0;
-  int64_t total_bytes = 0;
-};
-MemoryInfo GpuMemory(int device_index);
-
 }  // namespace stability::ops::cuda
 
 #endif  // STABILITY_OPS_CUDA_CUDA_BACKEND_H_

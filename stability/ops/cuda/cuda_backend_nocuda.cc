@@ -10,6 +10,4 @@ absl::StatusOr<Backend*> InitCudaBackend(int) {
 
 absl::Status CublasStatus() { return absl::UnavailableError("this build has no CUDA"); }
 
-MemoryInfo GpuMemory(int) { return {}; }
-
 }  // namespace stability::ops::cuda

@@ -1,5 +1,6 @@
 #include "stability/ops/testing/checked_device.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
@@ -15,20 +16,28 @@
 namespace stability::ops::testing {
 namespace {
 
-// Host memory that remembers its blocks, so that a pointer can be told to be one of them.
+// Host memory that remembers its blocks, so that a pointer can be told to be one of them,
+// and counts them: the bytes alive, their peak, and a capacity past which it refuses, as
+// cudaMalloc does.
 class CheckedAllocator final : public Allocator {
  public:
   void* Allocate(size_t bytes) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (capacity_ > 0 && alive_ + static_cast<int64_t>(bytes) > capacity_) throw std::bad_alloc();
     void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
     if (p == nullptr) throw std::bad_alloc();
-    std::lock_guard<std::mutex> lock(mu_);
     blocks_[reinterpret_cast<uintptr_t>(p)] = bytes;
+    alive_ += static_cast<int64_t>(bytes);
+    peak_ = std::max(peak_, alive_);
     return p;
   }
   void Free(void* p) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      blocks_.erase(reinterpret_cast<uintptr_t>(p));
+      if (auto it = blocks_.find(reinterpret_cast<uintptr_t>(p)); it != blocks_.end()) {
+        alive_ -= static_cast<int64_t>(it->second);
+        blocks_.erase(it);
+      }
     }
     std::free(p);
   }
@@ -44,10 +53,31 @@ class CheckedAllocator final : public Allocator {
     --it;
     return a < it->first + std::max<size_t>(it->second, 1);
   }
+  int64_t alive() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return alive_;
+  }
+  int64_t peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peak_;
+  }
+  void ResetPeak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_ = alive_;
+  }
+  int64_t capacity() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return capacity_;
+  }
+  void SetCapacity(int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    capacity_ = bytes;
+  }
 
  private:
   std::mutex mu_;
   std::map<uintptr_t, size_t> blocks_;
+  int64_t alive_ = 0, peak_ = 0, capacity_ = 0;
 };
 
 // Outlives every tensor made on the device (each keeps its allocator).
@@ -99,6 +129,11 @@ class CheckedBackend final : public Backend {
   bool SetAttentionKernel(AttentionKernel) override { return true; }
   bool KeepsBf16Operands() const override { return bf16_; }
   int64_t LogitBytes() const override { return bf16_ ? 2 : 4; }
+  // A device with a capacity reports it, less what is alive (as cudaMemGetInfo); else nothing.
+  DeviceMemory Memory() const override {
+    const int64_t total = TheAllocator().capacity();
+    return total > 0 ? DeviceMemory{std::max<int64_t>(total - TheAllocator().alive(), 0), total} : DeviceMemory{};
+  }
   Device device() const override { return {DeviceType::kCuda, 0}; }
   const char* name() const override { return "checked-device"; }
   int64_t checked() const { return checked_; }
@@ -354,10 +389,15 @@ CheckedDevice::CheckedDevice(Mode mode) : impl_(new Impl(mode == Mode::kBf16)) {
 }
 
 CheckedDevice::~CheckedDevice() {
+  TheAllocator().SetCapacity(0);
   RegisterBackend(DeviceType::kCuda, nullptr);
   RegisterAllocator(DeviceType::kCuda, impl_->previous_allocator);
 }
 
 int64_t CheckedDevice::checked_ops() const { return impl_->backend.checked(); }
+int64_t CheckedDevice::bytes_alive() const { return TheAllocator().alive(); }
+int64_t CheckedDevice::peak_bytes() const { return TheAllocator().peak(); }
+void CheckedDevice::ResetPeak() { TheAllocator().ResetPeak(); }
+void CheckedDevice::SetCapacity(int64_t total_bytes) { TheAllocator().SetCapacity(total_bytes); }
 
 }  // namespace stability::ops::testing

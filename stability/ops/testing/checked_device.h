@@ -16,7 +16,8 @@
 // `next`/x_rounded hand-over, LogitBytes() = 2) and multiplies bf16-rounded operands on the
 // CPU: the model's bf16 plumbing runs here — an op that skips its rounding must find its
 // operand already rounded, a y left unwritten (telemetry off) must never be read. Not for
-// processes that initialise CUDA.
+// processes that initialise CUDA. It counts its memory (the model's estimate is checked
+// against it) and can be given a capacity (out-of-memory errors are tested with it).
 #ifndef STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
 #define STABILITY_OPS_TESTING_CHECKED_DEVICE_H_
 
@@ -34,6 +35,14 @@ class CheckedDevice {
   Device device() const { return {DeviceType::kCuda, 0}; }
   // Ops checked so far (each checks all its pointer arguments).
   int64_t checked_ops() const;
+  // Bytes of device memory alive now, and their peak since the last ResetPeak.
+  int64_t bytes_alive() const;
+  int64_t peak_bytes() const;
+  void ResetPeak();
+  // A device of total_bytes: Backend::Memory() reports it, less what is alive, and an
+  // allocation past it throws std::bad_alloc, as the CUDA allocator does. 0 (the default):
+  // no limit, and Memory() reports nothing (total 0).
+  void SetCapacity(int64_t total_bytes);
 
  private:
   struct Impl;

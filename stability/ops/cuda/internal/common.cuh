@@ -219,6 +219,7 @@ class CudaBackend final : public Backend {
   // (kBf16A/B/C).
   __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot, void* into = nullptr);
   bool KeepsBf16Operands() const override { return precision_ == MatmulPrecision::kBf16; }
+  DeviceMemory Memory() const override;
   bool AttentionStoresProbs(int64_t head_dim) const override {
     return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
   }
