@@ -288,6 +288,17 @@ void AllocNorm(Device device, NormActs& a, int64_t rows, int64_t d) {
   Alloc(device, a.rstd, {rows});
 }
 
+// A q/k/v norm's rows, read in place in the QKV product [N, 3·C]: N rows of C (full width)
+// or N·H rows of head_dim (per head).
+struct QkvNormRows {
+  int64_t rows, d;
+  ops::RowLayout layout;
+};
+QkvNormRows QkvNormRowsOf(const ModelConfig& c, int64_t n) {
+  const int64_t h = c.per_head_norm ? c.n_head : 1;
+  return {n * h, c.n_embd / h, {h, 3 * c.n_embd}};
+}
+
 }  // namespace
 
 absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) {
@@ -417,8 +428,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                       m.stream[0].f32());
 
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
-  const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
-  const ops::RowLayout qkv_block_rows{c.per_head_norm ? H : 1, 3 * C};  // a q/k/v norm's rows in the QKV product
+  const QkvNormRows qkv_norm = QkvNormRowsOf(c, N);
   const bool rope = c.position == Position::kRope;
   const auto head_kept = [&] { return m.head_kept.Prepare(keep_bf16, device_, N * C, V * C); };
 
@@ -444,8 +454,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       Tensor* qt = &y.qn.y;
       Tensor* kt = &y.kn.y;
       if (y.q_norm.on()) {
-        run_norm(y.q_norm, qkv, qkv_block_rows, qkv_rows, qkv_d, y.qn);
-        run_norm(y.k_norm, qkv + C, qkv_block_rows, qkv_rows, qkv_d, y.kn);
+        run_norm(y.q_norm, qkv, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.qn);
+        run_norm(y.k_norm, qkv + C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.kn);
       }
       if (rope) {
         const float* q_in = qkv;
@@ -466,7 +476,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.attn_ld.q = y.attn_ld.k = y.attn_ld.dq = y.attn_ld.dk = C;
     }
     if (y.v_norm.on()) {
-      run_norm(y.v_norm, qkv + 2 * C, qkv_block_rows, qkv_rows, qkv_d, y.vn);
+      run_norm(y.v_norm, qkv + 2 * C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.vn);
       y.v_att = y.vn.y.f32();
       y.attn_ld.v = y.attn_ld.dv = C;
     }
@@ -520,8 +530,7 @@ absl::Status Model::Backward(float dloss) {
   ops::Backend& be = *backend_;
   const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();
-  const int64_t qkv_rows = c.per_head_norm ? N * H : N, qkv_d = c.per_head_norm ? HD : C;
-  const ops::RowLayout qkv_block_rows{c.per_head_norm ? H : 1, 3 * C};  // a q/k/v norm's rows in the QKV product
+  const QkvNormRows qkv_norm = QkvNormRowsOf(c, N);
   const bool rope = c.position == Position::kRope;
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   for (Tensor* t : {&m.dres, &m.dxf, &m.t1, &m.t2, &m.t3, &m.dq, &m.dk, &m.dv}) Alloc(device_, *t, {N, C});
@@ -613,12 +622,13 @@ absl::Status Model::Backward(float dloss) {
       }
       if (y.q_norm.on()) {
         const float* qkv = y.qkv_out.f32();
-        norm_back(y.q_norm, qkv, qkv_block_rows, y.qn, m.dq.f32(), qkv_rows, qkv_d, dqkv);
-        norm_back(y.k_norm, qkv + C, qkv_block_rows, y.kn, m.dk.f32(), qkv_rows, qkv_d, dqkv + C);
+        norm_back(y.q_norm, qkv, qkv_norm.layout, y.qn, m.dq.f32(), qkv_norm.rows, qkv_norm.d, dqkv);
+        norm_back(y.k_norm, qkv + C, qkv_norm.layout, y.kn, m.dk.f32(), qkv_norm.rows, qkv_norm.d, dqkv + C);
       }
     }
     if (!v_in_place) {
-      norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_block_rows, y.vn, m.dv.f32(), qkv_rows, qkv_d, dqkv + 2 * C);
+      norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d,
+                dqkv + 2 * C);
     }
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
