@@ -27,6 +27,7 @@ absl::Status WriteDebugDump(const ModelConfig& config, uint64_t seed, int64_t ba
     }
   }
   STABILITY_ASSIGN_OR_RETURN(double loss, model->Forward(ids, targets));
+  const Tensor logits = model->logits().Clone();  // Backward overwrites them with their gradient
   model->ZeroGrad();
   STABILITY_RETURN_IF_ERROR(model->Backward());
   model->ComputeGradNorms();
@@ -36,7 +37,7 @@ absl::Status WriteDebugDump(const ModelConfig& config, uint64_t seed, int64_t ba
   for (const auto& [name, t] : model->buffers()) file.tensors.emplace_back(name, t);
   file.tensors.emplace_back("input_ids", ids);
   file.tensors.emplace_back("targets", targets);
-  file.tensors.emplace_back("logits", model->logits().Reshaped({batch, seq, config.vocab_size}));
+  file.tensors.emplace_back("logits", logits.Reshaped({batch, seq, config.vocab_size}));
   const auto scalar = [](double v) {
     Tensor t = Tensor::Empty({}, DType::kF64);
     *static_cast<double*>(t.data()) = v;

@@ -31,7 +31,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   if (probs) forward += L * batch * H * seq * seq;
   const int64_t backward = (12 * C + 2 * F) * N;         // dres, dxf, t1–t3, dq, dk, dv, dqkv, dF1, dF2, dtmp
   m.activations = 4 * (forward + backward) + 4 * 2 * N;  // + the token ids and targets
-  m.logits = be.LogitBytes() * 2 * N * V;                // the logits and their gradient
+  m.logits = be.LogitBytes() * N * V;                    // the logits (their gradient in place)
 
   if (be.KeepsBf16Operands()) m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C);
   // The GEMM attention's backward tile (and the clipped probabilities) are the backend's
@@ -44,7 +44,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
 std::string TrainingMemory::ToString() const {
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   return absl::StrFormat(
-      "%.1f GiB: activations %.1f, logits and their gradient %.1f, parameters and gradients %.1f, AdamW moments "
+      "%.1f GiB: activations %.1f, logits %.1f, parameters and gradients %.1f, AdamW moments "
       "%.1f, bf16 operands %.1f, scratch %.1f",
       total() / kGiB, activations / kGiB, logits / kGiB, parameters / kGiB, optimizer / kGiB, bf16 / kGiB,
       scratch / kGiB);

@@ -118,7 +118,7 @@ struct Model::Impl {
   KeptOperands head_kept;
   bool have_forward = false;
   // Backward scratch.
-  Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dlogits, dtmp;
+  Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
 };
 
 Model::Model(ModelConfig config, Device device)
@@ -525,7 +525,11 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
 
 absl::Status Model::Backward(float dloss) {
   Impl& m = *impl_;
-  if (!m.have_forward) return absl::FailedPreconditionError("Backward needs a Forward first");
+  if (!m.have_forward) {
+    return absl::FailedPreconditionError(
+        "Backward needs a Forward first (one Backward a Forward: it overwrites the logits with their gradient)");
+  }
+  m.have_forward = false;
   const ModelConfig& c = config_;
   ops::Backend& be = *backend_;
   const int64_t B = m.B, T = m.T, N = B * T, C = c.n_embd, F = c.mlp_ratio * C, V = c.vocab_size;
@@ -537,7 +541,6 @@ absl::Status Model::Backward(float dloss) {
   Alloc(device_, m.dqkv, {N, 3 * C});
   Alloc(device_, m.dF1, {N, F});
   Alloc(device_, m.dF2, {N, F});
-  Alloc(device_, m.dlogits, {N, V}, m.logits.dtype());
   Alloc(device_, m.dtmp, {N, C});
 
   // dx laid out as x.
@@ -572,7 +575,7 @@ absl::Status Model::Backward(float dloss) {
 
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.CrossEntropyLinearBackward(m.logits.data(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
-                                dloss, m.xf.y.f32(), head->value.f32(), C, m.dlogits.data(), m.dxf.f32(),
+                                dloss, m.xf.y.f32(), head->value.f32(), C, m.logits.data(), m.dxf.f32(),
                                 head->grad.f32(), m.head_kept.get());
   norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32());
 

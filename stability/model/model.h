@@ -76,7 +76,8 @@ class Model {
   // ids, targets: int32 [B, T] on the CPU (checked there, then copied to the model's
   // device), T <= seq_len, values < vocab_size. Returns the loss.
   absl::StatusOr<double> Forward(const Tensor& ids, const Tensor& targets);
-  // Accumulates d(loss)/d(param)·dloss into every Parameter::grad. Needs a Forward first.
+  // Accumulates d(loss)/d(param)·dloss into every Parameter::grad. Needs a Forward first, one
+  // Backward for each.
   absl::Status Backward(float dloss = 1.0f);
   void ZeroGrad();
   // Global and per-tensor gradient L2 norms, into telemetry (grad_norm, grad_norm.<name>).
@@ -84,7 +85,8 @@ class Model {
 
   const Telemetry& telemetry() const { return telemetry_; }
   // [B·T, vocab_size] of the last Forward, on the model's device, in the backend's storage
-  // (fp32; bf16 where the matrix products are bf16: Backend::LogitBytes).
+  // (fp32; bf16 where the matrix products are bf16: Backend::LogitBytes) — until Backward,
+  // which overwrites them with their gradient (no second N×V buffer).
   const Tensor& logits() const;
 
  private:

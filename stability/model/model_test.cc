@@ -77,6 +77,9 @@ TEST(ModelTest, GradientsAccumulateAcrossBackwardCalls) {
   ASSERT_TRUE(m->Backward().ok());
   const Tensor once = m->FindParameter("h.1.fc1.weight")->grad.Clone();
   const float gain_once = m->FindParameter("h.1.fc1.sigma_gain")->grad.f32()[0];
+  // One Backward a Forward: it overwrites the logits with their gradient.
+  EXPECT_EQ(m->Backward().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(m->Forward(ids, targets).ok());
   ASSERT_TRUE(m->Backward().ok());
   const Tensor& twice = m->FindParameter("h.1.fc1.weight")->grad;
   for (int64_t i = 0; i < once.numel(); ++i) EXPECT_NEAR(twice.f32()[i], 2 * once.f32()[i], 1e-7);

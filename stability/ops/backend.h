@@ -242,7 +242,7 @@ class Backend {
                                     float* dg) = 0;
 
   // Forward: per-row lse [N] saved; stats filled. Backward: dlogits [N, V] overwritten with
-  // d(loss)/d(logits)·dloss.
+  // d(loss)/d(logits)·dloss; dlogits may be logits (the gradient then replaces them).
   virtual void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                                    const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) = 0;
   virtual void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
@@ -262,8 +262,9 @@ class Backend {
     LinearForward(x, w, nullptr, n, c, v, l, kept);
     CrossEntropyForward(l, targets, n, v, opt, lse, stats);
   }
-  // CrossEntropyBackward into dlogits [N, V] (N·V·LogitBytes() bytes of scratch), then the
-  // head's LinearBackward: dx = dlogits·w (overwritten), dw += dlogitsᵀ·x.
+  // CrossEntropyBackward into dlogits [N, V] (N·V·LogitBytes() bytes; may be logits, which
+  // the model passes: no second N×V buffer), then the head's LinearBackward:
+  // dx = dlogits·w (overwritten), dw += dlogitsᵀ·x.
   virtual void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
                                           int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
                                           const float* w, int64_t c, void* dlogits, float* dx, float* dw,

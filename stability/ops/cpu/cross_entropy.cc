@@ -83,14 +83,14 @@ void CpuBackend::CrossEntropyBackward(const float* logits, const int32_t* target
     const __m256 one = _mm256_set1_ps(1.0f), inv_cap = _mm256_set1_ps(cap > 0 ? 1.0f / cap : 0.0f);
     const __m256 capv = _mm256_set1_ps(cap);
     if (cap > 0) {
+      // The target's −1, through the same cap derivative (its logit read first: d may be l).
+      const float th_target = internal::Tanh(l[targets[i]] * (1.0f / cap));
       Map8(l, v, d, [&](__m256 x) {
         const __m256 th = Tanh8(_mm256_mul_ps(x, inv_cap));
         const __m256 p = Exp8(_mm256_sub_ps(_mm256_mul_ps(capv, th), row_lse));
         return _mm256_mul_ps(_mm256_mul_ps(p, scale), _mm256_fnmadd_ps(th, th, one));
       });
-      // The target's −1, through the same cap derivative.
-      const float th = internal::Tanh(l[targets[i]] * (1.0f / cap));
-      d[targets[i]] -= inv_n * (1.0f - th * th);
+      d[targets[i]] -= inv_n * (1.0f - th_target * th_target);
     } else {
       Map8(l, v, d, [&](__m256 x) { return _mm256_mul_ps(Exp8(_mm256_sub_ps(x, row_lse)), scale); });
       d[targets[i]] -= inv_n;

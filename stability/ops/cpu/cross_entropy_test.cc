@@ -27,6 +27,21 @@ TEST_P(CrossEntropyGradTest, BackwardMatchesFiniteDifferences) {
   ExpectGradientsMatch(forward, {1.0f}, {{"logits", &logits, &dlogits}}, 1e-2f);
 }
 
+// The model passes the logits as their own gradient's buffer: the same bits in place.
+TEST_P(CrossEntropyGradTest, InPlaceIsTheSame) {
+  constexpr int64_t N = 5, V = 37;  // V not a multiple of 8: the vector loop's tail too
+  const CrossEntropyOptions opt = GetParam();
+  std::vector<float> logits = RandomVector(N * V, 2, 3.0f);
+  const int32_t targets[N] = {0, 36, 3, 33, 17};
+  std::vector<float> lse(N);
+  CpuBackend& be = GetCpuBackend();
+  be.CrossEntropyForward(logits.data(), targets, N, V, opt, lse.data(), nullptr);
+  std::vector<float> dlogits(N * V);
+  be.CrossEntropyBackward(logits.data(), targets, lse.data(), N, V, opt, 0.5f, dlogits.data());
+  be.CrossEntropyBackward(logits.data(), targets, lse.data(), N, V, opt, 0.5f, logits.data());
+  EXPECT_EQ(logits, dlogits);
+}
+
 INSTANTIATE_TEST_SUITE_P(Options, CrossEntropyGradTest,
                          ::testing::Values(CrossEntropyOptions{}, CrossEntropyOptions{.soft_cap = 2.0f},
                                            CrossEntropyOptions{.z_loss = 0.1f},

@@ -78,6 +78,9 @@ class CudaBackendTest : public ::testing::Test {
     t.CopyToHost(h.data());
     return h;
   }
+  static bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  }
   static void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double rel, double abs,
                           const char* what) {
     ASSERT_EQ(got.size(), want.size()) << what;
@@ -465,6 +468,8 @@ TEST_F(CudaBackendTest, CrossEntropyWithCapAndZLoss) {
     cpu_->CrossEntropyBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 0.7f, dlogits.data());
     gpu_->CrossEntropyBackward(gl, gt, glse, n, v, opt, 0.7f, gd);
     ExpectClose(Down(gd, n * v), dlogits, 1e-5, 0, "dlogits");
+    gpu_->CrossEntropyBackward(gl, gt, glse, n, v, opt, 0.7f, gl);  // in place, as the model calls it
+    EXPECT_TRUE(SameBits(Down(gl, n * v), Down(gd, n * v))) << "in place";
   }
 }
 
@@ -578,8 +583,13 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
     ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
     ExpectClose(Down(gdw, v * c), dw, bf16 ? 1e-2 : 1e-5, 0, "dw");
-    // dw accumulates:
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
+    // In place (the logits overwritten with their gradient, as the model calls it): the same
+    // bits; dw accumulates.
+    const std::vector<float> dx_first = Down(gdx, n * c);
+    const int64_t logit_floats = n * v * gpu_->LogitBytes() / 4;
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gl, gdx, gdw, nullptr);
+    EXPECT_TRUE(SameBits(Down(gl, logit_floats), Down(gdl, logit_floats))) << "the logits' gradient in place";
+    EXPECT_TRUE(SameBits(Down(gdx, n * c), dx_first)) << "dx in place";
     std::vector<float> twice = dw;
     for (float& g : twice) g *= 2;
     ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
