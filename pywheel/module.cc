@@ -16,6 +16,7 @@
 #include "stability/data/tokenizer.h"
 #include "stability/model/config.h"
 #include "stability/model/model.h"
+#include "stability/train/device.h"
 #include "stability/train/sweep.h"
 #include "stability/train/sweep_tables.h"
 #include "stability/train/trainer.h"
@@ -86,22 +87,41 @@ Tensor TokensFromNumpy(const py::array& a, const char* what) {
   return t;
 }
 
+// A float32 copy of t, from any device; bf16 (the GPU's bf16 logits) widened exactly.
 py::array_t<float> ToNumpy(const Tensor& t) {
   std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
   py::array_t<float> out(shape);
-  std::memcpy(out.mutable_data(), t.data(), t.nbytes());
+  if (t.dtype() == DType::kBF16) {
+    std::vector<uint16_t> half(t.numel());
+    t.CopyToHost(half.data());
+    float* dst = out.mutable_data();
+    for (size_t i = 0; i < half.size(); ++i) {
+      const uint32_t bits = static_cast<uint32_t>(half[i]) << 16;
+      std::memcpy(dst + i, &bits, 4);
+    }
+  } else {
+    t.CopyToHost(out.mutable_data());
+  }
   return out;
 }
 
+// The model of a run config on the config's device (auto: a GPU when there is one) with its
+// precision and attention kernel; the backend is set to them before each forward, as another
+// model or a training run in the process may have changed them.
 class PyModel {
  public:
   PyModel(const std::string& run_config_json, uint64_t seed) {
-    const train::RunConfig rc = Value(train::RunConfigFromJson(ParseJson(run_config_json)));
-    model_ = Value(model::Model::Create(rc.model, seed));
+    rc_ = Value(train::RunConfigFromJson(ParseJson(run_config_json)));
+    device_ = Value(train::ResolveDevice(rc_.train.device));
+    Value(train::ConfigureBackend(device_, rc_.train.precision, rc_.train.attention));
+    model_ = Value(model::Model::Create(rc_.model, seed, device_));
   }
+
+  std::string Device() const { return device_.ToString(); }
 
   py::tuple Forward(const py::array& ids, const py::array& targets) {
     Tensor i = TokensFromNumpy(ids, "ids"), t = TokensFromNumpy(targets, "targets");
+    Value(train::ConfigureBackend(device_, rc_.train.precision, rc_.train.attention));
     double loss;
     {
       py::gil_scoped_release release;
@@ -160,7 +180,7 @@ class PyModel {
       throw py::value_error("parameter " + name + " has shape " + ShapeToString(p->value.shape()) + ", got " +
                             ShapeToString(shape));
     }
-    std::memcpy(p->value.data(), arr.data(), p->value.nbytes());
+    p->value.CopyFromHost(arr.data());
   }
 
   std::vector<std::string> ParameterNames() const {
@@ -172,6 +192,8 @@ class PyModel {
   void SetTraining(bool on) { model_->set_training(on); }
 
  private:
+  train::RunConfig rc_;
+  stability::Device device_;
   std::unique_ptr<model::Model> model_;
 };
 
@@ -313,7 +335,8 @@ PYBIND11_MODULE(_stability, m) {
       .def("buffers", &PyModel::Buffers)
       .def("set_parameter", &PyModel::SetParameter)
       .def("parameter_names", &PyModel::ParameterNames)
-      .def("set_training", &PyModel::SetTraining);
+      .def("set_training", &PyModel::SetTraining)
+      .def_property_readonly("device", &PyModel::Device);
   m.def("train", &Train, py::arg("run_config_json"), py::arg("resume"), py::arg("stop_after"), py::arg("callback"));
   m.def("run_sweep", &RunSweep);
   m.def("sweep_results", &SweepResults);

@@ -13,21 +13,28 @@ from ._config import Config
 class ForwardResult(NamedTuple):
     """What ``Model.forward`` returns."""
     loss: float
-    logits: np.ndarray       # float32 [batch, seq, vocab]
+    logits: np.ndarray       # float32 [batch, seq, vocab] (bf16 values where the precision is bf16)
     telemetry: Dict[str, float]  # the fixed telemetry names (README: Telemetry)
 
 
 class Model:
-    """The model of ``config`` with parameters initialised from ``seed`` (GPT-2 init).
+    """The model of ``config`` with parameters initialised from ``seed`` (GPT-2 init), on the
+    config's ``device`` ("auto": a GPU when one is visible, else the CPU; "cpu"; "cuda[:N]")
+    with its ``precision`` and ``attention``, as ``stability train`` runs it.
 
-    Forward and backward release the GIL. ``parameters`` returns copies; write with
-    ``set_parameters``.
+    Forward and backward release the GIL. Arrays in and out are numpy on the host (copied to
+    and from the device); ``parameters`` returns copies; write with ``set_parameters``.
     """
 
     def __init__(self, config: Union[Config, dict], seed: int = 1) -> None:
         cfg = config if isinstance(config, Config) else Config.from_dict(config)
         self.config = cfg
         self._m = _stability.Model(cfg.to_json(), int(seed))
+
+    @property
+    def device(self) -> str:
+        """Where the model computes: "cpu" or "cuda:N"."""
+        return str(self._m.device)
 
     def forward(self, ids: np.ndarray, targets: np.ndarray) -> ForwardResult:
         """Loss, logits and telemetry for int token ids and targets of shape [batch, seq]."""

@@ -35,6 +35,21 @@ absl::StatusOr<Device> ResolveDevice(const std::string& flag) {
   return (*gpu)->device();
 }
 
+absl::StatusOr<bool> ConfigureBackend(Device device, const std::string& precision, const std::string& attention) {
+  ops::Backend& backend = *ops::GetBackend(device);
+  const ops::MatmulPrecision mode = precision == "bf16" ? ops::MatmulPrecision::kBf16 : ops::MatmulPrecision::kFp32;
+  if (!backend.SetMatmulPrecision(mode)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--precision=%s needs a GPU (--device=cuda); the %s backend computes in fp32", precision, device.ToString()));
+  }
+  const bool fused = attention == "fused" || (attention == "auto" && mode == ops::MatmulPrecision::kBf16);
+  if (!backend.SetAttentionKernel(fused ? ops::AttentionKernel::kFused : ops::AttentionKernel::kGemm)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--attention=fused needs a GPU (--device=cuda); the %s backend has the gemm kernel only", device.ToString()));
+  }
+  return fused;
+}
+
 absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq) {
   const ops::Backend& backend = *ops::GetBackend(device);
   const ops::DeviceMemory mem = backend.Memory();

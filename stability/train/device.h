@@ -17,6 +17,12 @@ namespace stability::train {
 // that GPU or a clear error (no GPU, no CUDA in this build, no such index).
 absl::StatusOr<Device> ResolveDevice(const std::string& flag);
 
+// Sets the backend of `device` to the run's precision (fp32 | bf16) and attention kernel
+// (auto | gemm | fused; auto: fused where the products are bf16, its fast path) — between
+// steps, never between a forward and its backward. Returns whether the attention is fused;
+// an error naming the flag where the device has no such mode (bf16 and fused need a GPU).
+absl::StatusOr<bool> ConfigureBackend(Device device, const std::string& precision, const std::string& attention);
+
 // OK on the CPU; on a GPU, an error naming the bytes needed (model::EstimateTrainingMemory,
 // with where they go) and free when it cannot fit. The device's backend must have its
 // precision and attention kernel set: they decide what is kept.

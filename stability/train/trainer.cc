@@ -222,18 +222,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
     STABILITY_ASSIGN_OR_RETURN(nccl, dist::MakeNcclCommunicator(comm, device.index));
     dcomm = nccl.get();
   }
-  const ops::MatmulPrecision precision =
-      tc.precision == "bf16" ? ops::MatmulPrecision::kBf16 : ops::MatmulPrecision::kFp32;
-  if (!ops::GetBackend(device)->SetMatmulPrecision(precision)) {
-    return absl::InvalidArgumentError(absl::StrCat("--precision=", tc.precision, " needs a GPU (--device=cuda); the ",
-                                                   device.ToString(), " backend computes in fp32"));
-  }
-  // auto: the fused kernel where it is the fast path (bf16, which only a GPU accepts).
-  const bool fused = tc.attention == "fused" || (tc.attention == "auto" && precision == ops::MatmulPrecision::kBf16);
-  if (!ops::GetBackend(device)->SetAttentionKernel(fused ? ops::AttentionKernel::kFused : ops::AttentionKernel::kGemm)) {
-    return absl::InvalidArgumentError(absl::StrCat("--attention=fused needs a GPU (--device=cuda); the ",
-                                                   device.ToString(), " backend has the gemm kernel only"));
-  }
+  STABILITY_ASSIGN_OR_RETURN(const bool fused, ConfigureBackend(device, tc.precision, tc.attention));
   if (out && device != kCpu) {
     std::fprintf(out, "device: %s, %s matrix products, %s attention%s\n", device.ToString().c_str(),
                  tc.precision.c_str(), fused ? "fused" : "gemm", nccl ? ", gradients over NCCL" : "");

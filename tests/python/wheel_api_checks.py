@@ -75,6 +75,21 @@ def test_parameters_round_trip_through_numpy():
         model.set_parameters({"nope": np.zeros(1)})
 
 
+def test_model_runs_on_the_configured_device():
+    ids = np.arange(8, dtype=np.int32).reshape(2, 4)
+    cpu = st.Model(st.Config(device="cpu", **SMALL), seed=1)
+    assert cpu.device == "cpu"
+    auto = st.Model(st.Config(**SMALL), seed=1)  # device="auto": a GPU when one is visible
+    if auto.device == "cpu":  # no GPU: the same model, the same bits
+        assert auto.forward(ids, ids).loss == cpu.forward(ids, ids).loss
+        with pytest.raises(RuntimeError, match="--device=cuda: .*use --device=cpu"):
+            st.Model(st.Config(device="cuda", **SMALL))
+    else:
+        assert auto.device.startswith("cuda:")
+    with pytest.raises(ValueError, match="--precision=bf16 needs a GPU"):
+        st.Model(st.Config(device="cpu", precision="bf16", **SMALL))
+
+
 def test_callback_stops_the_run_and_resume_finishes_it(tmp_path, shards):
     cfg = st.Config(data=shards, out=str(tmp_path / "run"), steps=20, batch=2, eval_batches=1, **SMALL)
     seen = []
