@@ -17,7 +17,8 @@ struct Case {
 
 // The model's own bytes at the peak of Create + Forward + Backward on a device — the stand-in
 // GPU (ops::testing::CheckedDevice), which counts its memory, in fp32 and with the CUDA
-// backend's bf16 storage (kept bf16 operands, bf16 logits) — against the estimate for every
+// backend's bf16 storage (kept bf16 operands, bf16 logits) and fused attention (no
+// probabilities stored) — against the estimate for every
 // variant: the same number of bytes (a buffer added to model.cc must be counted in memory.cc).
 TEST(MemoryTest, EstimateIsWhatTheModelAllocates) {
   std::vector<Case> cases;
@@ -31,13 +32,15 @@ TEST(MemoryTest, EstimateIsWhatTheModelAllocates) {
   for (const auto mode : {ops::testing::CheckedDevice::Mode::kFp32, ops::testing::CheckedDevice::Mode::kBf16}) {
     ops::testing::CheckedDevice device(mode);
     const ops::Backend& be = *ops::GetBackend(device.device());
-    if (mode == ops::testing::CheckedDevice::Mode::kBf16) {
+    if (mode == ops::testing::CheckedDevice::Mode::kBf16) {  // as a bf16 run sets it: fused attention
       ASSERT_TRUE(ops::GetBackend(device.device())->SetMatmulPrecision(ops::MatmulPrecision::kBf16));
+      ASSERT_TRUE(ops::GetBackend(device.device())->SetAttentionKernel(ops::AttentionKernel::kFused));
     }
     for (const Case& k : cases) {
       nlohmann::json o = k.overrides;
       o["vocab_size"] = 96;
       o["n_embd"] = 32;
+      o["n_head"] = 2;  // head dim 16: the fused attention stores no probabilities
       o["seq_len"] = 16;
       const ModelConfig config = *MakeConfig("tiny", k.variant, o);
       const int64_t batch = 3, seq = 16;

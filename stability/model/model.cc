@@ -288,6 +288,9 @@ void AllocNorm(Device device, NormActs& a, int64_t rows, int64_t d) {
   Alloc(device, a.rstd, {rows});
 }
 
+// The attention's saved probabilities, nullptr where the backend's kernel stores none.
+float* ProbsOf(Layer& y) { return y.probs.defined() ? y.probs.f32() : nullptr; }
+
 // A q/k/v norm's rows, read in place in the QKV product [N, 3·C]: N rows of C (full width)
 // or N·H rows of head_dim (per head).
 struct QkvNormRows {
@@ -481,11 +484,15 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.attn_ld.v = y.attn_ld.dv = C;
     }
     // The T×T probabilities only where the backend keeps them (not for a fused kernel).
-    Alloc(device_, y.probs, be.AttentionStoresProbs(HD) ? Shape{B, H, T, T} : Shape{1});
+    if (be.AttentionStoresProbs(HD)) {
+      Alloc(device_, y.probs, {B, H, T, T});
+    } else {
+      y.probs = Tensor();  // a fused kernel: nothing T×T
+    }
     Alloc(device_, y.attn_lse, {B, H, T});
     Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;
-    be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), y.probs.f32(),
+    be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), ProbsOf(y),
                         y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr);
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
@@ -614,9 +621,9 @@ absl::Status Model::Backward(float dloss) {
     // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
     float* dqkv = m.dqkv.f32();
     const bool qk_in_place = y.attn_ld.dq == 3 * C, v_in_place = y.attn_ld.dv == 3 * C;
-    be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), y.probs.f32(), y.attn_lse.f32(), m.t3.f32(), B, T,
-                         H, HD, attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(),
-                         qk_in_place ? dqkv + C : m.dk.f32(), v_in_place ? dqkv + 2 * C : m.dv.f32());
+    be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD,
+                         attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(), qk_in_place ? dqkv + C : m.dk.f32(),
+                         v_in_place ? dqkv + 2 * C : m.dv.f32());
     if (!qk_in_place) {  // RoPE's and the norms' input gradients end in their QKV blocks
       if (rope) {
         const bool last = !y.q_norm.on();

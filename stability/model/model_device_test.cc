@@ -22,6 +22,8 @@ std::pair<Tensor, Tensor> Tokens(int64_t b, int64_t t, int64_t vocab) {
   return {ids, targets};
 }
 
+// With either attention kernel: the fused one's contract (no probabilities on the device,
+// the backward recomputes them) gives the same bits.
 TEST(ModelOnADeviceTest, HandsItsKernelsDeviceMemoryOnlyAndGetsTheCpusBits) {
   ops::testing::CheckedDevice device;
   std::vector<std::pair<std::string, nlohmann::json>> cases;
@@ -29,30 +31,35 @@ TEST(ModelOnADeviceTest, HandsItsKernelsDeviceMemoryOnlyAndGetsTheCpusBits) {
   cases.push_back({"qkv_norm", {{"per_head_norm", true}, {"layer_scale", true}}});
   cases.push_back({"baseline", {{"position", "rope"}, {"tie_embeddings", false}}});
   cases.push_back({"qk_norm", {{"position", "rope"}, {"norm", "rmsnorm"}}});
-  for (const auto& [variant, overrides] : cases) {
-    SCOPED_TRACE(variant + " " + overrides.dump());
-    nlohmann::json o = overrides;
-    o["vocab_size"] = 80;
-    o["n_embd"] = 32;
-    o["seq_len"] = 16;
-    const ModelConfig c = *MakeConfig("tiny", variant, o);
-    std::unique_ptr<Model> cpu = *Model::Create(c, 4), gpu = *Model::Create(c, 4, device.device());
-    auto [ids, targets] = Tokens(2, 16, 80);
-    for (int step = 0; step < 2; ++step) {  // the second reuses the first's buffers
-      const absl::StatusOr<double> lc = cpu->Forward(ids, targets), lg = gpu->Forward(ids, targets);
-      ASSERT_TRUE(lc.ok() && lg.ok());
-      EXPECT_EQ(*lg, *lc);
-      cpu->ZeroGrad();
-      gpu->ZeroGrad();
-      ASSERT_TRUE(cpu->Backward().ok());
-      ASSERT_TRUE(gpu->Backward().ok());
+  for (const auto kernel : {ops::AttentionKernel::kGemm, ops::AttentionKernel::kFused})
+    for (const auto& [variant, overrides] : cases) {
+      const bool fused = kernel == ops::AttentionKernel::kFused;
+      SCOPED_TRACE(variant + " " + overrides.dump() + (fused ? " fused" : " gemm"));
+      ASSERT_TRUE(ops::GetBackend(device.device())->SetAttentionKernel(kernel));
+      nlohmann::json o = overrides;
+      o["vocab_size"] = 80;
+      o["n_embd"] = 32;
+      o["n_head"] = 2;  // head dim 16: one the fused kernel has
+      o["seq_len"] = 16;
+      const ModelConfig c = *MakeConfig("tiny", variant, o);
+      EXPECT_EQ(ops::GetBackend(device.device())->AttentionStoresProbs(c.head_dim()), !fused);
+      std::unique_ptr<Model> cpu = *Model::Create(c, 4), gpu = *Model::Create(c, 4, device.device());
+      auto [ids, targets] = Tokens(2, 16, 80);
+      for (int step = 0; step < 2; ++step) {  // the second reuses the first's buffers
+        const absl::StatusOr<double> lc = cpu->Forward(ids, targets), lg = gpu->Forward(ids, targets);
+        ASSERT_TRUE(lc.ok() && lg.ok());
+        EXPECT_EQ(*lg, *lc);
+        cpu->ZeroGrad();
+        gpu->ZeroGrad();
+        ASSERT_TRUE(cpu->Backward().ok());
+        ASSERT_TRUE(gpu->Backward().ok());
+      }
+      for (size_t i = 0; i < cpu->parameters().size(); ++i) {
+        const Tensor g = gpu->parameters()[i].grad.To(kCpu);
+        ASSERT_EQ(0, std::memcmp(g.data(), cpu->parameters()[i].grad.data(), g.nbytes())) << cpu->parameters()[i].name;
+      }
+      EXPECT_EQ(gpu->telemetry().values(), cpu->telemetry().values());
     }
-    for (size_t i = 0; i < cpu->parameters().size(); ++i) {
-      const Tensor g = gpu->parameters()[i].grad.To(kCpu);
-      ASSERT_EQ(0, std::memcmp(g.data(), cpu->parameters()[i].grad.data(), g.nbytes())) << cpu->parameters()[i].name;
-    }
-    EXPECT_EQ(gpu->telemetry().values(), cpu->telemetry().values());
-  }
   EXPECT_GT(device.checked_ops(), 1000);
 }
 

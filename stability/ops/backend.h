@@ -198,7 +198,7 @@ class Backend {
                                 int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
                                 float* probs, float* lse, AttentionStats* stats) = 0;
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
-  // fused kernel that recomputes them from lse; the caller may then pass a 1-float buffer).
+  // fused kernel that recomputes them from lse; the caller then passes nullptr).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
   // dq, dk, dv overwritten. out: the forward's output (nullable), from which a fused kernel
   // takes each row's D = Σ_s p·dp = dO·O instead of a sweep over the keys (not under the

@@ -119,14 +119,16 @@ std::vector<float> Widen(const void* x16, int64_t n) {
 class CheckedBackend final : public Backend {
  public:
   CheckedBackend(Backend& cpu, bool bf16_mode) : cpu_(cpu), bf16_mode_(bf16_mode), bf16_(bf16_mode) {}
-  // As the CUDA backend: bf16 products where the mode allows them; any attention kernel (the
-  // CPU's runs whatever is asked, and stores the probabilities as it always does).
+  // As the CUDA backend: bf16 products where the mode allows them; either attention kernel.
   bool SetMatmulPrecision(MatmulPrecision precision) override {
     if (precision == MatmulPrecision::kBf16 && !bf16_mode_) return false;
     bf16_ = precision == MatmulPrecision::kBf16;
     return true;
   }
-  bool SetAttentionKernel(AttentionKernel) override { return true; }
+  bool SetAttentionKernel(AttentionKernel kernel) override {
+    fused_ = kernel == AttentionKernel::kFused;
+    return true;
+  }
   bool KeepsBf16Operands() const override { return bf16_; }
   int64_t LogitBytes() const override { return bf16_ ? 2 : 4; }
   // A device with a capacity reports it, less what is alive (as cudaMemGetInfo); else nothing.
@@ -220,17 +222,45 @@ class CheckedBackend final : public Backend {
          {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
     cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy, rows, d, dsum, dg, db);
   }
+  // The fused kernel, as the CUDA backend runs it for the head dims it has kernels for
+  // (CudaBackend::FusedAttentionSupports): nothing T×T on the device — the model passes no
+  // probabilities, the forward keeps them off the device, the backward recomputes them.
+  bool AttentionStoresProbs(int64_t head_dim) const override {
+    const bool fused_kernel = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
+    return !(fused_ && fused_kernel);
+  }
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats) override {
+    if (!AttentionStoresProbs(hd)) {
+      Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
+      std::vector<float> host_probs(b * h * t * t);
+      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats);
+      return;
+    }
     Need("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"probs", probs}, {"lse", lse}});
     cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats);
   }
-  bool AttentionStoresProbs(int64_t head_dim) const override { return cpu_.AttentionStoresProbs(head_dim); }
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
                          float* dv) override {
+    if (!AttentionStoresProbs(hd)) {
+      Need("AttentionBackward (fused)", {{"q", q},
+                                         {"k", k},
+                                         {"v", v},
+                                         {"out", out},
+                                         {"lse", lse},
+                                         {"dout", dout},
+                                         {"dq", dq},
+                                         {"dk", dk},
+                                         {"dv", dv}});
+      std::vector<float> host_probs(b * h * t * t), host_out(b * t * h * hd), host_lse(b * h * t);
+      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(),
+                            nullptr);
+      cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
+      return;
+    }
     Need("AttentionBackward", {{"q", q},
                                {"k", k},
                                {"v", v},
@@ -371,6 +401,7 @@ class CheckedBackend final : public Backend {
   Backend& cpu_;
   const bool bf16_mode_;
   bool bf16_;
+  bool fused_ = false;
   const float* scratch_ = nullptr;
   int64_t checked_ = 0;
 };

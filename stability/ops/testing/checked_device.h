@@ -11,7 +11,9 @@
 // The trainer finds it too (train::ResolveDevice takes a registered CUDA backend), so
 // `--device=cuda` runs end to end here.
 //
-// The ops' results are the CPU's, bit for bit. With Mode::kBf16 the device also keeps what
+// The ops' results are the CPU's, bit for bit. With the fused attention kernel set it keeps
+// the CUDA backend's contract for it (AttentionStoresProbs false: nothing T×T on the device,
+// the backward recomputes). With Mode::kBf16 the device also keeps what
 // the CUDA backend keeps in bf16 (Backend::KeepsBf16Operands, Bf16Operands and their
 // `next`/x_rounded hand-over, LogitBytes() = 2) and multiplies bf16-rounded operands on the
 // CPU: the model's bf16 plumbing runs here — an op that skips its rounding must find its
