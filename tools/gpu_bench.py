@@ -110,14 +110,16 @@ def run(binary, work, data, device, preset, precision, attention, method, batch,
 
 
 def append_profile(path, title, md):
-    """A profiled run's largest rows (the trainer's kernel_profile.md, cut to PROFILE_ROWS),
-    appended to `path` as each run ends: a check cut short by its deadline keeps them."""
-    lines = md.splitlines()
-    table = [l for l in lines if l.startswith("|")]
-    notes = [l for l in lines[1:] if l and not l.startswith("|")]
-    text = f"\n### {title}\n\n" + "\n".join(notes) + "\n\n" + "\n".join(table[: 2 + PROFILE_ROWS]) + "\n"
-    if len(table) > 2 + PROFILE_ROWS:
-        text += f"\n({len(table) - 2 - PROFILE_ROWS} smaller rows left out)\n"
+    """A profiled run's report (the trainer's kernel_profile.md: its notes, the parts table and
+    the kernels table, cut to its PROFILE_ROWS largest rows), appended to `path` as each run
+    ends: a check cut short by its deadline keeps them."""
+    lines = md.splitlines()[1:]  # without the trainer's title
+    last_table = max(i for i, l in enumerate(lines) if l.startswith("|") and not lines[i - 1].startswith("|"))
+    kernel_rows = [l for l in lines[last_table:] if l.startswith("|")]
+    kept = lines[:last_table] + kernel_rows[: 2 + PROFILE_ROWS]
+    text = f"\n### {title}\n" + "\n".join(kept) + "\n"
+    if len(kernel_rows) > 2 + PROFILE_ROWS:
+        text += f"\n({len(kernel_rows) - 2 - PROFILE_ROWS} smaller rows left out)\n"
     with open(path, "a") as f:
         f.write(text)
 

@@ -58,13 +58,17 @@ def test_mfu_counts_only_parameters_in_matrix_products():
 def test_kernel_profiles_are_appended_cut_to_their_largest_rows(tmp_path):
     sys.path.insert(0, os.path.dirname(SCRIPT))
     import gpu_bench
-    rows = "".join(f"| k{i} | 1 | {30 - i}.000 | 3.0% | 1.0 |\n" for i in range(30))
+    rows = "".join(f"| k{i} | 1 | {30 - i}.000 | 3.0% | 1.0 | |\n" for i in range(30))
     md = ("# Kernel profile of step 3\n\nDevice time: 435.000 ms in 30 launches.\n\n"
-          "| kernel | calls | ms | share | µs a call |\n|---|---:|---:|---:|---:|\n" + rows)
+          "| part | calls | ms | share | TFLOP/s |\n|---|---:|---:|---:|---:|\n"
+          "| other kernels | 30 | 435.000 | 100.0% | |\n\nA note on the parts.\n\n"
+          "| kernel | calls | ms | share | µs a call | TFLOP/s |\n|---|---:|---:|---:|---:|---:|\n" + rows)
     path = tmp_path / "profiles.md"
     gpu_bench.append_profile(str(path), "gpt2_124m bf16 baseline", md)
     gpu_bench.append_profile(str(path), "gpt2_124m bf16 qk_norm", md)
     text = path.read_text()
     assert text.count("### gpt2_124m bf16 ") == 2 and text.count("in 30 launches") == 2
+    assert "# Kernel profile" not in text
+    assert text.count("| other kernels | 30 |") == 2 and text.count("A note on the parts.") == 2  # kept whole
     assert "| k19 |" in text and "| k20 |" not in text  # PROFILE_ROWS = 20, largest first as written
     assert text.count("(10 smaller rows left out)") == 2

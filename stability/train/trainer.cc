@@ -26,6 +26,7 @@
 #include "stability/optim/schedule.h"
 #include "stability/train/checkpoint.h"
 #include "stability/train/device.h"
+#include "stability/train/kernel_profile.h"
 #include "stability/train/metrics.h"
 
 namespace stability::train {
@@ -119,22 +120,10 @@ struct Detector {
   }
 };
 
-// --profile_step's table: the step's device time by kernel, largest first, as Markdown.
+// --profile_step's report (kernel_profile.h) into <out>/kernel_profile.md.
 absl::Status WriteKernelProfile(std::vector<ops::Backend::KernelTime> rows, int64_t step, const std::string& out_dir,
                                 FILE* progress) {
-  double total = 0;
-  int64_t launches = 0;
-  for (const auto& r : rows) total += r.ms, launches += r.calls;
-  std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.ms > b.ms; });
-  std::string md = absl::StrFormat(
-      "# Kernel profile of step %d\n\nDevice time from launch to launch (a launch's time includes any wait of the "
-      "device for the host before it): %.3f ms in %d launches.\n\n| kernel | calls | ms | share | µs a call |\n"
-      "|---|---:|---:|---:|---:|\n",
-      step, total, launches);
-  for (const auto& r : rows) {
-    md += absl::StrFormat("| %s | %d | %.3f | %.1f%% | %.1f |\n", r.name, r.calls, r.ms,
-                          total > 0 ? 100 * r.ms / total : 0.0, r.calls > 0 ? 1000 * r.ms / r.calls : 0.0);
-  }
+  const std::string md = KernelProfileMarkdown(std::move(rows), step);
   const std::string path = out_dir + "/kernel_profile.md";
   STABILITY_RETURN_IF_ERROR(WriteFileAtomically(path, md));
   if (progress) std::fprintf(progress, "kernel profile of step %lld: %s\n", static_cast<long long>(step), path.c_str());
