@@ -44,7 +44,7 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"eval_interval", "validate every N steps (and at the end); 0 = only at the end"},
       {"eval_batches", "validation batches per evaluation"},
       {"telemetry_interval", "record telemetry every N steps"},
-      {"profile_step", "break step N's device time down by kernel into <out>/kernel_profile.md (GPU; 0 = off)"},
+      {"profile_step", "break step N's time down by kernel (GPU) or op (CPU) into <out>/kernel_profile.md (0 = off)"},
       {"checkpoint_interval", "checkpoint every N steps (and at the end); 0 = only at the end"},
       {"keep_checkpoints", "checkpoints kept"},
       {"divergence_factor",

@@ -116,13 +116,20 @@ def test_train_bad_inputs_exit_non_zero_with_clear_errors(tmp_path):
     assert r.returncode == 2 and "--attention=flash must be auto, gemm or fused" in r.stderr
 
 
-def test_a_kernel_profile_on_the_cpu_says_there_is_none_and_the_run_goes_on(tmp_path):
+def test_a_kernel_profile_on_the_cpu_breaks_the_step_down_by_op(tmp_path):
     shards = prepare_bytes(tmp_path)
     r = run("train", *SMALL, f"--data={shards}", f"--out={tmp_path}/p", "--steps=3", "--device=cpu",
             "--profile_step=2")
     assert r.returncode == 0, r.stderr
-    assert "--profile_step: the cpu backend has no kernel profile" in r.stderr
-    assert not (tmp_path / "p" / "kernel_profile.md").exists()
+    assert f"kernel profile of step 2: {tmp_path}/p/kernel_profile.md" in r.stderr
+    md = (tmp_path / "p" / "kernel_profile.md").read_text()
+    assert md.startswith("# Kernel profile of step 2")
+    for part in ["| matrix products |", "| attention |", "| cross-entropy |", "| outside the ops |"]:
+        assert part in md, part
+    for op in ["| LinearForward |", "| LinearBackward |", "| AdamW |", "| sgemm "]:
+        assert op in md, op
+    products = next(l for l in md.splitlines() if l.startswith("| matrix products |"))
+    assert float(products.split("|")[5]) > 0  # their TFLOP/s
     assert json.loads((tmp_path / "p" / "config.json").read_text())["train"]["profile_step"] == 2
 
 

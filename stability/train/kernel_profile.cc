@@ -10,8 +10,12 @@
 
 namespace stability::train {
 
+namespace {
+bool IsProduct(const std::string& name) { return absl::StartsWith(name, "cublas") || absl::StartsWith(name, "sgemm"); }
+}  // namespace
+
 std::optional<double> ProductFlops(const std::string& name) {
-  if (!absl::StartsWith(name, "cublas")) return std::nullopt;
+  if (!IsProduct(name)) return std::nullopt;
   static const std::regex shape(R"((\d+)×(\d+)×(\d+)(?: ×(\d+))?$)");
   std::smatch m;
   if (!std::regex_search(name, m, shape)) return std::nullopt;
@@ -20,13 +24,14 @@ std::optional<double> ProductFlops(const std::string& name) {
 }
 
 std::string KernelPart(const std::string& name) {
-  if (absl::StartsWith(name, "cublas")) return "matrix products";
+  if (IsProduct(name)) return "matrix products";
   if (absl::StrContains(absl::AsciiStrToLower(name), "attention") || absl::StartsWith(name, "Softmax") ||
       absl::StartsWith(name, "ClipProbs")) {
     return "attention";
   }
   if (absl::StartsWith(name, "CrossEntropy")) return "cross-entropy";
-  if (absl::StartsWith(name, "cudaMemcpy") || absl::StartsWith(name, "cudaMemset")) return "copies";
+  if (absl::StartsWith(name, "cudaMemcpy") || absl::StartsWith(name, "cudaMemset") || name == "Copy") return "copies";
+  if (absl::StartsWith(name, "(outside the ops")) return "outside the ops";
   return "other kernels";
 }
 
@@ -54,23 +59,25 @@ std::string KernelProfileMarkdown(std::vector<ops::Backend::KernelTime> rows, in
                    [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
 
   std::string md = absl::StrFormat(
-      "# Kernel profile of step %d\n\nDevice time from launch to launch (a launch's time includes any wait of the "
-      "device for the host before it): %.3f ms in %d launches.\n\n"
+      "# Kernel profile of step %d\n\n%.3f ms in %d calls. A GPU's rows are device time from launch to launch (a "
+      "launch's time includes any wait of the device for the host before it); the CPU's are each op's wall time less "
+      "the ops and products it calls, and the time between the ops.\n\n"
       "| part | calls | ms | share | TFLOP/s |\n|---|---:|---:|---:|---:|\n",
       step, total, launches);
   for (const auto& [name, p] : by_time) {
     md += absl::StrFormat("| %s | %d | %.3f | %.1f%% | %s |\n", name, p.calls, p.ms, share(p.ms),
-                          p.flops > 0 ? absl::StrFormat("%.0f", tflops(p.flops, p.ms)) : "");
+                          p.flops > 0 ? absl::StrFormat("%.3g", tflops(p.flops, p.ms)) : "");
   }
   md +=
-      "\nThe attention's own products are under \"matrix products\" with the gemm kernel; the fused "
-      "kernels are \"attention\". TFLOP/s: 2·M·N·K (× batch) a product call over its time.\n\n"
+      "\nThe attention's own products are under \"matrix products\" with the GPU's gemm kernel and under "
+      "\"attention\" on the CPU (run per head in parallel); the fused kernels are \"attention\". TFLOP/s: "
+      "2·M·N·K (× batch) a product call over its time.\n\n"
       "| kernel | calls | ms | share | µs a call | TFLOP/s |\n|---|---:|---:|---:|---:|---:|\n";
   for (const auto& r : rows) {
     const std::optional<double> f = ProductFlops(r.name);
     md += absl::StrFormat("| %s | %d | %.3f | %.1f%% | %.1f | %s |\n", r.name, r.calls, r.ms, share(r.ms),
                           r.calls > 0 ? 1000 * r.ms / r.calls : 0.0,
-                          f ? absl::StrFormat("%.0f", tflops(*f * r.calls, r.ms)) : "");
+                          f ? absl::StrFormat("%.3g", tflops(*f * r.calls, r.ms)) : "");
   }
   return md;
 }

@@ -6,7 +6,7 @@
 //   std::string md = KernelProfileMarkdown(backend->StopKernelProfile(), step);
 //
 // A product's row is named "<library call> M×N×K" (× batch when batched; ops/cuda's
-// MarkProduct): its FLOPs are 2·M·N·K·batch a call.
+// MarkProduct, the CPU's "sgemm M×N×K"): its FLOPs are 2·M·N·K·batch a call.
 #ifndef STABILITY_TRAIN_KERNEL_PROFILE_H_
 #define STABILITY_TRAIN_KERNEL_PROFILE_H_
 
@@ -23,8 +23,9 @@ namespace stability::train {
 // a row that is not a product.
 std::optional<double> ProductFlops(const std::string& name);
 
-// "matrix products" (cuBLAS/cuBLASLt rows), "attention" (the attention's kernels), "copies"
-// (cudaMemcpy/cudaMemset) or "other kernels".
+// "matrix products" (cuBLAS/cuBLASLt/sgemm rows), "attention" (the attention's kernels),
+// "cross-entropy", "copies" (cudaMemcpy/cudaMemset, the CPU's Copy), "outside the ops" (the
+// CPU's time between ops) or "other kernels".
 std::string KernelPart(const std::string& name);
 
 std::string KernelProfileMarkdown(std::vector<ops::Backend::KernelTime> rows, int64_t step);

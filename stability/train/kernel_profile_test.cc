@@ -12,6 +12,7 @@ TEST(KernelProfileTest, ProductFlopsFromTheRowName) {
   EXPECT_DOUBLE_EQ(*ProductFlops("cublasLt bf16 + bias 8192×2304×768"), 2.0 * 8192 * 2304 * 768);
   EXPECT_DOUBLE_EQ(*ProductFlops("cublasGemmEx bf16 (bf16 out) 1024×1024×64 ×12"), 2.0 * 1024 * 1024 * 64 * 12);
   EXPECT_DOUBLE_EQ(*ProductFlops("cublasSgemm 1×768×2304"), 2.0 * 768 * 2304);
+  EXPECT_DOUBLE_EQ(*ProductFlops("sgemm 512×1536×512"), 2.0 * 512 * 1536 * 512);  // the CPU's
   EXPECT_FALSE(ProductFlops("NormForwardKernel"));
   EXPECT_FALSE(ProductFlops("cudaMemcpy (lse)"));
   EXPECT_FALSE(ProductFlops("cublasGemmEx bf16"));  // no shape: not counted
@@ -26,6 +27,11 @@ TEST(KernelProfileTest, Parts) {
   EXPECT_EQ(KernelPart("CrossEntropyBackwardKernel (bf16)"), "cross-entropy");
   EXPECT_EQ(KernelPart("cudaMemcpy (to the GPU)"), "copies");
   EXPECT_EQ(KernelPart("NormForwardKernel (add)"), "other kernels");
+  EXPECT_EQ(KernelPart("sgemm 512×1536×512"), "matrix products");
+  EXPECT_EQ(KernelPart("AttentionBackward"), "attention");
+  EXPECT_EQ(KernelPart("CrossEntropyForward"), "cross-entropy");
+  EXPECT_EQ(KernelPart("Copy"), "copies");
+  EXPECT_EQ(KernelPart("(outside the ops: the model's host work)"), "outside the ops");
 }
 
 // The parts' table sums the rows by part, largest first, with the products' FLOP/s; the
@@ -39,7 +45,7 @@ TEST(KernelProfileTest, MarkdownSumsThePartsAndRatesTheProducts) {
   };
   const std::string md = KernelProfileMarkdown(rows, 3);
   EXPECT_THAT(md, HasSubstr("# Kernel profile of step 3"));
-  EXPECT_THAT(md, HasSubstr("4.000 ms in 60 launches"));
+  EXPECT_THAT(md, HasSubstr("4.000 ms in 60 calls"));
   EXPECT_THAT(md, HasSubstr("| attention | 12 | 2.000 | 50.0% |  |"));
   EXPECT_THAT(md, HasSubstr("| matrix products | 24 | 1.500 | 37.5% | 309 |"));  // 464 GFLOP in 1.5 ms
   EXPECT_THAT(md, HasSubstr("| other kernels | 24 | 0.500 | 12.5% |  |"));

@@ -17,6 +17,7 @@
 
 #include "stability/ops/cpu/cpu_backend.h"
 #include "stability/ops/cpu/gemm.h"
+#include "stability/ops/cpu/internal/op_profile.h"
 #include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
 #include "stability/ops/row_stats.h"
@@ -61,6 +62,7 @@ void ForEachHead(int64_t bh_count, int64_t t, Body body) {
 void CpuBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
                                   float* probs, float* lse, AttentionStats* stats) {
+  internal::OpScope scope("AttentionForward");
   const int64_t c = h * hd;
   const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;
   std::vector<float> max_logit(b * h, -std::numeric_limits<float>::infinity());
@@ -127,6 +129,7 @@ void CpuBackend::AttentionBackward(const float* q, const float* k, const float* 
                                    suffice*/, const float* probs, const float* lse, const float* dout, int64_t b,
                                    int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
                                    const AttentionStrides& ld, float* dq, float* dk, float* dv) {
+  internal::OpScope scope("AttentionBackward");
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;
   // tile0: dP' then dA; tile1: P' (clip).

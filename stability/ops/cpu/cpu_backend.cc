@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "stability/ops/cpu/gemm.h"
+#include "stability/ops/cpu/internal/op_profile.h"
 #include "stability/ops/cpu/internal/vec_math.h"
 
 namespace stability::ops::cpu {
@@ -43,6 +44,7 @@ double ChunkedSum(int64_t n, F chunk_sum) {
 
 void CpuBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
                                   int64_t c, float* out) {
+  internal::OpScope scope("EmbeddingForward");
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float* e = wte + static_cast<int64_t>(ids[i]) * c;
@@ -54,6 +56,7 @@ void CpuBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, cons
 
 void CpuBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c,
                                    float* dwte, float* dwpe) {
+  internal::OpScope scope("EmbeddingBackward");
   // Parallel over channel blocks: no two threads touch one row of dwte/dwpe's columns.
   constexpr int64_t kBlock = 16;
 #pragma omp parallel for schedule(static)
@@ -73,6 +76,7 @@ void CpuBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, con
 
 void CpuBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                                float* y, Bf16Operands* /*kept: fp32 only*/) {
+  internal::OpScope scope("LinearForward");
   // Arguments are checked by the caller; Sgemm cannot fail on them.
   (void)Sgemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
   if (b) {
@@ -84,6 +88,7 @@ void CpuBackend::LinearForward(const float* x, const float* w, const float* b, i
 
 void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                 float* dx, float* dw, float* db, const Bf16Operands* /*kept: fp32 only*/) {
+  internal::OpScope scope("LinearBackward");
   if (dx) (void)Sgemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
   (void)Sgemm(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
   if (db) {  // column sums, rows in order, over blocks of 64 columns (contiguous loads)
@@ -104,6 +109,7 @@ void CpuBackend::LinearBackward(const float* x, const float* w, const float* dy,
 
 void CpuBackend::Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
                       float base, bool inverse) {
+  internal::OpScope scope("Rope");
   const int64_t half = hd / 2;
   const float sign = inverse ? -1.0f : 1.0f;
 #pragma omp parallel for schedule(static)
@@ -140,6 +146,7 @@ void ParallelMap8(const float* x, int64_t n, float* y, F f) {
 }  // namespace
 
 void CpuBackend::ActivationForward(Activation act, const float* x, int64_t n, float* y) {
+  internal::OpScope scope("ActivationForward");
   if (act == Activation::kRelu) {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0 ? x[i] : 0.0f;
@@ -156,6 +163,7 @@ void CpuBackend::ActivationForward(Activation act, const float* x, int64_t n, fl
 }
 
 void CpuBackend::ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) {
+  internal::OpScope scope("ActivationBackward");
   if (act == Activation::kRelu) {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0.0f;
@@ -180,18 +188,36 @@ void CpuBackend::ActivationBackward(Activation act, const float* x, const float*
 }
 
 void CpuBackend::Add(const float* x, const float* a, int64_t n, float* y) {
+  internal::OpScope scope("Add");
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] + a[i];
 }
 
 void CpuBackend::AddInPlace(float* y, const float* x, int64_t n) {
+  internal::OpScope scope("AddInPlace");
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
-void CpuBackend::Copy(const float* x, int64_t n, float* y) { std::memcpy(y, x, n * sizeof(float)); }
+void CpuBackend::Copy(const float* x, int64_t n, float* y) {
+  internal::OpScope scope("Copy");
+  std::memcpy(y, x, n * sizeof(float));
+}
+
+bool CpuBackend::StartKernelProfile() {
+  internal::OpProfile::Get().Start();
+  return true;
+}
+
+std::vector<Backend::KernelTime> CpuBackend::StopKernelProfile() {
+  std::vector<KernelTime> rows;
+  for (internal::OpProfile::Row& r : internal::OpProfile::Get().Stop())
+    rows.push_back({std::move(r.name), r.calls, r.ms});
+  return rows;
+}
 
 void CpuBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) {
+  internal::OpScope scope("ChannelScaleForward");
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < c; ++j) y[i * c + j] = x[i * c + j] * s[j];
@@ -199,6 +225,7 @@ void CpuBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, 
 
 void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
                                       float* dx, float* ds) {
+  internal::OpScope scope("ChannelScaleBackward");
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < c; ++j) dx[i * c + j] = dy[i * c + j] * s[j];
@@ -212,6 +239,7 @@ void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const floa
 
 void CpuBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
                                      float* v, float* sigma_out, float* w_eff) {
+  internal::OpScope scope("SigmaReparamForward");
   // Matrix-vector products as GEMMs with one column (oneDNN, all threads).
   const auto normalize = [this](float* x, int64_t n) {
     const double norm = std::sqrt(SumSquares(x, n));
@@ -238,6 +266,7 @@ void CpuBackend::SigmaReparamForward(const float* w, const float* g, int64_t out
 void CpuBackend::SigmaReparamBackward(const float* w, const float* g_in, const float* sigma_in, const float* u,
                                       const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
                                       float* dg) {
+  internal::OpScope scope("SigmaReparamBackward");
   const float g = *g_in, sigma = *sigma_in;
   const double gw =
       ChunkedSum(out * in, [&](int64_t lo, int64_t hi) { return internal::DotF64(dw_eff + lo, w + lo, hi - lo); });
@@ -252,6 +281,7 @@ void CpuBackend::SigmaReparamBackward(const float* w, const float* g_in, const f
 void CpuBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2,
                        float eps, float weight_decay, float bias_correction1, float bias_correction2,
                        float grad_scale) {
+  internal::OpScope scope("AdamW");
   const float step_size = lr / bias_correction1;
   const float sqrt_bc2 = std::sqrt(bias_correction2);
   const float decay = 1.0f - lr * weight_decay;
@@ -265,10 +295,12 @@ void CpuBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t 
 }
 
 double CpuBackend::SumSquares(const float* x, int64_t n) {
+  internal::OpScope scope("SumSquares");
   return ChunkedSum(n, [x](int64_t lo, int64_t hi) { return internal::DotF64(x + lo, x + lo, hi - lo); });
 }
 
 double CpuBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
+  internal::OpScope scope("MeanRowNorm");
   if (rows == 0) return 0;
   const double total = ChunkedSum(rows, [x, d](int64_t lo, int64_t hi) {
     double s = 0;
@@ -279,6 +311,7 @@ double CpuBackend::MeanRowNorm(const float* x, int64_t rows, int64_t d) {
 }
 
 void CpuBackend::Scale(float* x, int64_t n, float s) {
+  internal::OpScope scope("Scale");
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) x[i] *= s;
 }

@@ -61,6 +61,10 @@ class CpuBackend final : public Backend {
   double SumSquares(const float* x, int64_t n) override;
   double MeanRowNorm(const float* x, int64_t rows, int64_t d) override;
   void Scale(float* x, int64_t n, float s) override;
+  // Each op's wall time, less the ops and products it calls, and the time between the ops
+  // (internal/op_profile.h).
+  bool StartKernelProfile() override;
+  std::vector<KernelTime> StopKernelProfile() override;
 };
 
 // The registered instance (also what tests use directly).

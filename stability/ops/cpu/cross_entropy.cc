@@ -6,9 +6,10 @@
 #include <limits>
 
 #include "stability/ops/cpu/cpu_backend.h"
-#include "stability/ops/row_stats.h"
+#include "stability/ops/cpu/internal/op_profile.h"
 #include "stability/ops/cpu/internal/scratch.h"
 #include "stability/ops/cpu/internal/vec_math.h"
+#include "stability/ops/row_stats.h"
 
 namespace stability::ops::cpu {
 namespace {
@@ -44,6 +45,7 @@ float RowSumExp(const float* z, int64_t v, float zmax) {
 
 void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                                      const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+  internal::OpScope scope("CrossEntropyForward");
   std::vector<float> row_max(n);
 #pragma omp parallel
   {
@@ -71,6 +73,7 @@ void CpuBackend::CrossEntropyForward(const float* logits, const int32_t* targets
 
 void CpuBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                       int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) {
+  internal::OpScope scope("CrossEntropyBackward");
   // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
   const float inv_n = dloss / static_cast<float>(n);
   const float cap = opt.soft_cap;

@@ -1,14 +1,20 @@
 #include "stability/ops/cpu/gemm.h"
 
+#include <string>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "oneapi/dnnl/dnnl.h"
+#include "stability/ops/cpu/internal/op_profile.h"
 
 namespace stability::cpu {
 
 absl::Status Sgemm(Trans trans_a, Trans trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                    int64_t ldc) {
+  // A kernel profile's product row, named as the CUDA backend names its products.
+  using ::stability::ops::cpu::internal::OpProfile, ::stability::ops::cpu::internal::OpScope;
+  OpScope scope(OpProfile::Get().on() ? absl::StrFormat("sgemm %d×%d×%d", m, n, k) : std::string());
   if (m < 0 || n < 0 || k < 0) {
     return absl::InvalidArgumentError(absl::StrFormat("Sgemm: negative size m=%d n=%d k=%d", m, n, k));
   }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "stability/ops/cpu/cpu_backend.h"
+#include "stability/ops/cpu/internal/op_profile.h"
 
 namespace stability::ops::cpu {
 
@@ -43,6 +44,7 @@ void NormRow(bool layer, const float* xr, const float* g, const float* b, int64_
 void CpuBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
                              int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                              Bf16Operands* /*next: nothing kept*/) {
+  internal::OpScope scope("NormForward");
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -55,6 +57,7 @@ void CpuBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_r
 void CpuBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                 const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                                 float* rstd, Bf16Operands* /*next: nothing kept*/) {
+  internal::OpScope scope("AddNormForward");
   const bool layer = kind == NormKind::kLayerNorm;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
@@ -139,11 +142,13 @@ void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, co
 void CpuBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                               const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
                               float* db) {
+  internal::OpScope scope("NormBackward");
   NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
 }
 
 void CpuBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                  const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) {
+  internal::OpScope scope("AddNormBackward");
   NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 
