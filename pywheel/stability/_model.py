@@ -42,7 +42,8 @@ class Model:
         return ForwardResult(float(loss), logits, dict(telemetry))
 
     def backward(self, dloss: float = 1.0) -> Dict[str, np.ndarray]:
-        """Gradients of the last forward's loss (times dloss), by parameter name."""
+        """Gradients of the last forward's loss (times dloss), by parameter name; one backward
+        per forward (ValueError otherwise)."""
         return dict(self._m.backward(float(dloss)))
 
     @property

@@ -52,6 +52,8 @@ def test_model_gradients_match_the_pytorch_reference(variant, extra):
     ref = gpt_reference.GptReference(cfg.to_dict()["model"], model.parameters, model.buffers).run(ids, targets)
     assert out.loss == pytest.approx(ref["loss"], rel=1e-5)
     assert out.logits.shape == (2, 12, 257)
+    with pytest.raises(ValueError, match="one Backward a Forward"):
+        model.backward()
     assert set(grads) == set(ref["grads"])
     for name, g in grads.items():
         r = ref["grads"][name]
