@@ -1,5 +1,9 @@
 #include "stability/ops/testing/checked_device.h"
 
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -16,42 +20,67 @@
 namespace stability::ops::testing {
 namespace {
 
-// Host memory that remembers its blocks, so that a pointer can be told to be one of them,
-// and counts them: the bytes alive, their peak, and a capacity past which it refuses, as
-// cudaMalloc does.
+// Memory of the stand-in device: each block its own mapping, with no access for host code
+// (PROT_NONE) except while a kernel of the device (an op of CheckedBackend, or the allocator's
+// own copies) has it open, so that host code reading or writing device memory outside a kernel
+// — which on a GPU is an illegal dereference — faults here too. It remembers its blocks (a
+// pointer can be told to be one of them) and counts them: the bytes alive, their peak, and a
+// capacity past which it refuses, as cudaMalloc does.
 class CheckedAllocator final : public Allocator {
  public:
   void* Allocate(size_t bytes) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (capacity_ > 0 && alive_ + static_cast<int64_t>(bytes) > capacity_) throw std::bad_alloc();
-    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64);
-    if (p == nullptr) throw std::bad_alloc();
-    blocks_[reinterpret_cast<uintptr_t>(p)] = bytes;
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t mapped = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+    void* p = mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    blocks_[reinterpret_cast<uintptr_t>(p)] = {bytes, mapped, 0};
     alive_ += static_cast<int64_t>(bytes);
     peak_ = std::max(peak_, alive_);
     return p;
   }
   void Free(void* p) override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (auto it = blocks_.find(reinterpret_cast<uintptr_t>(p)); it != blocks_.end()) {
-        alive_ -= static_cast<int64_t>(it->second);
-        blocks_.erase(it);
-      }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = blocks_.find(reinterpret_cast<uintptr_t>(p)); it != blocks_.end()) {
+      alive_ -= static_cast<int64_t>(it->second.bytes);
+      munmap(p, it->second.mapped);
+      blocks_.erase(it);
     }
-    std::free(p);
   }
-  void Zero(void* p, size_t bytes) override { std::memset(p, 0, bytes); }
-  void CopyFromHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void CopyToHost(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void Zero(void* p, size_t bytes) override {
+    const uintptr_t block = Open(p);
+    std::memset(p, 0, bytes);
+    Close(block);
+  }
+  void CopyFromHost(void* dst, const void* src, size_t bytes) override {
+    const uintptr_t block = Open(dst);
+    std::memcpy(dst, src, bytes);
+    Close(block);
+  }
+  void CopyToHost(void* dst, const void* src, size_t bytes) override {
+    const uintptr_t block = Open(src);
+    std::memcpy(dst, src, bytes);
+    Close(block);
+  }
   // p inside a live block (a view into one counts).
   bool Owns(const void* p) {
-    const auto a = reinterpret_cast<uintptr_t>(p);
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = blocks_.upper_bound(a);
-    if (it == blocks_.begin()) return false;
-    --it;
-    return a < it->first + std::max<size_t>(it->second, 1);
+    return Find(p) != blocks_.end();
+  }
+  // Host access to the block holding p (for a kernel), until as many Closes: its key, or 0
+  // where p is not device memory.
+  uintptr_t Open(const void* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = Find(p);
+    if (it == blocks_.end()) return 0;
+    if (it->second.open++ == 0) Protect(it, PROT_READ | PROT_WRITE);
+    return it->first;
+  }
+  void Close(uintptr_t block) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = blocks_.find(block);
+    if (it != blocks_.end() && --it->second.open == 0) Protect(it, PROT_NONE);
   }
   int64_t alive() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -75,8 +104,22 @@ class CheckedAllocator final : public Allocator {
   }
 
  private:
+  struct Block {
+    size_t bytes, mapped;
+    int open;  // kernels that have it open
+  };
+  std::map<uintptr_t, Block>::iterator Find(const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = blocks_.upper_bound(a);
+    if (it == blocks_.begin()) return blocks_.end();
+    --it;
+    return a < it->first + std::max<size_t>(it->second.bytes, 1) ? it : blocks_.end();
+  }
+  static void Protect(std::map<uintptr_t, Block>::iterator it, int prot) {
+    if (mprotect(reinterpret_cast<void*>(it->first), it->second.mapped, prot) != 0) throw std::bad_alloc();
+  }
   std::mutex mu_;
-  std::map<uintptr_t, size_t> blocks_;
+  std::map<uintptr_t, Block> blocks_;
   int64_t alive_ = 0, peak_ = 0, capacity_ = 0;
 };
 
@@ -84,6 +127,44 @@ class CheckedAllocator final : public Allocator {
 CheckedAllocator& TheAllocator() {
   static CheckedAllocator allocator;
   return allocator;
+}
+
+// The device blocks an op has open for the CPU's kernels, closed when it ends.
+class Opened {
+ public:
+  Opened() = default;
+  Opened(Opened&& o) noexcept : blocks_(std::move(o.blocks_)) {}
+  Opened& operator=(Opened&&) = delete;
+  ~Opened() {
+    for (uintptr_t b : blocks_) TheAllocator().Close(b);
+  }
+  void Add(uintptr_t block) { blocks_.push_back(block); }
+
+ private:
+  std::vector<uintptr_t> blocks_;
+};
+
+// A fault on a device block is host code touching device memory outside a kernel: said
+// before the process dies (the default action runs when the handler returns).
+void OnFault(int, siginfo_t*, void*) {
+  static const char kMessage[] =
+      "\nCheckedDevice: a memory fault — if its address is device memory, host code read or wrote the stand-in "
+      "GPU's memory outside a kernel (on a GPU, an illegal host dereference of a device pointer). Copy it with "
+      "Tensor::To(kCpu) / CopyToHost, or queue the value (Backend::QueueValue).\n";
+  (void)!write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  signal(SIGSEGV, SIG_DFL);
+}
+
+void InstallFaultMessage() {
+  static const bool installed = [] {
+    struct sigaction sa = {};
+    sa.sa_sigaction = OnFault;
+    sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, nullptr);
+    return true;
+  }();
+  (void)installed;
 }
 
 uint16_t ToBf16(float x) {  // round to nearest even, as __float2bfloat16_rn (finite x)
@@ -142,39 +223,41 @@ class CheckedBackend final : public Backend {
 
   void EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe, int64_t c,
                         float* out) override {
-    Need("EmbeddingForward", {{"ids", ids}, {"wte", wte}, {"wpe", wpe}, {"out", out}});
+    const Opened open = Need("EmbeddingForward", {{"ids", ids}, {"wte", wte}, {"wpe", wpe}, {"out", out}});
     cpu_.EmbeddingForward(ids, n, t, wte, wpe, c, out);
   }
   void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
                          float* dwpe) override {
-    Need("EmbeddingBackward", {{"ids", ids}, {"dout", dout}, {"dwte", dwte}, {"dwpe", dwpe}});
+    const Opened open = Need("EmbeddingBackward", {{"ids", ids}, {"dout", dout}, {"dwte", dwte}, {"dwpe", dwpe}});
     cpu_.EmbeddingBackward(ids, n, t, dout, c, dwte, dwpe);
   }
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
                      Bf16Operands* kept) override {
-    Need("LinearForward", {{"x", x}, {"w", w}, {"b", b}, {"y", y}});
+    const Opened open = Need("LinearForward", {{"x", x}, {"w", w}, {"b", b}, {"y", y}});
     if (!bf16_) return cpu_.LinearForward(x, w, b, n, in, out, y, kept);
     // As the CUDA backend: x as its producer left it rounded (x_rounded; x itself may be
     // stale then), else rounded here; both into the kept copies for the backward.
     std::vector<float> x16;
     if (kept && kept->x_rounded) {
-      Need("LinearForward", {{"kept x", kept->x}});
+      const Opened open_kept = Need("LinearForward", {{"kept x", kept->x}});
       kept->x_rounded = false;
       x16 = Widen(kept->x, n * in);
     } else {
-      Need("LinearForward", {{"x", x}});
+      const Opened open_kept = Need("LinearForward", {{"x", x}, {"kept x", kept ? kept->x : nullptr}});
       x16 = Round(x, n * in, kept ? kept->x : nullptr);
     }
+    const Opened open_w = Need("LinearForward", {{"kept w", kept ? kept->w : nullptr}});
     const std::vector<float> w16 = Round(w, out * in, kept ? kept->w : nullptr);
     cpu_.LinearForward(x16.data(), w16.data(), b, n, in, out, y, nullptr);
   }
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override {
-    Need("LinearBackward", {{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}, {"db", db}});
+    const Opened open = Need("LinearBackward", {{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}, {"db", db}});
     if (!bf16_) return cpu_.LinearBackward(x, w, dy, n, in, out, dx, dw, db, kept);
     // The kept operands (never x: a forward fed by `next` may have left it unwritten), dy
     // rounded; the bias gradient from the fp32 dy, as the CUDA backend takes it.
     if (kept == nullptr) throw std::logic_error("LinearBackward: a bf16 backward without its forward's kept operands");
+    const Opened open_kept = Need("LinearBackward", {{"kept x", kept->x}, {"kept w", kept->w}});
     const std::vector<float> x16 = Widen(kept->x, n * in), w16 = Widen(kept->w, out * in);
     const std::vector<float> dy16 = Round(dy, n * out, nullptr);
     cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx, dw, nullptr, nullptr);
@@ -195,7 +278,7 @@ class CheckedBackend final : public Backend {
   }
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override {
-    Need("NormForward", {{"x", x}, {"g", g}, {"b", b}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
+    const Opened open = Need("NormForward", {{"x", x}, {"g", g}, {"b", b}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
     std::vector<float> tmp(y ? 0 : rows * d);
     cpu_.NormForward(kind, x, x_rows, g, b, rows, d, eps, y ? y : tmp.data(), mean, rstd, nullptr);
     if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
@@ -203,23 +286,26 @@ class CheckedBackend final : public Backend {
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                     const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
                     float* db) override {
-    Need("NormBackward",
-         {{"x", x}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dx", dx}, {"dg", dg}, {"db", db}});
+    const Opened open =
+        Need("NormBackward",
+             {{"x", x}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dx", dx}, {"dg", dg}, {"db", db}});
     cpu_.NormBackward(kind, x, x_rows, g, mean, rstd, dy, rows, d, dx, dg, db);
   }
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
                       Bf16Operands* next) override {
-    Need("AddNormForward",
-         {{"x", x}, {"a", a}, {"s", s}, {"g", g}, {"b", b}, {"sum", sum}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
+    const Opened open = Need(
+        "AddNormForward",
+        {{"x", x}, {"a", a}, {"s", s}, {"g", g}, {"b", b}, {"sum", sum}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
     std::vector<float> tmp(y ? 0 : rows * d);
     cpu_.AddNormForward(kind, x, a, s, g, b, rows, d, eps, sum, y ? y : tmp.data(), mean, rstd, nullptr);
     if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
   }
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override {
-    Need("AddNormBackward",
-         {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
+    const Opened open = Need(
+        "AddNormBackward",
+        {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
     cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy, rows, d, dsum, dg, db);
   }
   // The fused kernel, as the CUDA backend runs it for the head dims it has kernels for
@@ -233,12 +319,13 @@ class CheckedBackend final : public Backend {
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats) override {
     if (!AttentionStoresProbs(hd)) {
-      Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
+      const Opened open = Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
       std::vector<float> host_probs(b * h * t * t);
       cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats);
       return;
     }
-    Need("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"probs", probs}, {"lse", lse}});
+    const Opened open =
+        Need("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"probs", probs}, {"lse", lse}});
     cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats);
   }
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
@@ -246,86 +333,89 @@ class CheckedBackend final : public Backend {
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
                          float* dv) override {
     if (!AttentionStoresProbs(hd)) {
-      Need("AttentionBackward (fused)", {{"q", q},
-                                         {"k", k},
-                                         {"v", v},
-                                         {"out", out},
-                                         {"lse", lse},
-                                         {"dout", dout},
-                                         {"dq", dq},
-                                         {"dk", dk},
-                                         {"dv", dv}});
+      const Opened open = Need("AttentionBackward (fused)", {{"q", q},
+                                                             {"k", k},
+                                                             {"v", v},
+                                                             {"out", out},
+                                                             {"lse", lse},
+                                                             {"dout", dout},
+                                                             {"dq", dq},
+                                                             {"dk", dk},
+                                                             {"dv", dv}});
       std::vector<float> host_probs(b * h * t * t), host_out(b * t * h * hd), host_lse(b * h * t);
       cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(),
                             nullptr);
       cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
       return;
     }
-    Need("AttentionBackward", {{"q", q},
-                               {"k", k},
-                               {"v", v},
-                               {"out", out},
-                               {"probs", probs},
-                               {"lse", lse},
-                               {"dout", dout},
-                               {"dq", dq},
-                               {"dk", dk},
-                               {"dv", dv}});
+    const Opened open = Need("AttentionBackward", {{"q", q},
+                                                   {"k", k},
+                                                   {"v", v},
+                                                   {"out", out},
+                                                   {"probs", probs},
+                                                   {"lse", lse},
+                                                   {"dout", dout},
+                                                   {"dq", dq},
+                                                   {"dk", dk},
+                                                   {"dv", dv}});
     cpu_.AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
   }
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override {
-    Need("Rope", {{"x", x}, {"y", y}});
+    const Opened open = Need("Rope", {{"x", x}, {"y", y}});
     cpu_.Rope(x, x_ld, y, y_ld, b, t, h, hd, base, inverse);
   }
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override {
-    Need("ActivationForward", {{"x", x}, {"y", y}});
+    const Opened open = Need("ActivationForward", {{"x", x}, {"y", y}});
     cpu_.ActivationForward(act, x, n, y);
   }
   void ActivationBackward(Activation act, const float* x, const float* dy, int64_t n, float* dx) override {
-    Need("ActivationBackward", {{"x", x}, {"dy", dy}, {"dx", dx}});
+    const Opened open = Need("ActivationBackward", {{"x", x}, {"dy", dy}, {"dx", dx}});
     cpu_.ActivationBackward(act, x, dy, n, dx);
   }
   void Add(const float* x, const float* a, int64_t n, float* y) override {
-    Need("Add", {{"x", x}, {"a", a}, {"y", y}});
+    const Opened open = Need("Add", {{"x", x}, {"a", a}, {"y", y}});
     cpu_.Add(x, a, n, y);
   }
   void AddInPlace(float* y, const float* x, int64_t n) override {
-    Need("AddInPlace", {{"y", y}, {"x", x}});
+    const Opened open = Need("AddInPlace", {{"y", y}, {"x", x}});
     cpu_.AddInPlace(y, x, n);
   }
   void Copy(const float* x, int64_t n, float* y) override {
-    Need("Copy", {{"x", x}, {"y", y}});
+    const Opened open = Need("Copy", {{"x", x}, {"y", y}});
     cpu_.Copy(x, n, y);
   }
   void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override {
-    Need("ChannelScaleForward", {{"x", x}, {"s", s}, {"y", y}});
+    const Opened open = Need("ChannelScaleForward", {{"x", x}, {"s", s}, {"y", y}});
     cpu_.ChannelScaleForward(x, s, n, c, y);
   }
   void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
                             float* ds) override {
-    Need("ChannelScaleBackward", {{"x", x}, {"s", s}, {"dy", dy}, {"dx", dx}, {"ds", ds}});
+    const Opened open = Need("ChannelScaleBackward", {{"x", x}, {"s", s}, {"dy", dy}, {"dx", dx}, {"ds", ds}});
     cpu_.ChannelScaleBackward(x, s, dy, n, c, dx, ds);
   }
   void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u, float* v,
                            float* sigma, float* w_eff) override {
-    Need("SigmaReparamForward", {{"w", w}, {"g", g}, {"u", u}, {"v", v}, {"sigma", sigma}, {"w_eff", w_eff}});
+    const Opened open =
+        Need("SigmaReparamForward", {{"w", w}, {"g", g}, {"u", u}, {"v", v}, {"sigma", sigma}, {"w_eff", w_eff}});
     cpu_.SigmaReparamForward(w, g, out, in, update, u, v, sigma, w_eff);
   }
   void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u, const float* v,
                             const float* dw_eff, int64_t out, int64_t in, float* dw, float* dg) override {
-    Need("SigmaReparamBackward",
-         {{"w", w}, {"g", g}, {"sigma", sigma}, {"u", u}, {"v", v}, {"dw_eff", dw_eff}, {"dw", dw}, {"dg", dg}});
+    const Opened open =
+        Need("SigmaReparamBackward",
+             {{"w", w}, {"g", g}, {"sigma", sigma}, {"u", u}, {"v", v}, {"dw_eff", dw_eff}, {"dw", dw}, {"dg", dg}});
     cpu_.SigmaReparamBackward(w, g, sigma, u, v, dw_eff, out, in, dw, dg);
   }
   void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override {
-    Need("CrossEntropyForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
+    const Opened open = Need("CrossEntropyForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
     cpu_.CrossEntropyForward(logits, targets, n, v, opt, lse, stats);
   }
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override {
-    Need("CrossEntropyBackward", {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
+    const Opened open =
+        Need("CrossEntropyBackward", {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
     cpu_.CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
   }
   // bf16: the logits stored in bf16 from the (bf16) product, the loss from them.
@@ -333,7 +423,7 @@ class CheckedBackend final : public Backend {
                                  int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
                                  CrossEntropyStats* stats, Bf16Operands* kept) override {
     if (!bf16_) return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept);
-    Need("CrossEntropyLinearForward", {{"logits", logits}});
+    const Opened open = Need("CrossEntropyLinearForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
     std::vector<float> l(n * v);
     LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept);
     const std::vector<float> l16 = Round(l.data(), n * v, logits);
@@ -346,7 +436,8 @@ class CheckedBackend final : public Backend {
       return Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw,
                                                  kept);
     }
-    Need("CrossEntropyLinearBackward", {{"logits", logits}, {"dlogits", dlogits}});
+    const Opened open = Need("CrossEntropyLinearBackward",
+                             {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
     const std::vector<float> l = Widen(logits, n * v);
     std::vector<float> dl(n * v);
     cpu_.CrossEntropyBackward(l.data(), targets, lse, n, v, opt, dloss, dl.data());
@@ -355,23 +446,23 @@ class CheckedBackend final : public Backend {
   }
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override {
-    Need("AdamW", {{"p", p}, {"grad", grad}, {"m", m}, {"v", v}});
+    const Opened open = Need("AdamW", {{"p", p}, {"grad", grad}, {"m", m}, {"v", v}});
     cpu_.AdamW(p, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
   }
   double SumSquares(const float* x, int64_t n) override {
-    Need("SumSquares", {{"x", x}});
+    const Opened open = Need("SumSquares", {{"x", x}});
     return cpu_.SumSquares(x, n);
   }
   double MeanRowNorm(const float* x, int64_t rows, int64_t d) override {
-    Need("MeanRowNorm", {{"x", x}});
+    const Opened open = Need("MeanRowNorm", {{"x", x}});
     return cpu_.MeanRowNorm(x, rows, d);
   }
   void Scale(float* x, int64_t n, float s) override {
-    Need("Scale", {{"x", x}});
+    const Opened open = Need("Scale", {{"x", x}});
     cpu_.Scale(x, n, s);
   }
   void QueueValue(const float* x) override {
-    Need("QueueValue", {{"x", x}});
+    const Opened open = Need("QueueValue", {{"x", x}});
     Backend::QueueValue(x);
   }
 
@@ -383,20 +474,29 @@ class CheckedBackend final : public Backend {
     return buffer.data();
   }
   // y rounded into the next product's operand, marked as rounded (NextOperand on CUDA).
+  // y: device memory, or a host buffer of the op's own.
   void Into(Bf16Operands* next, const float* y, int64_t n) {
-    Need("next operand", {{"next x", next->x}});
+    Opened open = Need("next operand", {{"next x", next->x}});
+    if (const uintptr_t block = TheAllocator().Open(y)) open.Add(block);
     Round(y, n, next->x);
     next->x_rounded = true;
   }
-  void Need(const char* op, std::initializer_list<std::pair<const char*, const void*>> args) {
+  // Every pointer argument must be device memory (or the op's scratch): its block is opened
+  // for the CPU's kernel until the returned guard goes.
+  [[nodiscard]] Opened Need(const char* op, std::initializer_list<std::pair<const char*, const void*>> args) {
     ++checked_;
+    Opened opened;
     for (const auto& [arg, p] : args) {
-      if (p != nullptr && p != scratch_ && !TheAllocator().Owns(p)) {
+      if (p == nullptr || p == scratch_) continue;
+      const uintptr_t block = TheAllocator().Open(p);
+      if (block == 0) {
         throw std::logic_error(std::string(op) + ": `" + arg +
                                "` is not memory of the device (a host pointer handed to a kernel?)");
       }
+      opened.Add(block);
     }
     scratch_ = nullptr;
+    return opened;
   }
   Backend& cpu_;
   const bool bf16_mode_;
@@ -415,6 +515,7 @@ struct CheckedDevice::Impl {
 };
 
 CheckedDevice::CheckedDevice(Mode mode) : impl_(new Impl(mode == Mode::kBf16)) {
+  InstallFaultMessage();
   impl_->previous_allocator = RegisterAllocator(DeviceType::kCuda, &TheAllocator());
   RegisterBackend(DeviceType::kCuda, &impl_->backend);
 }

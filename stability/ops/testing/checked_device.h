@@ -3,6 +3,10 @@
 // lies in memory allocated on that device. Code that hands a kernel a host pointer (the
 // caller's token ids, say) works on the CPU, where host and device are one, and fails on a
 // real GPU with an illegal address — here it fails at once, naming the op and the argument.
+// The other way round too: the device's memory is mapped with no access for host code except
+// while one of its ops (or a copy) has it open, so host code that reads or writes device memory
+// outside a kernel (a loss read straight from a device buffer, say) faults, with a message, as
+// it would on a GPU.
 //
 //   ops::testing::CheckedDevice device;  // registers itself for kCuda; unregisters on exit
 //   auto model = model::Model::Create(config, seed, device.device());
