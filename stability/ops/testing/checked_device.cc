@@ -23,7 +23,7 @@ namespace {
 // Memory of the stand-in device: each block its own mapping, with no access for host code
 // (PROT_NONE) except while a kernel of the device (an op of CheckedBackend, or the allocator's
 // own copies) has it open, so that host code reading or writing device memory outside a kernel
-// — which on a GPU is an illegal dereference — faults here too. It remembers its blocks (a
+// — which on a GPU is an illegal dereference — faults here too; and ending at a guard page. It remembers its blocks (a
 // pointer can be told to be one of them) and counts them: the bytes alive, their peak, and a
 // capacity past which it refuses, as cudaMalloc does.
 class CheckedAllocator final : public Allocator {
@@ -31,20 +31,24 @@ class CheckedAllocator final : public Allocator {
   void* Allocate(size_t bytes) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (capacity_ > 0 && alive_ + static_cast<int64_t>(bytes) > capacity_) throw std::bad_alloc();
+    // The block ends (64-byte aligned) where a guard page that is never opened begins: a
+    // kernel that runs past the end of its buffer faults too.
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t mapped = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
-    void* p = mmap(nullptr, mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    blocks_[reinterpret_cast<uintptr_t>(p)] = {bytes, mapped, 0};
+    const size_t usable = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+    const size_t open_bytes = (usable + page - 1) / page * page;
+    void* base = mmap(nullptr, open_bytes + page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) throw std::bad_alloc();
+    const uintptr_t p = reinterpret_cast<uintptr_t>(base) + open_bytes - usable;
+    blocks_[p] = {bytes, reinterpret_cast<uintptr_t>(base), open_bytes, 0};
     alive_ += static_cast<int64_t>(bytes);
     peak_ = std::max(peak_, alive_);
-    return p;
+    return reinterpret_cast<void*>(p);
   }
   void Free(void* p) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto it = blocks_.find(reinterpret_cast<uintptr_t>(p)); it != blocks_.end()) {
       alive_ -= static_cast<int64_t>(it->second.bytes);
-      munmap(p, it->second.mapped);
+      munmap(reinterpret_cast<void*>(it->second.base), it->second.open_bytes + sysconf(_SC_PAGESIZE));
       blocks_.erase(it);
     }
   }
@@ -105,7 +109,9 @@ class CheckedAllocator final : public Allocator {
 
  private:
   struct Block {
-    size_t bytes, mapped;
+    size_t bytes;
+    uintptr_t base;  // of the mapping: open_bytes that kernels may open, then the guard page
+    size_t open_bytes;
     int open;  // kernels that have it open
   };
   std::map<uintptr_t, Block>::iterator Find(const void* p) {
@@ -116,7 +122,7 @@ class CheckedAllocator final : public Allocator {
     return a < it->first + std::max<size_t>(it->second.bytes, 1) ? it : blocks_.end();
   }
   static void Protect(std::map<uintptr_t, Block>::iterator it, int prot) {
-    if (mprotect(reinterpret_cast<void*>(it->first), it->second.mapped, prot) != 0) throw std::bad_alloc();
+    if (mprotect(reinterpret_cast<void*>(it->second.base), it->second.open_bytes, prot) != 0) throw std::bad_alloc();
   }
   std::mutex mu_;
   std::map<uintptr_t, Block> blocks_;
@@ -149,8 +155,9 @@ class Opened {
 void OnFault(int, siginfo_t*, void*) {
   static const char kMessage[] =
       "\nCheckedDevice: a memory fault — if its address is device memory, host code read or wrote the stand-in "
-      "GPU's memory outside a kernel (on a GPU, an illegal host dereference of a device pointer). Copy it with "
-      "Tensor::To(kCpu) / CopyToHost, or queue the value (Backend::QueueValue).\n";
+      "GPU's memory outside a kernel (on a GPU, an illegal host dereference of a device pointer: copy it with "
+      "Tensor::To(kCpu) / CopyToHost, or queue the value, Backend::QueueValue), or a kernel ran past the end of its "
+      "buffer (each ends at a guard page).\n";
   (void)!write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
   signal(SIGSEGV, SIG_DFL);
 }

@@ -55,6 +55,18 @@ TEST(CheckedDeviceDeathTest, HostCodeTouchingDeviceMemoryFaults) {
       "host code read or wrote the stand-in GPU's memory outside a kernel");
 }
 
+// A kernel that runs past the end of its buffer (a size computed wrong) faults at the guard page.
+TEST(CheckedDeviceDeathTest, AKernelPastTheEndOfItsBufferFaults) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        CheckedDevice device;
+        Tensor x = Tensor::Zeros({100}, DType::kF32, device.device());  // 400 bytes: 416 to the guard page
+        GetBackend(device.device())->Scale(x.f32(), 200, 2.0f);
+      },
+      "ran past the end of its buffer");
+}
+
 TEST(CheckedDeviceTest, CountsItsMemoryAndRefusesPastItsCapacity) {
   CheckedDevice device;
   EXPECT_EQ(GetBackend(device.device())->Memory().total_bytes, 0) << "no capacity: nothing reported";
