@@ -39,6 +39,11 @@ class CheckedAllocator final : public Allocator {
     void* base = mmap(nullptr, open_bytes + page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) throw std::bad_alloc();
     const uintptr_t p = reinterpret_cast<uintptr_t>(base) + open_bytes - usable;
+    // Filled with NaNs (all ones: float and bf16 NaN, int −1), as cudaMalloc's memory is not
+    // zero: a kernel that reads what nothing wrote gets NaN, not a lucky 0.
+    if (mprotect(base, open_bytes, PROT_READ | PROT_WRITE) != 0) throw std::bad_alloc();
+    std::memset(base, 0xff, open_bytes);
+    if (mprotect(base, open_bytes, PROT_NONE) != 0) throw std::bad_alloc();
     blocks_[p] = {bytes, reinterpret_cast<uintptr_t>(base), open_bytes, 0};
     alive_ += static_cast<int64_t>(bytes);
     peak_ = std::max(peak_, alive_);

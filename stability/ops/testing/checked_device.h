@@ -7,6 +7,7 @@
 // while one of its ops (or a copy) has it open, so host code that reads or writes device memory
 // outside a kernel (a loss read straight from a device buffer, say) faults, with a message, as
 // it would on a GPU. Each block ends at a guard page: a kernel past the end of its buffer faults.
+// New memory is NaN (cudaMalloc's is not zero either): reading what nothing wrote shows.
 //
 //   ops::testing::CheckedDevice device;  // registers itself for kCuda; unregisters on exit
 //   auto model = model::Model::Create(config, seed, device.device());

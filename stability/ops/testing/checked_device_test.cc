@@ -2,6 +2,7 @@
 // touching device memory outside a kernel), what it counts, and that copies work.
 #include "stability/ops/testing/checked_device.h"
 
+#include <cmath>
 #include <new>
 #include <stdexcept>
 #include <vector>
@@ -39,6 +40,16 @@ TEST(CheckedDeviceTest, CopiesAndKernelsReachDeviceMemory) {
   be.AddInPlace(ta.f32(), tb.f32(), 3);
   const Tensor back = ta.To(kCpu);
   EXPECT_EQ(std::vector<float>(back.f32(), back.f32() + 3), (std::vector<float>{11, 22, 33}));
+}
+
+// cudaMalloc's memory is not zero: neither is the stand-in's (NaN), so a kernel that reads
+// what nothing wrote shows it.
+TEST(CheckedDeviceTest, NewMemoryIsNaNUntilWritten) {
+  CheckedDevice device;
+  const Tensor empty = Tensor::Empty({5}, DType::kF32, device.device()).To(kCpu);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_TRUE(std::isnan(empty.f32()[i])) << i;
+  const Tensor zeros = Tensor::Zeros({5}, DType::kF32, device.device()).To(kCpu);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(zeros.f32()[i], 0.0f) << i;
 }
 
 // On a GPU, host code dereferencing a device pointer is an illegal access; here it faults too,
