@@ -133,6 +133,23 @@ Parameter* Model::FindParameter(const std::string& name) {
 
 const Tensor& Model::logits() const { return impl_->logits; }
 
+namespace {
+
+// The σ-reparam'd linear layers of the model, in layer order, as the backend's batched ops take them.
+std::vector<ops::Backend::SigmaReparamLayer> SigmaReparamLayers(std::vector<Layer>& layers) {
+  std::vector<ops::Backend::SigmaReparamLayer> out;
+  for (Layer& y : layers) {
+    for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
+      if (!lin->gain) continue;
+      out.push_back({lin->w->value.f32(), lin->gain->value.f32(), lin->out, lin->in, lin->u->f32(), lin->v->f32(),
+                     lin->sigma.f32(), lin->w_eff.f32(), lin->dw_eff.f32(), lin->w->grad.f32(), lin->gain->grad.f32()});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, uint64_t seed, Device device) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
   if (ops::GetBackend(device) == nullptr) {
@@ -260,14 +277,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     y.fc2 = linear(h + "fc2", C, F);
     y.ls1 = param(h + "proj_scale");
     y.ls2 = param(h + "fc2_scale");
-    // One power-iteration step now, so σ is defined even before the first training step.
-    for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
-      if (lin->gain) {  // the gain starts at 1
-        m->backend_->SigmaReparamForward(lin->w->value.f32(), lin->gain->value.f32(), lin->out, lin->in, true,
-                                         lin->u->f32(), lin->v->f32(), lin->sigma.f32(), lin->w_eff.f32());
-      }
-    }
   }
+  // One power-iteration step now, so σ is defined even before the first training step.
+  if (c.sigma_reparam) m->backend_->SigmaReparamForwardEach(SigmaReparamLayers(impl.layers), true);
   return m;
 }
 
@@ -301,7 +313,6 @@ QkvNormRows QkvNormRowsOf(const ModelConfig& c, int64_t n) {
   const int64_t h = c.per_head_norm ? c.n_head : 1;
   return {n * h, c.n_embd / h, {h, 3 * c.n_embd}};
 }
-
 }  // namespace
 
 absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) {
@@ -369,10 +380,6 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // into next's bf16 input and its fp32 copy is written only for telemetry.
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
                               Linear* next = nullptr) {
-    if (lin.gain) {
-      be.SigmaReparamForward(lin.w->value.f32(), lin.gain->value.f32(), lin.out, lin.in, training_, lin.u->f32(),
-                             lin.v->f32(), lin.sigma.f32(), lin.w_eff.f32());
-    }
     Alloc(device_, y, {N, lin.out});
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
     ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
@@ -425,6 +432,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     be.Add(residual.f32(), branch->f32(), N * C, out.f32());
   };
 
+  // σ-reparam's W_eff of every layer first, in one batched op (the weights do not change
+  // within a step).
+  if (c.sigma_reparam) be.SigmaReparamForwardEach(SigmaReparamLayers(m.layers), training_);
   m.stream.resize(c.n_layer + 1);
   for (Tensor& t : m.stream) Alloc(device_, t, {N, C});
   be.EmbeddingForward(m.ids.i32(), N, T, m.wte->value.f32(), m.wpe ? m.wpe->value.f32() : nullptr, C,
@@ -574,10 +584,6 @@ absl::Status Model::Backward(float dloss) {
     } else {
       be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(), db, lin.kept.get());
     }
-    if (lin.gain) {
-      be.SigmaReparamBackward(lin.w->value.f32(), lin.gain->value.f32(), lin.sigma.f32(), lin.u->f32(), lin.v->f32(),
-                              lin.dw_eff.f32(), lin.out, lin.in, lin.w->grad.f32(), lin.gain->grad.f32());
-    }
   };
 
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
@@ -650,6 +656,8 @@ absl::Status Model::Backward(float dloss) {
     }
   }
   be.EmbeddingBackward(m.ids.i32(), N, T, m.dres.f32(), C, m.wte->grad.f32(), m.wpe ? m.wpe->grad.f32() : nullptr);
+  // σ-reparam: every layer's dW_eff → dW and dg, in one batched op.
+  if (c.sigma_reparam) be.SigmaReparamBackwardEach(SigmaReparamLayers(m.layers));
   return absl::OkStatus();
 }
 

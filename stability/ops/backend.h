@@ -240,6 +240,28 @@ class Backend {
   virtual void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u,
                                     const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
                                     float* dg) = 0;
+  // Both for many layers at once (a model's every σ-reparam'd linear layer): each layer's
+  // SigmaReparamForward / SigmaReparamBackward, in a few launches on a GPU instead of ~10 a
+  // layer (their vectors are a layer wide: launches, not bytes, are their cost).
+  struct SigmaReparamLayer {
+    const float* w;  // [out, in]
+    const float* g;  // [1]
+    int64_t out, in;
+    float *u, *v;         // [out], [in]; updated by the forward (update), read by the backward
+    float* sigma;         // [1]: written by the forward, read by the backward
+    float* w_eff;         // forward: [out, in]
+    const float* dw_eff;  // backward: [out, in]
+    float *dw, *dg;       // backward: accumulated
+  };
+  virtual void SigmaReparamForwardEach(const std::vector<SigmaReparamLayer>& layers, bool update) {
+    for (const SigmaReparamLayer& l : layers)
+      SigmaReparamForward(l.w, l.g, l.out, l.in, update, l.u, l.v, l.sigma, l.w_eff);
+  }
+  virtual void SigmaReparamBackwardEach(const std::vector<SigmaReparamLayer>& layers) {
+    for (const SigmaReparamLayer& l : layers) {
+      SigmaReparamBackward(l.w, l.g, l.sigma, l.u, l.v, l.dw_eff, l.out, l.in, l.dw, l.dg);
+    }
+  }
 
   // Forward: per-row lse [N] saved; stats filled. Backward: dlogits [N, V] overwritten with
   // d(loss)/d(logits)·dloss; dlogits may be logits (the gradient then replaces them).

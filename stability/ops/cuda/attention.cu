@@ -188,7 +188,7 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
   SoftmaxBackwardRowsKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(probs, lse, dp, t, opt);
   STABILITY_CUDA_LAUNCHED("SoftmaxBackwardRowsKernel");
   for (int64_t bi = 0; bi < b; ++bi) {
-    const int64_t off = bi * t * c, poff = bi * h * t * t;
+    const int64_t poff = bi * h * t * t;
     Gemm(Trans::kNo, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, k + bi * t * ld.k, ld.k, 0.0f,
          dq + bi * t * ld.dq, ld.dq, h, t * t, hd, hd);  // dQ
     Gemm(Trans::kYes, Trans::kNo, t, hd, t, opt.scale, dp + poff, t, q + bi * t * ld.q, ld.q, 0.0f,

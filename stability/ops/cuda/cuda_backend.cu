@@ -1,6 +1,6 @@
 // The CUDA backend: set-up, allocator, cuBLAS GEMM, reductions, and the elementwise,
-// embedding, linear, RoPE, layer-scale, σ-reparam and AdamW ops. Norms, attention and
-// cross-entropy have files of their own. Math and conventions: ops/backend.h.
+// embedding, linear, RoPE, layer-scale and AdamW ops. Norms, attention, cross-entropy and
+// σ-reparam have files of their own. Math and conventions: ops/backend.h.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -294,43 +294,6 @@ __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const
 __global__ void ScaleKernel(float* x, int64_t n, float s) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] *= s;
-}
-
-// σ-reparam's vector steps, each one block (the vectors are a layer's width: launches,
-// not bandwidth, are their cost). x ← src / max(‖src‖, 1e-12) (src may be x), the norm in
-// double and the scale rounded to float, as the CPU's normalize.
-__global__ void NormalizeVectorKernel(const float* src, int64_t n, float* x) {
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(src[i]) * src[i];
-  const float scale = static_cast<float>(1.0 / fmax(sqrt(BlockSum(s)), 1e-12));
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] = src[i] * scale;
-}
-// *out = Σ a·b in double.
-__global__ void DotVectorKernel(const float* a, const float* b, int64_t n, double* out) {
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(a[i]) * b[i];
-  s = BlockSum(s);
-  if (threadIdx.x == 0) *out = s;
-}
-
-// w_eff = (g/σ)·w with σ = *sigma_d (double); thread 0 also stores σ as a float.
-__global__ void SigmaScaleKernel(const float* w, int64_t n, const float* g, const double* sigma_d, float* w_eff,
-                                 float* sigma) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i == 0) *sigma = static_cast<float>(*sigma_d);
-  if (i < n) w_eff[i] = static_cast<float>(*g / *sigma_d) * w[i];
-}
-
-// dw += a·G − b·u vᵀ with a = g/σ, b = g·⟨G, w⟩/σ²; thread 0 also adds dg += ⟨G, w⟩/σ.
-__global__ void SigmaReparamGradKernel(const float* dw_eff, const float* u, const float* v, int64_t out, int64_t in,
-                                       const float* g, const float* sigma, const double* gw, float* dw, float* dg) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const float s = *sigma;
-  if (idx == 0) *dg += static_cast<float>(*gw / s);
-  if (idx >= out * in) return;
-  const float a = *g / s;
-  const float b = static_cast<float>(*g * *gw / (static_cast<double>(s) * s));
-  dw[idx] += a * dw_eff[idx] - b * u[idx / in] * v[idx % in];
 }
 
 __global__ void FloatToDoubleKernel(const float* x, double* y) { *y = *x; }
@@ -831,38 +794,6 @@ void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const flo
   STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
   ColumnTotalsKernel<<<Blocks(c, kThreads), kThreads>>>(partials, c, chunks, ds);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
-}
-
-void CudaBackend::SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u,
-                                      float* v, float* sigma, float* w_eff) {
-  // The CPU's steps (cpu_backend.cc), every scalar kept on the device (no synchronisation),
-  // in 5 launches with the update, 3 without.
-  double* sigma_d = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));
-  float* wv = static_cast<float*>(Scratch(kVector, out * sizeof(float)));
-  // fp32 in either precision: σ is a statistic, and a bf16 product would round all of w.
-  if (update) {
-    GemmFp32(Trans::kYes, Trans::kNo, in, 1, out, 1.0f, w, in, u, 1, 0.0f, v, 1);  // v ← wᵀu
-    NormalizeVectorKernel<<<1, 1024>>>(v, in, v);
-    STABILITY_CUDA_LAUNCHED("NormalizeVectorKernel");
-  }
-  GemmFp32(Trans::kNo, Trans::kNo, out, 1, in, 1.0f, w, in, v, 1, 0.0f, wv, 1);  // w v
-  if (update) {
-    NormalizeVectorKernel<<<1, 1024>>>(wv, out, u);  // u ← normalize(w v)
-    STABILITY_CUDA_LAUNCHED("NormalizeVectorKernel");
-  }
-  DotVectorKernel<<<1, 1024>>>(u, wv, out, sigma_d);  // σ = uᵀ w v
-  STABILITY_CUDA_LAUNCHED("DotVectorKernel");
-  SigmaScaleKernel<<<Blocks(out * in, kThreads), kThreads>>>(w, out * in, g, sigma_d, w_eff, sigma);
-  STABILITY_CUDA_LAUNCHED("SigmaScaleKernel");
-}
-
-void CudaBackend::SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u,
-                                       const float* v, const float* dw_eff, int64_t out, int64_t in, float* dw,
-                                       float* dg) {
-  double* gw = static_cast<double*>(Scratch(kSigma, 2 * sizeof(double)));  // ⟨G, w⟩
-  DotInto(dw_eff, w, out * in, gw);
-  SigmaReparamGradKernel<<<Blocks(out * in, kThreads), kThreads>>>(dw_eff, u, v, out, in, g, sigma, gw, dw, dg);
-  STABILITY_CUDA_LAUNCHED("SigmaReparamGradKernel");
 }
 
 void CudaBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1,

@@ -450,6 +450,58 @@ TEST_F(CudaBackendTest, SigmaReparam) {
   EXPECT_EQ(gpu_->ReadQueued(), std::vector<double>{Down(gsigma, 1)[0]});
 }
 
+// The batched σ-reparam (every layer of a model in a few launches) against the CPU's
+// single-layer ops, layer by layer: three shapes (out > in, out < in, odd sizes), the
+// power-iteration update and without it, then the backward (dw and dg accumulated).
+TEST_F(CudaBackendTest, SigmaReparamEachIsEachLayersOp) {
+  struct Shape {
+    int64_t out, in;
+  };
+  const std::vector<Shape> shapes = {{96, 32}, {32, 130}, {67, 17}};
+  struct Host {
+    std::vector<float> w, g, u, v, sigma, w_eff, g_eff, dw, dg;
+  };
+  std::vector<Host> cpu;
+  std::vector<Backend::SigmaReparamLayer> layers;
+  for (const Shape& s : shapes) {
+    Host h{Random(s.out * s.in, 0.2),
+           {1.1f},
+           Random(s.out),
+           Random(s.in),
+           {0.0f},
+           std::vector<float>(s.out * s.in),
+           Random(s.out * s.in),
+           std::vector<float>(s.out * s.in, 0.5f),
+           {0.25f}};
+    layers.push_back(
+        {Up(h.w), Up(h.g), s.out, s.in, Up(h.u), Up(h.v), Up(h.sigma), Up(h.w_eff), Up(h.g_eff), Up(h.dw), Up(h.dg)});
+    cpu.push_back(std::move(h));
+  }
+  for (bool update : {true, false}) {
+    SCOPED_TRACE(update ? "with the update" : "without the update");
+    gpu_->SigmaReparamForwardEach(layers, update);
+    for (size_t k = 0; k < shapes.size(); ++k) {
+      Host& h = cpu[k];
+      const Shape& s = shapes[k];
+      cpu_->SigmaReparamForward(h.w.data(), h.g.data(), s.out, s.in, update, h.u.data(), h.v.data(), h.sigma.data(),
+                                h.w_eff.data());
+      EXPECT_NEAR(Down(layers[k].sigma, 1)[0], h.sigma[0], 1e-5 * std::abs(h.sigma[0])) << k;
+      ExpectClose(Down(layers[k].u, s.out), h.u, 1e-5, 0, "u");
+      ExpectClose(Down(layers[k].v, s.in), h.v, 1e-5, 0, "v");
+      ExpectClose(Down(layers[k].w_eff, s.out * s.in), h.w_eff, 1e-5, 0, "w_eff");
+    }
+  }
+  gpu_->SigmaReparamBackwardEach(layers);
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    Host& h = cpu[k];
+    const Shape& s = shapes[k];
+    cpu_->SigmaReparamBackward(h.w.data(), h.g.data(), h.sigma.data(), h.u.data(), h.v.data(), h.g_eff.data(), s.out,
+                               s.in, h.dw.data(), h.dg.data());
+    EXPECT_NEAR(Down(layers[k].dg, 1)[0], h.dg[0], 1e-5 * std::abs(h.dg[0]) + 1e-6) << k;
+    ExpectClose(Down(layers[k].dw, s.out * s.in), h.dw, 1e-5, 0, "dw (accumulated onto 0.5)");
+  }
+}
+
 TEST_F(CudaBackendTest, CrossEntropyWithCapAndZLoss) {
   const int64_t n = 37, v = 1031;  // odd sizes: partial blocks
   for (CrossEntropyOptions opt : {CrossEntropyOptions{}, CrossEntropyOptions{.soft_cap = 15.0f, .z_loss = 1e-4f}}) {
@@ -738,7 +790,9 @@ TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
     EXPECT_EQ(Down(pre2, n * f), Down(pre, n * f));
     EXPECT_EQ(bits(n2.x, n * f), bits(k2.x, n * f));
     EXPECT_EQ(Down(y2, n * c), Down(y, n * c));
-    if (with_act) EXPECT_EQ(Down(act2, n * f), Down(act, n * f));
+    if (with_act) {
+      EXPECT_EQ(Down(act2, n * f), Down(act, n * f));
+    }
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
@@ -779,9 +833,13 @@ TEST_F(CudaBackendTest, NormIntoTheNextProductsOperandIsItsRounding) {
         std::memcpy(&u, &r, 4);
         ASSERT_EQ(bits[i], u >> 16) << "at " << i;
       }
-      if (with_y) EXPECT_EQ(Down(y2, rows * d), want);
+      if (with_y) {
+        EXPECT_EQ(Down(y2, rows * d), want);
+      }
       EXPECT_EQ(Down(rstd2, rows), Down(rstd, rows));
-      if (add) EXPECT_EQ(Down(sum2, rows * d), Down(sum, rows * d));
+      if (add) {
+        EXPECT_EQ(Down(sum2, rows * d), Down(sum, rows * d));
+      }
     }
     ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
     Bf16Operands ignored{x16.data(), nullptr};

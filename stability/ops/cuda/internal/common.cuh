@@ -168,6 +168,9 @@ class CudaBackend final : public Backend {
                            float* sigma, float* w_eff) override;
   void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u, const float* v,
                             const float* dw_eff, int64_t out, int64_t in, float* dw, float* dg) override;
+  // sigma_reparam.cu: batched over layers (the single-layer ops are a batch of one).
+  void SigmaReparamForwardEach(const std::vector<SigmaReparamLayer>& layers, bool update) override;
+  void SigmaReparamBackwardEach(const std::vector<SigmaReparamLayer>& layers) override;
   void CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
@@ -304,14 +307,14 @@ enum ScratchSlot {
   kAttentionTile = 2,
   kAttentionClip = 3,
   kRowStats = 4,
-  kVector = 5,
-  kBf16A = 6,  // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
+  kVector = 5,  // σ-reparam's w v of a batch of layers
+  kBf16A = 6,   // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
-  kLtWorkspace = 8,  // cuBLASLt's
-  kSigma = 9,        // σ-reparam's device doubles (norms, σ, ⟨G, w⟩)
-  kBf16C = 10,       // a third bf16 operand (LinearBackward's dy, shared by its two products)
-  kTokenOrder = 11,  // EmbeddingBackward's positions sorted by token id
-  kEachPartials = 12,  // QueueSumSquaresOfEach's partial sums
+  kLtWorkspace = 8,    // cuBLASLt's
+  kSigma = 9,          // σ-reparam's σ of a batch of layers, in double
+  kBf16C = 10,         // a third bf16 operand (LinearBackward's dy, shared by its two products)
+  kTokenOrder = 11,    // EmbeddingBackward's positions sorted by token id
+  kEachPartials = 12,  // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
 };
 
 }  // namespace stability::ops::cuda::internal
