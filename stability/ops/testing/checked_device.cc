@@ -22,10 +22,10 @@ namespace {
 
 // Memory of the stand-in device: each block its own mapping, with no access for host code
 // (PROT_NONE) except while a kernel of the device (an op of CheckedBackend, or the allocator's
-// own copies) has it open, so that host code reading or writing device memory outside a kernel
-// — which on a GPU is an illegal dereference — faults here too; and ending at a guard page. It remembers its blocks (a
-// pointer can be told to be one of them) and counts them: the bytes alive, their peak, and a
-// capacity past which it refuses, as cudaMalloc does.
+// own copies) has it open, so that host code reading or writing device memory outside a
+// kernel — on a GPU an illegal dereference — faults here too; each block ends at a guard page.
+// It remembers its blocks (a pointer can be told to be one of them) and counts them: the bytes
+// alive, their peak, and a capacity past which it refuses, as cudaMalloc does.
 class CheckedAllocator final : public Allocator {
  public:
   void* Allocate(size_t bytes) override {
@@ -155,8 +155,9 @@ class Opened {
   std::vector<uintptr_t> blocks_;
 };
 
-// A fault on a device block is host code touching device memory outside a kernel: said
-// before the process dies (the default action runs when the handler returns).
+// A fault on a device block is host code touching device memory outside a kernel, or a kernel
+// past its buffer's end: said before the process dies (the default action runs when the
+// handler returns).
 void OnFault(int, siginfo_t*, void*) {
   static const char kMessage[] =
       "\nCheckedDevice: a memory fault — if its address is device memory, host code read or wrote the stand-in "
