@@ -94,6 +94,36 @@ TEST(TrainerOnDeviceTest, Bf16RunResumesAndIgnoresTelemetryBitForBit) {
   EXPECT_EQ(Losses(every), Losses(whole));
 }
 
+// The trainer's other paths on a device — micro-batches (--grad_accum), the skip-step spike
+// guard, telemetry every step, a profiled step, and a run that diverges — hand their kernels
+// device memory only and never read device memory on the host (the stand-in faults if they
+// do); in fp32 each gives the CPU run's losses bit for bit.
+TEST(TrainerOnDeviceTest, EveryTrainingPathIsTheCpusOnTheDevice) {
+  ops::testing::CheckedDevice device;
+  const auto paths = [](RunConfig rc) {
+    rc.train.grad_accum = 2;
+    rc.train.spike_skip_factor = 0.5;  // low enough that some steps are skipped
+    rc.train.spike_window = 4;
+    rc.train.telemetry_interval = 1;
+    rc.train.profile_step = 5;
+    return rc;
+  };
+  const RunConfig cpu = paths(SmallRun("paths-cpu", "cpu", "fp32")), gpu = paths(SmallRun("paths-gpu", "cuda", "fp32"));
+  absl::StatusOr<nlohmann::json> sc = RunTraining(cpu, {}), sg = RunTraining(gpu, {});
+  ASSERT_TRUE(sc.ok()) << sc.status();
+  ASSERT_TRUE(sg.ok()) << sg.status();
+  EXPECT_EQ(Losses(gpu), Losses(cpu));
+  EXPECT_GT((*sg)["skipped_steps"].get<int64_t>(), 0) << "the spike guard never fired: the test does not cover it";
+  EXPECT_EQ((*sg)["skipped_steps"], (*sc)["skipped_steps"]);
+
+  RunConfig diverge = SmallRun("diverge-gpu", "cuda", "fp32");
+  diverge.train.lr = 1e3;
+  diverge.train.warmup = 0;
+  absl::StatusOr<nlohmann::json> sd = RunTraining(diverge, {});
+  ASSERT_TRUE(sd.ok()) << sd.status();
+  EXPECT_TRUE((*sd)["diverged"].get<bool>());
+}
+
 std::string ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
