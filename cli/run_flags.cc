@@ -66,7 +66,8 @@ std::vector<FlagSpec> RunFlagSpecs() {
   std::vector<FlagSpec> specs = {
       {"preset", "tiny", "size preset: " + absl::StrJoin(model::SizePresetNames(), ", ")},
       {"variant", "baseline", "stability method: " + absl::StrJoin(model::VariantPresetNames(), ", ")},
-      {"config", "", "a run config JSON ({\"model\": {...}, \"train\": {...}}, e.g. a run's config.json); flags override it"},
+      {"config", "",
+       "a run config JSON ({\"model\": {...}, \"train\": {...}}, e.g. a run's config.json); flags override it"},
   };
   for (const std::string& name : train::TrainConfigFieldNames()) {
     const nlohmann::json& v = default_train[name];

@@ -77,7 +77,9 @@ std::string MakeRunConfig(const std::string& preset, const std::string& variant,
   return rc.ToJson().dump();
 }
 
-std::string ValidateRunConfig(const std::string& json) { return Value(train::RunConfigFromJson(ParseJson(json))).ToJson().dump(); }
+std::string ValidateRunConfig(const std::string& json) {
+  return Value(train::RunConfigFromJson(ParseJson(json))).ToJson().dump();
+}
 
 Tensor TokensFromNumpy(const py::array& a, const char* what) {
   py::array_t<int32_t, py::array::c_style | py::array::forcecast> arr(a);

@@ -319,9 +319,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   const ModelConfig& c = config_;
   if (ids.dtype() != DType::kI32 || targets.dtype() != DType::kI32 || ids.rank() != 2 ||
       ids.shape() != targets.shape() || ids.device() != kCpu || targets.device() != kCpu) {
-    return absl::InvalidArgumentError(absl::StrCat("Forward: ids and targets must both be int32 [B, T] on the CPU, got ",
-                                                   ShapeToString(ids.shape()), " and ",
-                                                   ShapeToString(targets.shape())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Forward: ids and targets must both be int32 [B, T] on the CPU, got ", ShapeToString(ids.shape()),
+                     " and ", ShapeToString(targets.shape())));
   }
   const int64_t B = ids.dim(0), T = ids.dim(1), N = B * T, C = c.n_embd, V = c.vocab_size;
   const int64_t H = c.n_head, HD = c.head_dim();

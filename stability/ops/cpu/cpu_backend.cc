@@ -182,7 +182,8 @@ void CpuBackend::ActivationBackward(Activation act, const float* x, const float*
       const __m256 dinner =
           _mm256_mul_ps(_mm256_set1_ps(kGeluScale), _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(3.0f), c), v2, one));
       const __m256 dth = _mm256_mul_ps(_mm256_fnmadd_ps(th, th, one), dinner);
-      return _mm256_mul_ps(g, _mm256_fmadd_ps(_mm256_mul_ps(half, v), dth, _mm256_mul_ps(half, _mm256_add_ps(one, th))));
+      return _mm256_mul_ps(g,
+                           _mm256_fmadd_ps(_mm256_mul_ps(half, v), dth, _mm256_mul_ps(half, _mm256_add_ps(one, th))));
     });
   }
 }

@@ -871,15 +871,16 @@ absl::StatusOr<Backend*> InitCudaBackend(int device_index) {
         e == cudaSuccess ? "0 devices" : cudaGetErrorString(e)));
   }
   if (device_index < 0 || device_index >= count) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("cuda:%d does not exist: %d GPU(s) visible (cuda:0 .. cuda:%d)", device_index, count, count - 1));
+    return absl::InvalidArgumentError(absl::StrFormat("cuda:%d does not exist: %d GPU(s) visible (cuda:0 .. cuda:%d)",
+                                                      device_index, count, count - 1));
   }
   // Never destroyed: tensors may outlive main(), and CUDA must not be torn down under them.
   static auto* allocator = new internal::CudaAllocator;
   static auto* backends = new std::vector<internal::CudaBackend*>(count, nullptr);
   std::string blas_error;
   const internal::CublasApi* blas = internal::LoadCublas(&blas_error);
-  if (blas == nullptr) return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, blas_error));
+  if (blas == nullptr)
+    return absl::UnavailableError(absl::StrFormat("cuda:%d cannot be used: %s", device_index, blas_error));
   if ((*backends)[device_index] == nullptr) {
     try {
       (*backends)[device_index] = new internal::CudaBackend(device_index, blas);
