@@ -345,11 +345,13 @@ class Backend {
   // *x (one float on the device) into the batch.
   virtual void QueueValue(const float* x) { queued_.push_back(*x); }
 
-  // Where a step's device time goes: between StartKernelProfile and StopKernelProfile each
-  // kernel, matrix product and copy the backend issues is timed on the device (an event
-  // after each; a launch's time is the device time since the one before, so a gap in which
-  // the device waited for the host counts towards the launch after it). One row per name,
-  // in order of first launch. False (and no rows) where the backend cannot: the CPU.
+  // Where a step's time goes: between StartKernelProfile and StopKernelProfile each kernel,
+  // matrix product and copy the backend issues is timed. A GPU times them on the device (an
+  // event after each; a launch's time is the device time since the one before, so a gap in
+  // which the device waited for the host counts towards the launch after it); the CPU times
+  // each op on the host, less the ops and products inside it, with a row for the time
+  // between ops. One row per name, in order of first call. False (and no rows) where the
+  // backend cannot.
   struct KernelTime {
     std::string name;
     int64_t calls = 0;

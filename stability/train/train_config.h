@@ -48,8 +48,8 @@ struct TrainConfig {
   int64_t telemetry_interval = 1;
   int64_t checkpoint_interval = 100;  // 0 = only at the end
   int64_t keep_checkpoints = 2;
-  // Step (from 1) whose device time is broken down by kernel into <out>/kernel_profile.md
-  // (Backend::StartKernelProfile: GPUs); 0 = none.
+  // Step (from 1) whose time is broken down by kernel (GPU) or op (CPU) into
+  // <out>/kernel_profile.md (Backend::StartKernelProfile); 0 = none.
   int64_t profile_step = 0;
 
   // Divergence: a non-finite loss or gradient norm ends the run at once; after warmup, a
