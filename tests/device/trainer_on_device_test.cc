@@ -115,6 +115,8 @@ TEST(TrainerOnDeviceTest, EveryTrainingPathIsTheCpusOnTheDevice) {
   EXPECT_EQ(Losses(gpu), Losses(cpu));
   EXPECT_GT((*sg)["skipped_steps"].get<int64_t>(), 0) << "the spike guard never fired: the test does not cover it";
   EXPECT_EQ((*sg)["skipped_steps"], (*sc)["skipped_steps"]);
+  std::ifstream profile(gpu.train.out + "/kernel_profile.md");
+  EXPECT_TRUE(profile.good()) << "the profiled step wrote no report";
 
   RunConfig diverge = SmallRun("diverge-gpu", "cuda", "fp32");
   diverge.train.lr = 1e3;

@@ -474,6 +474,9 @@ class CheckedBackend final : public Backend {
     const Opened open = Need("Scale", {{"x", x}});
     cpu_.Scale(x, n, s);
   }
+  // The CPU's op profile of the ops it runs (the trainer's --profile_step end to end).
+  bool StartKernelProfile() override { return cpu_.StartKernelProfile(); }
+  std::vector<KernelTime> StopKernelProfile() override { return cpu_.StopKernelProfile(); }
   void QueueValue(const float* x) override {
     const Opened open = Need("QueueValue", {{"x", x}});
     Backend::QueueValue(x);
