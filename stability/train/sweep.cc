@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "stability/base/json_fields.h"
+#include "stability/ops/cuda/device_query.h"
 #include "stability/train/checkpoint.h"
 #include "stability/train/sweep_tables.h"
 
@@ -170,6 +172,11 @@ std::vector<std::string> CellEnvironment() {
 
 }  // namespace
 
+std::string CellDevice(const std::string& device, int slot, int gpus) {
+  if (gpus <= 0 || (device != "auto" && device != "cuda")) return device;
+  return absl::StrCat("cuda:", slot % gpus);
+}
+
 absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string& dir, const SweepOptions& options) {
   std::unique_ptr<dist::Communicator> single;
   dist::Communicator* comm = options.comm;
@@ -212,7 +219,13 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     pending.push_back(&c);
   }
   const auto started = std::chrono::steady_clock::now();
-  std::map<pid_t, const SweepCell*> running;
+  const int gpus = options.gpus >= 0 ? options.gpus : cuda::CudaDeviceCount();
+  struct Job {
+    const SweepCell* cell;
+    int slot;  // which of the `jobs` slots: its GPU
+  };
+  std::map<pid_t, Job> running;
+  std::vector<bool> slot_busy(std::max(options.jobs, 1), false);
   int64_t done_now = 0;
   const auto report = [&](const std::string& event) {
     if (!options.progress) return;
@@ -229,9 +242,11 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
   const auto launch = [&](const SweepCell& c) -> absl::Status {
     const std::string run = dir + "/cells/" + c.name;
     const std::string cfg = dir + "/cell_configs/" + c.name + ".json";
+    const int slot = static_cast<int>(std::find(slot_busy.begin(), slot_busy.end(), false) - slot_busy.begin());
     RunConfig rc = c.config;
     rc.train.out = run;
     rc.train.threads = options.threads_per_job;
+    rc.train.device = CellDevice(rc.train.device, slot, gpus);
     if (absl::Status s = WriteFileAtomically(cfg, rc.ToJson().dump(2) + "\n"); !s.ok()) return s;
     const bool resume = FindLatestCheckpoint(run + "/checkpoints").ok();
     if (!resume) fs::remove_all(run, ec);  // a partial folder without a checkpoint starts over
@@ -254,7 +269,8 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     const int err = posix_spawn(&pid, options.executable.c_str(), &fa, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&fa);
     if (err != 0) return absl::UnavailableError(absl::StrCat("cannot start ", options.executable, ": ", std::strerror(err)));
-    running[pid] = &c;
+    running[pid] = {&c, slot};
+    slot_busy[slot] = true;
     return absl::OkStatus();
   };
 
@@ -270,7 +286,7 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     if (pid <= 0) {
       if (!stopping && options.stop_requested && options.stop_requested->load()) {
         stopping = true;  // children checkpoint on SIGINT; restart the sweep to continue
-        for (const auto& [p, c] : running) ::kill(p, SIGINT);
+        for (const auto& [p, job] : running) ::kill(p, SIGINT);
         pending.clear();
         outcome.stopped = true;
       }
@@ -279,7 +295,8 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     }
     auto it = running.find(pid);
     if (it == running.end()) continue;
-    const SweepCell& c = *it->second;
+    const SweepCell& c = *it->second.cell;
+    slot_busy[it->second.slot] = false;
     running.erase(it);
     const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (fs::exists(dir + "/cells/" + c.name + "/summary.json", ec)) {

@@ -52,6 +52,9 @@ struct SweepOptions {
   dist::Communicator* comm = nullptr;
   int jobs = 1;            // cells at a time
   int threads_per_job = 1;
+  // GPUs to spread the cells over (CellDevice): -1 = the visible ones (counted without
+  // creating a context on any), 0 = none.
+  int gpus = -1;
   FILE* progress = nullptr;
   const std::atomic<bool>* stop_requested = nullptr;
 };
@@ -61,6 +64,11 @@ struct SweepOutcome {
   bool stopped = false;
   std::vector<std::string> failures;  // "name: see logs/name.log"
 };
+
+// The device a cell runs on from job slot `slot` (0 .. jobs−1) of a machine with `gpus` GPUs:
+// a cell whose device is auto or cuda takes cuda:(slot mod gpus), so --jobs=<GPUs> runs one
+// cell a GPU; an explicit cuda:N or cpu, or no GPU, keeps its own.
+std::string CellDevice(const std::string& device, int slot, int gpus);
 
 // Runs every cell not finished yet, then writes the tables (tables/*.csv, results.md).
 absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string& dir, const SweepOptions& options);

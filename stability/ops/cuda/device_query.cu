@@ -59,4 +59,13 @@ CudaInfo QueryCuda() {
   return info;
 }
 
+int CudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 }  // namespace stability::cuda

@@ -30,6 +30,10 @@ struct CudaInfo {
 
 CudaInfo QueryCuda();
 
+// The number of visible GPUs (cudaGetDeviceCount: no context is created on any), 0 where
+// there are none or CUDA was not built.
+int CudaDeviceCount();
+
 // One line for `stability info`: "CUDA 13.0 runtime: 1 GPU: NVIDIA H100 (sm_90, 79.1 GiB)"
 // or "CUDA 13.0 runtime: no GPU (cudaGetDeviceCount: ...)".
 std::string DescribeCuda(const CudaInfo& info);

@@ -9,4 +9,6 @@ CudaInfo QueryCuda() {
   return info;
 }
 
+int CudaDeviceCount() { return 0; }
+
 }  // namespace stability::cuda
