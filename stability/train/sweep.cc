@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "stability/base/json_fields.h"
 #include "stability/ops/cuda/device_query.h"
 #include "stability/train/checkpoint.h"
@@ -157,24 +159,30 @@ namespace {
 
 // The environment of a cell's process: this one's, less the launcher's variables, so a cell
 // started from an mpirun rank is a single-process run.
-std::vector<std::string> CellEnvironment() {
+// visible_gpu: the cell's CUDA_VISIBLE_DEVICES ("" = the parent's, unchanged).
+std::vector<std::string> CellEnvironment(const std::string& visible_gpu) {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string v = *e;
-    if (v.rfind("OMPI_", 0) == 0 || v.rfind("PMI_", 0) == 0 || v.rfind("PMIX_", 0) == 0 ||
-        v.rfind("SLURM_", 0) == 0) {
+    if (v.rfind("OMPI_", 0) == 0 || v.rfind("PMI_", 0) == 0 || v.rfind("PMIX_", 0) == 0 || v.rfind("SLURM_", 0) == 0 ||
+        (!visible_gpu.empty() && v.rfind("CUDA_VISIBLE_DEVICES=", 0) == 0)) {
       continue;
     }
     env.push_back(v);
   }
+  if (!visible_gpu.empty()) env.push_back("CUDA_VISIBLE_DEVICES=" + visible_gpu);
   return env;
 }
 
 }  // namespace
 
-std::string CellDevice(const std::string& device, int slot, int gpus) {
-  if (gpus <= 0 || (device != "auto" && device != "cuda")) return device;
-  return absl::StrCat("cuda:", slot % gpus);
+std::string CellVisibleGpu(const std::string& device, int slot, int gpus, const char* parent_visible) {
+  if (gpus <= 0 || (device != "auto" && device != "cuda")) return "";
+  if (parent_visible != nullptr && *parent_visible != '\0') {
+    const std::vector<std::string> ids = absl::StrSplit(parent_visible, ',', absl::SkipEmpty());
+    if (!ids.empty()) return ids[slot % ids.size()];
+  }
+  return absl::StrCat(slot % gpus);
 }
 
 absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string& dir, const SweepOptions& options) {
@@ -246,7 +254,7 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     RunConfig rc = c.config;
     rc.train.out = run;
     rc.train.threads = options.threads_per_job;
-    rc.train.device = CellDevice(rc.train.device, slot, gpus);
+    const std::string visible_gpu = CellVisibleGpu(rc.train.device, slot, gpus, std::getenv("CUDA_VISIBLE_DEVICES"));
     if (absl::Status s = WriteFileAtomically(cfg, rc.ToJson().dump(2) + "\n"); !s.ok()) return s;
     const bool resume = FindLatestCheckpoint(run + "/checkpoints").ok();
     if (!resume) fs::remove_all(run, ec);  // a partial folder without a checkpoint starts over
@@ -261,7 +269,7 @@ absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string&
     const std::string log = dir + "/logs/" + c.name + ".log";
     posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    std::vector<std::string> env_strings = CellEnvironment();
+    std::vector<std::string> env_strings = CellEnvironment(visible_gpu);
     std::vector<char*> envp;
     for (std::string& e : env_strings) envp.push_back(e.data());
     envp.push_back(nullptr);

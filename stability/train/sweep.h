@@ -52,7 +52,7 @@ struct SweepOptions {
   dist::Communicator* comm = nullptr;
   int jobs = 1;            // cells at a time
   int threads_per_job = 1;
-  // GPUs to spread the cells over (CellDevice): -1 = the visible ones (counted without
+  // GPUs to spread the cells over (CellVisibleGpu): -1 = the visible ones (counted without
   // creating a context on any), 0 = none.
   int gpus = -1;
   FILE* progress = nullptr;
@@ -65,10 +65,13 @@ struct SweepOutcome {
   std::vector<std::string> failures;  // "name: see logs/name.log"
 };
 
-// The device a cell runs on from job slot `slot` (0 .. jobs−1) of a machine with `gpus` GPUs:
-// a cell whose device is auto or cuda takes cuda:(slot mod gpus), so --jobs=<GPUs> runs one
-// cell a GPU; an explicit cuda:N or cpu, or no GPU, keeps its own.
-std::string CellDevice(const std::string& device, int slot, int gpus);
+// The GPU a cell started in job slot `slot` (0 .. jobs−1) may see, as its
+// CUDA_VISIBLE_DEVICES, on a machine with `gpus` GPUs (parent_visible: the sweep's own
+// CUDA_VISIBLE_DEVICES, nullable): a cell whose device is auto or cuda sees GPU slot mod gpus
+// alone (of the parent's list when it has one), so --jobs=<GPUs> runs one cell a GPU and the
+// cell's saved config stays "auto" (a resumed cell runs wherever it is started). "": leave the
+// environment as it is (an explicit cuda:N or cpu, or no GPU).
+std::string CellVisibleGpu(const std::string& device, int slot, int gpus, const char* parent_visible);
 
 // Runs every cell not finished yet, then writes the tables (tables/*.csv, results.md).
 absl::StatusOr<SweepOutcome> RunSweep(const SweepSpec& sweep, const std::string& dir, const SweepOptions& options);

@@ -5,16 +5,18 @@
 namespace stability::train {
 namespace {
 
-// Cells that may take any GPU are spread over the machine's by job slot; the others keep
-// their device.
+// Cells that may take any GPU are pinned to one of the machine's by job slot (through their
+// CUDA_VISIBLE_DEVICES, of the sweep's own list when it has one); the others see what the
+// sweep sees.
 TEST(SweepTest, CellsAreSpreadOverTheGpusByJobSlot) {
-  EXPECT_EQ(CellDevice("auto", 0, 4), "cuda:0");
-  EXPECT_EQ(CellDevice("cuda", 3, 4), "cuda:3");
-  EXPECT_EQ(CellDevice("auto", 5, 4), "cuda:1");  // more jobs than GPUs: shared
-  EXPECT_EQ(CellDevice("cuda:2", 0, 4), "cuda:2");
-  EXPECT_EQ(CellDevice("cpu", 1, 4), "cpu");
-  EXPECT_EQ(CellDevice("auto", 1, 0), "auto");  // no GPU: the cell decides (the CPU)
-  EXPECT_EQ(CellDevice("cuda", 1, 0), "cuda");  // and fails with the trainer's error
+  EXPECT_EQ(CellVisibleGpu("auto", 0, 4, nullptr), "0");
+  EXPECT_EQ(CellVisibleGpu("cuda", 3, 4, nullptr), "3");
+  EXPECT_EQ(CellVisibleGpu("auto", 5, 4, ""), "1");  // more jobs than GPUs: shared
+  EXPECT_EQ(CellVisibleGpu("auto", 1, 2, "5,7"), "7");
+  EXPECT_EQ(CellVisibleGpu("auto", 2, 2, "5,7"), "5");
+  EXPECT_EQ(CellVisibleGpu("cuda:2", 0, 4, nullptr), "");  // an explicit GPU: all visible
+  EXPECT_EQ(CellVisibleGpu("cpu", 1, 4, nullptr), "");
+  EXPECT_EQ(CellVisibleGpu("auto", 1, 0, nullptr), "");  // no GPU: unchanged
 }
 
 }  // namespace
