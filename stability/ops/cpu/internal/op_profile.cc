@@ -13,13 +13,13 @@ void OpProfile::Start() {
   stack_.clear();
   rows_.clear();
   row_of_.clear();
-  started_ = Clock::now();
+  started_ms_ = now_ms_();
   on_ = true;
 }
 
 std::vector<OpProfile::Row> OpProfile::Stop() {
   on_ = false;
-  const double wall = std::chrono::duration<double, std::milli>(Clock::now() - started_).count();
+  const double wall = now_ms_() - started_ms_;
   double in_ops = 0;
   for (const Row& r : rows_) in_ops += r.ms;
   std::vector<Row> rows = std::move(rows_);
@@ -32,18 +32,18 @@ std::vector<OpProfile::Row> OpProfile::Stop() {
 void OpProfile::Enter(const std::string& name) {
   auto [it, added] = row_of_.emplace(name, rows_.size());
   if (added) rows_.push_back({name, 0, 0.0});
-  stack_.push_back({it->second, Clock::now(), 0.0});
+  stack_.push_back({it->second, now_ms_(), 0.0});
 }
 
 void OpProfile::Exit() {
   const Frame f = stack_.back();
   stack_.pop_back();
-  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - f.start).count();
+  const double ms = now_ms_() - f.start_ms;
   if (!stack_.empty()) stack_.back().inner_ms += ms;
   rows_[f.row].calls += 1;
   rows_[f.row].ms += ms - f.inner_ms;
 }
 
-bool OpScope::Timed() { return OpProfile::Get().on() && !omp_in_parallel(); }
+bool OpScope::Timed() { return OpProfile::Get().on() && omp_get_level() == 0; }
 
 }  // namespace stability::ops::cpu::internal

@@ -35,16 +35,21 @@ class OpProfile {
   std::vector<Row> Stop();
   void Enter(const std::string& name);
   void Exit();
+  // The clock, in milliseconds (steady_clock's by default); a test sets its own.
+  void SetClockForTesting(double (*now_ms)()) { now_ms_ = now_ms ? now_ms : SteadyMs; }
 
  private:
-  using Clock = std::chrono::steady_clock;
+  static double SteadyMs() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
   struct Frame {
     size_t row;
-    Clock::time_point start;
+    double start_ms;
     double inner_ms = 0;  // time of the scopes inside it
   };
+  double (*now_ms_)() = SteadyMs;
   bool on_ = false;
-  Clock::time_point started_;
+  double started_ms_ = 0;
   std::vector<Frame> stack_;
   std::vector<Row> rows_;
   std::map<std::string, size_t> row_of_;
