@@ -50,18 +50,20 @@ absl::StatusOr<bool> ConfigureBackend(Device device, const std::string& precisio
   return fused;
 }
 
-absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq) {
+absl::StatusOr<std::string> CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq) {
   const ops::Backend& backend = *ops::GetBackend(device);
   const ops::DeviceMemory mem = backend.Memory();
-  if (mem.total_bytes == 0) return absl::OkStatus();  // the backend does not track its memory
+  if (mem.total_bytes == 0) return std::string();  // the backend does not track its memory
   const model::TrainingMemory need = model::EstimateTrainingMemory(config, batch, seq, backend);
+  const std::string free =
+      absl::StrFormat("%.1f GiB of %.1f GiB are free", mem.free_bytes / 1073741824.0, mem.total_bytes / 1073741824.0);
   if (need.total() > mem.free_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "the run needs about %s on %s for batch %d × %d tokens; %.1f GiB of %.1f GiB are free: lower --batch or "
-        "--seq, use --grad_accum, or a smaller --preset",
-        need.ToString(), device.ToString(), batch, seq, mem.free_bytes / 1073741824.0, mem.total_bytes / 1073741824.0));
+        "the run needs about %s on %s for batch %d × %d tokens; %s: lower --batch or --seq, use --grad_accum, or a "
+        "smaller --preset",
+        need.ToString(), device.ToString(), batch, seq, free));
   }
-  return absl::OkStatus();
+  return absl::StrFormat("needs about %s; %s", need.ToString(), free);
 }
 
 }  // namespace stability::train

@@ -23,10 +23,12 @@ absl::StatusOr<Device> ResolveDevice(const std::string& flag);
 // an error naming the flag where the device has no such mode (bf16 and fused need a GPU).
 absl::StatusOr<bool> ConfigureBackend(Device device, const std::string& precision, const std::string& attention);
 
-// OK on the CPU; on a GPU, an error naming the bytes needed (model::EstimateTrainingMemory,
-// with where they go) and free when it cannot fit. The device's backend must have its
-// precision and attention kernel set: they decide what is kept.
-absl::Status CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq);
+// On a device that reports its memory (a GPU): an error naming the bytes needed
+// (model::EstimateTrainingMemory, with where they go) and free when the run cannot fit, else
+// the same numbers as a line for the log ("needs about 12.3 GiB: ...; 70.1 GiB of 79.1 GiB are
+// free"); "" on the CPU. The device's backend must have its precision and attention kernel
+// set: they decide what is kept.
+absl::StatusOr<std::string> CheckFits(Device device, const model::ModelConfig& config, int64_t batch, int64_t seq);
 
 }  // namespace stability::train
 

@@ -223,7 +223,8 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
   }
   // Whether it fits on the GPU, with the precision and attention kernel set (they decide what
   // is kept), before anything is written.
-  STABILITY_RETURN_IF_ERROR(CheckFits(device, mc, tc.batch, seq));
+  STABILITY_ASSIGN_OR_RETURN(const std::string memory, CheckFits(device, mc, tc.batch, seq));
+  if (out && !memory.empty()) std::fprintf(out, "memory: %s\n", memory.c_str());
 
   // Every rank has checked the folder; only now may rank 0 change it.
   STABILITY_RETURN_IF_ERROR(comm->Barrier());

@@ -4,6 +4,7 @@
 // the end) a run stopped at a checkpoint and resumed gives the uninterrupted run's losses
 // bit for bit, and so does telemetry at every step. Every kernel argument is checked to be
 // device memory throughout. A run too large for the device is refused before it writes.
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -158,9 +159,15 @@ TEST(TrainerOnDeviceTest, ARunThatDoesNotFitIsRefusedBeforeAnythingIsWritten) {
   EXPECT_EQ(ReadAll(stopped.train.out + "/metrics.jsonl"), metrics);
 
   device.SetCapacity(device.bytes_alive() + need);
-  s = RunTraining(stopped, {.resume = true});
+  FILE* log = std::tmpfile();
+  s = RunTraining(stopped, {.resume = true, .progress = log});
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_FALSE((*s)["diverged"].get<bool>());
+  std::rewind(log);
+  std::string printed;
+  for (int ch; (ch = std::fgetc(log)) != EOF;) printed.push_back(static_cast<char>(ch));
+  std::fclose(log);
+  EXPECT_THAT(printed, ::testing::HasSubstr("memory: needs about")) << "a run that fits says what it needs";
 }
 
 }  // namespace
