@@ -54,16 +54,19 @@ __global__ void SigmaWtUKernel(SigmaBatch b) {
   b.v[k][j] = s;
 }
 
-// x ← x / max(‖x‖, 1e-12) over n values: the norm in double, the scale rounded to float.
-__device__ void NormalizeInPlace(float* x, int64_t n) {
+// One block: dst ← src / max(‖src‖, 1e-12) over n values (dst may be src; each thread writes
+// the values it read): the norm in double, the scale rounded to float, as the CPU's normalize.
+__device__ void NormalizeInto(const float* src, int64_t n, float* dst) {
   double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(x[i]) * x[i];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += static_cast<double>(src[i]) * src[i];
   const float scale = static_cast<float>(1.0 / fmax(sqrt(BlockSum(s)), 1e-12));
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) x[i] *= scale;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i] * scale;
 }
 
 // One block a layer: v normalised.
-__global__ void SigmaNormalizeKernel(SigmaBatch b) { NormalizeInPlace(b.v[blockIdx.x], b.in[blockIdx.x]); }
+__global__ void SigmaNormalizeKernel(SigmaBatch b) {
+  NormalizeInto(b.v[blockIdx.x], b.in[blockIdx.x], b.v[blockIdx.x]);
+}
 
 // wv[row] = Σ_j w[row, j]·v[j]: a warp a row.
 __global__ void SigmaWvKernel(SigmaBatch b, float* wv) {
@@ -86,12 +89,7 @@ __global__ void SigmaFinishKernel(SigmaBatch b, const float* wv_all, bool update
   const int64_t out = b.out[k];
   const float* wv = wv_all + b.wv_offset[k];
   float* u = b.u[k];
-  if (update) {
-    double s = 0;
-    for (int64_t i = threadIdx.x; i < out; i += blockDim.x) s += static_cast<double>(wv[i]) * wv[i];
-    const float scale = static_cast<float>(1.0 / fmax(sqrt(BlockSum(s)), 1e-12));
-    for (int64_t i = threadIdx.x; i < out; i += blockDim.x) u[i] = wv[i] * scale;  // each thread its own i's
-  }
+  if (update) NormalizeInto(wv, out, u);  // u is read below by the threads that wrote it
   double d = 0;
   for (int64_t i = threadIdx.x; i < out; i += blockDim.x) d += static_cast<double>(u[i]) * wv[i];
   d = BlockSum(d);
