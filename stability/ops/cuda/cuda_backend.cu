@@ -156,6 +156,7 @@ struct EachSpans {
   int64_t n[kEachMax];
   double* out[kEachMax];
 };
+static_assert(sizeof(EachSpans) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
 // Block (b, i): DotPartialsKernel's block b for x_i·x_i (the same grid, stride and tree).
 __global__ void EachSquarePartialsKernel(EachSpans spans, double* partials) {
@@ -332,6 +333,7 @@ struct AdamWBatch {
   int64_t first_block[kAdamWMax + 1];
   int count;
 };
+static_assert(sizeof(AdamWBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
 __global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size,
                                 float sqrt_bc2, float grad_scale) {

@@ -36,6 +36,7 @@ struct SigmaBatch {
   int64_t in[kSigmaMaxLayers];
   int64_t wv_offset[kSigmaMaxLayers];  // layer k's w v in the scratch vector
 };
+static_assert(sizeof(SigmaBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
 constexpr int kThreads = 256;
 constexpr int kScaleChunks = 64;  // blocks a layer of the elementwise kernels (grid-stride within)
