@@ -24,7 +24,7 @@ namespace {
 // (PROT_NONE) except while a kernel of the device (an op of CheckedBackend, or the allocator's
 // own copies) has it open, so that host code reading or writing device memory outside a
 // kernel — on a GPU an illegal dereference — faults here too; each block ends at a guard page.
-// It remembers its blocks (a pointer can be told to be one of them) and counts them: the bytes
+// It remembers its blocks (Open finds the one a pointer lies in) and counts them: the bytes
 // alive, their peak, and a capacity past which it refuses, as cudaMalloc does.
 class CheckedAllocator final : public Allocator {
  public:
@@ -71,11 +71,6 @@ class CheckedAllocator final : public Allocator {
     const uintptr_t block = Open(src);
     std::memcpy(dst, src, bytes);
     Close(block);
-  }
-  // p inside a live block (a view into one counts).
-  bool Owns(const void* p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    return Find(p) != blocks_.end();
   }
   // Host access to the block holding p (for a kernel), until as many Closes: its key, or 0
   // where p is not device memory.
