@@ -1,0 +1,238 @@
+// The CUDA emulator: our .cu files compiled by the host compiler and run on the CPU, so that
+// CI (which has no GPU) runs every CUDA kernel against the CPU backend.
+//
+// How: cuda_emulated_library (tools/cuda_emulator.bzl) rewrites each .cu file's launches
+// `K<<<grid, block, smem>>>(args)` into `::emu::Launch(K, "K", grid, block, smem)(args)`
+// and its `extern __shared__ T name[];` into a pointer to the launch's dynamic shared memory
+// (to_host_cpp.py), then compiles it as C++ with this header included first. A launch runs
+// its blocks one after another; each thread of a block is a fiber with its own stack, and
+// the fibers switch only at barriers (__syncthreads, __syncwarp, the shuffles), so a block
+// runs exactly as written, one thread after another between barriers. WMMA is emulated with
+// whole-tile fragments; cuBLAS and cuBLASLt by plain products on the CPU (cublas.cc);
+// device memory is host memory whose every block ends at a guard page, filled with NaN.
+//
+// What it proves: each kernel's indexing, tiling, masking, barriers, shuffles, shared-memory
+// layout and alignment, and the host code around it (launch configurations, plans, scratch,
+// copies), in the kernel's own arithmetic order. What it cannot: speed, the GPU's rounding
+// of expf/logf (the host's libm here), tensor-core summation order, and races that only a
+// different interleaving than "each thread to its next barrier" would show. It also checks
+// what would be a fault or undefined behaviour on a GPU: WMMA pointers not 32-byte aligned,
+// shuffles and __syncwarp with a lane that has exited, a barrier not every thread reaches,
+// dynamic shared memory over 48 KB without cudaFuncSetAttribute, more than 1,024 threads a
+// block — each aborts with the kernel's name and what is wrong.
+#ifndef STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
+#define STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// nvcc's keywords as host C++. __shared__ variables are static: a block's threads share
+// them, and blocks run one at a time.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __forceinline__
+#undef __launch_bounds__
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+namespace emu {
+
+// The running thread's coordinates (valid inside a kernel).
+uint3 ThreadIdx();
+uint3 BlockIdx();
+dim3 BlockDim();
+dim3 GridDim();
+// Barriers: every live thread of the block / every lane of the warp (all must be live).
+void SyncThreads();
+void SyncWarp(unsigned mask, const char* what);
+// This lane's 16-byte exchange slot and the one of `lane` in the same warp.
+void* LaneSlot(int lane);
+int LaneId();
+// The launch's dynamic shared memory (its size as launched, then a guard page).
+void* DynamicShared();
+// A fault: the running kernel's name, the thread, the message; then abort.
+[[noreturn]] void Fault(const char* what);
+
+using ThreadBody = void (*)(void*);
+// Runs body(ctx) for every thread of every block (see above); returns the launch error.
+cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t shared_bytes, ThreadBody body,
+                    void* ctx);
+
+// A launch: `kernel` is the kernel's address, or for a template kernel whose arguments
+// deduce its parameters (nvcc deduces them at `<<<`) a generic lambda calling it.
+template <typename F>
+class Launcher {
+ public:
+  Launcher(F kernel, const void* address, const char* name, dim3 grid, dim3 block, size_t shared_bytes)
+      : kernel_(kernel), address_(address), name_(name), grid_(grid), block_(block), shared_bytes_(shared_bytes) {}
+
+  template <typename... A>
+  void operator()(A&&... args) const {
+    struct Call {
+      F kernel;
+      std::tuple<std::decay_t<A>...> args;
+    } call{kernel_, std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)};
+    const ThreadBody body = [](void* ctx) {
+      auto* c = static_cast<Call*>(ctx);
+      auto args = c->args;  // each thread its own copy, as a kernel's parameters
+      std::apply(c->kernel, args);
+    };
+    RunGrid(name_, address_, grid_, block_, shared_bytes_, body, &call);
+  }
+
+ private:
+  F kernel_;
+  const void* address_;
+  const char* name_;
+  dim3 grid_, block_;
+  size_t shared_bytes_;
+};
+
+template <typename... P>
+Launcher<void (*)(P...)> Launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block,
+                                size_t shared_bytes = 0, cudaStream_t = nullptr) {
+  return Launcher<void (*)(P...)>(kernel, reinterpret_cast<const void*>(kernel), name, grid, block, shared_bytes);
+}
+template <typename F>
+  requires std::is_class_v<F>
+Launcher<F> Launch(F kernel, const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
+                   cudaStream_t = nullptr) {
+  return Launcher<F>(kernel, nullptr, name, grid, block, shared_bytes);
+}
+
+template <typename T>
+T Shuffle(unsigned mask, T v, int src_lane_of_mine_xor_or_down, bool is_xor, int width) {
+  static_assert(sizeof(T) <= 16, "shuffled values are at most 16 bytes");
+  if (mask != 0xffffffffu) Fault("a shuffle with a partial mask (the emulator supports the full warp only)");
+  const int lane = LaneId();
+  std::memcpy(LaneSlot(lane), &v, sizeof(T));
+  SyncWarp(mask, "a shuffle");
+  int src = is_xor ? (lane ^ src_lane_of_mine_xor_or_down) : lane + src_lane_of_mine_xor_or_down;
+  // Outside the lane's width-segment: its own value, as on the GPU.
+  if (src / width != lane / width || src >= 32) src = lane;
+  T r;
+  std::memcpy(&r, LaneSlot(src), sizeof(T));
+  SyncWarp(mask, "a shuffle");  // every lane has read before the slots are reused
+  return r;
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::ThreadIdx())
+#define blockIdx (::emu::BlockIdx())
+#define blockDim (::emu::BlockDim())
+#define gridDim (::emu::GridDim())
+#define warpSize 32
+
+// cuda_runtime.h's C++ overload (nvcc only): a kernel's address as the C API takes it.
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+inline void __syncthreads() { ::emu::SyncThreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::SyncWarp(mask, "__syncwarp"); }
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return ::emu::Shuffle(mask, v, lane_mask, true, width);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return ::emu::Shuffle(mask, v, static_cast<int>(delta), false, width);
+}
+
+// Correctly rounded operations: the build has FMA contraction off (.bazelrc), so the
+// plain operators are each rounded once, as the intrinsics promise.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline float __expf(float a) { return std::exp(a); }
+inline float __logf(float a) { return std::log(a); }
+
+// WMMA with whole-tile fragments: each lane holds the whole tile (the GPU spreads it over
+// the warp), loads and multiplies it itself and stores its share of the elements (index
+// mod 32 = lane), so a read of a stored tile before __syncwarp sees other lanes' stale
+// values, as it could on the GPU.
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int kRows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int kCols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = kRows * kCols;
+  T x[num_elements];  // row-major
+};
+
+namespace internal {
+inline void CheckPointer(const void* p, unsigned ldm, size_t element_bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) ::emu::Fault(what);  // 256-bit aligned, as WMMA requires
+  if ((ldm * element_bytes) % 16 != 0) ::emu::Fault(what);           // ldm: a multiple of 16 bytes
+}
+}  // namespace internal
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+  for (T& e : f.x) e = v;
+}
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  internal::CheckPointer(p, ldm, sizeof(T), "wmma::load_matrix_sync: pointer not 32-byte aligned or ldm not 16 bytes");
+  for (int r = 0; r < F::kRows; ++r) {
+    for (int c = 0; c < F::kCols; ++c) {
+      f.x[r * F::kCols + c] = std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c];
+    }
+  }
+}
+
+template <int M, int N, int K, typename T>
+void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  internal::CheckPointer(p, ldm, sizeof(T), "wmma::store_matrix_sync: pointer not 32-byte aligned or ldm not 16 bytes");
+  const int lane = ::emu::LaneId();
+  for (int i = lane; i < M * N; i += 32) {
+    const int r = i / N, c = i % N;
+    (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[i];
+  }
+}
+
+template <int M, int N, int K, typename T, typename LA, typename LB>
+void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+              const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i) {
+    for (int j = 0; j < N; ++j) {
+      float acc = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) acc += static_cast<float>(a.x[i * K + k]) * static_cast<float>(b.x[k * N + j]);
+      out[i * N + j] = acc;
+    }
+  }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+}  // namespace nvcuda::wmma
+
+#endif  // STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_

@@ -1,0 +1,81 @@
+"""A .cu file as host C++ for the CUDA emulator (cuda_emulator.h says why and how).
+
+    python3 to_host_cpp.py in.cu out.cc
+
+Three rewrites, of syntax only nvcc knows:
+  K<<<grid, block[, smem[, stream]]>>>(args)  ->  ::emu::Launch(K, "K", grid, block...)(args)
+    (K wrapped in a generic lambda where K is a template whose parameters the arguments deduce)
+  extern __shared__ [__align__(n)] T name[];   ->  T* name = static_cast<T*>(::emu::DynamicShared());
+  __noinline__                                ->  __attribute__((noinline))
+Everything else is left as written; the line count is kept, so compiler messages point at
+the .cu file's lines (a #line directive names it).
+"""
+
+import re
+import sys
+
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([\w:\s]+?)\s+(\w+)\s*\[\s*\]\s*;")
+_NAME_CHARS = re.compile(r"[\w:]")
+
+
+def _kernel_start(text, end):
+    """Start of the kernel expression that ends at `end` (a name, maybe with <template args>)."""
+    i = end
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    if i > 0 and text[i - 1] == ">":  # template arguments: back to the matching '<'
+        depth = 0
+        while i > 0:
+            i -= 1
+            if text[i] == ">":
+                depth += 1
+            elif text[i] == "<":
+                depth -= 1
+                if depth == 0:
+                    break
+    while i > 0 and _NAME_CHARS.match(text[i - 1]):
+        i -= 1
+    return i
+
+
+def rewrite(text, path):
+    # A macro could not do this one: libstdc++ spells the attribute __noinline__ too.
+    text = re.sub(r"\b__noinline__\b", "__attribute__((noinline))", text)
+    text = _EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = static_cast<{m.group(1)}*>(::emu::DynamicShared());",
+                              text)
+    out = []
+    pos = 0
+    while True:
+        open_at = text.find("<<<", pos)
+        if open_at < 0:
+            break
+        close_at = text.find(">>>", open_at)
+        if close_at < 0:
+            raise SystemExit(f"{path}: '<<<' without '>>>'")
+        start = _kernel_start(text, open_at)
+        if start < pos or start == open_at:
+            raise SystemExit(f"{path}: no kernel name before '<<<' at offset {open_at}")
+        kernel = text[start:open_at].strip()
+        config = text[open_at + 3:close_at]
+        out.append(text[pos:start])
+        name = " ".join(kernel.split()).replace('"', "")
+        if "<" not in kernel and re.search(r"template\s*<[^{;]*>\s*__global__[^(;{]*\b" + re.escape(kernel) + r"\s*\(",
+                                           text):
+            # A template kernel whose arguments deduce its parameters: a generic lambda calls it.
+            kernel = f"[](auto&&... a) {{ {kernel}(static_cast<decltype(a)&&>(a)...); }}"
+        out.append(f'::emu::Launch({kernel}, "{name}", {config})')
+        pos = close_at + 3
+    out.append(text[pos:])
+    return f'#line 1 "{path}"\n' + "".join(out)
+
+
+def main():
+    src, dst = sys.argv[1], sys.argv[2]
+    with open(src, encoding="utf-8") as f:
+        text = f.read()
+    with open(dst, "w", encoding="utf-8") as f:
+        f.write(rewrite(text, src))
+
+
+if __name__ == "__main__":
+    main()

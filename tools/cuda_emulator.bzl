@@ -1,0 +1,60 @@
+"""cuda_emulated_library: a cuda_library's .cu files built for the CUDA emulator.
+
+    cuda_emulated_library(
+        name = "cuda_backend_emulated",
+        srcs = ["norm.cu", ...],            # .cu files, rewritten to host C++; .cc files as they are
+        hdrs = ["cuda_backend.h"],
+        private_hdrs = ["internal/common.cuh"],
+        deps = [...],
+    )
+
+Each .cu file is rewritten by stability/ops/cuda/emulator/to_host_cpp.py (launches and
+dynamic shared memory as host C++) and compiled by the C++ toolchain with
+stability/ops/cuda/emulator/cuda_emulator.h included first; the result links against the
+emulator (//stability/ops/cuda/emulator) instead of the CUDA runtime, so its kernels run on
+the CPU (cuda_emulator.h says how, and what that proves). Test-only. Needs the CUDA
+toolkit's headers; without a toolkit the targets are not defined.
+"""
+
+load("@local_cuda//:defs.bzl", "CUDA_AVAILABLE")
+
+def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], **kwargs):
+    """A cc_library of `srcs` (.cu rewritten for the emulator) linked against the emulator."""
+    if not CUDA_AVAILABLE:
+        return
+    cc_srcs = []
+    for src in srcs:
+        if not src.endswith(".cu"):
+            cc_srcs.append(src)
+            continue
+        out = "_{}/{}.cc".format(name, src[:-len(".cu")])
+        native.genrule(
+            name = "{}_{}".format(name, src[:-len(".cu")].replace("/", "_")),
+            srcs = [src],
+            outs = [out],
+            cmd = "python3 $(location //stability/ops/cuda/emulator:to_host_cpp.py) $< $@",
+            tools = ["//stability/ops/cuda/emulator:to_host_cpp.py"],
+            testonly = True,
+        )
+        cc_srcs.append(out)
+    native.cc_library(
+        name = name,
+        srcs = cc_srcs,
+        hdrs = hdrs,
+        textual_hdrs = private_hdrs,  # .cuh: not a header extension cc_library knows
+        copts = [
+            "-include",
+            "stability/ops/cuda/emulator/cuda_emulator.h",
+            "-Wno-unknown-pragmas",  # nvcc's #pragma unroll
+        ],
+        defines = ["STABILITY_HAS_CUDA=1"],
+        deps = deps + ["//stability/ops/cuda/emulator", "@local_cuda//:headers"],
+        testonly = True,
+        **kwargs
+    )
+
+def cuda_emulated_test(name, **kwargs):
+    """A cc_test that exists only where the emulator can be built (a CUDA toolkit's headers)."""
+    if not CUDA_AVAILABLE:
+        return
+    native.cc_test(name = name, **kwargs)
