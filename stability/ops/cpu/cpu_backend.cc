@@ -169,19 +169,25 @@ void CpuBackend::ActivationBackward(Activation act, const float* x, const float*
     for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0 ? dy[i] : 0.0f;
     return;
   }
-  // d/dx = 0.5·(1 + th) + 0.5·x·(1 − th²)·√(2/π)·(1 + 3·0.044715·x²),  th = tanh(inner)
+  // d/dx = 0.5·(1 + th) + 0.5·x·(1 − th²)·√(2/π)·(1 + 3·0.044715·x²),  th = tanh(u),
+  // u = √(2/π)·(x + 0.044715·x³). 1 − th² from th cancels where |u| is large (|x| ≳ 2): a
+  // 2.5e-7 error of th became 1.5e-5 in the gradient. From e = exp(−2|u|) instead:
+  // th = sign(u)·(1 − e)/(1 + e), 1 − th² = 4e/(1 + e)², within 2e-7 of the exact gradient.
 #pragma omp parallel for schedule(static)
   for (int64_t chunk = 0; chunk < (n + kChunk - 1) / kChunk; ++chunk) {
     const int64_t lo = chunk * kChunk;
     internal::Map8x2(x + lo, dy + lo, std::min(kChunk, n - lo), dx + lo, [](__m256 v, __m256 g) {
       const __m256 v2 = _mm256_mul_ps(v, v);
       const __m256 c = _mm256_set1_ps(0.044715f);
-      const __m256 th = internal::Tanh8(
-          _mm256_mul_ps(_mm256_set1_ps(kGeluScale), _mm256_fmadd_ps(_mm256_mul_ps(c, v), v2, v)));
-      const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+      const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f), sign = _mm256_set1_ps(-0.0f);
+      const __m256 u = _mm256_mul_ps(_mm256_set1_ps(kGeluScale), _mm256_fmadd_ps(_mm256_mul_ps(c, v), v2, v));
+      const __m256 e = internal::Exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0f), _mm256_andnot_ps(sign, u)));
+      const __m256 d = _mm256_add_ps(one, e);
+      const __m256 th = _mm256_or_ps(_mm256_div_ps(_mm256_sub_ps(one, e), d), _mm256_and_ps(sign, u));
+      const __m256 sech2 = _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(4.0f), e), _mm256_mul_ps(d, d));
       const __m256 dinner =
           _mm256_mul_ps(_mm256_set1_ps(kGeluScale), _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(3.0f), c), v2, one));
-      const __m256 dth = _mm256_mul_ps(_mm256_fnmadd_ps(th, th, one), dinner);
+      const __m256 dth = _mm256_mul_ps(sech2, dinner);
       return _mm256_mul_ps(g,
                            _mm256_fmadd_ps(_mm256_mul_ps(half, v), dth, _mm256_mul_ps(half, _mm256_add_ps(one, th))));
     });

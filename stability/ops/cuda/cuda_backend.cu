@@ -230,8 +230,12 @@ __global__ void ActivationToBf16Kernel(Activation act, const float* pre, int64_t
 // the same compiled instructions (inlined, FMA contraction could differ between them).
 __device__ __noinline__ float ActivationGrad(Activation act, float v, float dy) {
   if (act == Activation::kRelu) return v > 0 ? dy : 0.0f;
-  const float th = tanhf(kGeluScale * (v + 0.044715f * v * v * v));
-  const float dth = (1.0f - th * th) * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
+  // th and 1 − th² from e = exp(−2|u|), as the CPU op: 1 − th² from th itself cancels for
+  // |u| ≳ 2 (CpuBackend::ActivationBackward has the numbers).
+  const float u = kGeluScale * (v + 0.044715f * v * v * v);
+  const float e = expf(-2.0f * fabsf(u)), d = 1.0f + e;
+  const float th = copysignf((1.0f - e) / d, u), sech2 = 4.0f * e / (d * d);
+  const float dth = sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * v * v);
   return dy * (0.5f * (1.0f + th) + 0.5f * v * dth);
 }
 

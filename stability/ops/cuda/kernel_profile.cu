@@ -46,6 +46,8 @@ std::vector<Backend::KernelTime> KernelProfile::Stop() {
     rows[it->second].ms += ms;
   }
   if (dropped_ > 0) rows.push_back({"(launches past the profile's capacity, not timed)", dropped_, 0.0});
+  names_.clear();  // a profile is read once: a second Stop has nothing
+  dropped_ = 0;
   return rows;
 }
 

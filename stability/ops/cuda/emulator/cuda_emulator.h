@@ -59,8 +59,9 @@ dim3 GridDim();
 // Barriers: every live thread of the block / every lane of the warp (all must be live).
 void SyncThreads();
 void SyncWarp(unsigned mask, const char* what);
-// This lane's 16-byte exchange slot and the one of `lane` in the same warp.
+// The exchange slot of `lane` in this warp for the running shuffle; NextShuffle after each.
 void* LaneSlot(int lane);
+void NextShuffle();
 int LaneId();
 // The launch's dynamic shared memory (its size as launched, then a guard page).
 void* DynamicShared();
@@ -126,7 +127,7 @@ T Shuffle(unsigned mask, T v, int src_lane_of_mine_xor_or_down, bool is_xor, int
   if (src / width != lane / width || src >= 32) src = lane;
   T r;
   std::memcpy(&r, LaneSlot(src), sizeof(T));
-  SyncWarp(mask, "a shuffle");  // every lane has read before the slots are reused
+  NextShuffle();
   return r;
 }
 

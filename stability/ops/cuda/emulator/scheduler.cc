@@ -68,7 +68,11 @@ struct Fiber {
   uint3 tid{};
   int linear = 0;
   unsigned char* stack = nullptr;  // kStackBytes, a guard page below
-  alignas(16) unsigned char slot[16];
+  // Shuffle exchange slots, used alternately: a lane writing slot[p] for shuffle k + 2 has
+  // passed shuffle k + 1's barrier, so every lane has read shuffle k's — one barrier a
+  // shuffle, not two.
+  alignas(16) unsigned char slot[2][16];
+  int shuffles = 0;
 };
 
 struct Block {
@@ -191,9 +195,10 @@ const char* StateName(State s) {
   std::abort();
 }
 
-// Releases one barrier whose threads have all arrived; false if none has.
-bool ReleaseBarrier(Block& b) {
+// Releases every barrier whose threads have all arrived; false if none has.
+bool ReleaseBarriers(Block& b) {
   const int n = static_cast<int>(b.fibers.size());
+  bool released = false;
   for (int w0 = 0; w0 < n; w0 += 32) {
     int waiting = 0, exited = 0, lanes = std::min(32, n - w0);
     for (int i = w0; i < w0 + lanes; ++i) {
@@ -206,8 +211,9 @@ bool ReleaseBarrier(Block& b) {
       Fault("a full-warp __syncwarp or shuffle after a lane of the warp has exited (undefined on the GPU)");
     }
     for (int i = w0; i < w0 + lanes; ++i) b.fibers[i].state = State::kReady;
-    return true;
+    released = true;
   }
+  if (released) return true;
   int at_block = 0, alive = 0;
   for (const Fiber& f : b.fibers) {
     at_block += f.state == State::kAtBlockBarrier;
@@ -253,7 +259,7 @@ void RunBlock(Block& b) {
     bool all_done = true;
     for (const Fiber& f : b.fibers) all_done = all_done && f.state == State::kDone;
     if (all_done) return;
-    if (!ReleaseBarrier(b)) Deadlock(b);
+    if (!ReleaseBarriers(b)) Deadlock(b);
   }
 }
 
@@ -272,8 +278,9 @@ void SyncWarp(unsigned mask, const char* what) {
 }
 void* LaneSlot(int lane) {
   Fiber& f = Current();
-  return running->fibers[f.linear - f.linear % 32 + lane].slot;
+  return running->fibers[f.linear - f.linear % 32 + lane].slot[f.shuffles % 2];
 }
+void NextShuffle() { ++Current().shuffles; }
 
 void Fault(const char* what) {
   if (running == nullptr || running->current == nullptr) {
