@@ -48,7 +48,7 @@ def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], *
             "-Wno-unknown-pragmas",  # nvcc's #pragma unroll
         ],
         defines = ["STABILITY_HAS_CUDA=1"],
-        deps = deps + ["//stability/ops/cuda/emulator", "@local_cuda//:headers"],
+        deps = deps + ["//stability/ops/cuda/emulator", "//third_party:dnnl", "@local_cuda//:headers"],
         testonly = True,
         **kwargs
     )

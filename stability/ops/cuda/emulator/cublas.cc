@@ -2,15 +2,19 @@
 // their documented semantics (column-major operands, op(A)/op(B), leading dimensions,
 // strided batches, beta = 0 never reading C, bf16 operands with fp32 accumulation, bf16 or
 // fp32 outputs; cuBLASLt's BIAS and GELU_AUX(_BIAS) epilogues, GELU its tanh form), computed
-// on the CPU in fp32. Each call checks its arguments as cuBLAS does and answers
+// on the CPU in fp32 (oneDNN's SGEMM on the operands widened to fp32: a bf16 product is
+// exact in fp32, as on the tensor cores). Each call checks its arguments as cuBLAS does and answers
 // CUBLAS_STATUS_INVALID_VALUE (or NOT_SUPPORTED) where cuBLAS would.
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "oneapi/dnnl/dnnl.h"
 #include "stability/ops/cuda/internal/cublas_api.cuh"
 
 struct cublasContext {
@@ -60,28 +64,26 @@ std::vector<float> Rows(const void* x, cudaDataType t, cublasOperation_t op, int
   return out;
 }
 
-float Dot(const float* a, const float* b, int64_t k) {
-  float part[8] = {};
-  int64_t l = 0;
-  for (; l + 8 <= k; l += 8) {
-    for (int j = 0; j < 8; ++j) part[j] += a[l + j] * b[l + j];
-  }
-  for (; l < k; ++l) part[0] += a[l] * b[l];
-  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-}
-
 // C[m × n] (column-major, ldc) = alpha·op(A)·op(B) + beta·C, then `finish` on each value.
+// The fp32 product itself is oneDNN's SGEMM (the CPU backend's GEMM library).
 template <typename Finish>
 void Product(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a,
              cudaDataType at, int64_t lda, const void* b, cudaDataType bt, int64_t ldb, float beta, void* c,
              cudaDataType ct, int64_t ldc, Finish finish) {
+  if (m == 0 || n == 0) return;
   const std::vector<float> ar = Rows(a, at, ta, m, k, lda);
   // op(B) is [k × n]; its columns are the rows of op(B)ᵀ, so flip the op.
   const std::vector<float> bc = Rows(b, bt, tb == CUBLAS_OP_N ? CUBLAS_OP_T : CUBLAS_OP_N, n, k, ldb);
+  // Row-major R[n × m] = bc · arᵀ is column-major op(A)·op(B) with leading dimension m.
+  std::vector<float> r(m * n, 0.0f);
+  if (k > 0 && dnnl_sgemm('N', 'T', n, m, k, 1.0f, bc.data(), k, ar.data(), k, 0.0f, r.data(), m) != dnnl_success) {
+    std::fprintf(stderr, "CUDA emulator: dnnl_sgemm failed\n");
+    std::abort();
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t j = 0; j < n; ++j) {
     for (int64_t i = 0; i < m; ++i) {
-      float v = alpha * Dot(&ar[i * k], &bc[j * k], k);
+      float v = alpha * r[j * m + i];
       if (beta != 0.0f) v += beta * Load(c, ct, i + j * ldc);  // beta = 0: C is not read
       Store(c, ct, i + j * ldc, finish(i, j, v));
     }
