@@ -7,7 +7,9 @@
 // (to_host_cpp.py), then compiles it as C++ with this header included first. A launch runs
 // its blocks one after another; each thread of a block is a fiber with its own stack, and
 // the fibers switch only at barriers (__syncthreads, __syncwarp, the shuffles), so a block
-// runs exactly as written, one thread after another between barriers. WMMA is emulated with
+// runs exactly as written, one thread after another between barriers — every other launch
+// last block and last thread first, so that a result that depends on the order changes
+// between two runs of the same op. WMMA is emulated with
 // whole-tile fragments; cuBLAS and cuBLASLt by plain products on the CPU (cublas.cc);
 // device memory is host memory whose every block ends at a guard page, filled with NaN.
 //
@@ -34,8 +36,9 @@
 #include <type_traits>
 #include <utility>
 
-// nvcc's keywords as host C++. __shared__ variables are static: a block's threads share
-// them, and blocks run one at a time.
+// nvcc's keywords as host C++. __shared__ variables are static (a block's threads share
+// them, and blocks run one at a time) and live in one section, which the scheduler fills
+// with 0xff bytes before each block, as a GPU leaves shared memory holding garbage.
 #undef __global__
 #undef __device__
 #undef __host__
@@ -45,7 +48,7 @@
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static
+#define __shared__ __attribute__((section("emu_shared"))) static
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 

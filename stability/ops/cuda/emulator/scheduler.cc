@@ -29,6 +29,9 @@
 // emu_switch(save, load): pushes the callee-saved registers, stores the stack pointer in
 // *save, switches to the stack `load` and pops that context's registers; returns into it.
 extern "C" void emu_switch(void** save, void* load);
+// The linker's bounds of the section that holds every static __shared__ variable (none: null).
+extern "C" unsigned char __start_emu_shared[] __attribute__((weak));
+extern "C" unsigned char __stop_emu_shared[] __attribute__((weak));
 asm(R"(
   .text
   .globl emu_switch
@@ -84,6 +87,7 @@ struct Block {
   ThreadBody body = nullptr;
   void* ctx = nullptr;
   std::vector<Fiber> fibers;
+  bool reverse = false;  // this launch runs its blocks, and each block its threads, last first
   void* scheduler_sp = nullptr;
   Fiber* current = nullptr;
 #ifdef STABILITY_EMU_ASAN
@@ -238,10 +242,13 @@ void RunBlock(Block& b) {
     f.stack = StackFor(i);
     f.sp = InitialStack(f.stack);
   }
-  if (b.shared_bytes > 0) std::memset(b.shared, 0xff, b.shared_bytes);  // what the last block left: garbage
+  // Shared memory holds garbage when a block starts: what the last block left, poisoned.
+  if (b.shared_bytes > 0) std::memset(b.shared, 0xff, b.shared_bytes);
+  if (__start_emu_shared != nullptr) std::memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
   for (;;) {
     bool ran = false;
-    for (Fiber& f : b.fibers) {
+    for (int i = 0; i < n; ++i) {
+      Fiber& f = b.fibers[b.reverse ? n - 1 - i : i];
       if (f.state != State::kReady) continue;
       b.current = &f;
 #ifdef STABILITY_EMU_ASAN
@@ -320,14 +327,18 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   b.ctx = ctx;
   b.shared_bytes = shared_bytes;
   b.shared = shared_bytes > 0 ? internal::GuardedAlloc(shared_bytes) : nullptr;
+  // Every other launch in the opposite order: a kernel whose result depends on the order of
+  // its blocks or threads (a missing barrier, a race between blocks) gives different bits
+  // from one launch to the next, which the repeatability tests catch.
+  static uint64_t launches = 0;
+  b.reverse = launches++ % 2 == 1;
   running = &b;
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        b.bid = uint3{x, y, z};
-        RunBlock(b);
-      }
-    }
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t id = b.reverse ? blocks - 1 - i : i;
+    b.bid = uint3{static_cast<unsigned>(id % grid.x), static_cast<unsigned>(id / grid.x % grid.y),
+                  static_cast<unsigned>(id / (uint64_t{grid.x} * grid.y))};
+    RunBlock(b);
   }
   running = nullptr;
   if (b.shared) internal::GuardedFree(b.shared);
