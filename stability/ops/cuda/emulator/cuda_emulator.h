@@ -53,19 +53,31 @@
 #define __launch_bounds__(...)
 
 namespace emu {
+namespace internal {
 
-// The running thread's coordinates (valid inside a kernel).
-uint3 ThreadIdx();
-uint3 BlockIdx();
-dim3 BlockDim();
-dim3 GridDim();
+// A lane's shuffle exchange slots, used alternately: a lane writing slot p for shuffle
+// k + 2 has passed shuffle k + 1's barrier, so every lane has read shuffle k's (one barrier
+// a shuffle, not two).
+struct LaneSlot {
+  alignas(16) unsigned char bytes[2][16];
+};
+// The running thread's coordinates, set by the scheduler at every switch (read inline: the
+// intrinsics run millions of times a test).
+struct Coordinates {
+  uint3 thread, block;
+  dim3 block_dim, grid_dim;
+  int lane = 0;
+  LaneSlot* warp_slots = nullptr;  // lane 0's of this warp
+  int* shuffles = nullptr;         // this lane's shuffle count
+};
+extern Coordinates coords;
+
+}  // namespace internal
+
 // Barriers: every live thread of the block / every lane of the warp (all must be live).
 void SyncThreads();
 void SyncWarp(unsigned mask, const char* what);
-// The exchange slot of `lane` in this warp for the running shuffle; NextShuffle after each.
-void* LaneSlot(int lane);
-void NextShuffle();
-int LaneId();
+inline int LaneId() { return internal::coords.lane; }
 // The launch's dynamic shared memory (its size as launched, then a guard page).
 void* DynamicShared();
 // A fault: the running kernel's name, the thread, the message; then abort.
@@ -119,27 +131,28 @@ Launcher<F> Launch(F kernel, const char* name, dim3 grid, dim3 block, size_t sha
 }
 
 template <typename T>
-T Shuffle(unsigned mask, T v, int src_lane_of_mine_xor_or_down, bool is_xor, int width) {
+T Shuffle(unsigned mask, T v, int lane_mask_or_delta, bool is_xor, int width) {
   static_assert(sizeof(T) <= 16, "shuffled values are at most 16 bytes");
   if (mask != 0xffffffffu) Fault("a shuffle with a partial mask (the emulator supports the full warp only)");
-  const int lane = LaneId();
-  std::memcpy(LaneSlot(lane), &v, sizeof(T));
+  const int lane = internal::coords.lane, p = *internal::coords.shuffles & 1;
+  internal::LaneSlot* slots = internal::coords.warp_slots;
+  std::memcpy(slots[lane].bytes[p], &v, sizeof(T));
   SyncWarp(mask, "a shuffle");
-  int src = is_xor ? (lane ^ src_lane_of_mine_xor_or_down) : lane + src_lane_of_mine_xor_or_down;
+  int src = is_xor ? (lane ^ lane_mask_or_delta) : lane + lane_mask_or_delta;
   // Outside the lane's width-segment: its own value, as on the GPU.
   if (src / width != lane / width || src >= 32) src = lane;
   T r;
-  std::memcpy(&r, LaneSlot(src), sizeof(T));
-  NextShuffle();
+  std::memcpy(&r, slots[src].bytes[p], sizeof(T));
+  ++*internal::coords.shuffles;
   return r;
 }
 
 }  // namespace emu
 
-#define threadIdx (::emu::ThreadIdx())
-#define blockIdx (::emu::BlockIdx())
-#define blockDim (::emu::BlockDim())
-#define gridDim (::emu::GridDim())
+#define threadIdx (::emu::internal::coords.thread)
+#define blockIdx (::emu::internal::coords.block)
+#define blockDim (::emu::internal::coords.block_dim)
+#define gridDim (::emu::internal::coords.grid_dim)
 #define warpSize 32
 
 // cuda_runtime.h's C++ overload (nvcc only): a kernel's address as the C API takes it.

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <set>
 
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
 #include "stability/ops/cuda/emulator/internal/scheduler.h"
@@ -20,6 +21,13 @@ namespace {
 // The emulated device's memory: what a test or a small model needs; the memory checks
 // (CheckFits) see it like a GPU's.
 constexpr size_t kTotalBytes = size_t{16} << 30;
+
+// Every live event, as the CUDA runtime keeps them: events a program never destroys (the
+// kernel profile keeps its own for the process's life) stay reachable, not leaked.
+std::set<cudaEvent_t>& Events() {
+  static auto* events = new std::set<cudaEvent_t>;
+  return *events;
+}
 
 double NowMs() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -72,6 +80,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     default: return "unknown error (CUDA emulator)";
   }
 }
@@ -108,9 +117,11 @@ cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st;
+  Events().insert(*event);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (Events().erase(event) == 0) return cudaErrorInvalidResourceHandle;
   delete event;
   return cudaSuccess;
 }

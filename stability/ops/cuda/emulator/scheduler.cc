@@ -2,6 +2,7 @@
 // until its next barrier (cuda_emulator.h). Fibers switch with a hand-written x86-64 context
 // switch (callee-saved registers and the stack pointer): glibc's swapcontext makes a system
 // call per switch, and a block reduction switches every thread about 15 times.
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -70,12 +71,8 @@ struct Fiber {
   State state = State::kReady;
   uint3 tid{};
   int linear = 0;
+  int shuffles = 0;                // selects the lane's exchange slot (internal::Coordinates)
   unsigned char* stack = nullptr;  // kStackBytes, a guard page below
-  // Shuffle exchange slots, used alternately: a lane writing slot[p] for shuffle k + 2 has
-  // passed shuffle k + 1's barrier, so every lane has read shuffle k's — one barrier a
-  // shuffle, not two.
-  alignas(16) unsigned char slot[2][16];
-  int shuffles = 0;
 };
 
 struct Block {
@@ -87,6 +84,14 @@ struct Block {
   ThreadBody body = nullptr;
   void* ctx = nullptr;
   std::vector<Fiber> fibers;
+  std::vector<internal::LaneSlot> slots;  // one per thread
+  // The ready threads, in the order they will run (a ring of capacity fibers.size(): each
+  // thread is in it at most once), and the barriers' counts, so that a barrier is released
+  // the moment its last thread arrives, without scanning the block.
+  std::vector<int> ready;
+  size_t ready_head = 0, ready_count = 0;
+  std::vector<int> warp_waiting, warp_exited;
+  int block_waiting = 0, alive = 0;
   bool reverse = false;  // this launch runs its blocks, and each block its threads, last first
   void* scheduler_sp = nullptr;
   Fiber* current = nullptr;
@@ -116,31 +121,138 @@ Fiber& Current() {
   return *running->current;
 }
 
-// Fiber → scheduler.
-void Yield(State state) {
-  Fiber& f = Current();
-  f.state = state;
+// From the running context (fiber `from`, or the scheduler: nullptr) to fiber `to` (or the
+// scheduler: nullptr). Fibers switch to each other directly; the scheduler is resumed only
+// when every thread of the block has exited.
+void SwitchTo(Block& b, Fiber* from, Fiber* to) {
+  void** save = from ? &from->sp : &b.scheduler_sp;
+  void* load = to ? to->sp : b.scheduler_sp;
+  b.current = to;
+  if (to != nullptr) {
+    internal::coords.thread = to->tid;
+    internal::coords.lane = to->linear % 32;
+    internal::coords.warp_slots = &b.slots[to->linear - to->linear % 32];
+    internal::coords.shuffles = &to->shuffles;
+  }
 #ifdef STABILITY_EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, running->main_stack_bottom, running->main_stack_size);
+  const bool exiting = from != nullptr && from->state == State::kDone;
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &fake, to ? to->stack : b.main_stack_bottom,
+                                 to ? kStackBytes : b.main_stack_size);
 #endif
-  emu_switch(&f.sp, running->scheduler_sp);
+  emu_switch(save, load);
 #ifdef STABILITY_EMU_ASAN
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
 }
 
+const char* StateName(State s) {
+  switch (s) {
+    case State::kReady: return "running";
+    case State::kAtBlockBarrier: return "at __syncthreads";
+    case State::kAtWarpBarrier: return "at a warp barrier (__syncwarp or a shuffle)";
+    case State::kDone: return "exited";
+  }
+  return "?";
+}
+
+[[noreturn]] void Deadlock(Block& b) {
+  std::string where;
+  for (const Fiber& f : b.fibers) {
+    if (f.linear % 32 == 0 || f.state != b.fibers[f.linear - f.linear % 32].state) {
+      where += "  thread " + std::to_string(f.linear) + ": " + StateName(f.state) + "\n";
+    }
+  }
+  std::fprintf(stderr,
+               "CUDA emulator: kernel %s, block (%u, %u, %u): no thread can go on (a barrier some threads never "
+               "reach):\n%s",
+               b.kernel, b.bid.x, b.bid.y, b.bid.z, where.c_str());
+  std::abort();
+}
+
+void Push(Block& b, Fiber& f) {
+  f.state = State::kReady;
+  b.ready[(b.ready_head + b.ready_count++) % b.ready.size()] = f.linear;
+}
+
+int LanesOf(const Block& b, int warp) { return std::min(32, static_cast<int>(b.fibers.size()) - 32 * warp); }
+
+// Lanes of `warp` waiting at its barrier → ready, in run order.
+void ReleaseWarp(Block& b, int warp) {
+  const int lanes = LanesOf(b, warp);
+  for (int i = 0; i < lanes; ++i) {
+    Fiber& f = b.fibers[32 * warp + (b.reverse ? lanes - 1 - i : i)];
+    if (f.state == State::kAtWarpBarrier) Push(b, f);
+  }
+  b.warp_waiting[warp] = 0;
+}
+
+// Threads waiting at __syncthreads → ready, in run order.
+void ReleaseBlock(Block& b) {
+  const int n = static_cast<int>(b.fibers.size());
+  for (int i = 0; i < n; ++i) {
+    Fiber& f = b.fibers[b.reverse ? n - 1 - i : i];
+    if (f.state == State::kAtBlockBarrier) Push(b, f);
+  }
+  b.block_waiting = 0;
+}
+
+// After a lane arrived at its warp's barrier or exited: release the warp when every live
+// lane is there (an exited lane with others waiting is undefined on the GPU: a fault).
+void CheckWarp(Block& b, int warp) {
+  const int waiting = b.warp_waiting[warp], exited = b.warp_exited[warp];
+  if (waiting == 0 || waiting + exited < LanesOf(b, warp)) return;
+  if (exited > 0) {
+    b.current = &b.fibers[32 * warp];
+    Fault("a full-warp __syncwarp or shuffle after a lane of the warp has exited (undefined on the GPU)");
+  }
+  ReleaseWarp(b, warp);
+}
+void CheckBlock(Block& b) {
+  if (b.block_waiting > 0 && b.block_waiting == b.alive) ReleaseBlock(b);
+}
+
+// The next thread to run: the front of the ready ring; nullptr when every thread has exited.
+Fiber* Next(Block& b) {
+  if (b.ready_count == 0) {
+    if (b.alive == 0) return nullptr;
+    Deadlock(b);
+  }
+  Fiber& f = b.fibers[b.ready[b.ready_head]];
+  b.ready_head = (b.ready_head + 1) % b.ready.size();
+  --b.ready_count;
+  return &f;
+}
+
+// Fiber → the next ready fiber (itself, if it is the only one).
+void Yield(State state) {
+  Block& b = *running;
+  Fiber& f = Current();
+  f.state = state;
+  if (state == State::kAtWarpBarrier) {
+    ++b.warp_waiting[f.linear / 32];
+    CheckWarp(b, f.linear / 32);
+  } else {
+    ++b.block_waiting;
+    CheckBlock(b);
+  }
+  Fiber* next = Next(b);
+  if (next != &f) SwitchTo(b, &f, next);
+}
+
 [[noreturn]] void FiberMain() {
 #ifdef STABILITY_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &running->main_stack_bottom, &running->main_stack_size);
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
   running->body(running->ctx);
+  Block& b = *running;
   Fiber& f = Current();
   f.state = State::kDone;
-#ifdef STABILITY_EMU_ASAN
-  __sanitizer_start_switch_fiber(nullptr, running->main_stack_bottom, running->main_stack_size);
-#endif
-  emu_switch(&f.sp, running->scheduler_sp);
+  --b.alive;
+  ++b.warp_exited[f.linear / 32];
+  CheckWarp(b, f.linear / 32);
+  CheckBlock(b);  // exited threads do not hold __syncthreads up (as since Volta)
+  SwitchTo(b, &f, Next(b));
   std::abort();  // a finished fiber is never resumed
 }
 
@@ -175,66 +287,16 @@ unsigned char* StackFor(size_t i) {
   return pool[i];
 }
 
-const char* StateName(State s) {
-  switch (s) {
-    case State::kReady: return "running";
-    case State::kAtBlockBarrier: return "at __syncthreads";
-    case State::kAtWarpBarrier: return "at a warp barrier (__syncwarp or a shuffle)";
-    case State::kDone: return "exited";
-  }
-  return "?";
-}
-
-[[noreturn]] void Deadlock(Block& b) {
-  std::string where;
-  for (const Fiber& f : b.fibers) {
-    if (f.linear % 32 == 0 || f.state != b.fibers[f.linear - f.linear % 32].state) {
-      where += "  thread " + std::to_string(f.linear) + ": " + StateName(f.state) + "\n";
-    }
-  }
-  std::fprintf(stderr,
-               "CUDA emulator: kernel %s, block (%u, %u, %u): no thread can go on (a barrier some threads never "
-               "reach):\n%s",
-               b.kernel, b.bid.x, b.bid.y, b.bid.z, where.c_str());
-  std::abort();
-}
-
-// Releases every barrier whose threads have all arrived; false if none has.
-bool ReleaseBarriers(Block& b) {
-  const int n = static_cast<int>(b.fibers.size());
-  bool released = false;
-  for (int w0 = 0; w0 < n; w0 += 32) {
-    int waiting = 0, exited = 0, lanes = std::min(32, n - w0);
-    for (int i = w0; i < w0 + lanes; ++i) {
-      waiting += b.fibers[i].state == State::kAtWarpBarrier;
-      exited += b.fibers[i].state == State::kDone;
-    }
-    if (waiting == 0 || waiting + exited < lanes) continue;
-    if (exited > 0) {
-      b.current = &b.fibers[w0];
-      Fault("a full-warp __syncwarp or shuffle after a lane of the warp has exited (undefined on the GPU)");
-    }
-    for (int i = w0; i < w0 + lanes; ++i) b.fibers[i].state = State::kReady;
-    released = true;
-  }
-  if (released) return true;
-  int at_block = 0, alive = 0;
-  for (const Fiber& f : b.fibers) {
-    at_block += f.state == State::kAtBlockBarrier;
-    alive += f.state != State::kDone;
-  }
-  if (at_block > 0 && at_block == alive) {
-    for (Fiber& f : b.fibers) {
-      if (f.state == State::kAtBlockBarrier) f.state = State::kReady;
-    }
-    return true;
-  }
-  return false;
-}
-
 void RunBlock(Block& b) {
   const int n = static_cast<int>(b.block.x * b.block.y * b.block.z);
   b.fibers.assign(n, Fiber{});
+  b.slots.assign(n, internal::LaneSlot{});
+  b.ready.assign(n, 0);
+  b.ready_head = b.ready_count = 0;
+  b.warp_waiting.assign((n + 31) / 32, 0);
+  b.warp_exited.assign((n + 31) / 32, 0);
+  b.block_waiting = 0;
+  b.alive = n;
   for (int i = 0; i < n; ++i) {
     Fiber& f = b.fibers[i];
     f.linear = i;
@@ -242,52 +304,24 @@ void RunBlock(Block& b) {
     f.stack = StackFor(i);
     f.sp = InitialStack(f.stack);
   }
+  internal::coords.block = b.bid;
+  internal::coords.block_dim = b.block;
+  internal::coords.grid_dim = b.grid;
   // Shared memory holds garbage when a block starts: what the last block left, poisoned.
   if (b.shared_bytes > 0) std::memset(b.shared, 0xff, b.shared_bytes);
   if (__start_emu_shared != nullptr) std::memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
-  for (;;) {
-    bool ran = false;
-    for (int i = 0; i < n; ++i) {
-      Fiber& f = b.fibers[b.reverse ? n - 1 - i : i];
-      if (f.state != State::kReady) continue;
-      b.current = &f;
-#ifdef STABILITY_EMU_ASAN
-      void* fake = nullptr;
-      __sanitizer_start_switch_fiber(&fake, f.stack, kStackBytes);
-#endif
-      emu_switch(&b.scheduler_sp, f.sp);
-#ifdef STABILITY_EMU_ASAN
-      __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#endif
-      b.current = nullptr;
-      ran = true;
-    }
-    if (ran) continue;
-    bool all_done = true;
-    for (const Fiber& f : b.fibers) all_done = all_done && f.state == State::kDone;
-    if (all_done) return;
-    if (!ReleaseBarriers(b)) Deadlock(b);
-  }
+  for (int i = 0; i < n; ++i) Push(b, b.fibers[b.reverse ? n - 1 - i : i]);
+  SwitchTo(b, nullptr, Next(b));  // back when every thread has exited
 }
 
 }  // namespace
 
-uint3 ThreadIdx() { return Current().tid; }
-uint3 BlockIdx() { return running->bid; }
-dim3 BlockDim() { return running->block; }
-dim3 GridDim() { return running->grid; }
-int LaneId() { return Current().linear % 32; }
 void* DynamicShared() { return running->shared; }
 void SyncThreads() { Yield(State::kAtBlockBarrier); }
 void SyncWarp(unsigned mask, const char* what) {
   if (mask != 0xffffffffu) Fault((std::string(what) + " with a partial mask (the emulator supports the full warp)").c_str());
   Yield(State::kAtWarpBarrier);
 }
-void* LaneSlot(int lane) {
-  Fiber& f = Current();
-  return running->fibers[f.linear - f.linear % 32 + lane].slot[f.shuffles % 2];
-}
-void NextShuffle() { ++Current().shuffles; }
 
 void Fault(const char* what) {
   if (running == nullptr || running->current == nullptr) {
@@ -332,6 +366,14 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   // from one launch to the next, which the repeatability tests catch.
   static uint64_t launches = 0;
   b.reverse = launches++ % 2 == 1;
+#ifdef STABILITY_EMU_ASAN
+  pthread_attr_t attr;
+  void* stack_addr = nullptr;
+  pthread_getattr_np(pthread_self(), &attr);
+  pthread_attr_getstack(&attr, &stack_addr, &b.main_stack_size);
+  pthread_attr_destroy(&attr);
+  b.main_stack_bottom = stack_addr;
+#endif
   running = &b;
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
   for (uint64_t i = 0; i < blocks; ++i) {
@@ -346,6 +388,8 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
 }
 
 namespace internal {
+
+Coordinates coords;
 
 cudaError_t TakeLastError() {
   const cudaError_t e = last_error;
