@@ -53,6 +53,13 @@ def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], *
         **kwargs
     )
 
+def cuda_emulator_cc_library(name, **kwargs):
+    """The emulator's own cc_library: it compiles against the CUDA toolkit's headers, so it
+    exists only where they do."""
+    if not CUDA_AVAILABLE:
+        return
+    native.cc_library(name = name, **kwargs)
+
 def cuda_emulated_test(name, **kwargs):
     """A cc_test that exists only where the emulator can be built (a CUDA toolkit's headers)."""
     if not CUDA_AVAILABLE:
