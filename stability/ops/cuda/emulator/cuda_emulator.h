@@ -9,19 +9,20 @@
 // the fibers switch only at barriers (__syncthreads, __syncwarp, the shuffles), so a block
 // runs exactly as written, one thread after another between barriers — every other launch
 // last block and last thread first, so that a result that depends on the order changes
-// between two runs of the same op. WMMA is emulated with
-// whole-tile fragments; cuBLAS and cuBLASLt by plain products on the CPU (cublas.cc);
-// device memory is host memory whose every block ends at a guard page, filled with NaN.
+// between two runs of the same op. Shared memory is poisoned (0xff) before each block. WMMA
+// is emulated with whole-tile fragments; cuBLAS and cuBLASLt by products on the CPU
+// (cublas.cc); device memory is host memory, NaN-filled, each block ending at a guard page.
 //
 // What it proves: each kernel's indexing, tiling, masking, barriers, shuffles, shared-memory
 // layout and alignment, and the host code around it (launch configurations, plans, scratch,
 // copies), in the kernel's own arithmetic order. What it cannot: speed, the GPU's rounding
 // of expf/logf (the host's libm here), tensor-core summation order, and races that only a
-// different interleaving than "each thread to its next barrier" would show. It also checks
-// what would be a fault or undefined behaviour on a GPU: WMMA pointers not 32-byte aligned,
-// shuffles and __syncwarp with a lane that has exited, a barrier not every thread reaches,
-// dynamic shared memory over 48 KB without cudaFuncSetAttribute, more than 1,024 threads a
-// block — each aborts with the kernel's name and what is wrong.
+// different interleaving than "each thread to its next barrier" would show. What would be
+// undefined or a fault on a GPU aborts, naming the kernel, block and thread: WMMA pointers
+// not 32-byte aligned, a shuffle or __syncwarp after a lane has exited, a barrier not every
+// thread reaches, an access past a buffer (the guard page). Launches a GPU refuses are
+// refused with its error (cudaGetLastError): more than 1,024 threads a block, dynamic shared
+// memory over 48 KB without cudaFuncSetAttribute.
 #ifndef STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
 #define STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
 
