@@ -162,8 +162,7 @@ cublasStatus_t LtDescDestroy(cublasLtMatmulDesc_t d) {
   delete Desc(d);
   return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t LtDescSet(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* value,
-                         size_t size) {
+cublasStatus_t LtDescSet(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
   LtDesc* desc = Desc(d);
   const auto take = [&](auto& field) {
     if (size != sizeof(field)) return CUBLAS_STATUS_INVALID_VALUE;
@@ -171,13 +170,20 @@ cublasStatus_t LtDescSet(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t 
     return CUBLAS_STATUS_SUCCESS;
   };
   switch (attr) {
-    case CUBLASLT_MATMUL_DESC_TRANSA: return take(desc->ta);
-    case CUBLASLT_MATMUL_DESC_TRANSB: return take(desc->tb);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE: return take(desc->epilogue);
-    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return take(desc->bias);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return take(desc->aux);
-    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return take(desc->aux_ld);
-    default: return CUBLAS_STATUS_NOT_SUPPORTED;
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+      return take(desc->ta);
+    case CUBLASLT_MATMUL_DESC_TRANSB:
+      return take(desc->tb);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+      return take(desc->epilogue);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+      return take(desc->bias);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+      return take(desc->aux);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+      return take(desc->aux_ld);
+    default:
+      return CUBLAS_STATUS_NOT_SUPPORTED;
   }
 }
 cublasStatus_t LtLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows, uint64_t cols, int64_t ld) {
@@ -227,13 +233,13 @@ bool Consistent(const LtDesc& d, const LtLayout& a, const LtLayout& b, const LtL
   return true;
 }
 
-cublasStatus_t LtHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a,
-                           cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t out,
-                           cublasLtMatmulPreference_t, int requested, cublasLtMatmulHeuristicResult_t* result,
-                           int* found) {
+cublasStatus_t LtHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                           cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t out, cublasLtMatmulPreference_t,
+                           int requested, cublasLtMatmulHeuristicResult_t* result, int* found) {
   *found = 0;
   if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
-  if (!SupportedEpilogue(Desc(d)->epilogue) || !Consistent(*Desc(d), *Layout(a), *Layout(b), *Layout(c), *Layout(out))) {
+  if (!SupportedEpilogue(Desc(d)->epilogue) ||
+      !Consistent(*Desc(d), *Layout(a), *Layout(b), *Layout(c), *Layout(out))) {
     return CUBLAS_STATUS_NOT_SUPPORTED;
   }
   std::memset(result, 0, sizeof(*result));
@@ -271,9 +277,9 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
 
 const CublasApi* LoadCublas(std::string*) {
   static const CublasApi api = {
-      Create,       Destroy,       SetMathMode,   Sgemm,      SgemmStridedBatched, GemmStridedBatchedEx,
-      LtCreate,     LtDestroy,     LtDescCreate,  LtDescDestroy, LtDescSet,      LtLayoutCreate,
-      LtLayoutDestroy, LtPrefCreate, LtPrefDestroy, LtPrefSet,  LtHeuristic,        LtMatmul,
+      Create,          Destroy,      SetMathMode,   Sgemm,         SgemmStridedBatched, GemmStridedBatchedEx,
+      LtCreate,        LtDestroy,    LtDescCreate,  LtDescDestroy, LtDescSet,           LtLayoutCreate,
+      LtLayoutDestroy, LtPrefCreate, LtPrefDestroy, LtPrefSet,     LtHeuristic,         LtMatmul,
   };
   return &api;
 }

@@ -120,14 +120,13 @@ class Launcher {
 };
 
 template <typename... P>
-Launcher<void (*)(P...)> Launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block,
-                                size_t shared_bytes = 0, cudaStream_t = nullptr) {
+Launcher<void (*)(P...)> Launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
+                                cudaStream_t = nullptr) {
   return Launcher<void (*)(P...)>(kernel, reinterpret_cast<const void*>(kernel), name, grid, block, shared_bytes);
 }
 template <typename F>
-  requires std::is_class_v<F>
-Launcher<F> Launch(F kernel, const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
-                   cudaStream_t = nullptr) {
+requires std::is_class_v<F> Launcher<F> Launch(F kernel, const char* name, dim3 grid, dim3 block,
+                                               size_t shared_bytes = 0, cudaStream_t = nullptr) {
   return Launcher<F>(kernel, nullptr, name, grid, block, shared_bytes);
 }
 

@@ -2,6 +2,8 @@
 // until its next barrier (cuda_emulator.h). Fibers switch with a hand-written x86-64 context
 // switch (callee-saved registers and the stack pointer): glibc's swapcontext makes a system
 // call per switch, and a block reduction switches every thread about 15 times.
+#include "stability/ops/cuda/emulator/internal/scheduler.h"
+
 #include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -16,7 +18,6 @@
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
-#include "stability/ops/cuda/emulator/internal/scheduler.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
@@ -150,10 +151,14 @@ __attribute__((always_inline)) inline void SwitchTo(Block& b, Fiber* from, Fiber
 
 const char* StateName(State s) {
   switch (s) {
-    case State::kReady: return "running";
-    case State::kAtBlockBarrier: return "at __syncthreads";
-    case State::kAtWarpBarrier: return "at a warp barrier (__syncwarp or a shuffle)";
-    case State::kDone: return "exited";
+    case State::kReady:
+      return "running";
+    case State::kAtBlockBarrier:
+      return "at __syncthreads";
+    case State::kAtWarpBarrier:
+      return "at a warp barrier (__syncwarp or a shuffle)";
+    case State::kDone:
+      return "exited";
   }
   return "?";
 }
@@ -277,8 +282,8 @@ unsigned char* StackFor(size_t i) {
   auto& pool = StackPool();
   const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   while (pool.size() <= i) {
-    void* base = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                      -1, 0);
+    void* base =
+        mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) {
       std::fprintf(stderr, "CUDA emulator: cannot map a thread stack\n");
       std::abort();
@@ -321,7 +326,8 @@ void RunBlock(Block& b) {
 void* DynamicShared() { return running->shared; }
 void SyncThreads() { Yield(State::kAtBlockBarrier); }
 void SyncWarp(unsigned mask, const char* what) {
-  if (mask != 0xffffffffu) Fault((std::string(what) + " with a partial mask (the emulator supports the full warp)").c_str());
+  if (mask != 0xffffffffu)
+    Fault((std::string(what) + " with a partial mask (the emulator supports the full warp)").c_str());
   Yield(State::kAtWarpBarrier);
 }
 
