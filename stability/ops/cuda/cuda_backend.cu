@@ -6,10 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <new>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_format.h"

@@ -71,7 +71,6 @@ cudaError_t cudaRuntimeGetVersion(int* version) {
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaGetLastError() { return emu::internal::TakeLastError(); }
-cudaError_t cudaPeekAtLastError() { return emu::internal::PeekLastError(); }
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
     case cudaSuccess:

@@ -404,7 +404,6 @@ cudaError_t TakeLastError() {
   last_error = cudaSuccess;
   return e;
 }
-cudaError_t PeekLastError() { return last_error; }
 
 cudaError_t SetMaxDynamicShared(const void* kernel, int bytes) {
   if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSharedBytes) return cudaErrorInvalidValue;

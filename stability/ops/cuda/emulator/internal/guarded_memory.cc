@@ -55,12 +55,6 @@ bool GuardedFree(void* p) {
   return true;
 }
 
-size_t GuardedSize(const void* p) {
-  std::lock_guard<std::mutex> lock(Mu());
-  auto it = Live().find(p);
-  return it == Live().end() ? 0 : it->second.bytes;
-}
-
 size_t GuardedBytesAlive() {
   std::lock_guard<std::mutex> lock(Mu());
   return alive_bytes;

@@ -13,8 +13,6 @@ namespace emu::internal {
 void* GuardedAlloc(size_t bytes);
 // Frees what GuardedAlloc returned; false for any other pointer.
 bool GuardedFree(void* p);
-// The bytes of a live block (0 for an unknown pointer).
-size_t GuardedSize(const void* p);
 // Bytes of every live block.
 size_t GuardedBytesAlive();
 

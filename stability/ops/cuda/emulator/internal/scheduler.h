@@ -6,9 +6,8 @@
 
 namespace emu::internal {
 
-// The last launch error, cleared (cudaGetLastError) or kept (cudaPeekAtLastError).
+// The last launch error, cleared (cudaGetLastError).
 cudaError_t TakeLastError();
-cudaError_t PeekLastError();
 // cudaFuncAttributeMaxDynamicSharedMemorySize for one kernel.
 cudaError_t SetMaxDynamicShared(const void* kernel, int bytes);
 
