@@ -28,27 +28,25 @@ __global__ void SoftmaxRowsKernel(float* probs, float* pc, float* lse, float* ro
   const int64_t ti = row % t;
   const int64_t len = ti + 1;
   float* p = probs + row * t;
-  float mx = -INFINITY;
+  FloatPair maxima{-INFINITY, -INFINITY};  // of the raw scores, of z
   for (int64_t s = threadIdx.x; s < len; s += blockDim.x) {
     const float a = p[s];
-    mx = fmaxf(mx, a);
     const float u = a / opt.temperature;
-    p[s] = opt.soft_cap > 0 ? opt.soft_cap * tanhf(u * (1.0f / opt.soft_cap)) : u;
+    const float z = opt.soft_cap > 0 ? opt.soft_cap * tanhf(u * (1.0f / opt.soft_cap)) : u;
+    p[s] = z;
+    maxima = {fmaxf(maxima.a, a), fmaxf(maxima.b, z)};
   }
-  mx = BlockMax(mx);
-  float zmax = -INFINITY;
-  for (int64_t s = threadIdx.x; s < len; s += blockDim.x) zmax = fmaxf(zmax, p[s]);
-  zmax = BlockMax(zmax);
-  float sum = 0, ez = 0;
+  maxima = BlockMax(maxima);
+  const float mx = maxima.a, zmax = maxima.b;
+  FloatPair sums{0.0f, 0.0f};  // Σ e, Σ e·d
   for (int64_t s = threadIdx.x; s < len; s += blockDim.x) {
     const float d = p[s] - zmax;
     const float e = expf(d);
     p[s] = e;
-    sum += e;
-    ez += e * d;
+    sums = {sums.a + e, sums.b + e * d};
   }
-  sum = BlockSum(sum);
-  ez = BlockSum(ez);
+  sums = BlockSum(sums);
+  const float sum = sums.a, ez = sums.b;
   const float inv = 1.0f / sum;
   const float log_sum = logf(sum);
   for (int64_t s = threadIdx.x; s < t; s += blockDim.x) {

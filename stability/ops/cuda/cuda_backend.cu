@@ -96,19 +96,9 @@ __global__ void AddRowVectorKernel(float* y, const float* b, int64_t n, int64_t 
   if (idx < n * c) y[idx] += b[idx % c];
 }
 
-// s + a·b in double as one fused operation, written out so that every reduction kernel that
-// promises DotPartialsKernel's bits compiles to the same arithmetic.
-__device__ inline double AddProduct(double s, float a, float b) {
-  return fma(static_cast<double>(a), static_cast<double>(b), s);
-}
-
+// partials[block] of a·b over ReduceBlocks(n) blocks.
 __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, double* partials) {
-  double s = 0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s = AddProduct(s, a[i], b[i]);
-  }
-  s = BlockSum(s);
+  const double s = DotPartial(a, b, n, blockIdx.x, gridDim.x);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
@@ -145,36 +135,36 @@ __global__ void RowNormsKernel(const float* x, int64_t rows, int64_t d, double* 
   if (lane == 0) norms[r] = sqrt(s);
 }
 
-// QueueSumSquaresOfEach's batch: up to kEachMax buffers, passed by value (3 KB of kernel
-// parameters), each with its queue slot.
+// QueueSumSquaresOfEach's batch: up to kEachMax buffers, passed by value (3.5 KB of kernel
+// parameters), each with its queue slot; buffer k owns ReduceBlocks(n[k]) blocks from
+// first_block[k].
 constexpr int kEachMax = 128;
 struct EachSpans {
   const float* x[kEachMax];
   int64_t n[kEachMax];
   double* out[kEachMax];
+  int32_t first_block[kEachMax + 1];
+  int count;
 };
 static_assert(sizeof(EachSpans) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
-// Block (b, i): DotPartialsKernel's block b for x_i·x_i (the same grid, stride and tree).
+// Block b: DotPartialsKernel's block for x_k·x_k (the same grid, stride and tree).
 __global__ void EachSquarePartialsKernel(EachSpans spans, double* partials) {
-  const float* x = spans.x[blockIdx.y];
-  const int64_t n = spans.n[blockIdx.y];
-  double s = 0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s = AddProduct(s, x[i], x[i]);
-  }
-  s = BlockSum(s);
-  if (threadIdx.x == 0) partials[blockIdx.y * gridDim.x + blockIdx.x] = s;
+  const int k = BufferOfBlock(spans.first_block, spans.count, blockIdx.x);
+  const int64_t first = spans.first_block[k], blocks = spans.first_block[k + 1] - first;
+  const double s = DotPartial(spans.x[k], spans.x[k], spans.n[k], blockIdx.x - first, blocks);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
 // One block per buffer: SumDoublesKernel over its partials, into its queue slot.
-__global__ void EachSumKernel(EachSpans spans, const double* partials, int64_t blocks) {
-  const double* p = partials + blockIdx.x * blocks;
+__global__ void EachSumKernel(EachSpans spans, const double* partials) {
+  const int k = blockIdx.x;
+  const double* p = partials + spans.first_block[k];
+  const int64_t blocks = spans.first_block[k + 1] - spans.first_block[k];
   double s = 0;
   for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) s += p[i];
   s = BlockSum(s);
-  if (threadIdx.x == 0) *spans.out[blockIdx.x] = s;
+  if (threadIdx.x == 0) *spans.out[k] = s;
 }
 
 // One block: Σ x in a fixed order (each thread's stride, then the block tree).
@@ -338,8 +328,7 @@ static_assert(sizeof(AdamWBatch) <= 4096, "kernel parameters are at most 4 KB be
 
 __global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size,
                                 float sqrt_bc2, float grad_scale) {
-  int k = 0;
-  while (k + 1 < batch.count && blockIdx.x >= batch.first_block[k + 1]) ++k;
+  const int k = BufferOfBlock(batch.first_block, batch.count, blockIdx.x);
   const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock);
   for (int64_t i = base + threadIdx.x; i < base + kAdamWPerBlock && i < batch.n[k]; i += blockDim.x) {
     AdamWUpdate(batch.p[k], batch.grad[k], batch.m[k], batch.v[k], i, beta1, beta2, eps, step_size, sqrt_bc2,
@@ -464,9 +453,10 @@ void CudaBackend::GemmBf16(Trans ta, Trans tb, int64_t m, int64_t n, int64_t k, 
 
 void CudaBackend::DotInto(const float* a, const float* b, int64_t n, double* out) {
   double* partials = static_cast<double*>(Scratch(kReducePartials, (kReduceBlocks + 1) * sizeof(double)));
-  DotPartialsKernel<<<kReduceBlocks, kReduceThreads>>>(a, b, n, partials);
+  const int blocks = ReduceBlocks(n);
+  DotPartialsKernel<<<blocks, kReduceThreads>>>(a, b, n, partials);
   STABILITY_CUDA_LAUNCHED("DotPartialsKernel");
-  SumDoublesKernel<<<1, 1024>>>(partials, kReduceBlocks, out);
+  SumDoublesKernel<<<1, 1024>>>(partials, blocks, out);
   STABILITY_CUDA_LAUNCHED("SumDoublesKernel");
 }
 
@@ -511,15 +501,17 @@ void CudaBackend::QueueSumSquaresOfEach(const std::vector<std::pair<const float*
     const size_t room = pending == kQueueCapacity ? kQueueCapacity : kQueueCapacity - pending;
     const int count = static_cast<int>(std::min({xs.size() - i, room, static_cast<size_t>(kEachMax)}));
     EachSpans spans{};
+    spans.count = count;
     for (int k = 0; k < count; ++k) {
       spans.x[k] = xs[i + k].first;
       spans.n[k] = xs[i + k].second;
       spans.out[k] = NextQueueSlot(1.0);
+      spans.first_block[k + 1] = spans.first_block[k] + ReduceBlocks(spans.n[k]);
     }
     double* partials = static_cast<double*>(Scratch(kEachPartials, kEachMax * kReduceBlocks * sizeof(double)));
-    EachSquarePartialsKernel<<<dim3(kReduceBlocks, count), kReduceThreads>>>(spans, partials);
+    EachSquarePartialsKernel<<<spans.first_block[count], kReduceThreads>>>(spans, partials);
     STABILITY_CUDA_LAUNCHED("EachSquarePartialsKernel");
-    EachSumKernel<<<count, 1024>>>(spans, partials, kReduceBlocks);
+    EachSumKernel<<<count, 1024>>>(spans, partials);
     STABILITY_CUDA_LAUNCHED("EachSumKernel");
     i += count;
   }

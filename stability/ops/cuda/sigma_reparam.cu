@@ -10,7 +10,7 @@
 //                      w_eff = (g/σ)·w                   SigmaScaleKernel
 // Backward:            ⟨G, w⟩ partial sums (G = dw_eff)  SigmaDotPartialsKernel
 //                      dw += (g/σ)·G − (g⟨G,w⟩/σ²)·u vᵀ,  dg += ⟨G, w⟩/σ   SigmaGradKernel
-// Norms and σ in double, scales rounded to float, as the CPU's; a fixed grid and tree, so
+// Norms and σ in double, scales rounded to float, as the CPU's; grids and trees fixed by the sizes, so
 // runs repeat bit for bit.
 #include <algorithm>
 #include <vector>
@@ -35,6 +35,8 @@ struct SigmaBatch {
   int64_t out[kSigmaMaxLayers];
   int64_t in[kSigmaMaxLayers];
   int64_t wv_offset[kSigmaMaxLayers];  // layer k's w v in the scratch vector
+  int32_t first_block[kSigmaMaxLayers + 1];  // layer k's blocks of ⟨G, w⟩ (ReduceBlocks(out·in))
+  int count;
 };
 static_assert(sizeof(SigmaBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
@@ -113,28 +115,21 @@ __global__ void SigmaScaleKernel(SigmaBatch b, const double* sigma_d) {
   }
 }
 
-// partials[k, block] of ⟨G, w⟩ (DotPartialsKernel's grid and tree, per layer).
+// partials[block] of ⟨G, w⟩ (DotPartialsKernel's grid and tree, per layer).
 __global__ void SigmaDotPartialsKernel(SigmaBatch b, double* partials) {
-  const int k = blockIdx.y;
-  const int64_t n = b.out[k] * b.in[k];
-  const float* G = b.dw_eff[k];
-  const float* w = b.w[k];
-  double s = 0;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    s = fma(static_cast<double>(G[i]), static_cast<double>(w[i]), s);
-  }
-  s = BlockSum(s);
-  if (threadIdx.x == 0) partials[k * gridDim.x + blockIdx.x] = s;
+  const int k = BufferOfBlock(b.first_block, b.count, blockIdx.x);
+  const int64_t first = b.first_block[k];
+  const double s = DotPartial(b.dw_eff[k], b.w[k], b.out[k] * b.in[k], blockIdx.x - first, b.first_block[k + 1] - first);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
 // Each block sums the layer's partials (the same fixed order in every block: the same ⟨G, w⟩),
 // then dw += a·G − c·u vᵀ with a = g/σ, c = g·⟨G, w⟩/σ²; block 0's thread 0 adds dg += ⟨G, w⟩/σ.
-__global__ void SigmaGradKernel(SigmaBatch b, const double* partials, int partials_per_layer) {
+__global__ void SigmaGradKernel(SigmaBatch b, const double* partials) {
   const int k = blockIdx.y;
-  const double* p = partials + static_cast<int64_t>(k) * partials_per_layer;
+  const double* p = partials + b.first_block[k];
   double s = 0;
-  for (int i = threadIdx.x; i < partials_per_layer; i += blockDim.x) s += p[i];
+  for (int i = threadIdx.x; i < b.first_block[k + 1] - b.first_block[k]; i += blockDim.x) s += p[i];
   const double gw = BlockSum(s);
   const float sigma = *b.sigma[k], g = *b.g[k];
   const float a = g / sigma;
@@ -155,6 +150,7 @@ __global__ void SigmaGradKernel(SigmaBatch b, const double* partials, int partia
 SigmaBatch BatchOf(const std::vector<Backend::SigmaReparamLayer>& layers, size_t first, int count, int64_t* max_out,
                    int64_t* max_in, int64_t* wv_size) {
   SigmaBatch b{};
+  b.count = count;
   *max_out = *max_in = *wv_size = 0;
   for (int k = 0; k < count; ++k) {
     const Backend::SigmaReparamLayer& l = layers[first + k];
@@ -170,6 +166,7 @@ SigmaBatch BatchOf(const std::vector<Backend::SigmaReparamLayer>& layers, size_t
     b.out[k] = l.out;
     b.in[k] = l.in;
     b.wv_offset[k] = *wv_size;
+    b.first_block[k + 1] = b.first_block[k] + ReduceBlocks(l.out * l.in);
     *wv_size += l.out;
     *max_out = std::max(*max_out, l.out);
     *max_in = std::max(*max_in, l.in);
@@ -206,11 +203,10 @@ void CudaBackend::SigmaReparamBackwardEach(const std::vector<SigmaReparamLayer>&
     const int count = static_cast<int>(std::min<size_t>(kSigmaMaxLayers, layers.size() - first));
     int64_t max_out = 0, max_in = 0, wv_size = 0;
     const SigmaBatch b = BatchOf(layers, first, count, &max_out, &max_in, &wv_size);
-    auto* partials =
-        static_cast<double*>(Scratch(kEachPartials, static_cast<size_t>(count) * kReduceBlocks * sizeof(double)));
-    SigmaDotPartialsKernel<<<dim3(kReduceBlocks, count), kReduceThreads>>>(b, partials);
+    auto* partials = static_cast<double*>(Scratch(kEachPartials, b.first_block[count] * sizeof(double)));
+    SigmaDotPartialsKernel<<<b.first_block[count], kReduceThreads>>>(b, partials);
     STABILITY_CUDA_LAUNCHED("SigmaDotPartialsKernel");
-    SigmaGradKernel<<<dim3(kScaleChunks, count), kThreads>>>(b, partials, kReduceBlocks);
+    SigmaGradKernel<<<dim3(kScaleChunks, count), kThreads>>>(b, partials);
     STABILITY_CUDA_LAUNCHED("SigmaGradKernel");
   }
 }

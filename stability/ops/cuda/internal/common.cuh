@@ -63,22 +63,49 @@ inline int RowChunks(int64_t rows) { return static_cast<int>(rows < 64 ? 1 : row
 
 inline int Blocks(int64_t n, int threads) { return static_cast<int>((n + threads - 1) / threads); }
 
-// Grid of the two-pass reductions: fixed, so the summation order never changes.
+// Grid of the two-pass reductions (partial sums, then one block over the partials): a
+// function of the length alone, so a buffer's summation order never changes. Large buffers
+// get the full grid; small ones (a bias, a norm's gain) about 8 values a thread instead of
+// 256 blocks mostly idle. GPT-2 124M's matrices all get the full grid.
 constexpr int kReduceBlocks = 256;
 constexpr int kReduceThreads = 256;
+inline int ReduceBlocks(int64_t n) {
+  const int64_t blocks = (n + 8 * kReduceThreads - 1) / (8 * kReduceThreads);
+  return blocks < 1 ? 1 : blocks > kReduceBlocks ? kReduceBlocks : static_cast<int>(blocks);
+}
+
+// Buffer k of a batch owns the blocks [first_block[k], first_block[k + 1]); the buffer of
+// block b (first_block ascending, count ≥ 1).
+template <typename Int>
+__device__ inline int BufferOfBlock(const Int* first_block, int count, int64_t b) {
+  int k = 0;
+  while (k + 1 < count && b >= first_block[k + 1]) ++k;
+  return k;
+}
 
 // Reductions over a warp, then over the block, along a fixed tree: the same bits every run.
+// A FloatPair is two values reduced in one tree (one set of barriers), each with the bits it
+// would get alone. Another type reduces when it has a ShuffleDown overload (found by ADL).
+struct FloatPair {
+  float a, b;
+};
 struct SumOp {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ FloatPair operator()(FloatPair x, FloatPair y) const { return {x.a + y.a, x.b + y.b}; }
 };
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+  __device__ FloatPair operator()(FloatPair x, FloatPair y) const { return {fmaxf(x.a, y.a), fmaxf(x.b, y.b)}; }
 };
+
+__device__ inline float ShuffleDown(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ inline double ShuffleDown(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
+__device__ inline FloatPair ShuffleDown(FloatPair v, int o) { return {ShuffleDown(v.a, o), ShuffleDown(v.b, o)}; }
 
 template <typename T, typename Op>
 __device__ inline T WarpReduce(T v, Op op) {
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = op(v, ShuffleDown(v, o));
   return v;  // lane 0 holds the result
 }
 __device__ inline double WarpSum(double v) { return WarpReduce(v, SumOp{}); }
@@ -108,7 +135,20 @@ template <typename T>
 __device__ inline T BlockSum(T v) {
   return BlockReduce(v, T(0), SumOp{});
 }
+__device__ inline FloatPair BlockSum(FloatPair v) { return BlockReduce(v, FloatPair{0.0f, 0.0f}, SumOp{}); }
 __device__ inline float BlockMax(float v) { return BlockReduce(v, -INFINITY, MaxOp{}); }
+__device__ inline FloatPair BlockMax(FloatPair v) { return BlockReduce(v, FloatPair{-INFINITY, -INFINITY}, MaxOp{}); }
+
+// Block `block` of the `blocks` (ReduceBlocks(n)) of Σ a[i]·b[i] over i < n, in double: each
+// thread its stride, one fused multiply-add a term, then the block's tree. Every reduction that
+// promises another's bits (a dot, a sum of squares, batched or not) goes through here.
+__device__ inline double DotPartial(const float* a, const float* b, int64_t n, int64_t block, int64_t blocks) {
+  double s = 0;
+  for (int64_t i = block * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) {
+    s = fma(static_cast<double>(a[i]), static_cast<double>(b[i]), s);
+  }
+  return BlockSum(s);
+}
 
 enum class Trans : char { kNo = 'N', kYes = 'T' };
 
