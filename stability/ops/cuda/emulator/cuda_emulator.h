@@ -104,9 +104,10 @@ class Launcher {
       std::tuple<std::decay_t<A>...> args;
     } call{kernel_, std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)};
     const ThreadBody body = [](void* ctx) {
+      // Each thread's by-value parameters are copies of the launch's arguments, as on a GPU;
+      // the structs a .cu declares arrive by const reference (to_host_cpp.py): not copied.
       auto* c = static_cast<Call*>(ctx);
-      auto args = c->args;  // each thread its own copy, as a kernel's parameters
-      std::apply(c->kernel, args);
+      std::apply(c->kernel, std::as_const(c->args));
     };
     RunGrid(name_, address_, grid_, block_, shared_bytes_, body, &call);
   }

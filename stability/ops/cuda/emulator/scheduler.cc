@@ -8,6 +8,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -113,6 +115,44 @@ std::map<const void*, size_t>& SharedLimits() {
   return *limits;
 }
 cudaError_t last_error = cudaSuccess;
+
+// CUDA_EMULATOR_PROFILE=1: at exit, each kernel's launches, threads run and seconds, the most
+// costly first: what makes an emulated test slow (the emulator's cost is per thread run).
+struct KernelCost {
+  uint64_t launches = 0, threads = 0;
+  double seconds = 0;
+};
+class EmulatorProfile {
+ public:
+  static EmulatorProfile* Get() {
+    static EmulatorProfile* profile = [] {
+      const char* on = std::getenv("CUDA_EMULATOR_PROFILE");
+      return on != nullptr && *on != '\0' && *on != '0' ? new EmulatorProfile : nullptr;
+    }();
+    return profile;
+  }
+  void Add(const char* kernel, uint64_t threads, double seconds) {
+    KernelCost& c = costs_[kernel];
+    ++c.launches;
+    c.threads += threads;
+    c.seconds += seconds;
+  }
+
+ private:
+  EmulatorProfile() { std::atexit([] { Get()->Print(); }); }
+  void Print() const {
+    std::vector<std::pair<std::string, KernelCost>> rows(costs_.begin(), costs_.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    std::fprintf(stderr, "CUDA emulator profile: %-40s %10s %14s %10s %8s\n", "kernel", "launches", "threads", "seconds",
+                 "ns/thread");
+    for (const auto& [name, c] : rows) {
+      std::fprintf(stderr, "CUDA emulator profile: %-40s %10llu %14llu %10.3f %8.0f\n", name.c_str(),
+                   static_cast<unsigned long long>(c.launches), static_cast<unsigned long long>(c.threads), c.seconds,
+                   c.seconds * 1e9 / static_cast<double>(c.threads));
+    }
+  }
+  std::map<std::string, KernelCost> costs_;
+};
 
 Fiber& Current() {
   if (running == nullptr || running->current == nullptr) {
@@ -383,6 +423,7 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   b.main_stack_bottom = stack_addr;
 #endif
   running = &b;
+  const auto start = std::chrono::steady_clock::now();
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
   for (uint64_t i = 0; i < blocks; ++i) {
     const uint64_t id = b.reverse ? blocks - 1 - i : i;
@@ -392,6 +433,10 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   }
   running = nullptr;
   if (b.shared) internal::GuardedFree(b.shared);
+  if (EmulatorProfile* profile = EmulatorProfile::Get()) {
+    profile->Add(name, blocks * threads,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
   return cudaSuccess;
 }
 

@@ -7,6 +7,10 @@ Three rewrites, of syntax only nvcc knows:
     (K wrapped in a generic lambda where K is a template whose parameters the arguments deduce)
   extern __shared__ [__align__(n)] T name[];   ->  T* name = static_cast<T*>(::emu::DynamicShared());
   __noinline__                                ->  __attribute__((noinline))
+and one for speed: a kernel's parameter of a struct type the file declares (a batch of
+buffers, up to 4 KB) becomes a const reference, so the emulator does not copy it for each of a
+launch's threads (a kernel that writes such a parameter then fails to compile: make the copy
+in the kernel).
 Everything else is left as written; the line count is kept, so compiler messages point at
 the .cu file's lines (a #line directive names it).
 """
@@ -38,7 +42,27 @@ def _kernel_start(text, end):
     return i
 
 
+def _struct_parameters_by_reference(text):
+    structs = set(re.findall(r"\bstruct\s+(\w+)\s*\{", text))
+    if not structs:
+        return text
+    out = []
+    pos = 0
+    for m in re.finditer(r"__global__[^(;{]*?\b\w+\s*\(", text):
+        depth, end = 1, m.end()
+        while depth > 0 and end < len(text):
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        params = re.sub(r"(^|[(,])(\s*)(" + "|".join(sorted(structs)) + r")(\s+\w+\s*)(?=[,)])",
+                        r"\1\2const \3&\4", text[m.end() - 1:end])
+        out.append(text[pos:m.end() - 1] + params)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def rewrite(text, path):
+    text = _struct_parameters_by_reference(text)
     # A macro could not do this one: libstdc++ spells the attribute __noinline__ too.
     text = re.sub(r"\b__noinline__\b", "__attribute__((noinline))", text)
     text = _EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = static_cast<{m.group(1)}*>(::emu::DynamicShared());",

@@ -56,3 +56,12 @@ def test_noinline_is_spelled_for_the_host_compiler():
 def test_an_unclosed_launch_is_an_error():
     with pytest.raises(SystemExit, match="without '>>>'"):
         to_host_cpp.rewrite("K<<<1, 32(x);\n", "k.cu")
+
+
+def test_a_struct_the_file_declares_is_passed_to_kernels_by_const_reference():
+    src = ("struct Batch {\n  float* x[4];\n};\n"
+           "__global__ void Each(Batch b, float s,\n                     const Batch* p, Other o) {}\n"
+           "void Host(Batch b) {}\n")
+    out = rewrite(src)
+    assert "__global__ void Each(const Batch& b, float s,\n                     const Batch* p, Other o) {}" in out
+    assert "void Host(Batch b) {}" in out  # host functions keep their copies
