@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "stability/base/guarded_block.h"
 #include "stability/ops/backend.h"
 
 namespace stability::ops::testing {
@@ -31,20 +32,12 @@ class CheckedAllocator final : public Allocator {
   void* Allocate(size_t bytes) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (capacity_ > 0 && alive_ + static_cast<int64_t>(bytes) > capacity_) throw std::bad_alloc();
-    // The block ends (64-byte aligned) where a guard page that is never opened begins: a
-    // kernel that runs past the end of its buffer faults too.
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t usable = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
-    const size_t open_bytes = (usable + page - 1) / page * page;
-    void* base = mmap(nullptr, open_bytes + page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) throw std::bad_alloc();
-    const uintptr_t p = reinterpret_cast<uintptr_t>(base) + open_bytes - usable;
-    // Filled with NaNs (all ones: float and bf16 NaN, int −1), as cudaMalloc's memory is not
-    // zero: a kernel that reads what nothing wrote gets NaN, not a lucky 0.
-    if (mprotect(base, open_bytes, PROT_READ | PROT_WRITE) != 0) throw std::bad_alloc();
-    std::memset(base, 0xff, open_bytes);
-    if (mprotect(base, open_bytes, PROT_NONE) != 0) throw std::bad_alloc();
-    blocks_[p] = {bytes, reinterpret_cast<uintptr_t>(base), open_bytes, 0};
+    // No host access until a kernel opens it; a kernel that runs past the end of its buffer
+    // faults on the guard page.
+    const GuardedBlock b = MapGuarded(bytes, 64, /*host_access=*/false);
+    if (b.data == nullptr) throw std::bad_alloc();
+    const auto p = reinterpret_cast<uintptr_t>(b.data);
+    blocks_[p] = {bytes, b, 0};
     alive_ += static_cast<int64_t>(bytes);
     peak_ = std::max(peak_, alive_);
     return reinterpret_cast<void*>(p);
@@ -53,7 +46,7 @@ class CheckedAllocator final : public Allocator {
     std::lock_guard<std::mutex> lock(mu_);
     if (auto it = blocks_.find(reinterpret_cast<uintptr_t>(p)); it != blocks_.end()) {
       alive_ -= static_cast<int64_t>(it->second.bytes);
-      munmap(reinterpret_cast<void*>(it->second.base), it->second.open_bytes + sysconf(_SC_PAGESIZE));
+      UnmapGuarded(it->second.mapping);
       blocks_.erase(it);
     }
   }
@@ -110,9 +103,8 @@ class CheckedAllocator final : public Allocator {
  private:
   struct Block {
     size_t bytes;
-    uintptr_t base;  // of the mapping: open_bytes that kernels may open, then the guard page
-    size_t open_bytes;
-    int open;  // kernels that have it open
+    GuardedBlock mapping;  // kernels open its open_bytes; never the guard page
+    int open;              // kernels that have it open
   };
   std::map<uintptr_t, Block>::iterator Find(const void* p) {
     const auto a = reinterpret_cast<uintptr_t>(p);
@@ -122,7 +114,7 @@ class CheckedAllocator final : public Allocator {
     return a < it->first + std::max<size_t>(it->second.bytes, 1) ? it : blocks_.end();
   }
   static void Protect(std::map<uintptr_t, Block>::iterator it, int prot) {
-    if (mprotect(reinterpret_cast<void*>(it->second.base), it->second.open_bytes, prot) != 0) throw std::bad_alloc();
+    if (mprotect(it->second.mapping.base, it->second.mapping.open_bytes, prot) != 0) throw std::bad_alloc();
   }
   std::mutex mu_;
   std::map<uintptr_t, Block> blocks_;
