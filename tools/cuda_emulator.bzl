@@ -18,37 +18,57 @@ toolkit's headers; without a toolkit the targets are not defined.
 
 load("@local_cuda//:defs.bzl", "CUDA_AVAILABLE")
 
-def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], **kwargs):
-    """A cc_library of `srcs` (.cu rewritten for the emulator) linked against the emulator."""
+def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], racecheck = False, **kwargs):
+    """A cc_library of `srcs` (.cu rewritten for the emulator) linked against the emulator.
+
+    racecheck: the sources compiled with GCC's ThreadSanitizer instrumentation (no TSan
+    runtime: the emulator's racecheck.cc answers its calls), so that a data race between a
+    kernel's threads aborts with both accesses named (racecheck.cc says what counts).
+    """
     if not CUDA_AVAILABLE:
         return
     cc_srcs = []
-    for src in srcs:
-        if not src.endswith(".cu"):
+    rewritten_hdrs = []
+
+    # Each .cu as _<name>/<file>.cc; each private header as _<name>/<package>/<header>, which
+    # is where a rewritten .cc's #include "<package>/<header>" finds it first (a quoted
+    # include searches the including file's directory before the include path).
+    for src in srcs + private_hdrs:
+        if src.endswith(".cu"):
+            out = "_{}/{}.cc".format(name, src[:-len(".cu")])
+        elif src in private_hdrs:
+            out = "_{}/{}/{}".format(name, native.package_name(), src)
+        else:
             cc_srcs.append(src)
             continue
-        out = "_{}/{}.cc".format(name, src[:-len(".cu")])
         native.genrule(
-            name = "{}_{}".format(name, src[:-len(".cu")].replace("/", "_")),
+            name = "{}_{}".format(name, src.replace("/", "_").replace(".", "_")),
             srcs = [src],
             outs = [out],
             cmd = "python3 $(location //stability/ops/cuda/emulator:to_host_cpp.py) $< $@",
             tools = ["//stability/ops/cuda/emulator:to_host_cpp.py"],
             testonly = True,
         )
-        cc_srcs.append(out)
+        if src in private_hdrs:
+            rewritten_hdrs.append(out)
+        else:
+            cc_srcs.append(out)
     native.cc_library(
         name = name,
         srcs = cc_srcs,
         hdrs = hdrs,
-        textual_hdrs = private_hdrs,  # .cuh: not a header extension cc_library knows
+        textual_hdrs = private_hdrs + rewritten_hdrs,  # .cuh: not a header extension cc_library knows
         copts = [
             "-include",
             "stability/ops/cuda/emulator/cuda_emulator.h",
             "-Wno-unknown-pragmas",  # nvcc's #pragma unroll
-        ],
+        ] + ([
+            "-fsanitize=thread",
+            "--param=tsan-instrument-func-entry-exit=0",
+        ] if racecheck else []),
         defines = ["STABILITY_HAS_CUDA=1"],
-        deps = deps + ["//stability/ops/cuda/emulator", "//third_party:dnnl", "@local_cuda//:headers"],
+        deps = deps + ["//stability/ops/cuda/emulator", "//third_party:dnnl", "@local_cuda//:headers"] +
+               (["//stability/ops/cuda/emulator:racecheck"] if racecheck else []),
         testonly = True,
         **kwargs
     )

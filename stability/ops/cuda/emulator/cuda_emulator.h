@@ -38,8 +38,9 @@
 #include <utility>
 
 // nvcc's keywords as host C++. __shared__ variables are static (a block's threads share
-// them, and blocks run one at a time) and live in one section, which the scheduler fills
-// with 0xff bytes before each block, as a GPU leaves shared memory holding garbage.
+// them, and blocks run one at a time); to_host_cpp.py registers each with RegisterShared,
+// and the scheduler fills them with 0xff bytes before each block, as a GPU leaves shared
+// memory holding garbage.
 #undef __global__
 #undef __device__
 #undef __host__
@@ -49,7 +50,7 @@
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ __attribute__((section("emu_shared"))) static
+#define __shared__ static
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 
@@ -81,6 +82,9 @@ void SyncWarp(unsigned mask, const char* what);
 inline int LaneId() { return internal::coords.lane; }
 // The launch's dynamic shared memory (its size as launched, then a guard page).
 void* DynamicShared();
+// A static __shared__ variable, on its first use (to_host_cpp.py's registration): filled
+// with 0xff now and before every block. Returns true.
+bool RegisterShared(void* p, size_t bytes);
 // A fault: the running kernel's name, the thread, the message; then abort.
 [[noreturn]] void Fault(const char* what);
 
@@ -188,6 +192,12 @@ inline float __logf(float a) { return std::log(a); }
 // the warp), loads and multiplies it itself and stores its share of the elements (index
 // mod 32 = lane), so a read of a stored tile before __syncwarp sees other lanes' stale
 // values, as it could on the GPU.
+// Fragments are a thread's own (its stack): not watched by the race checker, whose calls on
+// every element of a 16×16×16 product would cost more than the product.
+#define STABILITY_EMU_FRAGMENT_ONLY __attribute__((no_sanitize("thread")))
+// The race checker's entry for a range (racecheck.cc; null where it is not linked).
+extern "C" void __tsan_read_range(void* p, unsigned long bytes) __attribute__((weak));
+
 namespace nvcuda::wmma {
 struct matrix_a {};
 struct matrix_b {};
@@ -212,14 +222,23 @@ inline void CheckPointer(const void* p, unsigned ldm, size_t element_bytes, cons
 }  // namespace internal
 
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+STABILITY_EMU_FRAGMENT_ONLY void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
   for (T& e : f.x) e = v;
 }
 
+// The race checker sees each tile read by lanes 0 and 1 only (a whole tile a lane, checked
+// 32 times, would cost more than the rest of a kernel): a lane's unordered store is still a
+// read of another lane's, as on the GPU, whose fragments spread a tile over the lanes.
 template <typename Use, int M, int N, int K, typename T, typename Layout>
-void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+STABILITY_EMU_FRAGMENT_ONLY void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
   internal::CheckPointer(p, ldm, sizeof(T), "wmma::load_matrix_sync: pointer not 32-byte aligned or ldm not 16 bytes");
+  if (__tsan_read_range != nullptr && ::emu::LaneId() < 2) {
+    constexpr bool kColMajor = std::is_same_v<Layout, col_major>;
+    for (int line = 0; line < (kColMajor ? F::kCols : F::kRows); ++line) {
+      __tsan_read_range(const_cast<T*>(p) + line * ldm, (kColMajor ? F::kRows : F::kCols) * sizeof(T));
+    }
+  }
   for (int r = 0; r < F::kRows; ++r) {
     for (int c = 0; c < F::kCols; ++c) {
       f.x[r * F::kCols + c] = std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c];
@@ -238,13 +257,28 @@ void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigne
 }
 
 template <int M, int N, int K, typename T, typename LA, typename LB>
-void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
               const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
-  float out[M * N];
+  // Operands widened first (bf16 by its bits: the conversion operator would be a call here).
+  float fa[M * K], fb[K * N], out[M * N];
+  const auto widen = [](T v) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      uint16_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+      const uint32_t wide = uint32_t{bits} << 16;
+      float f;
+      std::memcpy(&f, &wide, sizeof(f));
+      return f;
+    } else {
+      return static_cast<float>(v);
+    }
+  };
+  for (int i = 0; i < M * K; ++i) fa[i] = widen(a.x[i]);
+  for (int i = 0; i < K * N; ++i) fb[i] = widen(b.x[i]);
   for (int i = 0; i < M; ++i) {
     for (int j = 0; j < N; ++j) {
       float acc = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) acc += static_cast<float>(a.x[i * K + k]) * static_cast<float>(b.x[k * N + j]);
+      for (int k = 0; k < K; ++k) acc += fa[i * K + k] * fb[k * N + j];
       out[i * N + j] = acc;
     }
   }

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
+#include "stability/ops/cuda/emulator/internal/race.h"
 #include "stability/ops/cuda/emulator/internal/scheduler.h"
 
 // The events the kernel profile records: a host clock, as the work is already done.
@@ -97,10 +98,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   if (emu::internal::GuardedBytesAlive() + bytes > kTotalBytes) return cudaErrorMemoryAllocation;
   *p = emu::internal::GuardedAlloc(bytes);
+  if (*p != nullptr && emu::internal::RaceTrack != nullptr) emu::internal::RaceTrack(*p, bytes, false);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
+  if (emu::internal::RaceUntrack != nullptr) emu::internal::RaceUntrack(p);
   return emu::internal::GuardedFree(p) ? cudaSuccess : cudaErrorInvalidDevicePointer;
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {

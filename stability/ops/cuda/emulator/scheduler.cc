@@ -20,6 +20,7 @@
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
+#include "stability/ops/cuda/emulator/internal/race.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
@@ -33,9 +34,6 @@
 // emu_switch(save, load): pushes the callee-saved registers, stores the stack pointer in
 // *save, switches to the stack `load` and pops that context's registers; returns into it.
 extern "C" void emu_switch(void** save, void* load);
-// The linker's bounds of the section that holds every static __shared__ variable (none: null).
-extern "C" unsigned char __start_emu_shared[] __attribute__((weak));
-extern "C" unsigned char __stop_emu_shared[] __attribute__((weak));
 asm(R"(
   .text
   .globl emu_switch
@@ -75,6 +73,7 @@ struct Fiber {
   uint3 tid{};
   int linear = 0;
   int shuffles = 0;                // selects the lane's exchange slot (internal::Coordinates)
+  uint32_t block_epoch = 0, warp_epoch = 0;  // barriers passed (internal::Accessor)
   unsigned char* stack = nullptr;  // kStackBytes, a guard page below
 };
 
@@ -96,6 +95,7 @@ struct Block {
   std::vector<int> warp_waiting, warp_exited;
   int block_waiting = 0, alive = 0;
   bool reverse = false;  // this launch runs its blocks, and each block its threads, last first
+  uint32_t launch = 0;   // its number, from 1
   void* scheduler_sp = nullptr;
   Fiber* current = nullptr;
 #ifdef STABILITY_EMU_ASAN
@@ -109,6 +109,11 @@ Block* running = nullptr;  // the launch in progress (launches do not nest)
 std::mutex& LaunchMu() {
   static auto* mu = new std::mutex;
   return *mu;
+}
+// Every static __shared__ variable that has been used (RegisterShared).
+std::vector<std::pair<void*, size_t>>& StaticShared() {
+  static auto* vars = new std::vector<std::pair<void*, size_t>>;
+  return *vars;
 }
 std::map<const void*, size_t>& SharedLimits() {
   static auto* limits = new std::map<const void*, size_t>;
@@ -176,7 +181,12 @@ __attribute__((always_inline)) inline void SwitchTo(Block& b, Fiber* from, Fiber
     internal::coords.lane = to->linear % 32;
     internal::coords.warp_slots = &b.slots[to->linear - to->linear % 32];
     internal::coords.shuffles = &to->shuffles;
+    internal::accessor.thread = to->linear;
+    internal::accessor.block_epoch = &to->block_epoch;
+    internal::accessor.warp_epoch = &to->warp_epoch;
+    internal::accessor.stack = reinterpret_cast<uintptr_t>(to->stack);
   }
+  internal::accessor.in_kernel = to != nullptr;
 #ifdef STABILITY_EMU_ASAN
   void* fake = nullptr;
   const bool exiting = from != nullptr && from->state == State::kDone;
@@ -277,9 +287,11 @@ void Yield(State state) {
   Fiber& f = Current();
   f.state = state;
   if (state == State::kAtWarpBarrier) {
+    ++f.warp_epoch;
     ++b.warp_waiting[f.linear / 32];
     CheckWarp(b, f.linear / 32);
   } else {
+    ++f.block_epoch;
     ++b.block_waiting;
     CheckBlock(b);
   }
@@ -352,11 +364,12 @@ void RunBlock(Block& b) {
     f.sp = InitialStack(f.stack);
   }
   internal::coords.block = b.bid;
+  internal::accessor.block = b.bid.x + uint64_t{b.grid.x} * (b.bid.y + uint64_t{b.grid.y} * b.bid.z);
   internal::coords.block_dim = b.block;
   internal::coords.grid_dim = b.grid;
   // Shared memory holds garbage when a block starts: what the last block left, poisoned.
   if (b.shared_bytes > 0) std::memset(b.shared, 0xff, b.shared_bytes);
-  if (__start_emu_shared != nullptr) std::memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
+  for (const auto& [p, bytes] : StaticShared()) std::memset(p, 0xff, bytes);
   for (int i = 0; i < n; ++i) Push(b, b.fibers[b.reverse ? n - 1 - i : i]);
   SwitchTo(b, nullptr, Next(b));  // back when every thread has exited
 }
@@ -364,6 +377,12 @@ void RunBlock(Block& b) {
 }  // namespace
 
 void* DynamicShared() { return running->shared; }
+bool RegisterShared(void* p, size_t bytes) {
+  std::memset(p, 0xff, bytes);
+  StaticShared().emplace_back(p, bytes);
+  if (internal::RaceTrack != nullptr) internal::RaceTrack(p, bytes, true);
+  return true;
+}
 void SyncThreads() { Yield(State::kAtBlockBarrier); }
 void SyncWarp(unsigned mask, const char* what) {
   if (mask != 0xffffffffu)
@@ -409,11 +428,15 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   b.ctx = ctx;
   b.shared_bytes = shared_bytes;
   b.shared = shared_bytes > 0 ? internal::GuardedAlloc(shared_bytes) : nullptr;
+  if (b.shared != nullptr && internal::RaceTrack != nullptr) internal::RaceTrack(b.shared, shared_bytes, true);
   // Every other launch in the opposite order: a kernel whose result depends on the order of
   // its blocks or threads (a missing barrier, a race between blocks) gives different bits
   // from one launch to the next, which the repeatability tests catch.
-  static uint64_t launches = 0;
+  static uint32_t launches = 0;
   b.reverse = launches++ % 2 == 1;
+  b.launch = launches;
+  internal::accessor.launch = b.launch;
+  internal::accessor.stack_bytes = kStackBytes;
 #ifdef STABILITY_EMU_ASAN
   pthread_attr_t attr;
   void* stack_addr = nullptr;
@@ -432,7 +455,10 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
     RunBlock(b);
   }
   running = nullptr;
-  if (b.shared) internal::GuardedFree(b.shared);
+  if (b.shared) {
+    if (internal::RaceUntrack != nullptr) internal::RaceUntrack(b.shared);
+    internal::GuardedFree(b.shared);
+  }
   if (EmulatorProfile* profile = EmulatorProfile::Get()) {
     profile->Add(name, blocks * threads,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -443,6 +469,7 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
 namespace internal {
 
 Coordinates coords;
+Accessor accessor;
 
 cudaError_t TakeLastError() {
   const cudaError_t e = last_error;

@@ -7,7 +7,12 @@ Three rewrites, of syntax only nvcc knows:
     (K wrapped in a generic lambda where K is a template whose parameters the arguments deduce)
   extern __shared__ [__align__(n)] T name[];   ->  T* name = static_cast<T*>(::emu::DynamicShared());
   __noinline__                                ->  __attribute__((noinline))
-and one for speed: a kernel's parameter of a struct type the file declares (a batch of
+and two for the emulator's runtime:
+  __shared__ T a[n], b;  ->  __shared__ T a[n], b; static const bool ... = ::emu::RegisterShared(&a, sizeof(a)) ...
+    (each static shared variable made known to the scheduler, which fills it with 0xff
+    before every block and lets the race checker watch it: GCC drops a section attribute
+    on the statics of template functions, so a linker section cannot collect them)
+  a kernel's parameter of a struct type the file declares (a batch of
 buffers, up to 4 KB) becomes a const reference, so the emulator does not copy it for each of a
 launch's threads (a kernel that writes such a parameter then fails to compile: make the copy
 in the kernel).
@@ -61,8 +66,39 @@ def _struct_parameters_by_reference(text):
     return "".join(out)
 
 
+_STATIC_SHARED = re.compile(r"(?<!extern )\b__shared__\s+(?:__align__\(\s*\d+\s*\)\s+)?([^;{}()]+);")
+
+
+def _split_top_level(text):
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _register_static_shared(m):
+    line_start = m.string.rfind("\n", 0, m.start()) + 1
+    if "//" in m.string[line_start:m.start()]:  # in a comment
+        return m.group(0)
+    names = []
+    for declarator in _split_top_level(m.group(1)):
+        name = re.findall(r"(\w+)\s*(?:\[|$)", declarator.strip())
+        if not name:
+            raise SystemExit(f"no variable name in the __shared__ declaration '{m.group(0)}'")
+        names.append(name[0])
+    registered = " ".join(
+        f"static const bool emu_shared_{n}_ = ::emu::RegisterShared(&{n}, sizeof({n})); (void)emu_shared_{n}_;"
+        for n in names)
+    return f"{m.group(0)} {registered}"
+
+
 def rewrite(text, path):
     text = _struct_parameters_by_reference(text)
+    text = _STATIC_SHARED.sub(_register_static_shared, text)
     # A macro could not do this one: libstdc++ spells the attribute __noinline__ too.
     text = re.sub(r"\b__noinline__\b", "__attribute__((noinline))", text)
     text = _EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* {m.group(2)} = static_cast<{m.group(1)}*>(::emu::DynamicShared());",

@@ -65,3 +65,12 @@ def test_a_struct_the_file_declares_is_passed_to_kernels_by_const_reference():
     out = rewrite(src)
     assert "__global__ void Each(const Batch& b, float s,\n                     const Batch* p, Other o) {}" in out
     assert "void Host(Batch b) {}" in out  # host functions keep their copies
+
+
+def test_static_shared_variables_are_registered_where_they_are_declared():
+    out = rewrite("  __shared__ float ks[kTile][HD], vs[kTile][HD];\n  __shared__ T total;\n")
+    assert out.startswith("  __shared__ float ks[kTile][HD], vs[kTile][HD]; "
+                          "static const bool emu_shared_ks_ = ::emu::RegisterShared(&ks, sizeof(ks));")
+    assert "::emu::RegisterShared(&vs, sizeof(vs));" in out
+    assert "::emu::RegisterShared(&total, sizeof(total));" in out
+    assert rewrite("// __shared__ slots; one a warp\n") == "// __shared__ slots; one a warp\n"

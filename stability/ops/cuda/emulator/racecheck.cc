@@ -1,0 +1,206 @@
+// The emulator's race checker, for kernels compiled with -fsanitize=thread (racecheck builds:
+// tools/cuda_emulator.bzl). GCC's ThreadSanitizer instrumentation calls __tsan_readN /
+// __tsan_writeN before every load and store the optimiser keeps; this file is the runtime
+// those calls land in — not TSan's, which knows nothing of blocks and barriers — and checks
+// them against the CUDA memory model the way compute-sanitizer's racecheck does:
+//
+//   Two accesses to the same bytes in one launch, at least one a write, from different
+//   threads, race unless a barrier orders them: both threads in one block with a
+//   __syncthreads between them, or both in one warp with a __syncwarp or shuffle between.
+//   Threads of different blocks are never ordered within a launch (device memory); shared
+//   memory is each block's own.
+//
+// The emulator runs a block's threads one after another between barriers, so a racy kernel
+// usually still gives the right answer here (and often on a GPU); this makes it fail. Each
+// 2-byte granule of watched memory (every cudaMalloc block, dynamic and static shared
+// memory) keeps its last write and last read: the launch, block, thread and the thread's
+// barrier counts. The first race aborts, naming both accesses. Cost: one call per access,
+// 32 bytes of shadow per 2 bytes watched (mapped lazily), about 3–5× the emulated time.
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "stability/ops/cuda/emulator/cuda_emulator.h"
+#include "stability/ops/cuda/emulator/internal/race.h"
+
+namespace emu::internal {
+namespace {
+
+constexpr size_t kGranule = 2;  // bf16 stores of adjacent threads share no granule
+
+struct Access {
+  uint32_t launch;  // 0: none
+  uint32_t block;   // linear block (mod 2^32)
+  uint16_t thread;
+  uint16_t block_epoch;  // mod 2^16
+  uint16_t warp_epoch;
+  uint16_t unused;
+};
+struct Granule {
+  Access write, read;
+};
+
+struct Range {
+  uintptr_t begin;
+  size_t bytes;
+  bool shared;
+  Granule* shadow;  // one a granule
+  size_t shadow_bytes;
+};
+
+std::map<uintptr_t, Range>& Ranges() {
+  static auto* ranges = new std::map<uintptr_t, Range>;
+  return *ranges;
+}
+const Range* last = nullptr;  // the range of the last watched access
+
+const Range* Find(uintptr_t x) {
+  if (last != nullptr && x - last->begin < last->bytes) return last;
+  auto it = Ranges().upper_bound(x);
+  if (it == Ranges().begin()) return nullptr;
+  --it;
+  if (x - it->second.begin >= it->second.bytes) return nullptr;
+  last = &it->second;
+  return last;
+}
+
+std::string Where(const Access& a) {
+  const dim3 g = coords.grid_dim, b = coords.block_dim;
+  char s[160];
+  std::snprintf(s, sizeof(s), "thread (%u, %u, %u) of block (%u, %u, %u)", a.thread % b.x, a.thread / b.x % b.y,
+                a.thread / (b.x * b.y), a.block % g.x, a.block / g.x % g.y, a.block / (g.x * g.y));
+  return s;
+}
+
+[[noreturn]] void Report(const Range& r, uintptr_t x, bool write, const Access& prev, bool prev_write) {
+  std::string what = std::string("a race on ") + (r.shared ? "shared" : "device") + " memory (byte " +
+                     std::to_string(x - r.begin) + " of " + std::to_string(r.bytes) + " bytes " +
+                     (r.shared ? "of shared memory" : "allocated") + "): this thread's " + (write ? "write" : "read") +
+                     " and the " + (prev_write ? "write" : "read") + " of " + Where(prev) +
+                     (prev.block == static_cast<uint32_t>(accessor.block)
+                          ? " with no barrier between (__syncthreads, or __syncwarp within a warp)"
+                          : ", another block of the same launch (blocks are not ordered)");
+  Fault(what.c_str());
+}
+
+// Whether `prev` and the running thread's access are unordered.
+bool Unordered(const Range& r, const Access& prev, const Access& now) {
+  if (prev.launch != now.launch) return false;
+  if (prev.block != now.block) return !r.shared;
+  if (prev.thread == now.thread || prev.block_epoch != now.block_epoch) return false;
+  return prev.thread / 32 != now.thread / 32 || prev.warp_epoch == now.warp_epoch;
+}
+
+void Check(const void* p, size_t n, bool write) {
+  if (!accessor.in_kernel) return;
+  const auto x = reinterpret_cast<uintptr_t>(p);
+  if (x - accessor.stack < accessor.stack_bytes) return;  // the thread's own stack
+  const Range* r = Find(x);
+  if (r == nullptr) return;
+  const Access now{accessor.launch,
+                   static_cast<uint32_t>(accessor.block),
+                   static_cast<uint16_t>(accessor.thread),
+                   static_cast<uint16_t>(*accessor.block_epoch),
+                   static_cast<uint16_t>(*accessor.warp_epoch),
+                   0};
+  const size_t end = std::min(x + n - r->begin, r->bytes);
+  for (size_t g = (x - r->begin) / kGranule; g * kGranule < end; ++g) {
+    Granule& s = r->shadow[g];
+    if (Unordered(*r, s.write, now)) Report(*r, x, write, s.write, true);
+    if (write) {
+      if (Unordered(*r, s.read, now)) Report(*r, x, write, s.read, false);
+      s.write = now;
+    } else {
+      s.read = now;
+    }
+  }
+}
+
+}  // namespace
+
+void RaceTrack(const void* p, size_t bytes, bool shared) {
+  Range r{reinterpret_cast<uintptr_t>(p), bytes, shared, nullptr, 0};
+  r.shadow_bytes = (bytes + kGranule - 1) / kGranule * sizeof(Granule);
+  void* m = mmap(nullptr, r.shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) Fault("racecheck: no address space for the shadow of an allocation");
+  r.shadow = static_cast<Granule*>(m);  // zero: launch 0, no access yet
+  last = nullptr;
+  Ranges()[r.begin] = r;
+}
+
+void RaceUntrack(const void* p) {
+  auto it = Ranges().find(reinterpret_cast<uintptr_t>(p));
+  if (it == Ranges().end()) return;
+  munmap(it->second.shadow, it->second.shadow_bytes);
+  Ranges().erase(it);
+  last = nullptr;
+}
+
+}  // namespace emu::internal
+
+// The entry points GCC's -fsanitize=thread instrumentation calls.
+#define STABILITY_EMU_ACCESS(n)                                                                   \
+  extern "C" void __tsan_read##n(void* p) { emu::internal::Check(p, n, false); }                   \
+  extern "C" void __tsan_write##n(void* p) { emu::internal::Check(p, n, true); }                   \
+  extern "C" void __tsan_unaligned_read##n(void* p) { emu::internal::Check(p, n, false); }         \
+  extern "C" void __tsan_unaligned_write##n(void* p) { emu::internal::Check(p, n, true); }
+STABILITY_EMU_ACCESS(1)
+STABILITY_EMU_ACCESS(2)
+STABILITY_EMU_ACCESS(4)
+STABILITY_EMU_ACCESS(8)
+STABILITY_EMU_ACCESS(16)
+#undef STABILITY_EMU_ACCESS
+extern "C" void __tsan_read_range(void* p, unsigned long n) { emu::internal::Check(p, n, false); }
+extern "C" void __tsan_write_range(void* p, unsigned long n) { emu::internal::Check(p, n, true); }
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit() {}
+extern "C" void __tsan_vptr_update(void**, void*) {}
+extern "C" void __tsan_vptr_read(void**) {}
+
+// The atomics of instrumented code (function-local statics' guards, std::mutex, shared_ptr):
+// performed as written (TSan's memory orders are GCC's __ATOMIC_* values), not checked.
+#define STABILITY_EMU_ATOMICS(bits, type)                                                                    \
+  extern "C" type __tsan_atomic##bits##_load(const volatile type* a, int mo) { return __atomic_load_n(a, mo); } \
+  extern "C" void __tsan_atomic##bits##_store(volatile type* a, type v, int mo) { __atomic_store_n(a, v, mo); } \
+  extern "C" type __tsan_atomic##bits##_exchange(volatile type* a, type v, int mo) {                        \
+    return __atomic_exchange_n(a, v, mo);                                                                    \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_fetch_add(volatile type* a, type v, int mo) {                       \
+    return __atomic_fetch_add(a, v, mo);                                                                     \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_fetch_sub(volatile type* a, type v, int mo) {                       \
+    return __atomic_fetch_sub(a, v, mo);                                                                     \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_fetch_and(volatile type* a, type v, int mo) {                       \
+    return __atomic_fetch_and(a, v, mo);                                                                     \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_fetch_or(volatile type* a, type v, int mo) {                        \
+    return __atomic_fetch_or(a, v, mo);                                                                      \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_fetch_xor(volatile type* a, type v, int mo) {                       \
+    return __atomic_fetch_xor(a, v, mo);                                                                     \
+  }                                                                                                          \
+  extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile type* a, type* c, type v, int mo,   \
+                                                                int fail_mo) {                               \
+    return __atomic_compare_exchange_n(a, c, v, false, mo, fail_mo);                                         \
+  }                                                                                                          \
+  extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile type* a, type* c, type v, int mo,     \
+                                                              int fail_mo) {                                 \
+    return __atomic_compare_exchange_n(a, c, v, true, mo, fail_mo);                                          \
+  }                                                                                                          \
+  extern "C" type __tsan_atomic##bits##_compare_exchange_val(volatile type* a, type c, type v, int mo,      \
+                                                              int fail_mo) {                                 \
+    __atomic_compare_exchange_n(a, &c, v, false, mo, fail_mo);                                               \
+    return c;                                                                                                \
+  }
+STABILITY_EMU_ATOMICS(8, uint8_t)
+STABILITY_EMU_ATOMICS(16, uint16_t)
+STABILITY_EMU_ATOMICS(32, uint32_t)
+STABILITY_EMU_ATOMICS(64, uint64_t)
+#undef STABILITY_EMU_ATOMICS
+extern "C" void __tsan_atomic_thread_fence(int mo) { __atomic_thread_fence(mo); }
+extern "C" void __tsan_atomic_signal_fence(int mo) { __atomic_signal_fence(mo); }
