@@ -63,6 +63,7 @@ def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], r
             "stability/ops/cuda/emulator/cuda_emulator.h",
             "-Wno-unknown-pragmas",  # nvcc's #pragma unroll
         ] + ([
+            "-fno-sanitize=address",  # --config=asan: the two cannot instrument one file
             "-fsanitize=thread",
             "--param=tsan-instrument-func-entry-exit=0",
         ] if racecheck else []),
