@@ -15,9 +15,9 @@
 //
 // What it proves: each kernel's indexing, tiling, masking, barriers, shuffles, shared-memory
 // layout and alignment, and the host code around it (launch configurations, plans, scratch,
-// copies), in the kernel's own arithmetic order. What it cannot: speed, the GPU's rounding
-// of expf/logf (the host's libm here), tensor-core summation order, and races that only a
-// different interleaving than "each thread to its next barrier" would show. What would be
+// copies), in the kernel's own arithmetic order; built with racecheck (racecheck.cc), that no
+// two accesses race. What it cannot: speed, the GPU's rounding of expf/logf (the host's libm
+// here) and the tensor cores' summation order. What would be
 // undefined or a fault on a GPU aborts, naming the kernel, block and thread: WMMA pointers
 // not 32-byte aligned, a shuffle or __syncwarp after a lane has exited, a barrier not every
 // thread reaches, an access past a buffer (the guard page). Launches a GPU refuses are
