@@ -12,11 +12,10 @@ and two for the emulator's runtime:
     (each static shared variable made known to the scheduler, which fills it with 0xff
     before every block and lets the race checker watch it: GCC drops a section attribute
     on the statics of template functions, so a linker section cannot collect them)
-  a kernel's parameter of a struct type the file declares (a batch of
-buffers, up to 4 KB) becomes a const reference, so the emulator does not copy it for each of a
-launch's threads (a kernel that writes such a parameter then fails to compile: make the copy
-in the kernel).
-Everything else is left as written; the line count is kept, so compiler messages point at
+  __global__ void K(Batch b, ...)  ->  __global__ void K(const Batch& b, ...)
+    (a struct the file declares, up to 4 KB of buffers, is not copied for each of a launch's
+    threads; a kernel that writes such a parameter then fails to compile: copy it in the kernel)
+Headers (.cuh) go through the same rewrites. Everything else is left as written; the line count is kept, so compiler messages point at
 the .cu file's lines (a #line directive names it).
 """
 
