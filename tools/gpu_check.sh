@@ -9,7 +9,8 @@
 # variant, 20 training steps, determinism, the NCCL communicator of size 1), the training
 # benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M
 # shape, baseline and methods), the op tests again under compute-sanitizer's memcheck,
-# then the op benchmarks (//stability/ops/cuda:benchmarks), and writes one Markdown report to
+# then the op benchmarks (//stability/ops/cuda:benchmarks) and, in the time left,
+# compute-sanitizer's racecheck of the attention kernels, and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
 # GPU_CHECK_BUDGET_S (500 s), so the device call (timeout_s=540) returns a report.
 set -uo pipefail
@@ -132,6 +133,20 @@ run_alone() {  # name, binary
   echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
   echo '```'
   timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 2>&1 | grep -E "^BM_|ERROR" | head -140
+  echo '```'
+  echo
+  # The GPU's own word on what the emulator's race checker found clean (shared-memory
+  # hazards of the attention kernels), in whatever time is left.
+  echo "## compute-sanitizer racecheck of the attention kernels"
+  echo '```'
+  if [ $((deadline - SECONDS)) -ge 45 ]; then
+    timeout "$(left 90)" "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+      "$work/bin/cuda_backend_test" --gtest_filter='*TensorCoreAttention*:*FusedAttention*' > "$work/racecheck.log" 2>&1
+    echo "exit $? (0: clean, 9: hazards found, 124: out of time)"
+    grep -E "RACECHECK SUMMARY|ERROR SUMMARY|[Hh]azard|\[  (PASSED|FAILED) " "$work/racecheck.log" | head -20
+  else
+    echo "(skipped: under 45 s left)"
+  fi
   echo '```'
   echo
   echo "(check took ${SECONDS} s)"
