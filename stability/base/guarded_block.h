@@ -16,10 +16,10 @@
 namespace stability {
 
 struct GuardedBlock {
-  void* data = nullptr;   // max(bytes, 1) rounded up to the alignment, ending at the guard page
-  void* base = nullptr;   // the mapping: open_bytes (whole pages), then the guard page
+  void* data = nullptr;  // max(bytes, 1) rounded up to the alignment, ending at the guard page
+  void* base = nullptr;  // the mapping: open_bytes (whole pages), then the guard page
   size_t open_bytes = 0;
-  size_t mapped = 0;      // open_bytes + the guard page
+  size_t mapped = 0;  // open_bytes + the guard page
 };
 
 // align: a power of two ≤ the page size. host_access false: the open pages are left PROT_NONE

@@ -43,7 +43,9 @@ struct MaxSum {
 };
 
 // (internal:: names the float overload, which this one hides.)
-__device__ inline MaxSum ShuffleDown(MaxSum v, int o) { return {internal::ShuffleDown(v.m, o), internal::ShuffleDown(v.s, o)}; }
+__device__ inline MaxSum ShuffleDown(MaxSum v, int o) {
+  return {internal::ShuffleDown(v.m, o), internal::ShuffleDown(v.s, o)};
+}
 struct MergeOp {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return MaxSum::Merge(a, b); }
 };
@@ -140,8 +142,8 @@ void CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, cons
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                        int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) {
-  CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(logits, targets, lse, n, v, opt.soft_cap, opt.z_loss,
-                                            dloss / static_cast<float>(n), dlogits);
+  CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(
+      logits, targets, lse, n, v, opt.soft_cap, opt.z_loss, dloss / static_cast<float>(n), dlogits);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");
 }
 
@@ -155,8 +157,9 @@ void CudaBackend::CrossEntropyLinearBackward(const void* logits, const int32_t* 
   }
   // bf16 logits in, the bf16 gradient out for the two products: no fp32 N×V pass.
   auto* dl16 = static_cast<__nv_bfloat16*>(dlogits);
-  CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(static_cast<const __nv_bfloat16*>(logits), targets, lse, n, v, opt.soft_cap,
-                                            opt.z_loss, dloss / static_cast<float>(n), dl16);
+  CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(static_cast<const __nv_bfloat16*>(logits),
+                                                                       targets, lse, n, v, opt.soft_cap, opt.z_loss,
+                                                                       dloss / static_cast<float>(n), dl16);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
   LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, kept);
 }

@@ -119,7 +119,8 @@ __global__ void SigmaScaleKernel(SigmaBatch b, const double* sigma_d) {
 __global__ void SigmaDotPartialsKernel(SigmaBatch b, double* partials) {
   const int k = BufferOfBlock(b.first_block, b.count, blockIdx.x);
   const int64_t first = b.first_block[k];
-  const double s = DotPartial(b.dw_eff[k], b.w[k], b.out[k] * b.in[k], blockIdx.x - first, b.first_block[k + 1] - first);
+  const double s =
+      DotPartial(b.dw_eff[k], b.w[k], b.out[k] * b.in[k], blockIdx.x - first, b.first_block[k + 1] - first);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 

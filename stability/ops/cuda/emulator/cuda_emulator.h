@@ -257,8 +257,10 @@ void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigne
 }
 
 template <int M, int N, int K, typename T, typename LA, typename LB>
-STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
-              const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                                          const fragment<matrix_a, M, N, K, T, LA>& a,
+                                          const fragment<matrix_b, M, N, K, T, LB>& b,
+                                          const fragment<accumulator, M, N, K, float>& c) {
   // Operands widened first (bf16 by its bits: the conversion operator would be a call here).
   float fa[M * K], fb[K * N], out[M * N];
   const auto widen = [](T v) {

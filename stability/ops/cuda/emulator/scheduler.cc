@@ -144,12 +144,15 @@ class EmulatorProfile {
   }
 
  private:
-  EmulatorProfile() { std::atexit([] { Get()->Print(); }); }
+  EmulatorProfile() {
+    std::atexit([] { Get()->Print(); });
+  }
   void Print() const {
     std::vector<std::pair<std::string, KernelCost>> rows(costs_.begin(), costs_.end());
-    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
-    std::fprintf(stderr, "CUDA emulator profile: %-40s %10s %14s %10s %8s\n", "kernel", "launches", "threads", "seconds",
-                 "ns/thread");
+    std::sort(rows.begin(), rows.end(),
+              [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+    std::fprintf(stderr, "CUDA emulator profile: %-40s %10s %14s %10s %8s\n", "kernel", "launches", "threads",
+                 "seconds", "ns/thread");
     for (const auto& [name, c] : rows) {
       std::fprintf(stderr, "CUDA emulator profile: %-40s %10llu %14llu %10.3f %8.0f\n", name.c_str(),
                    static_cast<unsigned long long>(c.launches), static_cast<unsigned long long>(c.threads), c.seconds,

@@ -11,12 +11,12 @@ namespace emu::internal {
 // The running thread, kept by the scheduler at every switch (in_kernel false between launches).
 struct Accessor {
   bool in_kernel = false;
-  uint32_t launch = 0;                 // the launch's number, from 1
-  uint64_t block = 0;                  // linear block index in the grid
-  int thread = 0;                      // linear thread index in the block
+  uint32_t launch = 0;                    // the launch's number, from 1
+  uint64_t block = 0;                     // linear block index in the grid
+  int thread = 0;                         // linear thread index in the block
   const uint32_t* block_epoch = nullptr;  // __syncthreads this thread has passed
   const uint32_t* warp_epoch = nullptr;   // warp barriers (__syncwarp, shuffles) it has passed
-  uintptr_t stack = 0;                 // its stack: [stack, stack + stack_bytes), never shared
+  uintptr_t stack = 0;                    // its stack: [stack, stack + stack_bytes), never shared
   size_t stack_bytes = 0;
 };
 extern Accessor accessor;
