@@ -13,9 +13,10 @@
 // The emulator runs a block's threads one after another between barriers, so a racy kernel
 // usually still gives the right answer here (and often on a GPU); this makes it fail. Each
 // 2-byte granule of watched memory (every cudaMalloc block, dynamic and static shared
-// memory) keeps its last write and last read: the launch, block, thread and the thread's
-// barrier counts. The first race aborts, naming both accesses. Cost: one call per access,
-// 32 bytes of shadow per 2 bytes watched (mapped lazily), about 3–5× the emulated time.
+// memory) keeps its last write and its last reads by two threads: the launch, block, thread
+// and the thread's barrier counts. The first race aborts, naming both accesses. Cost: one
+// call per access, 48 bytes of shadow per 2 bytes watched (mapped lazily), about 3× the
+// emulated time.
 #include <sys/mman.h>
 
 #include <cstdint>
@@ -39,8 +40,12 @@ struct Access {
   uint16_t warp_epoch;
   uint16_t unused;
 };
+// The last write, the last read, and the last read by another thread than that one: a write
+// races with every earlier read no barrier orders, and with two reads kept it sees one from
+// another thread whichever order the emulator ran them in (one would miss "all read, then
+// thread 0 writes" when thread 0 happened to read last).
 struct Granule {
-  Access write, read;
+  Access write, read, other_read;
 };
 
 struct Range {
@@ -86,6 +91,10 @@ std::string Where(const Access& a) {
   Fault(what.c_str());
 }
 
+bool SameThread(const Access& a, const Access& b) {
+  return a.launch == b.launch && a.block == b.block && a.thread == b.thread;
+}
+
 // Whether `prev` and the running thread's access are unordered.
 bool Unordered(const Range& r, const Access& prev, const Access& now) {
   if (prev.launch != now.launch) return false;
@@ -112,8 +121,10 @@ void Check(const void* p, size_t n, bool write) {
     if (Unordered(*r, s.write, now)) Report(*r, x, write, s.write, true);
     if (write) {
       if (Unordered(*r, s.read, now)) Report(*r, x, write, s.read, false);
+      if (Unordered(*r, s.other_read, now)) Report(*r, x, write, s.other_read, false);
       s.write = now;
     } else {
+      if (!SameThread(s.read, now)) s.other_read = s.read;
       s.read = now;
     }
   }

@@ -154,3 +154,31 @@ TEST(RacecheckDeathTest, WmmaLoadOfTheOtherLanesUnorderedStores) {
 }
 
 }  // namespace
+
+namespace {
+
+// Every thread reads the flag, then thread 0 overwrites it with no barrier between: a race
+// whichever thread the emulator ran last (launches alternate their thread order; the
+// one-thread launch before the second case flips it).
+__global__ void ReadThenThreadZeroWritesKernel(float* out) {
+  __shared__ float flag;
+  if (threadIdx.x == 0) flag = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = flag;
+  if (threadIdx.x == 0) flag = 2.0f;
+}
+__global__ void NothingKernel() {}
+
+TEST(RacecheckDeathTest, AWriteAfterEveryThreadsReadRacesInEitherOrder) {
+  float* out = Zeros(64);
+  EXPECT_DEATH((ReadThenThreadZeroWritesKernel<<<1, 64>>>(out)), "race on shared memory");
+  EXPECT_DEATH(
+      {
+        NothingKernel<<<1, 1>>>();
+        ReadThenThreadZeroWritesKernel<<<1, 64>>>(out);
+      },
+      "race on shared memory");
+  cudaFree(out);
+}
+
+}  // namespace
