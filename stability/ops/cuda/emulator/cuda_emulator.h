@@ -85,6 +85,10 @@ void* DynamicShared();
 // A static __shared__ variable, on its first use (to_host_cpp.py's registration): filled
 // with 0xff now and before every block. Returns true.
 bool RegisterShared(void* p, size_t bytes);
+// The k-th scratch slot of the running warp in this barrier interval, k this lane's calls
+// since its last barrier: what one lane computed for a warp-wide operation, for the other
+// lanes to reuse (WMMA's mma_sync). *fresh: no lane has filled it in this interval.
+void* WarpMemo(size_t bytes, bool* fresh);
 // A fault: the running kernel's name, the thread, the message; then abort.
 [[noreturn]] void Fault(const char* what);
 
@@ -261,6 +265,20 @@ STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>&
                                           const fragment<matrix_a, M, N, K, T, LA>& a,
                                           const fragment<matrix_b, M, N, K, T, LB>& b,
                                           const fragment<accumulator, M, N, K, float>& c) {
+  // Each lane holds the whole tiles, so every lane of a warp usually multiplies the same
+  // ones: the first computes, the others find its operands (bitwise) and result in the
+  // warp's memo; a lane whose operands differ computes its own.
+  constexpr size_t kA = sizeof(a.x), kB = sizeof(b.x), kC = sizeof(c.x), kD = sizeof(d.x);
+  bool fresh = false;
+  auto* memo = static_cast<unsigned char*>(::emu::WarpMemo(kA + kB + kC + kD, &fresh));
+  if (!fresh && std::memcmp(memo, a.x, kA) == 0 && std::memcmp(memo + kA, b.x, kB) == 0 &&
+      std::memcmp(memo + kA + kB, c.x, kC) == 0) {
+    std::memcpy(d.x, memo + kA + kB + kC, kD);
+    return;
+  }
+  std::memcpy(memo, a.x, kA);  // before d is written: d may be c
+  std::memcpy(memo + kA, b.x, kB);
+  std::memcpy(memo + kA + kB, c.x, kC);
   // Operands widened first (bf16 by its bits: the conversion operator would be a call here).
   float fa[M * K], fb[K * N], out[M * N];
   const auto widen = [](T v) {
@@ -285,6 +303,7 @@ STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>&
     }
   }
   std::memcpy(d.x, out, sizeof(out));
+  std::memcpy(memo + kA + kB + kC, out, kD);
 }
 
 }  // namespace nvcuda::wmma

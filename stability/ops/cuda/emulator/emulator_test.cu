@@ -141,6 +141,27 @@ TEST(EmulatorTest, WmmaMultipliesTiles) {
   }
 }
 
+// Lanes whose fragments differ (lane-dependent fills: not what a kernel does, but what the
+// emulator must still get right) each get their own product, not the first lane's.
+__global__ void LaneFragmentsKernel(float* d) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(fa, __float2bfloat16_rn(threadIdx.x + 1.0f));
+  wmma::fill_fragment(fb, __float2bfloat16_rn(1.0f));
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);  // lane l stores elements l, l + 32, ...
+}
+
+TEST(EmulatorTest, WmmaLanesWithTheirOwnFragmentsGetTheirOwnProducts) {
+  float* d = DeviceCopy(std::vector<float>(256, 0.0f));
+  LaneFragmentsKernel<<<1, 32>>>(d);
+  const std::vector<float> got = HostCopy(d, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(got[i], 16.0f * (i % 32 + 1)) << i;
+}
+
 __global__ void MisalignedWmmaKernel(const __nv_bfloat16* a) {
   nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major> fa;
   nvcuda::wmma::load_matrix_sync(fa, a + 8, 16);  // 16 bytes in: not 32-byte aligned

@@ -74,6 +74,7 @@ struct Fiber {
   int linear = 0;
   int shuffles = 0;                // selects the lane's exchange slot (internal::Coordinates)
   uint32_t block_epoch = 0, warp_epoch = 0;  // barriers passed (internal::Accessor)
+  int memos = 0;                             // WarpMemo calls since its last barrier
   unsigned char* stack = nullptr;  // kStackBytes, a guard page below
 };
 
@@ -87,6 +88,12 @@ struct Block {
   void* ctx = nullptr;
   std::vector<Fiber> fibers;
   std::vector<internal::LaneSlot> slots;  // one per thread
+  // WarpMemo's slots: [warp][k], each tagged with the barrier interval that filled it.
+  struct Memo {
+    uint64_t interval = ~uint64_t{0};
+    std::vector<unsigned char> bytes;
+  };
+  std::vector<std::vector<Memo>> memos;
   // The ready threads, in the order they will run (a ring of capacity fibers.size(): each
   // thread is in it at most once), and the barriers' counts, so that a barrier is released
   // the moment its last thread arrives, without scanning the block.
@@ -289,6 +296,7 @@ void Yield(State state) {
   Block& b = *running;
   Fiber& f = Current();
   f.state = state;
+  f.memos = 0;
   if (state == State::kAtWarpBarrier) {
     ++f.warp_epoch;
     ++b.warp_waiting[f.linear / 32];
@@ -353,6 +361,10 @@ void RunBlock(Block& b) {
   const int n = static_cast<int>(b.block.x * b.block.y * b.block.z);
   b.fibers.assign(n, Fiber{});
   b.slots.assign(n, internal::LaneSlot{});
+  b.memos.resize((n + 31) / 32);
+  for (auto& warp : b.memos) {
+    for (auto& memo : warp) memo.interval = ~uint64_t{0};
+  }
   b.ready.assign(n, 0);
   b.ready_head = b.ready_count = 0;
   b.warp_waiting.assign((n + 31) / 32, 0);
@@ -380,6 +392,22 @@ void RunBlock(Block& b) {
 }  // namespace
 
 void* DynamicShared() { return running->shared; }
+void* WarpMemo(size_t bytes, bool* fresh) {
+  Block& b = *running;
+  Fiber& f = Current();
+  auto& warp = b.memos[f.linear / 32];
+  const size_t k = f.memos++;
+  if (warp.size() <= k) warp.resize(k + 1);
+  Block::Memo& memo = warp[k];
+  // Every lane of a warp passes the same barriers: the counts name the interval.
+  const uint64_t interval = uint64_t{f.block_epoch} << 32 | f.warp_epoch;
+  *fresh = memo.interval != interval || memo.bytes.size() != bytes;
+  if (*fresh) {
+    memo.interval = interval;
+    memo.bytes.resize(bytes);
+  }
+  return memo.bytes.data();
+}
 bool RegisterShared(void* p, size_t bytes) {
   std::memset(p, 0xff, bytes);
   StaticShared().emplace_back(p, bytes);
