@@ -78,7 +78,9 @@ extern Coordinates coords;
 
 // Barriers: every live thread of the block / every lane of the warp (all must be live).
 void SyncThreads();
-void SyncWarp(unsigned mask, const char* what);
+// A warp barrier: __syncwarp (orders the lanes' memory accesses) or a shuffle (exchanges
+// values; to the race checker, no ordering of memory, as the CUDA guide promises none).
+void SyncWarp(unsigned mask, const char* what, bool orders_memory);
 inline int LaneId() { return internal::coords.lane; }
 // The launch's dynamic shared memory (its size as launched, then a guard page).
 void* DynamicShared();
@@ -146,7 +148,7 @@ T Shuffle(unsigned mask, T v, int lane_mask_or_delta, bool is_xor, int width) {
   const int lane = internal::coords.lane, p = *internal::coords.shuffles & 1;
   internal::LaneSlot* slots = internal::coords.warp_slots;
   std::memcpy(slots[lane].bytes[p], &v, sizeof(T));
-  SyncWarp(mask, "a shuffle");
+  SyncWarp(mask, "a shuffle", /*orders_memory=*/false);
   int src = is_xor ? (lane ^ lane_mask_or_delta) : lane + lane_mask_or_delta;
   // Outside the lane's width-segment: its own value, as on the GPU.
   if (src / width != lane / width || src >= 32) src = lane;
@@ -171,7 +173,7 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
 }
 
 inline void __syncthreads() { ::emu::SyncThreads(); }
-inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::SyncWarp(mask, "__syncwarp"); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::SyncWarp(mask, "__syncwarp", /*orders_memory=*/true); }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   return ::emu::Shuffle(mask, v, lane_mask, true, width);

@@ -6,7 +6,8 @@
 //
 //   Two accesses to the same bytes in one launch, at least one a write, from different
 //   threads, race unless a barrier orders them: both threads in one block with a
-//   __syncthreads between them, or both in one warp with a __syncwarp or shuffle between.
+//   __syncthreads between them, or both in one warp with a __syncwarp between (a shuffle
+//   exchanges values but, by the CUDA guide, orders no memory).
 //   Threads of different blocks are never ordered within a launch (device memory); shared
 //   memory is each block's own.
 //
@@ -19,6 +20,7 @@
 // emulated time.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <map>

@@ -182,3 +182,22 @@ TEST(RacecheckDeathTest, AWriteAfterEveryThreadsReadRacesInEitherOrder) {
 }
 
 }  // namespace
+
+namespace {
+
+// A shuffle exchanges values but orders no memory: a lane's store is not ordered before its
+// neighbour's load by a shuffle between them (a __syncwarp would order it).
+__global__ void StoreShuffleLoadKernel(float* out) {
+  __shared__ float slot[32];
+  slot[threadIdx.x] = threadIdx.x;
+  const float v = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+  out[threadIdx.x] = v * slot[(threadIdx.x + 1) % 32];
+}
+
+TEST(RacecheckDeathTest, AShuffleDoesNotOrderSharedMemory) {
+  float* out = Zeros(32);
+  EXPECT_DEATH((StoreShuffleLoadKernel<<<1, 32>>>(out)), "race on shared memory");
+  cudaFree(out);
+}
+
+}  // namespace

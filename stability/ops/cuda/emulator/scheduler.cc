@@ -298,7 +298,6 @@ void Yield(State state) {
   f.state = state;
   f.memos = 0;
   if (state == State::kAtWarpBarrier) {
-    ++f.warp_epoch;
     ++b.warp_waiting[f.linear / 32];
     CheckWarp(b, f.linear / 32);
   } else {
@@ -415,9 +414,10 @@ bool RegisterShared(void* p, size_t bytes) {
   return true;
 }
 void SyncThreads() { Yield(State::kAtBlockBarrier); }
-void SyncWarp(unsigned mask, const char* what) {
+void SyncWarp(unsigned mask, const char* what, bool orders_memory) {
   if (mask != 0xffffffffu)
     Fault((std::string(what) + " with a partial mask (the emulator supports the full warp)").c_str());
+  if (orders_memory) ++Current().warp_epoch;
   Yield(State::kAtWarpBarrier);
 }
 

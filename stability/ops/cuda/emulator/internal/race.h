@@ -15,7 +15,7 @@ struct Accessor {
   uint64_t block = 0;                     // linear block index in the grid
   int thread = 0;                         // linear thread index in the block
   const uint32_t* block_epoch = nullptr;  // __syncthreads this thread has passed
-  const uint32_t* warp_epoch = nullptr;   // warp barriers (__syncwarp, shuffles) it has passed
+  const uint32_t* warp_epoch = nullptr;   // __syncwarp barriers it has passed (not shuffles)
   uintptr_t stack = 0;                    // its stack: [stack, stack + stack_bytes), never shared
   size_t stack_bytes = 0;
 };
