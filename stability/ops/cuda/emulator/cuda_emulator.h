@@ -17,12 +17,12 @@
 // layout and alignment, and the host code around it (launch configurations, plans, scratch,
 // copies), in the kernel's own arithmetic order; built with racecheck (racecheck.cc), that no
 // two accesses race. What it cannot: speed, the GPU's rounding of expf/logf (the host's libm
-// here) and the tensor cores' summation order. What would be
-// undefined or a fault on a GPU aborts, naming the kernel, block and thread: WMMA pointers
-// not 32-byte aligned, a shuffle or __syncwarp after a lane has exited, a barrier not every
-// thread reaches, an access past a buffer (the guard page). Launches a GPU refuses are
-// refused with its error (cudaGetLastError): more than 1,024 threads a block, dynamic shared
-// memory over 48 KB without cudaFuncSetAttribute.
+// here) and the tensor cores' summation order. What would be undefined or a fault on a GPU
+// aborts, naming the kernel, block and thread: WMMA pointers not 32-byte aligned, a shuffle or
+// __syncwarp after a lane has exited, a barrier not every thread reaches, threads of a block
+// waiting at different __syncthreads, an access past a buffer (the guard page). Launches a GPU
+// refuses are refused with its error (cudaGetLastError): more than 1,024 threads a block,
+// dynamic shared memory over 48 KB without cudaFuncSetAttribute.
 #ifndef STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
 #define STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_
 
@@ -77,7 +77,8 @@ extern Coordinates coords;
 }  // namespace internal
 
 // Barriers: every live thread of the block / every lane of the warp (all must be live).
-void SyncThreads();
+// __syncthreads, with where it is called (every thread of a block must wait at the same one).
+void SyncThreads(const char* file, int line);
 // A warp barrier: __syncwarp (orders the lanes' memory accesses) or a shuffle (exchanges
 // values; to the race checker, no ordering of memory, as the CUDA guide promises none).
 void SyncWarp(unsigned mask, const char* what, bool orders_memory);
@@ -172,7 +173,7 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
   return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
 }
 
-inline void __syncthreads() { ::emu::SyncThreads(); }
+#define __syncthreads() ::emu::SyncThreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::SyncWarp(mask, "__syncwarp", /*orders_memory=*/true); }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {

@@ -201,6 +201,25 @@ TEST(EmulatorDeathTest, DeviceMemoryEndsAtAGuardPage) {
   EXPECT_DEATH((WritePastTheEndKernel<<<1, 1>>>(x, 100)), "");
 }
 
+// The two halves of the block wait at different __syncthreads.
+__global__ void DivergentBarrierKernel(int* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+    out[threadIdx.x] = 1;
+  } else {
+    __syncthreads();
+    out[threadIdx.x] = 2;
+  }
+}
+
+TEST(EmulatorDeathTest, EveryThreadMustWaitAtTheSameSyncthreads) {
+  int* out = DeviceCopy(std::vector<int>(64, 0));
+  EXPECT_DEATH((DivergentBarrierKernel<<<1, 64>>>(out)),
+               "kernel DivergentBarrierKernel.*__syncthreads at .*emulator_test.cu:[0-9]+ while other threads of the "
+               "block wait at the one at .*emulator_test.cu:[0-9]+");
+  cudaFree(out);
+}
+
 TEST(EmulatorTest, NewDeviceMemoryIsNaN) {
   float* x = nullptr;
   ASSERT_EQ(cudaMalloc(&x, 64 * sizeof(float)), cudaSuccess);

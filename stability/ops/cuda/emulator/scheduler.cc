@@ -101,6 +101,11 @@ struct Block {
   size_t ready_head = 0, ready_count = 0;
   std::vector<int> warp_waiting, warp_exited;
   int block_waiting = 0, alive = 0;
+  // Where the threads now waiting at __syncthreads called it (the first to arrive): every
+  // thread of a block must wait at the same one (a barrier in code the block does not run
+  // uniformly is undefined on the GPU; compute-sanitizer's synccheck reports it).
+  const char* barrier_file = nullptr;
+  int barrier_line = 0;
   bool reverse = false;  // this launch runs its blocks, and each block its threads, last first
   uint32_t launch = 0;   // its number, from 1
   void* scheduler_sp = nullptr;
@@ -413,7 +418,19 @@ bool RegisterShared(void* p, size_t bytes) {
   if (internal::RaceTrack != nullptr) internal::RaceTrack(p, bytes, true);
   return true;
 }
-void SyncThreads() { Yield(State::kAtBlockBarrier); }
+void SyncThreads(const char* file, int line) {
+  Block& b = *running;
+  if (b.block_waiting == 0) {
+    b.barrier_file = file;
+    b.barrier_line = line;
+  } else if (line != b.barrier_line || std::strcmp(file, b.barrier_file) != 0) {
+    const std::string what = "__syncthreads at " + std::string(file) + ":" + std::to_string(line) +
+                             " while other threads of the block wait at the one at " + b.barrier_file + ":" +
+                             std::to_string(b.barrier_line) + " (a barrier in code the block does not run uniformly)";
+    Fault(what.c_str());
+  }
+  Yield(State::kAtBlockBarrier);
+}
 void SyncWarp(unsigned mask, const char* what, bool orders_memory) {
   if (mask != 0xffffffffu)
     Fault((std::string(what) + " with a partial mask (the emulator supports the full warp)").c_str());
