@@ -159,19 +159,13 @@ __global__ void EachSquarePartialsKernel(EachSpans spans, double* partials) {
 // One block per buffer: SumDoublesKernel over its partials, into its queue slot.
 __global__ void EachSumKernel(EachSpans spans, const double* partials) {
   const int k = blockIdx.x;
-  const double* p = partials + spans.first_block[k];
-  const int64_t blocks = spans.first_block[k + 1] - spans.first_block[k];
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) s += p[i];
-  s = BlockSum(s);
+  const double s = BlockSumInOrder(partials + spans.first_block[k], spans.first_block[k + 1] - spans.first_block[k]);
   if (threadIdx.x == 0) *spans.out[k] = s;
 }
 
 // One block: Σ x in a fixed order (each thread's stride, then the block tree).
 __global__ void SumDoublesKernel(const double* x, int64_t n, double* out) {
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
-  s = BlockSum(s);
+  const double s = BlockSumInOrder(x, n);
   if (threadIdx.x == 0) *out = s;
 }
 

@@ -128,10 +128,7 @@ __global__ void SigmaDotPartialsKernel(SigmaBatch b, double* partials) {
 // then dw += a·G − c·u vᵀ with a = g/σ, c = g·⟨G, w⟩/σ²; block 0's thread 0 adds dg += ⟨G, w⟩/σ.
 __global__ void SigmaGradKernel(SigmaBatch b, const double* partials) {
   const int k = blockIdx.y;
-  const double* p = partials + b.first_block[k];
-  double s = 0;
-  for (int i = threadIdx.x; i < b.first_block[k + 1] - b.first_block[k]; i += blockDim.x) s += p[i];
-  const double gw = BlockSum(s);
+  const double gw = BlockSumInOrder(partials + b.first_block[k], b.first_block[k + 1] - b.first_block[k]);
   const float sigma = *b.sigma[k], g = *b.g[k];
   const float a = g / sigma;
   const float c = static_cast<float>(g * gw / (static_cast<double>(sigma) * sigma));

@@ -140,6 +140,14 @@ __device__ inline FloatPair BlockSum(FloatPair v) { return BlockReduce(v, FloatP
 __device__ inline float BlockMax(float v) { return BlockReduce(v, -INFINITY, MaxOp{}); }
 __device__ inline FloatPair BlockMax(FloatPair v) { return BlockReduce(v, FloatPair{-INFINITY, -INFINITY}, MaxOp{}); }
 
+// Σ x[i] over i < n by one block in a fixed order (each thread its stride, then the tree):
+// the second pass of every two-pass reduction, so that batched and single ones agree.
+__device__ inline double BlockSumInOrder(const double* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+  return BlockSum(s);
+}
+
 // Block `block` of the `blocks` (ReduceBlocks(n)) of Σ a[i]·b[i] over i < n, in double: each
 // thread its stride, one fused multiply-add a term, then the block's tree. Every reduction that
 // promises another's bits (a dot, a sum of squares, batched or not) goes through here.
