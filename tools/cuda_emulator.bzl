@@ -18,13 +18,22 @@ toolkit's headers; without a toolkit the targets are not defined.
 
 load("@local_cuda//:defs.bzl", "CUDA_AVAILABLE")
 
-def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], racecheck = False, **kwargs):
+_INSTRUMENT_RUNTIMES = {
+    "racecheck": "//stability/ops/cuda/emulator:racecheck",
+    "traffic": "//stability/ops/cuda/emulator:traffic",
+}
+
+def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], instrument = None, **kwargs):
     """A cc_library of `srcs` (.cu rewritten for the emulator) linked against the emulator.
 
-    racecheck: the sources compiled with GCC's ThreadSanitizer instrumentation (no TSan
-    runtime: the emulator's racecheck.cc answers its calls), so that a data race between a
-    kernel's threads aborts with both accesses named (racecheck.cc says what counts).
+    instrument: the sources compiled with GCC's ThreadSanitizer instrumentation (no TSan
+    runtime: the emulator's answers its calls), every load and store going to
+      "racecheck": the race checker: a data race between a kernel's threads aborts with both
+        accesses named (emulator/racecheck.cc says what counts);
+      "traffic": the traffic counter: each launch's device-memory traffic (emulator/traffic.h).
     """
+    if instrument != None and instrument not in _INSTRUMENT_RUNTIMES:
+        fail("instrument must be one of {}, not {}".format(_INSTRUMENT_RUNTIMES.keys(), instrument))
     if not CUDA_AVAILABLE:
         return
     cc_srcs = []
@@ -66,10 +75,10 @@ def cuda_emulated_library(name, srcs, hdrs = [], private_hdrs = [], deps = [], r
             "-fno-sanitize=address",  # --config=asan: the two cannot instrument one file
             "-fsanitize=thread",
             "--param=tsan-instrument-func-entry-exit=0",
-        ] if racecheck else []),
+        ] if instrument else []),
         defines = ["STABILITY_HAS_CUDA=1"],
         deps = deps + ["//stability/ops/cuda/emulator", "//third_party:dnnl", "@local_cuda//:headers"] +
-               (["//stability/ops/cuda/emulator:racecheck"] if racecheck else []),
+               ([_INSTRUMENT_RUNTIMES[instrument]] if instrument else []),
         testonly = True,
         **kwargs
     )

@@ -90,6 +90,24 @@ void Product(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, i
   }
 }
 
+size_t Bytes(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
+const char* TypeName(cudaDataType t) { return t == CUDA_R_16BF ? "bf16" : "fp32"; }
+
+// A product's device-memory traffic for the traffic counter (traffic.h): A, B (once when
+// every batch shares it: stride 0), C when beta reads it, D, plus what an epilogue reads and
+// writes; and its flops, named by the call and the shape.
+void Account(const char* api, int64_t m, int64_t n, int64_t k, int64_t batch, cudaDataType at, bool a_shared,
+             cudaDataType bt, bool b_shared, cudaDataType ct, float beta, double extra_read = 0,
+             double extra_written = 0) {
+  const double a = double(m) * k * Bytes(at) * (a_shared ? 1 : batch), b = double(k) * n * Bytes(bt) * (b_shared ? 1 : batch);
+  const double c = double(m) * n * Bytes(ct) * batch;
+  std::string name = std::string(api) + " " + TypeName(at) + "→" + TypeName(ct) + " " + std::to_string(m) + "×" +
+                     std::to_string(n) + "×" + std::to_string(k);
+  if (batch != 1) name += " ×" + std::to_string(batch);
+  emu::LibraryWork(name.c_str(), a + b + (beta != 0.0f ? c : 0) + extra_read, c + extra_written,
+                   2.0 * m * n * k * batch);
+}
+
 bool BadShape(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, int ldc) {
   if (m < 0 || n < 0 || k < 0) return true;
   if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n)) return true;
@@ -117,6 +135,7 @@ cublasStatus_t SgemmStridedBatched(cublasHandle_t, cublasOperation_t ta, cublasO
     Product(ta, tb, m, n, k, *alpha, a + i * sa, CUDA_R_32F, lda, b + i * sb, CUDA_R_32F, ldb, *beta, c + i * sc,
             CUDA_R_32F, ldc, [](int64_t, int64_t, float v) { return v; });
   }
+  Account("cublasSgemm", m, n, k, batch, CUDA_R_32F, sa == 0, CUDA_R_32F, sb == 0, CUDA_R_32F, *beta);
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t Sgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
@@ -124,8 +143,6 @@ cublasStatus_t Sgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t t
                      int ldc) {
   return SgemmStridedBatched(h, ta, tb, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1);
 }
-
-size_t Bytes(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
 
 cublasStatus_t GemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                                     const void* alpha, const void* a, cudaDataType at, int lda, long long sa,
@@ -143,6 +160,7 @@ cublasStatus_t GemmStridedBatchedEx(cublasHandle_t, cublasOperation_t ta, cublas
             static_cast<const char*>(b) + i * sb * Bytes(bt), bt, ldb, be, static_cast<char*>(c) + i * sc * Bytes(ct),
             ct, ldc, [](int64_t, int64_t, float v) { return v; });
   }
+  Account("cublasGemmEx", m, n, k, batch, at, sa == 0, bt, sb == 0, ct, be);
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -270,6 +288,8 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
             desc.aux[i + j * desc.aux_ld] = v;
             return 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + 0.044715f * v * v * v)));
           });
+  Account(bias && gelu ? "cublasLt + bias + GELU" : bias ? "cublasLt + bias" : gelu ? "cublasLt + GELU" : "cublasLt", m,
+          n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? 4.0 * m : 0.0, gelu ? 4.0 * m * n : 0.0);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -73,6 +73,9 @@ struct Coordinates {
   int* shuffles = nullptr;         // this lane's shuffle count
 };
 extern Coordinates coords;
+// The flops of the WMMA products since the last launch ended (a warp's product counted once),
+// for the traffic counter (traffic.h).
+extern uint64_t tensor_core_flops;
 
 }  // namespace internal
 
@@ -92,6 +95,9 @@ bool RegisterShared(void* p, size_t bytes);
 // since its last barrier: what one lane computed for a warp-wide operation, for the other
 // lanes to reuse (WMMA's mma_sync). *fresh: no lane has filled it in this interval.
 void* WarpMemo(size_t bytes, bool* fresh);
+// Device work of an emulated library (cuBLAS) outside kernels: the bytes of device memory its
+// arguments say it reads and writes, and its flops (for the traffic counter, traffic.h).
+void LibraryWork(const char* what, double bytes_read, double bytes_written, double flops);
 // A fault: the running kernel's name, the thread, the message; then abort.
 [[noreturn]] void Fault(const char* what);
 
@@ -202,7 +208,7 @@ inline float __logf(float a) { return std::log(a); }
 // Fragments are a thread's own (its stack): not watched by the race checker, whose calls on
 // every element of a 16×16×16 product would cost more than the product.
 #define STABILITY_EMU_FRAGMENT_ONLY __attribute__((no_sanitize("thread")))
-// The race checker's entry for a range (racecheck.cc; null where it is not linked).
+// An instrumented build's entry for a range (tsan_entry_points.cc; null where it is not linked).
 extern "C" void __tsan_read_range(void* p, unsigned long bytes) __attribute__((weak));
 
 namespace nvcuda::wmma {
@@ -271,6 +277,7 @@ STABILITY_EMU_FRAGMENT_ONLY void mma_sync(fragment<accumulator, M, N, K, float>&
   // Each lane holds the whole tiles, so every lane of a warp usually multiplies the same
   // ones: the first computes, the others find its operands (bitwise) and result in the
   // warp's memo; a lane whose operands differ computes its own.
+  if (::emu::LaneId() == 0) ::emu::internal::tensor_core_flops += 2 * M * N * K;
   constexpr size_t kA = sizeof(a.x), kB = sizeof(b.x), kC = sizeof(c.x), kD = sizeof(d.x);
   bool fresh = false;
   auto* memo = static_cast<unsigned char*>(::emu::WarpMemo(kA + kB + kC + kD, &fresh));

@@ -1,7 +1,8 @@
 // The emulator's race checker, for kernels compiled with -fsanitize=thread (racecheck builds:
-// tools/cuda_emulator.bzl). GCC's ThreadSanitizer instrumentation calls __tsan_readN /
-// __tsan_writeN before every load and store the optimiser keeps; this file is the runtime
-// those calls land in — not TSan's, which knows nothing of blocks and barriers — and checks
+// tools/cuda_emulator.bzl, instrument = "racecheck"). GCC's ThreadSanitizer instrumentation
+// calls __tsan_readN / __tsan_writeN before every load and store the optimiser keeps
+// (tsan_entry_points.cc); this file is the runtime those calls land in — not TSan's, which
+// knows nothing of blocks and barriers — and checks
 // them against the CUDA memory model the way compute-sanitizer's racecheck does:
 //
 //   Two accesses to the same bytes in one launch, at least one a write, from different
@@ -27,7 +28,7 @@
 #include <string>
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
-#include "stability/ops/cuda/emulator/internal/race.h"
+#include "stability/ops/cuda/emulator/internal/instrumented.h"
 
 namespace emu::internal {
 namespace {
@@ -105,10 +106,12 @@ bool Unordered(const Range& r, const Access& prev, const Access& now) {
   return prev.thread / 32 != now.thread / 32 || prev.warp_epoch == now.warp_epoch;
 }
 
-void Check(const void* p, size_t n, bool write) {
+}  // namespace
+
+void OnAccess(const void* p, size_t n, bool write) {
   if (!accessor.in_kernel) return;
   const auto x = reinterpret_cast<uintptr_t>(p);
-  if (x - accessor.stack < accessor.stack_bytes) return;  // the thread's own stack
+  if (OnOwnStack(x)) return;
   const Range* r = Find(x);
   if (r == nullptr) return;
   const Access now{accessor.launch,
@@ -132,9 +135,7 @@ void Check(const void* p, size_t n, bool write) {
   }
 }
 
-}  // namespace
-
-void RaceTrack(const void* p, size_t bytes, bool shared) {
+void WatchMemory(const void* p, size_t bytes, bool shared) {
   Range r{reinterpret_cast<uintptr_t>(p), bytes, shared, nullptr, 0};
   r.shadow_bytes = (bytes + kGranule - 1) / kGranule * sizeof(Granule);
   void* m = mmap(nullptr, r.shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -144,7 +145,7 @@ void RaceTrack(const void* p, size_t bytes, bool shared) {
   Ranges()[r.begin] = r;
 }
 
-void RaceUntrack(const void* p) {
+void UnwatchMemory(const void* p) {
   auto it = Ranges().find(reinterpret_cast<uintptr_t>(p));
   if (it == Ranges().end()) return;
   munmap(it->second.shadow, it->second.shadow_bytes);
@@ -153,65 +154,3 @@ void RaceUntrack(const void* p) {
 }
 
 }  // namespace emu::internal
-
-// The entry points GCC's -fsanitize=thread instrumentation calls.
-#define STABILITY_EMU_ACCESS(n)                                                            \
-  extern "C" void __tsan_read##n(void* p) { emu::internal::Check(p, n, false); }           \
-  extern "C" void __tsan_write##n(void* p) { emu::internal::Check(p, n, true); }           \
-  extern "C" void __tsan_unaligned_read##n(void* p) { emu::internal::Check(p, n, false); } \
-  extern "C" void __tsan_unaligned_write##n(void* p) { emu::internal::Check(p, n, true); }
-STABILITY_EMU_ACCESS(1)
-STABILITY_EMU_ACCESS(2)
-STABILITY_EMU_ACCESS(4)
-STABILITY_EMU_ACCESS(8)
-STABILITY_EMU_ACCESS(16)
-#undef STABILITY_EMU_ACCESS
-extern "C" void __tsan_read_range(void* p, unsigned long n) { emu::internal::Check(p, n, false); }
-extern "C" void __tsan_write_range(void* p, unsigned long n) { emu::internal::Check(p, n, true); }
-extern "C" void __tsan_init() {}
-extern "C" void __tsan_func_entry(void*) {}
-extern "C" void __tsan_func_exit() {}
-extern "C" void __tsan_vptr_update(void**, void*) {}
-extern "C" void __tsan_vptr_read(void**) {}
-
-// The atomics of instrumented code (function-local statics' guards, std::mutex, shared_ptr):
-// performed as written (TSan's memory orders are GCC's __ATOMIC_* values), not checked.
-#define STABILITY_EMU_ATOMICS(bits, type)                                                                              \
-  extern "C" type __tsan_atomic##bits##_load(const volatile type* a, int mo) { return __atomic_load_n(a, mo); }        \
-  extern "C" void __tsan_atomic##bits##_store(volatile type* a, type v, int mo) { __atomic_store_n(a, v, mo); }        \
-  extern "C" type __tsan_atomic##bits##_exchange(volatile type* a, type v, int mo) {                                   \
-    return __atomic_exchange_n(a, v, mo);                                                                              \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_fetch_add(volatile type* a, type v, int mo) {                                  \
-    return __atomic_fetch_add(a, v, mo);                                                                               \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_fetch_sub(volatile type* a, type v, int mo) {                                  \
-    return __atomic_fetch_sub(a, v, mo);                                                                               \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_fetch_and(volatile type* a, type v, int mo) {                                  \
-    return __atomic_fetch_and(a, v, mo);                                                                               \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_fetch_or(volatile type* a, type v, int mo) {                                   \
-    return __atomic_fetch_or(a, v, mo);                                                                                \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_fetch_xor(volatile type* a, type v, int mo) {                                  \
-    return __atomic_fetch_xor(a, v, mo);                                                                               \
-  }                                                                                                                    \
-  extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile type* a, type* c, type v, int mo,              \
-                                                               int fail_mo) {                                          \
-    return __atomic_compare_exchange_n(a, c, v, false, mo, fail_mo);                                                   \
-  }                                                                                                                    \
-  extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile type* a, type* c, type v, int mo, int fail_mo) { \
-    return __atomic_compare_exchange_n(a, c, v, true, mo, fail_mo);                                                    \
-  }                                                                                                                    \
-  extern "C" type __tsan_atomic##bits##_compare_exchange_val(volatile type* a, type c, type v, int mo, int fail_mo) {  \
-    __atomic_compare_exchange_n(a, &c, v, false, mo, fail_mo);                                                         \
-    return c;                                                                                                          \
-  }
-STABILITY_EMU_ATOMICS(8, uint8_t)
-STABILITY_EMU_ATOMICS(16, uint16_t)
-STABILITY_EMU_ATOMICS(32, uint32_t)
-STABILITY_EMU_ATOMICS(64, uint64_t)
-#undef STABILITY_EMU_ATOMICS
-extern "C" void __tsan_atomic_thread_fence(int mo) { __atomic_thread_fence(mo); }
-extern "C" void __tsan_atomic_signal_fence(int mo) { __atomic_signal_fence(mo); }

@@ -1,6 +1,6 @@
 // The race checker (racecheck.cc) aborts on the races compute-sanitizer's racecheck reports
 // and stays quiet where a barrier orders the accesses: each kernel below is one case. Built
-// with racecheck = True, so this file's kernels are instrumented as the backend's are.
+// with instrument = "racecheck", so this file's kernels are instrumented as the backend's are.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>

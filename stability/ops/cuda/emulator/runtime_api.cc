@@ -9,7 +9,7 @@
 #include <set>
 
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
-#include "stability/ops/cuda/emulator/internal/race.h"
+#include "stability/ops/cuda/emulator/internal/instrumented.h"
 #include "stability/ops/cuda/emulator/internal/scheduler.h"
 
 // The events the kernel profile records: a host clock, as the work is already done.
@@ -35,6 +35,12 @@ double NowMs() {
 }
 
 }  // namespace
+
+namespace emu {
+void LibraryWork(const char* what, double bytes_read, double bytes_written, double flops) {
+  if (internal::OnLibraryWork != nullptr) internal::OnLibraryWork(what, bytes_read, bytes_written, flops);
+}
+}  // namespace emu
 
 extern "C" {
 
@@ -98,12 +104,12 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   if (emu::internal::GuardedBytesAlive() + bytes > kTotalBytes) return cudaErrorMemoryAllocation;
   *p = emu::internal::GuardedAlloc(bytes);
-  if (*p != nullptr && emu::internal::RaceTrack != nullptr) emu::internal::RaceTrack(*p, bytes, false);
+  if (*p != nullptr && emu::internal::WatchMemory != nullptr) emu::internal::WatchMemory(*p, bytes, false);
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFree(void* p) {
   if (p == nullptr) return cudaSuccess;
-  if (emu::internal::RaceUntrack != nullptr) emu::internal::RaceUntrack(p);
+  if (emu::internal::UnwatchMemory != nullptr) emu::internal::UnwatchMemory(p);
   return emu::internal::GuardedFree(p) ? cudaSuccess : cudaErrorInvalidDevicePointer;
 }
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
@@ -111,12 +117,17 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   *free_bytes = kTotalBytes - emu::internal::GuardedBytesAlive();
   return cudaSuccess;
 }
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (bytes > 0) std::memmove(dst, src, bytes);
+  const auto n = static_cast<double>(bytes);
+  if (kind == cudaMemcpyDeviceToDevice) emu::LibraryWork("cudaMemcpy device to device", n, n, 0);
+  if (kind == cudaMemcpyHostToDevice) emu::LibraryWork("cudaMemcpy host to device", 0, n, 0);
+  if (kind == cudaMemcpyDeviceToHost) emu::LibraryWork("cudaMemcpy device to host", n, 0, 0);
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
   if (bytes > 0) std::memset(p, value, bytes);
+  emu::LibraryWork("cudaMemset", 0, static_cast<double>(bytes), 0);
   return cudaSuccess;
 }
 

@@ -20,7 +20,7 @@
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
 #include "stability/ops/cuda/emulator/internal/guarded_memory.h"
-#include "stability/ops/cuda/emulator/internal/race.h"
+#include "stability/ops/cuda/emulator/internal/instrumented.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
@@ -415,7 +415,7 @@ void* WarpMemo(size_t bytes, bool* fresh) {
 bool RegisterShared(void* p, size_t bytes) {
   std::memset(p, 0xff, bytes);
   StaticShared().emplace_back(p, bytes);
-  if (internal::RaceTrack != nullptr) internal::RaceTrack(p, bytes, true);
+  if (internal::WatchMemory != nullptr) internal::WatchMemory(p, bytes, true);
   return true;
 }
 void SyncThreads(const char* file, int line) {
@@ -476,7 +476,7 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   b.ctx = ctx;
   b.shared_bytes = shared_bytes;
   b.shared = shared_bytes > 0 ? internal::GuardedAlloc(shared_bytes) : nullptr;
-  if (b.shared != nullptr && internal::RaceTrack != nullptr) internal::RaceTrack(b.shared, shared_bytes, true);
+  if (b.shared != nullptr && internal::WatchMemory != nullptr) internal::WatchMemory(b.shared, shared_bytes, true);
   // Every other launch in the opposite order: a kernel whose result depends on the order of
   // its blocks or threads (a missing barrier, a race between blocks) gives different bits
   // from one launch to the next, which the repeatability tests catch.
@@ -504,9 +504,10 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
   }
   running = nullptr;
   if (b.shared) {
-    if (internal::RaceUntrack != nullptr) internal::RaceUntrack(b.shared);
+    if (internal::UnwatchMemory != nullptr) internal::UnwatchMemory(b.shared);
     internal::GuardedFree(b.shared);
   }
+  if (internal::OnLaunchEnd != nullptr) internal::OnLaunchEnd(name);
   if (EmulatorProfile* profile = EmulatorProfile::Get()) {
     profile->Add(name, blocks * threads,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -517,6 +518,7 @@ cudaError_t RunGrid(const char* name, const void* kernel, dim3 grid, dim3 block,
 namespace internal {
 
 Coordinates coords;
+uint64_t tensor_core_flops = 0;
 Accessor accessor;
 
 cudaError_t TakeLastError() {
