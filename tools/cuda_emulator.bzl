@@ -90,6 +90,12 @@ def cuda_emulator_cc_library(name, **kwargs):
         return
     native.cc_library(name = name, **kwargs)
 
+def cuda_emulated_binary(name, **kwargs):
+    """A cc_binary that exists only where the emulator can be built (a CUDA toolkit's headers)."""
+    if not CUDA_AVAILABLE:
+        return
+    native.cc_binary(name = name, **kwargs)
+
 def cuda_emulated_test(name, **kwargs):
     """A cc_test that exists only where the emulator can be built (a CUDA toolkit's headers)."""
     if not CUDA_AVAILABLE:
