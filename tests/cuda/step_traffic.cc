@@ -12,9 +12,9 @@
 #include "stability/optim/adamw.h"
 
 namespace stability::cuda_traffic {
-namespace {
 
-absl::StatusOr<std::vector<LaunchCost>> CountStep(const model::ModelConfig& config, int64_t batch, int64_t seq) {
+absl::StatusOr<std::vector<LaunchCost>> MeasuredStepTraffic(const model::ModelConfig& config, int64_t batch,
+                                                            int64_t seq) {
   absl::StatusOr<ops::Backend*> backend = ops::cuda::InitCudaBackend(0);
   if (!backend.ok()) return backend.status();
   if (!(*backend)->SetMatmulPrecision(ops::MatmulPrecision::kBf16) ||
@@ -46,6 +46,8 @@ absl::StatusOr<std::vector<LaunchCost>> CountStep(const model::ModelConfig& conf
   for (const emu::WorkTraffic& w : work) costs.push_back({w.name, w.library, w.bytes_read, w.bytes_written, w.flops});
   return costs;
 }
+
+namespace {
 
 // A library call's name carries its shape, which grows with the batch: the batch-2 run's
 // names are the batch-1 run's with the token dimension doubled, so only the call is compared.
@@ -81,9 +83,9 @@ std::string NameAt(const std::string& one, const std::string& two, int64_t batch
 }  // namespace
 
 absl::StatusOr<std::vector<LaunchCost>> StepTraffic(const model::ModelConfig& config, int64_t batch, int64_t seq) {
-  absl::StatusOr<std::vector<LaunchCost>> one = CountStep(config, 1, seq);
+  absl::StatusOr<std::vector<LaunchCost>> one = MeasuredStepTraffic(config, 1, seq);
   if (!one.ok() || batch == 1) return one;
-  absl::StatusOr<std::vector<LaunchCost>> two = CountStep(config, 2, seq);
+  absl::StatusOr<std::vector<LaunchCost>> two = MeasuredStepTraffic(config, 2, seq);
   if (!two.ok()) return two.status();
   if (one->size() != two->size()) {
     return absl::InternalError(absl::StrFormat(

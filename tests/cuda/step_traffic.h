@@ -34,6 +34,9 @@ struct LaunchCost {
 // the activations' traffic and flops grow with it, the parameters' and the optimizer's do not).
 // The second step is counted (the first allocates and plans).
 absl::StatusOr<std::vector<LaunchCost>> StepTraffic(const model::ModelConfig& config, int64_t batch, int64_t seq);
+// The same step counted at `batch` itself, not extrapolated.
+absl::StatusOr<std::vector<LaunchCost>> MeasuredStepTraffic(const model::ModelConfig& config, int64_t batch,
+                                                            int64_t seq);
 
 // A GPU by its bf16 dense peak, its memory bandwidth and the efficiencies the projection
 // assumes (defaults: H100 SXM; products at cuBLAS's typical share of peak on these shapes,

@@ -161,14 +161,14 @@ int Main(int argc, char** argv) {
     const int64_t seq = f.seq > 0 ? f.seq : c->seq_len;
     if (seq > c->seq_len) Usage(absl::StrFormat("--seq=%d is longer than %s's %d", seq, f.size, c->seq_len));
     if (results.empty()) first = *c;
-    std::fprintf(stderr, "step_traffic: %s / %s, batch %d × %d ...\n", f.size, method, f.batch, seq);
+    std::cerr << absl::StrFormat("step_traffic: %s / %s, batch %d × %d ...\n", f.size, method, f.batch, seq);
     MethodResult r{method};
     const auto measure = [&](int64_t layers) -> Rows {
       model::ModelConfig lc = *c;
       lc.n_layer = layers;
       absl::StatusOr<std::vector<LaunchCost>> step = StepTraffic(lc, f.batch, seq);
       if (!step.ok()) {
-        std::fprintf(stderr, "step_traffic: %s / %s: %s\n", f.size, method, std::string(step.status().message()).c_str());
+        std::cerr << absl::StrFormat("step_traffic: %s / %s: %s\n", f.size, method, step.status().message());
         std::exit(1);
       }
       return ByName(ProjectStep(*step, f.gpu));

@@ -7,7 +7,12 @@ Three rewrites, of syntax only nvcc knows:
     (K wrapped in a generic lambda where K is a template whose parameters the arguments deduce)
   extern __shared__ [__align__(n)] T name[];   ->  T* name = static_cast<T*>(::emu::DynamicShared());
   __noinline__                                ->  __attribute__((noinline))
-and two for the emulator's runtime:
+and three for the emulator's runtime:
+  namespace {  ->  namespace _emu_<file> {} using namespace _emu_<file>; namespace _emu_<file> {
+    (in a .cu: its unnamed namespace named after the file, as nvcc does; GCC names every
+    file's unnamed namespace alike and, for a template instantiated with a template template
+    argument from one, emits a weak symbol, so two files' ForHeadDim<LaunchForward> became
+    one and the tensor-core attention's forward ran the fp32 kernel's launcher)
   __shared__ T a[n], b;  ->  __shared__ T a[n], b; static const bool ... = ::emu::RegisterShared(&a, sizeof(a)) ...
     (each static shared variable made known to the scheduler, which fills it with 0xff
     before every block and lets the race checker watch it: GCC drops a section attribute
@@ -95,7 +100,14 @@ def _register_static_shared(m):
     return f"{m.group(0)} {registered}"
 
 
+def _unnamed_namespaces_named(text, path):
+    name = "_emu_" + re.sub(r"\W", "_", path)
+    return re.sub(r"\bnamespace\s*\{", f"namespace {name} {{}} using namespace {name}; namespace {name} {{", text)
+
+
 def rewrite(text, path):
+    if not path.endswith(".cuh"):  # a header's unnamed namespace stays each includer's own
+        text = _unnamed_namespaces_named(text, path)
     text = _struct_parameters_by_reference(text)
     text = _STATIC_SHARED.sub(_register_static_shared, text)
     # A macro could not do this one: libstdc++ spells the attribute __noinline__ too.

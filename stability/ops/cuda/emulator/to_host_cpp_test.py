@@ -74,3 +74,14 @@ def test_static_shared_variables_are_registered_where_they_are_declared():
     assert "::emu::RegisterShared(&vs, sizeof(vs));" in out
     assert "::emu::RegisterShared(&total, sizeof(total));" in out
     assert rewrite("// __shared__ slots; one a warp\n") == "// __shared__ slots; one a warp\n"
+
+
+def test_a_files_unnamed_namespace_is_named_after_the_file():
+    out = rewrite("namespace a {\nnamespace {\nint x;\n}  // namespace\n}\n")
+    assert "namespace _emu_k_cu {} using namespace _emu_k_cu; namespace _emu_k_cu {\nint x;" in out
+    assert out.startswith("namespace a {")
+
+
+def test_a_headers_unnamed_namespace_is_left_unnamed():
+    out = to_host_cpp.rewrite("namespace {\nint x;\n}\n", "h.cuh")
+    assert "namespace {\nint x;" in out

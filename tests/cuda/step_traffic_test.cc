@@ -1,0 +1,81 @@
+// What step_traffic's projection stands on: the counted step's matrix products are exactly
+// the model's 6 · tokens · (weights in products) flops, the attention's WMMA flops are its
+// tiles' products (forward and backward: the tensor-core kernels run), every kernel moves bytes, the batch
+// extrapolation gives what a run at that batch counts, and the roofline picks the larger cost.
+#include "tests/cuda/step_traffic.h"
+
+#include <cmath>
+#include <map>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "stability/model/config.h"
+
+namespace stability::cuda_traffic {
+namespace {
+
+model::ModelConfig Tiny(const std::string& variant = "baseline") { return *model::MakeConfig("tiny", variant); }
+
+bool IsProduct(const LaunchCost& c) { return c.library && c.name.rfind("cublas", 0) == 0; }
+
+TEST(StepTrafficTest, TheProductsAreTheModelsFlopsAndTheAttentionItsTiles) {
+  const model::ModelConfig c = Tiny();
+  const int64_t batch = 2, seq = 64;
+  absl::StatusOr<std::vector<LaunchCost>> step = MeasuredStepTraffic(c, batch, seq);
+  ASSERT_TRUE(step.ok()) << step.status();
+  double products = 0, attention = 0;
+  for (const LaunchCost& l : *step) {
+    if (IsProduct(l)) products += l.flops;
+    if (!l.library) {
+      attention += l.flops;  // only the tensor-core attention's kernels use WMMA
+      EXPECT_GT(l.bytes_read + l.bytes_written, 0) << l.name;
+    }
+  }
+  const double tokens = batch * seq, C = c.n_embd, L = c.n_layer;
+  // QKV, Proj, FC1, FC2 (12·C² a layer) and the tied LM head, forward (2) and backward (4).
+  EXPECT_EQ(products, 6 * tokens * (12 * L * C * C + c.vocab_size * C));
+  // The tensor-core attention's products of a 64-row tile (tensor_core_attention.cu), whole at
+  // seq 64: forward S = QKᵀ, O = PV; the queries' backward S, dP' = dO·Vᵀ, dQ = dZ·K; the
+  // keys' Sᵀ, dP'ᵀ, dK = dZᵀ·Q, dV = Pᵀ·dO. Nine products of T×T×D a head and layer.
+  const double product = 2.0 * batch * c.n_head * seq * seq * (C / c.n_head) * L;
+  EXPECT_EQ(attention, 9 * product);
+}
+
+TEST(StepTrafficTest, TheBatchExtrapolationIsWhatThatBatchCounts) {
+  const model::ModelConfig c = Tiny("qk_norm_cap");
+  absl::StatusOr<std::vector<LaunchCost>> projected = StepTraffic(c, 3, 32), counted = MeasuredStepTraffic(c, 3, 32);
+  ASSERT_TRUE(projected.ok() && counted.ok());
+  ASSERT_EQ(projected->size(), counted->size());
+  for (size_t i = 0; i < counted->size(); ++i) {
+    const LaunchCost &p = (*projected)[i], &m = (*counted)[i];
+    EXPECT_EQ(p.name, m.name) << "launch " << i;
+    // Sectors: a buffer's length that is not a whole number of sectors rounds differently at
+    // each batch, by at most a sector a buffer the launch touches.
+    EXPECT_NEAR(p.bytes_read, m.bytes_read, 256 + 1e-3 * m.bytes_read) << m.name;
+    EXPECT_NEAR(p.bytes_written, m.bytes_written, 256 + 1e-3 * m.bytes_written) << m.name;
+    EXPECT_EQ(p.flops, m.flops) << m.name;
+  }
+}
+
+TEST(StepTrafficTest, ALaunchCostsItsLargerRooflineOrTheLaunchFloor) {
+  Gpu gpu;
+  gpu.peak_tflops = 1000, gpu.bandwidth_tbs = 2, gpu.product_efficiency = 0.5, gpu.memory_efficiency = 0.5;
+  gpu.attention_efficiency = 0.25, gpu.launch_us = 2;
+  const StepProjection p = ProjectStep({{"cublasGemmEx bf16→bf16 4096×4096×4096", true, 1e8, 0, 1e12},
+                                        {"NormForwardKernel", false, 1e8, 1e8, 0},
+                                        {"ForwardKernel<HD>", false, 1e6, 0, 1e12},
+                                        {"ToBf16Kernel", false, 1e3, 1e3, 0}},
+                                       gpu);
+  ASSERT_EQ(p.launches.size(), 4u);
+  EXPECT_DOUBLE_EQ(p.launches[0].us, 2000);  // 1e12 flops at 500 TFLOP/s
+  EXPECT_EQ(p.launches[0].bound, "compute");
+  EXPECT_DOUBLE_EQ(p.launches[1].us, 200);  // 2e8 bytes at 1 TB/s
+  EXPECT_EQ(p.launches[1].bound, "memory");
+  EXPECT_DOUBLE_EQ(p.launches[2].us, 4000);  // our kernels' flops at the attention's efficiency
+  EXPECT_DOUBLE_EQ(p.launches[3].us, 2);
+  EXPECT_EQ(p.launches[3].bound, "launch");
+  EXPECT_DOUBLE_EQ(p.us, 6202);
+}
+
+}  // namespace
+}  // namespace stability::cuda_traffic
