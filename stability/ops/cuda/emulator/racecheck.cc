@@ -19,16 +19,14 @@
 // and the thread's barrier counts. The first race aborts, naming both accesses. Cost: one
 // call per access, 48 bytes of shadow per 2 bytes watched (mapped lazily), about 3× the
 // emulated time.
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <map>
 #include <string>
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
 #include "stability/ops/cuda/emulator/internal/instrumented.h"
+#include "stability/ops/cuda/emulator/internal/watched_ranges.h"
 
 namespace emu::internal {
 namespace {
@@ -51,28 +49,11 @@ struct Granule {
   Access write, read, other_read;
 };
 
-struct Range {
-  uintptr_t begin;
-  size_t bytes;
-  bool shared;
-  Granule* shadow;  // one a granule
-  size_t shadow_bytes;
-};
-
-std::map<uintptr_t, Range>& Ranges() {
-  static auto* ranges = new std::map<uintptr_t, Range>;
+using Ranges = WatchedRanges<Granule, kGranule>;
+using Range = Ranges::Range;
+Ranges& Watched() {
+  static auto* ranges = new Ranges;
   return *ranges;
-}
-const Range* last = nullptr;  // the range of the last watched access
-
-const Range* Find(uintptr_t x) {
-  if (last != nullptr && x - last->begin < last->bytes) return last;
-  auto it = Ranges().upper_bound(x);
-  if (it == Ranges().begin()) return nullptr;
-  --it;
-  if (x - it->second.begin >= it->second.bytes) return nullptr;
-  last = &it->second;
-  return last;
 }
 
 std::string Where(const Access& a) {
@@ -112,7 +93,7 @@ void OnAccess(const void* p, size_t n, bool write) {
   if (!accessor.in_kernel) return;
   const auto x = reinterpret_cast<uintptr_t>(p);
   if (OnOwnStack(x)) return;
-  const Range* r = Find(x);
+  const Range* r = Watched().Find(x);
   if (r == nullptr) return;
   const Access now{accessor.launch,
                    static_cast<uint32_t>(accessor.block),
@@ -122,7 +103,7 @@ void OnAccess(const void* p, size_t n, bool write) {
                    0};
   const size_t end = std::min(x + n - r->begin, r->bytes);
   for (size_t g = (x - r->begin) / kGranule; g * kGranule < end; ++g) {
-    Granule& s = r->shadow[g];
+    Granule& s = r->At(r->begin + g * kGranule);
     if (Unordered(*r, s.write, now)) Report(*r, x, write, s.write, true);
     if (write) {
       if (Unordered(*r, s.read, now)) Report(*r, x, write, s.read, false);
@@ -135,22 +116,8 @@ void OnAccess(const void* p, size_t n, bool write) {
   }
 }
 
-void WatchMemory(const void* p, size_t bytes, bool shared) {
-  Range r{reinterpret_cast<uintptr_t>(p), bytes, shared, nullptr, 0};
-  r.shadow_bytes = (bytes + kGranule - 1) / kGranule * sizeof(Granule);
-  void* m = mmap(nullptr, r.shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) Fault("racecheck: no address space for the shadow of an allocation");
-  r.shadow = static_cast<Granule*>(m);  // zero: launch 0, no access yet
-  last = nullptr;
-  Ranges()[r.begin] = r;
-}
+void WatchMemory(const void* p, size_t bytes, bool shared) { Watched().Add(p, bytes, shared); }
 
-void UnwatchMemory(const void* p) {
-  auto it = Ranges().find(reinterpret_cast<uintptr_t>(p));
-  if (it == Ranges().end()) return;
-  munmap(it->second.shadow, it->second.shadow_bytes);
-  Ranges().erase(it);
-  last = nullptr;
-}
+void UnwatchMemory(const void* p) { Watched().Remove(p); }
 
 }  // namespace emu::internal

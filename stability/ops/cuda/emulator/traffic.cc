@@ -6,14 +6,12 @@
 // device memory and are not counted.
 #include "stability/ops/cuda/emulator/traffic.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <map>
 
 #include "stability/ops/cuda/emulator/cuda_emulator.h"
 #include "stability/ops/cuda/emulator/internal/instrumented.h"
+#include "stability/ops/cuda/emulator/internal/watched_ranges.h"
 
 namespace emu {
 namespace internal {
@@ -24,27 +22,10 @@ constexpr uintptr_t kSector = 32;  // DRAM's access granularity
 struct Sector {
   uint32_t read = 0, written = 0;  // the launches that last did (0: none)
 };
-struct Range {
-  uintptr_t begin;
-  size_t bytes;
-  Sector* shadow;  // one a sector, from begin's sector
-  size_t shadow_bytes;
-};
-
-std::map<uintptr_t, Range>& Ranges() {
-  static auto* ranges = new std::map<uintptr_t, Range>;
+using Ranges = WatchedRanges<Sector, kSector>;
+Ranges& Watched() {
+  static auto* ranges = new Ranges;
   return *ranges;
-}
-const Range* last = nullptr;
-
-const Range* Find(uintptr_t x) {
-  if (last != nullptr && x - last->begin < last->bytes) return last;
-  auto it = Ranges().upper_bound(x);
-  if (it == Ranges().begin()) return nullptr;
-  --it;
-  if (x - it->second.begin >= it->second.bytes) return nullptr;
-  last = &it->second;
-  return last;
 }
 
 bool counting = false;
@@ -60,11 +41,11 @@ void OnAccess(const void* p, size_t n, bool write) {
   if (!counting || !accessor.in_kernel || n == 0) return;
   const auto x = reinterpret_cast<uintptr_t>(p);
   if (OnOwnStack(x)) return;
-  const Range* r = Find(x);
+  const Ranges::Range* r = Watched().Find(x);
   if (r == nullptr) return;
-  const uintptr_t first = r->begin / kSector, end = std::min(x + n, r->begin + r->bytes);
+  const uintptr_t end = std::min(x + n, r->begin + r->bytes);
   for (uintptr_t s = x / kSector; s * kSector < end; ++s) {
-    Sector& sector = r->shadow[s - first];
+    Sector& sector = r->At(s * kSector);
     uint32_t& stamp = write ? sector.written : sector.read;
     if (stamp == accessor.launch) continue;
     stamp = accessor.launch;
@@ -73,24 +54,10 @@ void OnAccess(const void* p, size_t n, bool write) {
 }
 
 void WatchMemory(const void* p, size_t bytes, bool shared) {
-  if (shared) return;
-  const auto begin = reinterpret_cast<uintptr_t>(p);
-  Range r{begin, bytes, nullptr, 0};
-  r.shadow_bytes = ((begin + bytes + kSector - 1) / kSector - begin / kSector) * sizeof(Sector);
-  void* m = mmap(nullptr, r.shadow_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) Fault("traffic: no address space for the shadow of an allocation");
-  r.shadow = static_cast<Sector*>(m);
-  last = nullptr;
-  Ranges()[begin] = r;
+  if (!shared) Watched().Add(p, bytes, shared);
 }
 
-void UnwatchMemory(const void* p) {
-  auto it = Ranges().find(reinterpret_cast<uintptr_t>(p));
-  if (it == Ranges().end()) return;
-  munmap(it->second.shadow, it->second.shadow_bytes);
-  Ranges().erase(it);
-  last = nullptr;
-}
+void UnwatchMemory(const void* p) { Watched().Remove(p); }
 
 void OnLaunchEnd(const char* kernel) {
   if (counting) {
