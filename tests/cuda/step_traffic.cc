@@ -1,10 +1,14 @@
 #include "tests/cuda/step_traffic.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <memory>
 #include <regex>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "stability/base/rng.h"
 #include "stability/model/model.h"
 #include "stability/ops/cuda/cuda_backend.h"
@@ -103,6 +107,42 @@ absl::StatusOr<std::vector<LaunchCost>> StepTraffic(const model::ModelConfig& co
                    at(a.flops, b.flops)});
   }
   return out;
+}
+
+absl::Status WriteLaunchCosts(const std::string& path, const std::vector<LaunchCost>& step) {
+  const std::string partial = path + ".partial";
+  {
+    std::ofstream out(partial);
+    for (const LaunchCost& c : step) {
+      out << absl::StrFormat("%.17g\t%.17g\t%.17g\t%s\t%s\n", c.bytes_read, c.bytes_written, c.flops,
+                             c.library ? "library" : "kernel", c.name);
+    }
+    if (!out) return absl::UnavailableError("cannot write " + partial);
+  }
+  if (std::rename(partial.c_str(), path.c_str()) != 0) return absl::UnavailableError("cannot rename to " + path);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<LaunchCost>> ReadLaunchCosts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("no file " + path);
+  std::vector<LaunchCost> step;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    const std::vector<std::string> f = absl::StrSplit(line, '\t');
+    LaunchCost c;
+    if (f.size() != 5 || !absl::SimpleAtod(f[0], &c.bytes_read) || !absl::SimpleAtod(f[1], &c.bytes_written) ||
+        !absl::SimpleAtod(f[2], &c.flops) || (f[3] != "library" && f[3] != "kernel")) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s:%d is not a counted launch (bytes read, bytes written, flops, library|kernel, name; tab-separated): "
+          "delete the file to count the step again",
+          path, n));
+    }
+    c.library = f[3] == "library";
+    c.name = f[4];
+    step.push_back(c);
+  }
+  return step;
 }
 
 StepProjection ProjectStep(const std::vector<LaunchCost>& step, const Gpu& gpu) {

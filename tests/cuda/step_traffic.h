@@ -38,6 +38,12 @@ absl::StatusOr<std::vector<LaunchCost>> StepTraffic(const model::ModelConfig& co
 absl::StatusOr<std::vector<LaunchCost>> MeasuredStepTraffic(const model::ModelConfig& config, int64_t batch,
                                                             int64_t seq);
 
+// A counted step as a file (one launch a line: bytes read, bytes written, flops, library or
+// kernel, name; tab-separated), so that a projection onto other GPU numbers, or a report of
+// many methods counted by several processes, need not emulate again.
+absl::Status WriteLaunchCosts(const std::string& path, const std::vector<LaunchCost>& step);
+absl::StatusOr<std::vector<LaunchCost>> ReadLaunchCosts(const std::string& path);
+
 // A GPU by its bf16 dense peak, its memory bandwidth and the efficiencies the projection
 // assumes (defaults: H100 SXM; products at cuBLAS's typical share of peak on these shapes,
 // memory-bound kernels at a typical share of the bandwidth, our WMMA attention at a guess to

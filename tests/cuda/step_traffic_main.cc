@@ -8,7 +8,9 @@
 // Flags: --size (a size preset), --methods (comma-separated variant presets, or all),
 // --batch, --seq (default: the preset's), --extrapolate_layers=true (emulate models of 1 and
 // 2 layers and extrapolate to the preset's: every layer launches the same kernels on the same
-// shapes; for presets too large to emulate whole), and the GPU: --peak_tflops,
+// shapes; for presets too large to emulate whole), --cache_dir (each counted step kept there
+// and read back instead of emulated again: another GPU's numbers, or methods counted by
+// several processes at once, one report), and the GPU: --peak_tflops,
 // --bandwidth_tbs, --product_efficiency, --memory_efficiency, --attention_efficiency,
 // --launch_us, --gpu_name.
 #include <algorithm>
@@ -35,14 +37,14 @@ struct Flags {
   std::vector<std::string> methods = {"baseline"};
   int64_t batch = 16, seq = 0;
   bool extrapolate_layers = false;
-  std::string out;
+  std::string out, cache_dir;
   Gpu gpu;
 };
 
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "step_traffic: %s\nusage: step_traffic --size=gpt2_124m --methods=baseline,qk_norm|all --batch=16 "
-               "[--seq=N] [--extrapolate_layers=true] [--out=report.md] [--peak_tflops=989.4 --bandwidth_tbs=3.35 "
+               "[--seq=N] [--extrapolate_layers=true] [--cache_dir=DIR] [--out=report.md] [--peak_tflops=989.4 --bandwidth_tbs=3.35 "
                "--product_efficiency=0.7 --memory_efficiency=0.8 --attention_efficiency=0.3 --launch_us=2 "
                "--gpu_name=NAME]\n",
                why.c_str());
@@ -75,6 +77,8 @@ Flags Parse(int argc, char** argv) {
       f.extrapolate_layers = value == "true";
     } else if (key == "out") {
       f.out = value;
+    } else if (key == "cache_dir") {
+      f.cache_dir = value;
     } else if (key == "gpu_name") {
       f.gpu.name = value;
     } else if (key == "peak_tflops") {
@@ -166,7 +170,25 @@ int Main(int argc, char** argv) {
     const auto measure = [&](int64_t layers) -> Rows {
       model::ModelConfig lc = *c;
       lc.n_layer = layers;
-      absl::StatusOr<std::vector<LaunchCost>> step = StepTraffic(lc, f.batch, seq);
+      const std::string cached =
+          f.cache_dir.empty() ? ""
+                              : absl::StrFormat("%s/%s-%s-batch%d-seq%d-layers%d.tsv", f.cache_dir, f.size, method,
+                                                f.batch, seq, layers);
+      absl::StatusOr<std::vector<LaunchCost>> step = absl::NotFoundError("");
+      if (!cached.empty()) step = ReadLaunchCosts(cached);
+      if (!step.ok() && !absl::IsNotFound(step.status())) {
+        std::cerr << "step_traffic: " << step.status().message() << "\n";
+        std::exit(1);
+      }
+      if (!step.ok()) {
+        step = StepTraffic(lc, f.batch, seq);
+        if (step.ok() && !cached.empty()) {
+          if (absl::Status s = WriteLaunchCosts(cached, *step); !s.ok()) {
+            std::cerr << "step_traffic: " << s.message() << "\n";
+            std::exit(1);
+          }
+        }
+      }
       if (!step.ok()) {
         std::cerr << absl::StrFormat("step_traffic: %s / %s: %s\n", f.size, method, step.status().message());
         std::exit(1);

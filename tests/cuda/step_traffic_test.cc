@@ -5,6 +5,7 @@
 #include "tests/cuda/step_traffic.h"
 
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <string>
 
@@ -75,6 +76,29 @@ TEST(StepTrafficTest, ALaunchCostsItsLargerRooflineOrTheLaunchFloor) {
   EXPECT_DOUBLE_EQ(p.launches[3].us, 2);
   EXPECT_EQ(p.launches[3].bound, "launch");
   EXPECT_DOUBLE_EQ(p.us, 6202);
+}
+
+TEST(StepTrafficTest, ACountedStepReadsBackAsWritten) {
+  const std::string path = ::testing::TempDir() + "/step.tsv";
+  const std::vector<LaunchCost> step = {{"cublasGemmEx bf16→bf16 768×16384×2304", true, 1.5e8, 2.25e7, 5.8e10},
+                                        {"NormForwardKernel", false, 50331648, 25165824, 0}};
+  ASSERT_TRUE(WriteLaunchCosts(path, step).ok());
+  absl::StatusOr<std::vector<LaunchCost>> back = ReadLaunchCosts(path);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ((*back)[i].name, step[i].name);
+    EXPECT_EQ((*back)[i].library, step[i].library);
+    EXPECT_EQ((*back)[i].bytes_read, step[i].bytes_read);
+    EXPECT_EQ((*back)[i].bytes_written, step[i].bytes_written);
+    EXPECT_EQ((*back)[i].flops, step[i].flops);
+  }
+  std::ofstream(path) << "12\t3\tNormForwardKernel\n";
+  back = ReadLaunchCosts(path);
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.status().message().find("step.tsv:1 is not a counted launch"), std::string::npos)
+      << back.status().message();
+  EXPECT_TRUE(absl::IsNotFound(ReadLaunchCosts(path + ".absent").status()));
 }
 
 }  // namespace
