@@ -103,8 +103,8 @@ absl::StatusOr<std::vector<LaunchCost>> StepTraffic(const model::ModelConfig& co
     if (Call(a) != Call(b)) {
       return absl::InternalError(absl::StrFormat("launch %d is %s at batch 1 but %s at batch 2", i, a.name, b.name));
     }
-    out.push_back({a.name == b.name ? a.name : NameAt(a.name, b.name, batch), a.library, at(a.bytes_read, b.bytes_read), at(a.bytes_written, b.bytes_written),
-                   at(a.flops, b.flops)});
+    out.push_back({a.name == b.name ? a.name : NameAt(a.name, b.name, batch), a.library, at(a.bytes_read, b.bytes_read),
+                   at(a.bytes_written, b.bytes_written), at(a.flops, b.flops)});
   }
   return out;
 }
@@ -149,7 +149,8 @@ StepProjection ProjectStep(const std::vector<LaunchCost>& step, const Gpu& gpu) 
   StepProjection p;
   for (const LaunchCost& c : step) {
     ProjectedLaunch l{c, gpu.launch_us, "launch"};
-    const double memory_us = (c.bytes_read + c.bytes_written) / (gpu.bandwidth_tbs * 1e12 * gpu.memory_efficiency) * 1e6;
+    const double memory_us =
+        (c.bytes_read + c.bytes_written) / (gpu.bandwidth_tbs * 1e12 * gpu.memory_efficiency) * 1e6;
     const double efficiency = c.library ? gpu.product_efficiency : gpu.attention_efficiency;
     const double compute_us = c.flops / (gpu.peak_tflops * 1e12 * efficiency) * 1e6;
     if (memory_us > l.us) l.us = memory_us, l.bound = "memory";

@@ -43,7 +43,8 @@ struct Flags {
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "step_traffic: %s\nusage: step_traffic --size=gpt2_124m --methods=baseline,qk_norm|all --batch=16 "
-               "[--seq=N] [--extrapolate_layers=true] [--cache_dir=DIR] [--out=report.md] [--peak_tflops=989.4 --bandwidth_tbs=3.35 "
+               "[--seq=N] [--extrapolate_layers=true] [--cache_dir=DIR] [--out=report.md] [--peak_tflops=989.4 "
+               "--bandwidth_tbs=3.35 "
                "--product_efficiency=0.7 --memory_efficiency=0.8 --attention_efficiency=0.3 --launch_us=2 "
                "--gpu_name=NAME]\n",
                why.c_str());
@@ -102,7 +103,7 @@ Flags Parse(int argc, char** argv) {
   return f;
 }
 
-struct Row {  // launches of one name
+struct Row {         // launches of one name
   std::string part;  // "matrix products" (cuBLAS), "attention" (our kernels with WMMA flops), "other"
   int64_t launches = 0;
   double bytes_read = 0, bytes_written = 0, flops = 0, us = 0;
@@ -127,7 +128,8 @@ Rows ByName(const StepProjection& p) {
 
 std::string Bound(const Row& r) {
   std::vector<std::string> parts;
-  for (const auto& [bound, n] : r.bounds) parts.push_back(n == r.launches ? bound : absl::StrFormat("%s ×%d", bound, n));
+  for (const auto& [bound, n] : r.bounds)
+    parts.push_back(n == r.launches ? bound : absl::StrFormat("%s ×%d", bound, n));
   return absl::StrJoin(parts, ", ");
 }
 
@@ -175,10 +177,10 @@ int Main(int argc, char** argv) {
     const auto measure = [&](int64_t layers) -> Rows {
       model::ModelConfig lc = *c;
       lc.n_layer = layers;
-      const std::string cached =
-          f.cache_dir.empty() ? ""
-                              : absl::StrFormat("%s/%s-%s-batch%d-seq%d-layers%d.tsv", f.cache_dir, f.size, method,
-                                                f.batch, seq, layers);
+      const std::string cached = f.cache_dir.empty()
+                                     ? ""
+                                     : absl::StrFormat("%s/%s-%s-batch%d-seq%d-layers%d.tsv", f.cache_dir, f.size,
+                                                       method, f.batch, seq, layers);
       absl::StatusOr<std::vector<LaunchCost>> step = absl::NotFoundError("");
       if (!cached.empty()) step = ReadLaunchCosts(cached);
       if (!step.ok() && !absl::IsNotFound(step.status())) {
@@ -235,38 +237,44 @@ int Main(int argc, char** argv) {
   for (const MethodResult& r : results) {
     const double tps = tokens / (r.us * 1e-6);
     const auto part = [&](const char* name) { return r.part_us.count(name) ? r.part_us.at(name) / 1e3 : 0.0; };
-    md += absl::StrFormat("| %s | %.2f | %.0f | %.1f%% | %s | %.2f | %.2f | %.2f | %.2f |\n", r.method, r.us / 1e3, tps,
-                          100 * tps * flops_per_token / (f.gpu.peak_tflops * 1e12),
-                          r.method == results.front().method ? "—" : absl::StrFormat("%+.1f%%", 100 * (base_us / r.us - 1)),
-                          part("matrix products"), part("attention"), part("other"), r.bytes / 1e9);
+    md += absl::StrFormat(
+        "| %s | %.2f | %.0f | %.1f%% | %s | %.2f | %.2f | %.2f | %.2f |\n", r.method, r.us / 1e3, tps,
+        100 * tps * flops_per_token / (f.gpu.peak_tflops * 1e12),
+        r.method == results.front().method ? "—" : absl::StrFormat("%+.1f%%", 100 * (base_us / r.us - 1)),
+        part("matrix products"), part("attention"), part("other"), r.bytes / 1e9);
   }
-  md += "\n\"vs baseline\": the method's tokens/s against the baseline's. \"attention\": the tensor-core attention's "
-        "kernels (our kernels with WMMA flops). \"other\": every kernel that is neither a product nor the attention "
-        "(norms, elementwise passes, cross-entropy, AdamW, reductions, copies and sets).\n";
+  md +=
+      "\n\"vs baseline\": the method's tokens/s against the baseline's. \"attention\": the tensor-core attention's "
+      "kernels (our kernels with WMMA flops). \"other\": every kernel that is neither a product nor the attention "
+      "(norms, elementwise passes, cross-entropy, AdamW, reductions, copies and sets).\n";
 
   const MethodResult& base = results.front();
   md += absl::StrFormat("\n## Where the %s step goes (the 25 largest rows)\n\n", base.method);
-  md += "| kernel or call | launches | GB read | GB written | GFLOP | ms | share | bound by |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---|\n";
+  md +=
+      "| kernel or call | launches | GB read | GB written | GFLOP | ms | share | bound by |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---|\n";
   std::vector<std::pair<std::string, Row>> sorted(base.rows.begin(), base.rows.end());
-  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.us > b.second.us; });
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.second.us > b.second.us; });
   for (size_t i = 0; i < std::min<size_t>(25, sorted.size()); ++i) {
     const auto& [name, r] = sorted[i];
-    md += absl::StrFormat("| %s | %d | %.3f | %.3f | %.1f | %.3f | %.1f%% | %s |\n", name, r.launches,
-                          r.bytes_read / 1e9, r.bytes_written / 1e9, r.flops / 1e9, r.us / 1e3, 100 * r.us / base.us,
-                          Bound(r));
+    md +=
+        absl::StrFormat("| %s | %d | %.3f | %.3f | %.1f | %.3f | %.1f%% | %s |\n", name, r.launches, r.bytes_read / 1e9,
+                        r.bytes_written / 1e9, r.flops / 1e9, r.us / 1e3, 100 * r.us / base.us, Bound(r));
   }
 
   if (results.size() > 1) {
-    md += "\n## What each method adds to the baseline's step (the 4 largest differences by kernel or call)\n\n"
-          "| method | kernel or call | launches | ms |\n|---|---|---:|---:|\n";
+    md +=
+        "\n## What each method adds to the baseline's step (the 4 largest differences by kernel or call)\n\n"
+        "| method | kernel or call | launches | ms |\n|---|---|---:|---:|\n";
     for (size_t m = 1; m < results.size(); ++m) {
       std::map<std::string, std::pair<int64_t, double>> diff;
       for (const auto& [name, r] : results[m].rows) diff[name] = {r.launches, r.us};
       for (const auto& [name, r] : base.rows) diff[name].first -= r.launches, diff[name].second -= r.us;
       std::vector<std::pair<std::string, std::pair<int64_t, double>>> d(diff.begin(), diff.end());
-      std::stable_sort(d.begin(), d.end(),
-                       [](const auto& a, const auto& b) { return std::abs(a.second.second) > std::abs(b.second.second); });
+      std::stable_sort(d.begin(), d.end(), [](const auto& a, const auto& b) {
+        return std::abs(a.second.second) > std::abs(b.second.second);
+      });
       for (size_t i = 0; i < std::min<size_t>(4, d.size()); ++i) {
         if (std::abs(d[i].second.second) < 1e-3) break;
         md += absl::StrFormat("| %s | %s | %+d | %+.3f |\n", results[m].method, d[i].first, d[i].second.first,

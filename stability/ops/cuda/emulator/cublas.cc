@@ -99,7 +99,8 @@ const char* TypeName(cudaDataType t) { return t == CUDA_R_16BF ? "bf16" : "fp32"
 void Account(const char* api, int64_t m, int64_t n, int64_t k, int64_t batch, cudaDataType at, bool a_shared,
              cudaDataType bt, bool b_shared, cudaDataType ct, float beta, double extra_read = 0,
              double extra_written = 0) {
-  const double a = double(m) * k * Bytes(at) * (a_shared ? 1 : batch), b = double(k) * n * Bytes(bt) * (b_shared ? 1 : batch);
+  const double a = double(m) * k * Bytes(at) * (a_shared ? 1 : batch),
+               b = double(k) * n * Bytes(bt) * (b_shared ? 1 : batch);
   const double c = double(m) * n * Bytes(ct) * batch;
   std::string name = std::string(api) + " " + TypeName(at) + "→" + TypeName(ct) + " " + std::to_string(m) + "×" +
                      std::to_string(n) + "×" + std::to_string(k);
@@ -288,8 +289,11 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
             desc.aux[i + j * desc.aux_ld] = v;
             return 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + 0.044715f * v * v * v)));
           });
-  Account(bias && gelu ? "cublasLt + bias + GELU" : bias ? "cublasLt + bias" : gelu ? "cublasLt + GELU" : "cublasLt", m,
-          n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? 4.0 * m : 0.0, gelu ? 4.0 * m * n : 0.0);
+  Account(bias && gelu ? "cublasLt + bias + GELU"
+          : bias       ? "cublasLt + bias"
+          : gelu       ? "cublasLt + GELU"
+                       : "cublasLt",
+          m, n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? 4.0 * m : 0.0, gelu ? 4.0 * m * n : 0.0);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -21,7 +21,7 @@
 namespace emu {
 
 struct WorkTraffic {
-  std::string name;  // the kernel, or the library call with its shape
+  std::string name;      // the kernel, or the library call with its shape
   bool library = false;  // a cuBLAS product, a copy or a set: not one of our kernels
   double bytes_read = 0, bytes_written = 0;
   double flops = 0;  // tensor-core flops (WMMA; cuBLAS's products)

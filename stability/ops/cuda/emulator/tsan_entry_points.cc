@@ -6,7 +6,7 @@
 
 #include "stability/ops/cuda/emulator/internal/instrumented.h"
 
-#define STABILITY_EMU_ACCESS(n)                                                            \
+#define STABILITY_EMU_ACCESS(n)                                                               \
   extern "C" void __tsan_read##n(void* p) { emu::internal::OnAccess(p, n, false); }           \
   extern "C" void __tsan_write##n(void* p) { emu::internal::OnAccess(p, n, true); }           \
   extern "C" void __tsan_unaligned_read##n(void* p) { emu::internal::OnAccess(p, n, false); } \
