@@ -45,10 +45,7 @@ absl::StatusOr<std::vector<LaunchCost>> MeasuredStepTraffic(const model::ModelCo
     opt.Step(3e-4, 1.0);
     if (step == 1) work = emu::StopTraffic();
   }
-  std::vector<LaunchCost> costs;
-  costs.reserve(work.size());
-  for (const emu::WorkTraffic& w : work) costs.push_back({w.name, w.library, w.bytes_read, w.bytes_written, w.flops});
-  return costs;
+  return work;
 }
 
 namespace {

@@ -19,14 +19,12 @@
 
 #include "absl/status/statusor.h"
 #include "stability/model/config.h"
+#include "stability/ops/cuda/emulator/traffic.h"
 
 namespace stability::cuda_traffic {
 
-struct LaunchCost {
-  std::string name;  // the kernel, or the library call with its shape ("cublasGemmEx bf16→bf16 M×N×K")
-  bool library = false;
-  double bytes_read = 0, bytes_written = 0, flops = 0;
-};
+// A launch or library call of the step (the traffic counter's record).
+using LaunchCost = emu::WorkTraffic;
 
 // One bf16 training step (forward, backward, AdamW with clipping; telemetry off; the fused
 // tensor-core attention) of `config` on the CUDA backend, emulated and counted at batches of
