@@ -1,12 +1,12 @@
-// LayerNorm and RMSNorm on the GPU: one block per row, statistics in double through a
-// fixed reduction tree; the parameter gradients as deterministic column sums, both in one
-// pass over x and dy.
+// LayerNorm and RMSNorm on the GPU: statistics in double through a fixed reduction tree;
+// forward one block per row, backward one block per chunk of rows with dx and the parameter
+// gradients' deterministic column sums in one pass over x and dy.
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
 namespace {
 
-constexpr int kRowThreads = 128;
+constexpr int kRowThreads = 128;  // the forward's
 
 // With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to
 // sum and normalised from there; each thread reads back only what it wrote, so no barrier is
@@ -45,48 +45,51 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
   }
 }
 
-// dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r.
-// accumulate: dx += (AddNormBackward). dx laid out as x.
-__global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
-                                   const float* rstd, const float* dy, int64_t d, bool accumulate, float* dx) {
-  const int64_t r = blockIdx.x;
-  const float* xr = x + x_rows.Offset(r, d);
-  float* dxr = dx + x_rows.Offset(r, d);
-  const float* dyr = dy + r * d;
-  const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
-  double sg = 0, sgx = 0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const double gh = dyr[j] * g[j];
-    sg += gh;
-    sgx += gh * (xr[j] - m) * rs;
-  }
-  const float mg = layer ? static_cast<float>(BlockSum(sg) / d) : 0.0f;
-  const float mgx = static_cast<float>(BlockSum(sgx) / d);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const float xh = (xr[j] - m) * rs;
-    const float v = rs * (dyr[j] * g[j] - mg - xh * mgx);
-    dxr[j] = accumulate ? __fadd_rn(dxr[j], v) : v;  // never an FMA: the bits of Add's
-  }
-}
+// Row chunks of the backward: ~32 rows a block, so that a GPT-2 norm (16,384 rows) gets 512
+// blocks and a per-head one (196,608 rows × 64) 2,048 — enough resident threads to keep the
+// loads in flight — and at most 2,048 partial rows for the column totals to add up.
+int NormChunks(int64_t rows) { return static_cast<int>(rows < 32 ? 1 : rows / 32 < 2048 ? rows / 32 : 2048); }
+int NormThreads(int64_t d) { return d >= 256 ? 256 : static_cast<int>((d + 31) / 32 * 32); }
 
-// The parameter gradients' partial sums, per column and row chunk (gridDim.y of them,
-// RowChunks), rows in order: dg ← Σ dy·x̂ (double, as the CPU), db ← Σ dy (partials_b
-// nullable). One pass over x and dy for both, nothing N×D written.
-__global__ void NormParamGradKernel(bool layer, const float* x, RowLayout x_rows, const float* mean, const float* rstd,
-                                    const float* dy, int64_t rows, int64_t d, double* partials_g, double* partials_b) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
-  if (j >= d) return;
-  double sg = 0, sb = 0;
-#pragma unroll 4
+// dx and the parameter gradients' partials in one pass over x and dy: block `chunk` (of
+// gridDim.x = NormChunks) takes its rows one after another,
+//   dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
+// (accumulate: dx += , the residual stream's gradient; dx laid out as x), and each thread
+// adds its columns' dy·x̂ and dy into its own slots of the block's shared accumulators
+// (double, rows in order, as the CPU), written out as partials_g/partials_b[chunk, j]
+// (partials_b nullable) for AddColumnTotals. The second pass over the row reads what the
+// first just loaded (L1), so x and dy come from memory once.
+__global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
+                                   const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate,
+                                   float* dx, double* partials_g, double* partials_b) {
+  extern __shared__ double acc[];  // [0, d): Σ dy·x̂; [d, 2d): Σ dy — each slot one thread's
+  const int64_t chunk = blockIdx.x, chunks = gridDim.x;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) acc[j] = acc[d + j] = 0;
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
-    const float xh = (x[x_rows.Offset(r, d) + j] - (layer ? mean[r] : 0.0f)) * rstd[r];
-    const float g = dy[r * d + j];
-    sg += static_cast<double>(g) * xh;
-    sb += g;
+    const float* xr = x + x_rows.Offset(r, d);
+    float* dxr = dx + x_rows.Offset(r, d);
+    const float* dyr = dy + r * d;
+    const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
+    double sg = 0, sgx = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const double gh = dyr[j] * g[j];
+      sg += gh;
+      sgx += gh * (xr[j] - m) * rs;
+    }
+    const float mg = layer ? static_cast<float>(BlockSum(sg) / d) : 0.0f;
+    const float mgx = static_cast<float>(BlockSum(sgx) / d);
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float xh = (xr[j] - m) * rs, dyj = dyr[j];
+      const float v = rs * (dyj * g[j] - mg - xh * mgx);
+      dxr[j] = accumulate ? __fadd_rn(dxr[j], v) : v;  // never an FMA: the bits of Add's
+      acc[j] += static_cast<double>(dyj) * xh;
+      acc[d + j] += dyj;
+    }
   }
-  partials_g[chunk * d + j] = sg;
-  if (partials_b) partials_b[chunk * d + j] = sb;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    partials_g[chunk * d + j] = acc[j];
+    if (partials_b) partials_b[chunk * d + j] = acc[d + j];
+  }
 }
 
 }  // namespace
@@ -119,18 +122,16 @@ void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, 
 void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                    const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
                                    bool accumulate, float* dx, float* dg, float* db) {
-  const bool layer = kind == NormKind::kLayerNorm;
-  const int chunks = RowChunks(rows);
+  const int chunks = NormChunks(rows);
   double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
   double* partials_b = db ? partials_g + chunks * d : nullptr;
-  NormParamGradKernel<<<dim3(Blocks(d, 256), chunks), 256>>>(layer, x, x_rows, mean, rstd, dy, rows, d, partials_g,
-                                                             partials_b);
-  STABILITY_CUDA_LAUNCHED("NormParamGradKernel");
+  const size_t shared = 2 * d * sizeof(double);  // 48 KB (the default) at d = 3,072
+  if (shared > 48 * 1024) AllowSharedBytes(NormBackwardKernel, shared, "NormBackwardKernel (the norm's width)");
+  NormBackwardKernel<<<chunks, NormThreads(d), shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd, dy,
+                                                         rows, d, accumulate, dx, partials_g, partials_b);
+  STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
   AddColumnTotals(partials_g, chunks, d, dg);
   if (db) AddColumnTotals(partials_b, chunks, d, db);
-  NormBackwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(layer, x, x_rows, g, mean, rstd, dy, d, accumulate,
-                                                                   dx);
-  STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
 }
 
 void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,

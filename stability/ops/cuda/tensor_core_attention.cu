@@ -369,18 +369,11 @@ __global__ void __launch_bounds__(kThreads)
   WriteRows<HD>(acc_dv, fs, sk, t, ld.dv, 1.0f, dv + HeadOffset(bi, hi, t, ld.dv, HD));
 }
 
-// Kernels over 48 KB of shared memory must say so before their launch.
-template <typename Kernel>
-void AllowSharedBytes(Kernel kernel, int bytes) {
-  Check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-        "cudaFuncSetAttribute (tensor-core attention shared memory)");
-}
-
 template <int HD>
 struct LaunchForward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
                   const AttentionStrides& ld, float* out, float* lse, float* row_max, double* row_entropy) {
-    AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes);
+    AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes, "tensor-core attention");
     ForwardKernel<HD><<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, ld, out, lse, row_max,
                                                                      row_entropy);
   }
@@ -390,8 +383,8 @@ struct LaunchBackward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* out, const float* lse,
                   const float* dout, int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, float* dq,
                   float* dk, float* dv, float* rowd) {
-    AllowSharedBytes(BackwardQueryKernel<HD>, Layout<HD>::kQueryBytes);
-    AllowSharedBytes(BackwardKeyKernel<HD>, Layout<HD>::kKeyBytes);
+    AllowSharedBytes(BackwardQueryKernel<HD>, Layout<HD>::kQueryBytes, "tensor-core attention");
+    AllowSharedBytes(BackwardKeyKernel<HD>, Layout<HD>::kKeyBytes, "tensor-core attention");
     BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, ld, dq,
                                                                           rowd);
     BackwardKeyKernel<HD><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk,

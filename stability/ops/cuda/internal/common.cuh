@@ -43,6 +43,18 @@ inline void Issued(cudaError_t e, const char* what) {
   if (Profile().on()) Profile().Mark(what);
 }
 
+// A kernel over 48 KB of dynamic shared memory must say so before its launch; past the
+// device's limit this throws, naming the kernel and the bytes.
+template <typename Kernel>
+void AllowSharedBytes(Kernel kernel, size_t bytes, const char* what) {
+  const cudaError_t e =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (e != cudaSuccess) {
+    throw std::runtime_error(std::string("CUDA: ") + what + " needs " + std::to_string(bytes) +
+                             " bytes of shared memory a block, more than this device allows: " + cudaGetErrorString(e));
+  }
+}
+
 // A matrix product's row in the kernel profile: "<what> M×N×K" (× batch when batched).
 inline void MarkProduct(const char* what, int64_t m, int64_t n, int64_t k, int64_t batch = 1) {
   if (!Profile().on()) return;
