@@ -131,4 +131,16 @@ Tensor Tensor::Reshaped(const Shape& shape) const {
   return t;
 }
 
+Tensor Tensor::View(int64_t offset, const Shape& shape) const {
+  if (offset < 0 || offset + NumElements(shape) > numel()) {
+    throw std::invalid_argument(absl::StrCat("Tensor::View: elements [", offset, ", ", offset + NumElements(shape),
+                                             ") as ", ShapeToString(shape), " are not inside ", ShapeToString(shape_),
+                                             " (", numel(), " elements)"));
+  }
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.storage_ = std::shared_ptr<void>(storage_, static_cast<char*>(storage_.get()) + offset * DTypeSize(dtype_));
+  return t;
+}
+
 }  // namespace stability

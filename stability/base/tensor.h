@@ -83,6 +83,11 @@ class Tensor {
   void CopyToHost(void* host_dst) const;
   // Same storage, another shape with the same number of elements.
   Tensor Reshaped(const Shape& shape) const;
+  // Elements [offset, offset + NumElements(shape)) of this tensor as `shape`: a view that
+  // shares (and keeps alive) the whole storage, so that many tensors can be one buffer (the
+  // model's gradients: zeroed and all-reduced at once). Aligned as the storage is only where
+  // offset · DTypeSize is a multiple of 64.
+  Tensor View(int64_t offset, const Shape& shape) const;
 
  private:
   Shape shape_;
