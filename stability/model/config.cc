@@ -174,18 +174,49 @@ absl::StatusOr<ModelConfig> MakeConfig(const std::string& size, const std::strin
   return ConfigFromJson(merged);
 }
 
-int64_t ParameterCount(const ModelConfig& c) {
-  const int64_t C = c.n_embd, F = c.mlp_ratio * c.n_embd, b = c.bias ? 1 : 0;
-  const int64_t norm_params = c.norm == ops::NormKind::kLayerNorm && c.bias ? 2 : 1;  // gain (+ bias)
+std::vector<int64_t> ParameterSizes(const ModelConfig& c) {
+  const int64_t C = c.n_embd, F = c.mlp_ratio * c.n_embd;
   const int64_t qkv_norm_width = c.per_head_norm ? c.head_dim() : C;
-  int64_t block = (3 * C * C + 3 * C * b) + (C * C + C * b) + (F * C + F * b) + (C * F + C * b);
-  block += (c.n1 + c.n2 + c.proj_norm + c.fc2_norm) * norm_params * C;
-  block += (2 * c.qk_norm + c.v_norm) * norm_params * qkv_norm_width;
-  if (c.layer_scale) block += 2 * C;
-  if (c.sigma_reparam) block += 4;
-  int64_t total = c.n_layer * block + c.vocab_size * C + norm_params * C;
-  if (c.position == Position::kLearned) total += c.seq_len * C;
-  if (!c.tie_embeddings) total += c.vocab_size * C;
+  std::vector<int64_t> sizes;
+  auto norm = [&](int64_t width) {
+    sizes.push_back(width);                                                     // gain
+    if (c.norm == ops::NormKind::kLayerNorm && c.bias) sizes.push_back(width);  // bias
+  };
+  auto linear = [&](int64_t out, int64_t in) {
+    sizes.push_back(out * in);
+    if (c.bias) sizes.push_back(out);
+    if (c.sigma_reparam) sizes.push_back(1);  // the gain
+  };
+  sizes.push_back(c.vocab_size * C);
+  if (c.position == Position::kLearned) sizes.push_back(c.seq_len * C);
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (c.n1) norm(C);
+    linear(3 * C, C);
+    if (c.qk_norm) norm(qkv_norm_width), norm(qkv_norm_width);
+    if (c.v_norm) norm(qkv_norm_width);
+    linear(C, C);
+    if (c.proj_norm) norm(C);
+    if (c.layer_scale) sizes.push_back(C);
+    if (c.n2) norm(C);
+    linear(F, C);
+    linear(C, F);
+    if (c.fc2_norm) norm(C);
+    if (c.layer_scale) sizes.push_back(C);
+  }
+  norm(C);
+  if (!c.tie_embeddings) sizes.push_back(c.vocab_size * C);
+  return sizes;
+}
+
+int64_t ParameterCount(const ModelConfig& c) {
+  int64_t total = 0;
+  for (int64_t n : ParameterSizes(c)) total += n;
+  return total;
+}
+
+int64_t GradientBufferFloats(const ModelConfig& c) {
+  int64_t total = 0;
+  for (int64_t n : ParameterSizes(c)) total += GradientSlot(n);
   return total;
 }
 

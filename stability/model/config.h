@@ -96,8 +96,14 @@ absl::StatusOr<ModelConfig> MakeConfig(const std::string& size, const std::strin
 // Applies a variant preset's switches on top of `config` (sets config->variant).
 absl::Status ApplyVariant(const std::string& variant, ModelConfig* config);
 
-// Number of trainable parameters (what 6N in the FLOP formula counts).
+// Each trainable tensor's number of elements, in the model's creation order (model.cc).
+std::vector<int64_t> ParameterSizes(const ModelConfig& config);
+// Number of trainable parameters (what 6N in the FLOP formula counts): their sum.
 int64_t ParameterCount(const ModelConfig& config);
+// The gradients are views of one buffer (Model::gradients), each starting 64-byte aligned as
+// a tensor of its own would: the floats a gradient of n takes there, and the buffer's size.
+inline int64_t GradientSlot(int64_t n) { return (n + 15) / 16 * 16; }
+int64_t GradientBufferFloats(const ModelConfig& config);
 
 }  // namespace stability::model
 

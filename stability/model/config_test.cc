@@ -1,5 +1,9 @@
 #include "stability/model/config.h"
 
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
 #include "gtest/gtest.h"
 #include "stability/model/model.h"
 #include "stability/ops/cpu/cpu_backend.h"
@@ -43,9 +47,20 @@ TEST(ConfigTest, ParameterCountMatchesTheBuiltModel) {
       ASSERT_TRUE(c.ok()) << c.status();
       auto model = Model::Create(*c, 1);
       ASSERT_TRUE(model.ok()) << model.status();
-      int64_t n = 0;
-      for (const Parameter& p : (*model)->parameters()) n += p.value.numel();
-      EXPECT_EQ(n, ParameterCount(*c)) << variant << " " << s.dump();
+      // ParameterSizes is the built model's tensors in order, and each gradient is its slot
+      // of the one gradient buffer: 64-byte aligned, in order, none overlapping.
+      std::vector<int64_t> built;
+      const float* slot = (*model)->gradients().f32();
+      for (const Parameter& p : (*model)->parameters()) {
+        built.push_back(p.value.numel());
+        EXPECT_EQ(p.grad.f32(), slot) << p.name;
+        EXPECT_EQ(p.grad.shape(), p.value.shape()) << p.name;
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(p.grad.data()) % 64, 0u) << p.name;
+        slot += GradientSlot(p.value.numel());
+      }
+      EXPECT_EQ(slot, (*model)->gradients().f32() + (*model)->gradients().numel());
+      EXPECT_EQ(built, ParameterSizes(*c)) << variant << " " << s.dump();
+      EXPECT_EQ(std::accumulate(built.begin(), built.end(), int64_t{0}), ParameterCount(*c));
     }
   }
 }

@@ -176,7 +176,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
       case kOne: std::fill(p, p + n, 1.0f); break;
       case kLayerScale: std::fill(p, p + n, c.layer_scale_init); break;
     }
-    m->params_.push_back({name, value, Tensor::Zeros(shape), decay});
+    m->params_.push_back({name, value, Tensor(), decay});
   };
   auto add_norm = [&](const std::string& name, int64_t width) {
     add(name + ".weight", {width}, kOne, false);
@@ -224,11 +224,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   if (!c.tie_embeddings) add("lm_head.weight", {c.vocab_size, C}, kNormal, true);
   // Initialised on the host (the same values on every device), then moved.
   if (device != kCpu) {
-    for (Parameter& p : m->params_) {
-      p.value = p.value.To(device);
-      p.grad = Tensor::Zeros(p.value.shape(), DType::kF32, device);
-    }
+    for (Parameter& p : m->params_) p.value = p.value.To(device);
     for (auto& [name, t] : m->buffers_) t = t.To(device);
+  }
+  m->gradients_ = Tensor::Zeros({GradientBufferFloats(c)}, DType::kF32, device);
+  int64_t offset = 0;
+  for (Parameter& p : m->params_) {
+    p.grad = m->gradients_.View(offset, p.value.shape());  // throws if ParameterSizes disagrees
+    offset += GradientSlot(p.value.numel());
   }
 
   // Resolve names to pointers now that params_ no longer grows.
@@ -283,9 +286,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
   return m;
 }
 
-void Model::ZeroGrad() {
-  for (Parameter& p : params_) p.grad.SetZero();
-}
+void Model::ZeroGrad() { gradients_.SetZero(); }
 
 namespace {
 

@@ -67,6 +67,9 @@ class Model {
   // Non-trainable state saved with the parameters (σ-reparam power-iteration vectors).
   std::vector<std::pair<std::string, Tensor>>& buffers() { return buffers_; }
   Parameter* FindParameter(const std::string& name);
+  // Every Parameter::grad is a view of this one buffer (each starting 64-byte aligned, the
+  // gaps zero): ZeroGrad is one memset, and data parallelism all-reduces it in one call.
+  Tensor& gradients() { return gradients_; }
 
   // Training mode advances the σ-reparam power iteration in each Forward (default on).
   void set_training(bool training) { training_ = training; }
@@ -98,6 +101,7 @@ class Model {
   bool training_ = true;
   bool telemetry_on_ = true;
   std::vector<Parameter> params_;
+  Tensor gradients_;
   std::vector<std::pair<std::string, Tensor>> buffers_;
   Telemetry telemetry_;
   std::unique_ptr<Impl> impl_;

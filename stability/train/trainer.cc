@@ -453,10 +453,9 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
       }
     }
     if (world > 1) {  // data parallelism: average the gradients and the loss over ranks
-      for (Parameter& p : model->parameters()) {
-        STABILITY_RETURN_IF_ERROR(dcomm->AllReduceSum(p.grad.f32(), p.grad.numel()));
-        backend_scale(p.grad, 1.0f / static_cast<float>(world));
-      }
+      Tensor& grads = model->gradients();  // every parameter's gradient: one call, one scale
+      STABILITY_RETURN_IF_ERROR(dcomm->AllReduceSum(grads.f32(), grads.numel()));
+      backend_scale(grads, 1.0f / static_cast<float>(world));
       STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&loss, 1));
       loss /= world;
     }
