@@ -103,8 +103,8 @@ __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, dou
 }
 
 // Column sums: each thread one column of one row chunk (gridDim.y = RowChunks(rows)), its
-// rows in order, then the chunks in order. Loops unrolled so that a thread has several
-// loads in flight (the sums still run in row order).
+// rows in order, then the chunks' partials added in a fixed order (ColumnTotalsKernel).
+// Loops unrolled so that a thread has several loads in flight (the sums still run in row order).
 
 // partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
 __global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
@@ -116,12 +116,27 @@ __global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols,
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) s += x[r * cols + j];
   partials[chunk * cols + j] = s;
 }
+// out[j] += Σ_chunks partials[chunk, j]: a block of 32 columns × kTotalsWarps warps, warp w
+// adding the chunks w, w + kTotalsWarps, … in order, then its warps' sums in order. Not one
+// thread a column: a norm's gains have 768 columns (a per-head one's 64) over 512 chunks (2,048),
+// which one thread a column would add one dependent round trip to L2 after another.
+constexpr int kTotalsWarps = 16;
 __global__ void ColumnTotalsKernel(const double* partials, int64_t cols, int chunks, float* out) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j >= cols) return;
+  __shared__ double warp_sums[kTotalsWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t j = blockIdx.x * 32 + lane;
   double s = 0;
-  for (int c = 0; c < chunks; ++c) s += partials[c * cols + j];
-  out[j] += static_cast<float>(s);
+  if (j < cols) {
+#pragma unroll 4
+    for (int c = warp; c < chunks; c += kTotalsWarps) s += partials[c * cols + j];
+  }
+  warp_sums[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && j < cols) {
+    double total = 0;
+    for (int w = 0; w < kTotalsWarps; ++w) total += warp_sums[w][lane];
+    out[j] += static_cast<float>(total);
+  }
 }
 
 // One warp per row: ‖x[r, :]‖ in double.
@@ -544,7 +559,7 @@ std::vector<double> CudaBackend::ReadQueued() {
 }
 
 void CudaBackend::AddColumnTotals(const double* partials, int chunks, int64_t cols, float* out) {
-  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, chunks, out);
+  ColumnTotalsKernel<<<Blocks(cols, 32), 32 * kTotalsWarps>>>(partials, cols, chunks, out);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
@@ -553,7 +568,7 @@ void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, floa
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * cols * sizeof(double)));
   ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), chunks), kThreads>>>(x, rows, cols, partials);
   STABILITY_CUDA_LAUNCHED("ColumnPartialsKernel");
-  ColumnTotalsKernel<<<Blocks(cols, kThreads), kThreads>>>(partials, cols, chunks, out);
+  ColumnTotalsKernel<<<Blocks(cols, 32), 32 * kTotalsWarps>>>(partials, cols, chunks, out);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
@@ -738,7 +753,7 @@ void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const flo
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * c * sizeof(double)));
   ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), chunks), kThreads>>>(x, s, dy, n, c, dx, partials);
   STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
-  ColumnTotalsKernel<<<Blocks(c, kThreads), kThreads>>>(partials, c, chunks, ds);
+  ColumnTotalsKernel<<<Blocks(c, 32), 32 * kTotalsWarps>>>(partials, c, chunks, ds);
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
