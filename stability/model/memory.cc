@@ -13,7 +13,10 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   const int64_t weights = 4 * C * C + 2 * C * F;  // QKV, Proj, FC1, FC2 of one layer
   TrainingMemory m;
 
-  m.parameters = 4 * (P + GradientBufferFloats(c) + (c.sigma_reparam ? L * (2 * weights + 4 + 2 * (4 * C + F)) : 0));
+  // σ-reparam: each layer's W_eff, dW_eff (slots of one buffer, as the gradients'), σ, u and v.
+  const int64_t dw_eff = GradientSlot(3 * C * C) + GradientSlot(C * C) + 2 * GradientSlot(C * F);
+  m.parameters =
+      4 * (P + GradientBufferFloats(c) + (c.sigma_reparam ? L * (weights + dw_eff + 4 + 2 * (4 * C + F)) : 0));
   m.optimizer = 4 * 2 * P;
 
   // Forward, per layer and token (floats): a norm keeps y, mean and rstd (C + 2).

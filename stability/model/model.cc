@@ -119,6 +119,7 @@ struct Model::Impl {
   bool have_forward = false;
   // Backward scratch.
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
+  Tensor dw_eff;  // σ-reparam: every Linear::dw_eff a view of it, zeroed at once by Backward
 };
 
 Model::Model(ModelConfig config, Device device)
@@ -254,7 +255,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     lin.out = out;
     if (lin.gain) {
       lin.w_eff = Tensor::Zeros({out, in}, DType::kF32, device);
-      lin.dw_eff = Tensor::Zeros({out, in}, DType::kF32, device);
       lin.sigma = Tensor::Zeros({1}, DType::kF32, device);
     }
     return lin;
@@ -280,6 +280,20 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     y.fc2 = linear(h + "fc2", C, F);
     y.ls1 = param(h + "proj_scale");
     y.ls2 = param(h + "fc2_scale");
+  }
+  if (c.sigma_reparam) {
+    int64_t total = 0;
+    for (Layer& y : impl.layers) {
+      for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) total += GradientSlot(lin->out * lin->in);
+    }
+    impl.dw_eff = Tensor::Empty({total}, DType::kF32, device);
+    int64_t offset = 0;
+    for (Layer& y : impl.layers) {
+      for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
+        lin->dw_eff = impl.dw_eff.View(offset, {lin->out, lin->in});
+        offset += GradientSlot(lin->out * lin->in);
+      }
+    }
   }
   // One power-iteration step now, so σ is defined even before the first training step.
   if (c.sigma_reparam) m->backend_->SigmaReparamForwardEach(SigmaReparamLayers(impl.layers), true);
@@ -560,6 +574,7 @@ absl::Status Model::Backward(float dloss) {
   Alloc(device_, m.dF1, {N, F});
   Alloc(device_, m.dF2, {N, F});
   Alloc(device_, m.dtmp, {N, C});
+  if (c.sigma_reparam) m.dw_eff.SetZero();  // each layer's dW_eff is accumulated onto (LinearBackward)
 
   // dx laid out as x.
   const auto norm_back = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, const NormActs& a,
@@ -575,9 +590,8 @@ absl::Status Model::Backward(float dloss) {
   };
   // With y_pre: dy is the gradient of act(y_pre), the activation's backward comes first
   // (LinearActivationBackward, d_pre its scratch).
-  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx,
-                               const Tensor* y_pre = nullptr, float* d_pre = nullptr) {
-    if (lin.gain) lin.dw_eff.SetZero();
+  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx, const Tensor* y_pre = nullptr,
+                               float* d_pre = nullptr) {
     float* db = lin.b ? lin.b->grad.f32() : nullptr;
     if (y_pre) {
       be.LinearActivationBackward(c.activation, x.f32(), lin.weight(), y_pre->f32(), dy, N, lin.in, lin.out, d_pre,
