@@ -588,17 +588,13 @@ absl::Status Model::Backward(float dloss) {
     be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
                        n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr);
   };
-  // With y_pre: dy is the gradient of act(y_pre), the activation's backward comes first
-  // (LinearActivationBackward, d_pre its scratch).
-  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx, const Tensor* y_pre = nullptr,
-                               float* d_pre = nullptr) {
-    float* db = lin.b ? lin.b->grad.f32() : nullptr;
-    if (y_pre) {
-      be.LinearActivationBackward(c.activation, x.f32(), lin.weight(), y_pre->f32(), dy, N, lin.in, lin.out, d_pre,
-                                  dx, lin.weight_grad(), db, lin.kept.get());
-    } else {
-      be.LinearBackward(x.f32(), lin.weight(), dy, N, lin.in, lin.out, dx, lin.weight_grad(), db, lin.kept.get());
-    }
+  const auto gradients_of = [&](Linear& lin, const Tensor& x) {
+    return ops::Backend::LinearGradients{x.f32(), lin.weight(), lin.kept.get(), lin.weight_grad(),
+                                         lin.b ? lin.b->grad.f32() : nullptr};
+  };
+  const auto linear_back = [&](Linear& lin, const Tensor& x, const float* dy, float* dx) {
+    const ops::Backend::LinearGradients l = gradients_of(lin, x);
+    be.LinearBackward(l.x, l.w, dy, N, lin.in, lin.out, dx, l.dw, l.db, l.kept);
   };
 
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
@@ -619,9 +615,9 @@ absl::Status Model::Backward(float dloss) {
       norm_back(y.fc2_norm, y.fc2_out.f32(), rows_of_c, y.fn, g, N, C, m.t2.f32());
       g = m.t2.f32();
     }
-    linear_back(y.fc2, y.act, g, m.dF1.f32());
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
-    linear_back(y.fc1, a2, m.dF1.f32(), m.t3.f32(), &y.fc1_out, m.dF2.f32());
+    be.MlpBackward(c.activation, gradients_of(y.fc1, a2), gradients_of(y.fc2, y.act), y.fc1_out.f32(), g, N, C, F, C,
+                   m.dF1.f32(), m.dF2.f32(), m.t3.f32());
     if (y.n2.on()) {
       add_norm_back(y.n2, y.h, y.a2, m.t3.f32());
     } else {

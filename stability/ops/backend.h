@@ -167,6 +167,26 @@ class Backend {
     LinearBackward(x, w, d_pre, n, in, out, dx, dw, db, kept);
   }
 
+  // The MLP's backward, from dz (the gradient of z = h·w2ᵀ + b2, h = act(y_pre), y_pre =
+  // x·w1ᵀ + b1) to dx: LinearBackward of FC2 with dh its dx, then LinearActivationBackward
+  // of FC1 from dh — what the default does. dh [n, hidden] and d_pre [n, hidden] floats are
+  // scratch whose contents are the backend's: CUDA in bf16 has FC2's product write dh in
+  // bf16 (FC1's backward rounds act'(y_pre)·dh to bf16 anyway), half of dh's bytes written
+  // and read.
+  struct LinearGradients {
+    const float* x;            // the forward's input [n, in]
+    const float* w;            // the weight [out, in] the forward multiplied by
+    const Bf16Operands* kept;  // what the forward was given (nullable)
+    float* dw;                 // += dyᵀ·x
+    float* db;                 // += Σ_n dy (nullable)
+  };
+  virtual void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const float* y_pre,
+                           const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh, float* d_pre,
+                           float* dx) {
+    LinearBackward(fc2.x, fc2.w, dz, n, hidden, out, dh, fc2.dw, fc2.db, fc2.kept);
+    LinearActivationBackward(act, fc1.x, fc1.w, y_pre, dh, n, in, hidden, d_pre, dx, fc1.dw, fc1.db, fc1.kept);
+  }
+
   // Per row of width D: LayerNorm  y = (x − μ)·r·g + b,  r = 1/sqrt(var + eps)
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
   // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable. x's rows (and

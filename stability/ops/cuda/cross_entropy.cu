@@ -17,9 +17,6 @@ constexpr int kRowThreads = 256;
 
 __device__ inline float Cap(float l, float cap) { return cap > 0 ? cap * tanhf(l * (1.0f / cap)) : l; }
 
-__device__ inline float Load(const float* x) { return *x; }
-__device__ inline float Load(const __nv_bfloat16* x) { return __bfloat162float(*x); }
-
 // A running softmax denominator: Σ exp(z − m) over what was seen, m its largest z. A plain
 // aggregate (no initialisers), so that it may live in shared memory; Empty() starts one.
 struct MaxSum {

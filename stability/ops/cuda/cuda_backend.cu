@@ -242,21 +242,22 @@ __global__ void ActivationBackwardKernel(Activation act, const float* x, const f
   dx[i] = ActivationGrad(act, x[i], dy[i]);
 }
 
-// A bf16 linear backward's gradient in one pass: g = act'(pre)·dy (pre null: g = dy) stored
-// in bf16 (what the products read) and its column sums' partials for the bias gradient
-// (partials nullable), from the fp32 value — the same grid, order and bits as
-// ActivationBackwardKernel, ToBf16Kernel and ColumnPartialsKernel one after the other,
-// without the fp32 gradient written or read twice.
-__global__ void GradientToBf16Kernel(Activation act, const float* __restrict__ pre,
-                                             const float* __restrict__ dy, int64_t rows,
-                                             int64_t cols, __nv_bfloat16* d_pre, double* partials) {
+// A bf16 linear backward's gradient in one pass: g = act'(pre)·dy (pre null: g = dy; dy fp32
+// or bf16) stored in bf16 (what the products read) and its column sums' partials for the bias
+// gradient (partials nullable), from the fp32 value — with fp32 dy the same grid, order and
+// bits as ActivationBackwardKernel, ToBf16Kernel and ColumnPartialsKernel one after the
+// other, without the fp32 gradient written or read twice.
+template <typename DY>
+__global__ void GradientToBf16Kernel(Activation act, const float* __restrict__ pre, const DY* __restrict__ dy,
+                                     int64_t rows, int64_t cols, __nv_bfloat16* d_pre, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
   double s = 0;
 #pragma unroll 4
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
-    const float g = pre ? ActivationGrad(act, pre[r * cols + j], dy[r * cols + j]) : dy[r * cols + j];
+    const float d = Load(dy + r * cols + j);
+    const float g = pre ? ActivationGrad(act, pre[r * cols + j], d) : d;
     d_pre[r * cols + j] = __float2bfloat16_rn(g);
     s += g;
   }
@@ -665,31 +666,36 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                                     int64_t out, float* dx, float* dw, const Bf16Operands* kept) {
+                                     int64_t out, void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type) {
   if (dx) {
     const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
-    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, 0.0f, dx, in);
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, 0.0f, dx, in, 1, 0, 0, 0, dx_type);
   }
   const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);
   GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, dw, in);
 }
 
+template <typename DY>
+void CudaBackend::GradientToBf16(Activation act, const float* pre, const DY* dy, int64_t n, int64_t out,
+                                 __nv_bfloat16* d16, float* db) {
+  const int chunks = RowChunks(n);
+  double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double))) : nullptr;
+  GradientToBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, pre, dy, n, out, d16, partials);
+  STABILITY_CUDA_LAUNCHED(pre ? "GradientToBf16Kernel" : "GradientToBf16Kernel (dy)");
+  if (db) AddColumnTotals(partials, chunks, out, db);
+}
+
+__nv_bfloat16* CudaBackend::GradientOperand(const float* dy, int64_t n, int64_t out, float* db) {
+  if (!db) return ToBf16(dy, n * out, kBf16C);
+  auto* dy16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * out * sizeof(__nv_bfloat16)));
+  GradientToBf16(Activation::kGelu /*unused: no pre-activation*/, nullptr, dy, n, out, dy16, db);
+  return dy16;
+}
+
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db, const Bf16Operands* kept) {
-  if (precision_ == MatmulPrecision::kBf16) {  // dy rounded once for both products
-    if (!db) {
-      LinearBackwardBf16(x, w, ToBf16(dy, n * out, kBf16C), n, in, out, dx, dw, kept);
-      return;
-    }
-    // The bias gradient's sums taken in the pass that rounds dy: dy read once.
-    auto* dy16 = static_cast<__nv_bfloat16*>(Scratch(kBf16C, n * out * sizeof(__nv_bfloat16)));
-    const int chunks = RowChunks(n);
-    double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double)));
-    GradientToBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(
-        Activation::kGelu /*unused: no pre-activation*/, nullptr, dy, n, out, dy16, partials);
-    STABILITY_CUDA_LAUNCHED("GradientToBf16Kernel (dy)");
-    AddColumnTotals(partials, chunks, out, db);
-    LinearBackwardBf16(x, w, dy16, n, in, out, dx, dw, kept);
+  if (precision_ == MatmulPrecision::kBf16) {
+    LinearBackwardBf16(x, w, GradientOperand(dy, n, out, db), n, in, out, dx, dw, kept);
     return;
   }
   if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
@@ -705,13 +711,26 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
     return;
   }
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
-  const int chunks = RowChunks(n);
-  double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double))) : nullptr;
-  GradientToBf16Kernel<<<dim3(Blocks(out, kThreads), chunks), kThreads>>>(act, y_pre, dy, n, out, d16,
-                                                                                      partials);
-  STABILITY_CUDA_LAUNCHED("GradientToBf16Kernel");
-  if (db) AddColumnTotals(partials, chunks, out, db);
+  GradientToBf16(act, y_pre, dy, n, out, d16, db);
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
+}
+
+// bf16: FC2's dx product writes dh rounded to bf16 (into dh's first half), which FC1's
+// GradientToBf16Kernel reads: 2 bytes of dh written and read a value, not 4 — FC1's backward
+// rounds act'(y_pre)·dh to bf16 for its products either way.
+void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2,
+                              const float* y_pre, const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out,
+                              float* dh, float* d_pre, float* dx) {
+  if (precision_ != MatmulPrecision::kBf16) {
+    Backend::MlpBackward(act, fc1, fc2, y_pre, dz, n, in, hidden, out, dh, d_pre, dx);
+    return;
+  }
+  auto* dh16 = reinterpret_cast<__nv_bfloat16*>(dh);
+  LinearBackwardBf16(fc2.x, fc2.w, GradientOperand(dz, n, out, fc2.db), n, hidden, out, dh16, fc2.dw, fc2.kept,
+                     CUDA_R_16BF);
+  auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);
+  GradientToBf16(act, y_pre, dh16, n, hidden, d16, fc1.db);
+  LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
 }
 
 void CudaBackend::Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h,

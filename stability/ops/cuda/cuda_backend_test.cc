@@ -995,6 +995,48 @@ TEST_F(CudaBackendTest, LinearActivationBackwardIsTheActivationsThenTheLinears) 
   }
 }
 
+// The MLP's backward (FC2's, then FC1's with the activation's). fp32: the CPU's at the linear
+// layer's bars. bf16, where FC2's product writes dh in bf16 for FC1's backward: FC2's weight
+// and bias gradients (which do not read dh) bit for bit the GPU's own two ops', the rest at
+// the bf16 products' bar against the CPU's fp32.
+TEST_F(CudaBackendTest, MlpBackwardIsFc2sThenFc1s) {
+  const int64_t n = 80, in = 48, hidden = 192, out = 48;
+  std::vector<float> x = Random(n * in), w1 = Random(hidden * in, 0.2), pre = Random(n * hidden, 2.0),
+                     h = Random(n * hidden), w2 = Random(out * hidden, 0.1), dz = Random(n * out);
+  float *gx = Up(x), *gw1 = Up(w1), *gpre = Up(pre), *gh = Up(h), *gw2 = Up(w2), *gdz = Up(dz);
+  std::vector<float> dh(n * hidden), d_pre(n * hidden), dx(n * in), dw1(hidden * in, 0.5f), db1(hidden, 0.25f),
+      dw2(out * hidden, -0.5f), db2(out, 1.0f);
+  cpu_->MlpBackward(Activation::kGelu, {x.data(), w1.data(), nullptr, dw1.data(), db1.data()},
+                    {h.data(), w2.data(), nullptr, dw2.data(), db2.data()}, pre.data(), dz.data(), n, in, hidden, out,
+                    dh.data(), d_pre.data(), dx.data());
+  const std::vector<std::vector<float>> want = {dx, dw1, db1, dw2, db2};
+  const char* names[] = {"dx", "dw1", "db1", "dw2", "db2"};
+  // The GPU's MlpBackward (fused) or its LinearBackward then LinearActivationBackward.
+  const auto run = [&](bool fused) {
+    float *gdh = Up(dh), *gd = Up(d_pre), *gdx = Up(dx), *gdw1 = Up(std::vector<float>(hidden * in, 0.5f)),
+          *gdb1 = Up(std::vector<float>(hidden, 0.25f)), *gdw2 = Up(std::vector<float>(out * hidden, -0.5f)),
+          *gdb2 = Up(std::vector<float>(out, 1.0f));
+    if (fused) {
+      gpu_->MlpBackward(Activation::kGelu, {gx, gw1, nullptr, gdw1, gdb1}, {gh, gw2, nullptr, gdw2, gdb2}, gpre, gdz, n,
+                        in, hidden, out, gdh, gd, gdx);
+    } else {
+      gpu_->LinearBackward(gh, gw2, gdz, n, hidden, out, gdh, gdw2, gdb2, nullptr);
+      gpu_->LinearActivationBackward(Activation::kGelu, gx, gw1, gpre, gdh, n, in, hidden, gd, gdx, gdw1, gdb1,
+                                     nullptr);
+    }
+    return std::vector<std::vector<float>>{Down(gdx, n * in), Down(gdw1, hidden * in), Down(gdb1, hidden),
+                                           Down(gdw2, out * hidden), Down(gdb2, out)};
+  };
+  const std::vector<std::vector<float>> fp32 = run(true);
+  for (int i = 0; i < 5; ++i) ExpectClose(fp32[i], want[i], 1e-5, 0, names[i]);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const std::vector<std::vector<float>> fused = run(true), apart = run(false);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  EXPECT_EQ(fused[3], apart[3]) << "bf16 dw2";
+  EXPECT_EQ(fused[4], apart[4]) << "bf16 db2";
+  for (int i = 0; i < 5; ++i) ExpectClose(fused[i], want[i], 1e-2, 0, names[i]);
+}
+
 // The host rounding the bf16 comparisons give both sides: round to nearest, ties to even.
 TEST(CudaBackendSetupTest, RoundToBf16TiesToEven) {
   const float ulp = std::ldexp(1.0f, -7);  // bf16's spacing in [1, 2)

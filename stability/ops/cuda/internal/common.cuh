@@ -111,6 +111,10 @@ struct MaxOp {
   __device__ FloatPair operator()(FloatPair x, FloatPair y) const { return {fmaxf(x.a, y.a), fmaxf(x.b, y.b)}; }
 };
 
+// An fp32 or bf16 buffer's value as fp32 (kernels templated on what they read).
+__device__ inline float Load(const float* x) { return *x; }
+__device__ inline float Load(const __nv_bfloat16* x) { return __bfloat162float(*x); }
+
 __device__ inline float ShuffleDown(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 __device__ inline double ShuffleDown(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 __device__ inline FloatPair ShuffleDown(FloatPair v, int o) { return {ShuffleDown(v.a, o), ShuffleDown(v.b, o)}; }
@@ -198,6 +202,9 @@ class CudaBackend final : public Backend {
   void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre, const float* dy,
                                 int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
                                 const Bf16Operands* kept) override;
+  void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const float* y_pre,
+                   const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh, float* d_pre,
+                   float* dx) override;
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override;
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
@@ -276,9 +283,17 @@ class CudaBackend final : public Backend {
                 const __nv_bfloat16* b, int64_t ldb, float beta, void* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0, cudaDataType c_type = CUDA_R_32F);
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
-  // copies, or rounded here).
-  void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                          int64_t out, float* dx, float* dw, const Bf16Operands* kept);
+  // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so.
+  void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in, int64_t out,
+                          void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F);
+  // A bf16 linear backward's gradient operand: act'(pre)·dy (pre null: dy, act unused), dy fp32
+  // or bf16, rounded to bf16 into d16, its column sums added to db (nullable) on the way.
+  // dy rounded to bf16 (scratch kBf16C) once for a linear backward's two products; with a
+  // bias gradient db, its sums taken in the same pass (dy read once).
+  __nv_bfloat16* GradientOperand(const float* dy, int64_t n, int64_t out, float* db);
+  template <typename DY>
+  void GradientToBf16(Activation act, const float* pre, const DY* dy, int64_t n, int64_t out, __nv_bfloat16* d16,
+                      float* db);
   // x[0, n) rounded to bf16 into `into` (n bf16 values) or, when null, scratch slot `slot`
   // (kBf16A/B/C).
   __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot, void* into = nullptr);
