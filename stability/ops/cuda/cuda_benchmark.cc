@@ -155,6 +155,35 @@ BENCHMARK(BM_Fc1Gelu)
     ->Args({1, 0, 2})
     ->UseManualTime();
 
+// The MLP's backward in bf16 (FC2's, then FC1's with GELU'). fused 1: MlpBackward, FC2's dx
+// product writing dh in bf16 for FC1's gradient pass; fused 0: LinearBackward then
+// LinearActivationBackward, dh in fp32. The difference is dh's bytes: 2·N·4C written and read.
+// args: shape, fused
+void BM_MlpBackward(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  const Shape s = kShapes[state.range(0)];
+  const int64_t c = s.h * s.hd, n = s.b * s.t, f = 4 * c;
+  Backend* be = Gpu();
+  be->SetMatmulPrecision(MatmulPrecision::kBf16);
+  Tensor x = Random(n * c), w1 = Random(f * c, 2), pre = Random(n * f, 3), h = Random(n * f, 4), w2 = Random(c * f, 5),
+         dz = Random(n * c, 6), dh = Random(n * f, 7), d_pre = Random(n * f, 8), dx = Random(n * c),
+         dw1 = Random(f * c), db1 = Random(f), dw2 = Random(c * f), db2 = Random(c);
+  const Backend::LinearGradients fc1{x.f32(), w1.f32(), nullptr, dw1.f32(), db1.f32()};
+  const Backend::LinearGradients fc2{h.f32(), w2.f32(), nullptr, dw2.f32(), db2.f32()};
+  Timed(state, [&] {
+    if (state.range(1) == 1) {
+      be->MlpBackward(Activation::kGelu, fc1, fc2, pre.f32(), dz.f32(), n, c, f, c, dh.f32(), d_pre.f32(), dx.f32());
+    } else {
+      be->LinearBackward(h.f32(), w2.f32(), dz.f32(), n, f, c, dh.f32(), dw2.f32(), db2.f32(), nullptr);
+      be->LinearActivationBackward(Activation::kGelu, x.f32(), w1.f32(), pre.f32(), dh.f32(), n, c, f, d_pre.f32(),
+                                   dx.f32(), dw1.f32(), db1.f32(), nullptr);
+    }
+  });
+  be->SetMatmulPrecision(MatmulPrecision::kFp32);
+  Report(state, 8.0 * n * c * f, 4.0 * (n * c + 2 * f * c + 3 * n * f));
+}
+BENCHMARK(BM_MlpBackward)->ArgNames({"shape", "fused"})->ArgsProduct({{0, 1}, {0, 1}})->UseManualTime();
+
 // args: shape, backward, soft cap (0/1), fused kernel (0: cuBLAS + softmax rows, 1: fused),
 // bf16 (1: bf16 products; the fused kernel on the tensor cores)
 void BM_Attention(benchmark::State& state) {
