@@ -1,45 +1,49 @@
 // LayerNorm and RMSNorm on the GPU: statistics in double through a fixed reduction tree;
-// forward one block per row, backward one block per chunk of rows with dx and the parameter
+// forward one warp a row, backward one block a chunk of rows with dx and the parameter
 // gradients' deterministic column sums in one pass over x and dy.
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
 namespace {
 
-constexpr int kRowThreads = 128;  // the forward's
+constexpr int kForwardWarps = 4;  // rows a block of the forward
 
-// With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to
-// sum and normalised from there; each thread reads back only what it wrote, so no barrier is
-// needed between the passes. __fmul_rn: a·s rounded on its own, as ChannelScaleKernel does.
-// y16 (nullable): y rounded to bf16 (the next product's operand), y then nullable.
+// One warp a row (lane l: columns l, l + 32, …), the statistics by shuffles alone: no block
+// barrier, and a per-head row (64 wide) keeps every lane busy. With a (AddNormForward; x
+// contiguous): the row of x + a ⊙ s (s nullable) is written to sum and normalised from there;
+// each lane reads back only what it wrote. __fmul_rn: a·s rounded on its own, as
+// ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next product's operand), y
+// then nullable.
 __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
-                                  const float* g, const float* b, int64_t d, float eps, float* sum, float* y,
-                                  __nv_bfloat16* y16, float* mean, float* rstd) {
-  const int64_t r = blockIdx.x;
+                                  const float* g, const float* b, int64_t rows, int64_t d, float eps, float* sum,
+                                  float* y, __nv_bfloat16* y16, float* mean, float* rstd) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x & 31;
   const float* xr = x + x_rows.Offset(r, d);
   if (a) {
     const float* ar = a + r * d;
     float* sr = sum + r * d;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sr[j] = xr[j] + (s ? __fmul_rn(ar[j], s[j]) : ar[j]);
+    for (int64_t j = lane; j < d; j += 32) sr[j] = xr[j] + (s ? __fmul_rn(ar[j], s[j]) : ar[j]);
     xr = sr;
   }
   double mu = 0;
   if (layer) {
     double s = 0;
-    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
-    mu = BlockSum(s) / d;
+    for (int64_t j = lane; j < d; j += 32) s += xr[j];
+    mu = WarpAllSum(s) / d;
   }
   double s2 = 0;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) s2 += (xr[j] - mu) * (xr[j] - mu);
-  const double var = BlockSum(s2) / d;
+  for (int64_t j = lane; j < d; j += 32) s2 += (xr[j] - mu) * (xr[j] - mu);
+  const double var = WarpAllSum(s2) / d;
   const float rs = static_cast<float>(1.0 / sqrt(var + eps));
   const float m = static_cast<float>(mu);
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+  for (int64_t j = lane; j < d; j += 32) {
     const float v = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
     if (y) y[r * d + j] = v;
     if (y16) y16[r * d + j] = __float2bfloat16_rn(v);
   }
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     if (mean) mean[r] = m;
     rstd[r] = rs;
   }
@@ -104,18 +108,18 @@ __nv_bfloat16* CudaBackend::NextOperand(Bf16Operands* next) {
 void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
                               int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                               Bf16Operands* next) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x, x_rows, nullptr,
-                                                                  nullptr, g, b, d, eps, nullptr, y, NextOperand(next),
-                                                                  mean, rstd);
+  NormForwardKernel<<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(kind == NormKind::kLayerNorm, x, x_rows,
+                                                                         nullptr, nullptr, g, b, rows, d, eps, nullptr,
+                                                                         y, NextOperand(next), mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
 void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                  const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                                  float* rstd, Bf16Operands* next) {
-  NormForwardKernel<<<static_cast<unsigned>(rows), kRowThreads>>>(kind == NormKind::kLayerNorm, x,
-                                                                  RowLayout::Contiguous(d), a, s, g, b, d, eps, sum, y,
-                                                                  NextOperand(next), mean, rstd);
+  NormForwardKernel<<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(kind == NormKind::kLayerNorm, x,
+                                                                         RowLayout::Contiguous(d), a, s, g, b, rows, d,
+                                                                         eps, sum, y, NextOperand(next), mean, rstd);
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
 

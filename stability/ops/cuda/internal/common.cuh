@@ -125,6 +125,12 @@ __device__ inline T WarpReduce(T v, Op op) {
   return v;  // lane 0 holds the result
 }
 __device__ inline double WarpSum(double v) { return WarpReduce(v, SumOp{}); }
+// Σ v over the warp in every lane: a butterfly, where the two lanes of each pair add the same
+// two values (addition commutes), so every lane ends with the same bits.
+__device__ inline double WarpAllSum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 __device__ inline float WarpSum(float v) { return WarpReduce(v, SumOp{}); }
 
 // For blockDim.x a multiple of 32 (≤ 1024); every thread gets the result. Each
