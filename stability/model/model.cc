@@ -33,6 +33,20 @@ struct Norm {
   bool on() const { return g != nullptr; }
 };
 
+// One zeroed fp32 buffer on `device` and, for each (view, shape), a view of its slot
+// (GradientSlot: 64-byte aligned, in order) — the model's gradients, σ-reparam's dW_eff.
+Tensor OneBuffer(Device device, const std::vector<std::pair<Tensor*, Shape>>& views) {
+  int64_t total = 0;
+  for (const auto& [view, shape] : views) total += GradientSlot(NumElements(shape));
+  Tensor buffer = Tensor::Zeros({total}, DType::kF32, device);
+  int64_t offset = 0;
+  for (const auto& [view, shape] : views) {
+    *view = buffer.View(offset, shape);
+    offset += GradientSlot(NumElements(shape));
+  }
+  return buffer;
+}
+
 // A linear layer's operands rounded to bf16 by its forward and read back by its backward
 // (ops::Bf16Operands), where the backend uses them; nothing is kept otherwise.
 struct KeptOperands {
@@ -228,12 +242,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     for (Parameter& p : m->params_) p.value = p.value.To(device);
     for (auto& [name, t] : m->buffers_) t = t.To(device);
   }
-  m->gradients_ = Tensor::Zeros({GradientBufferFloats(c)}, DType::kF32, device);
-  int64_t offset = 0;
-  for (Parameter& p : m->params_) {
-    p.grad = m->gradients_.View(offset, p.value.shape());  // throws if ParameterSizes disagrees
-    offset += GradientSlot(p.value.numel());
-  }
+  std::vector<std::pair<Tensor*, Shape>> grads;
+  for (Parameter& p : m->params_) grads.emplace_back(&p.grad, p.value.shape());
+  m->gradients_ = OneBuffer(device, grads);  // GradientBufferFloats(c) floats: the memory estimate's
 
   // Resolve names to pointers now that params_ no longer grows.
   Impl& impl = *m->impl_;
@@ -282,18 +293,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelConfig& config, 
     y.ls2 = param(h + "fc2_scale");
   }
   if (c.sigma_reparam) {
-    int64_t total = 0;
+    std::vector<std::pair<Tensor*, Shape>> dw_eff;
     for (Layer& y : impl.layers) {
-      for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) total += GradientSlot(lin->out * lin->in);
+      for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) dw_eff.emplace_back(&lin->dw_eff, Shape{lin->out, lin->in});
     }
-    impl.dw_eff = Tensor::Empty({total}, DType::kF32, device);
-    int64_t offset = 0;
-    for (Layer& y : impl.layers) {
-      for (Linear* lin : {&y.qkv, &y.proj, &y.fc1, &y.fc2}) {
-        lin->dw_eff = impl.dw_eff.View(offset, {lin->out, lin->in});
-        offset += GradientSlot(lin->out * lin->in);
-      }
-    }
+    impl.dw_eff = OneBuffer(device, dw_eff);
   }
   // One power-iteration step now, so σ is defined even before the first training step.
   if (c.sigma_reparam) m->backend_->SigmaReparamForwardEach(SigmaReparamLayers(impl.layers), true);

@@ -569,8 +569,7 @@ void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, floa
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * cols * sizeof(double)));
   ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), chunks), kThreads>>>(x, rows, cols, partials);
   STABILITY_CUDA_LAUNCHED("ColumnPartialsKernel");
-  ColumnTotalsKernel<<<Blocks(cols, 32), 32 * kTotalsWarps>>>(partials, cols, chunks, out);
-  STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
+  AddColumnTotals(partials, chunks, cols, out);
 }
 
 void CudaBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
@@ -772,8 +771,7 @@ void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const flo
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * c * sizeof(double)));
   ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), chunks), kThreads>>>(x, s, dy, n, c, dx, partials);
   STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
-  ColumnTotalsKernel<<<Blocks(c, 32), 32 * kTotalsWarps>>>(partials, c, chunks, ds);
-  STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
+  AddColumnTotals(partials, chunks, c, ds);
 }
 
 void CudaBackend::AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1,
