@@ -20,7 +20,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   m.optimizer = 4 * 2 * P;
 
   // Forward, per layer and token (floats): a norm keeps y, mean and rstd (C + 2).
-  int64_t layer = 3 * C + H + C + C + C + 2 * F + C + C;  // qkv, lse, att, proj, h, fc1 + act, fc2, stream
+  int64_t layer = 3 * C + H + C + C + C + F + C + C;  // qkv, lse, att, proj, h, act, fc2, stream (+ FC1's, below)
   if (c.n1) layer += C + 2;
   if (c.n2) layer += C + 2;
   if (c.qk_norm) layer += 2 * (C + stats);
@@ -33,8 +33,9 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   if (c.layer_scale && !c.n1) forward += (L - 1) * C * N;  // LS2's output before a block without N1
   if (probs) forward += L * batch * H * seq * seq;
   const int64_t backward = (12 * C + 2 * F) * N;         // dres, dxf, t1–t3, dq, dk, dv, dqkv, dF1, dF2, dtmp
-  m.activations = 4 * (forward + backward) + 4 * 2 * N;  // + the token ids and targets
-  m.logits = be.LogitBytes() * N * V;                    // the logits (their gradient in place)
+  // + the token ids and targets, and FC1's pre-activation in the backend's saved format
+  m.activations = 4 * (forward + backward) + 4 * 2 * N + L * N * F * be.SavedValueBytes();
+  m.logits = be.SavedValueBytes() * N * V;  // the logits (their gradient in place)
 
   if (be.KeepsBf16Operands()) m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C);
   // The GEMM attention's backward tile (and the clipped probabilities) are the backend's

@@ -397,21 +397,26 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // y = x·wᵀ + b; with `act`, also act = activation(y) (one fused op where the backend can),
   // which `next` multiplies next: where the backend keeps bf16 operands, act goes straight
   // into next's bf16 input and its fp32 copy is written only for telemetry.
+  // With `act`, y is the pre-activation the backward reads, in the backend's saved format.
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
                               Linear* next = nullptr) {
-    Alloc(device_, y, {N, lin.out});
+    Alloc(device_, y, {N, lin.out}, act && be.SavedValueBytes() == 2 ? DType::kBF16 : DType::kF32);
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
     ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
     if (act) {
       Alloc(device_, *act, {N, lin.out});
       ops::Bf16Operands* next_kept = next ? kept_of(*next) : nullptr;
-      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(),
+      be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.data(),
                                  fp32_out(*act, next_kept), kept, next_kept);
     } else {
       be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), kept);
     }
     if (telemetry_on_) {
-      be.QueueMeanRowNorm(y.f32(), N, lin.out);
+      if (act) {
+        be.QueueMeanRowNormOfSaved(y.data(), N, lin.out);
+      } else {
+        be.QueueMeanRowNorm(y.f32(), N, lin.out);
+      }
       queued.emplace_back(telemetry_.Slot(name + ".out_norm"), false);
       be.QueueMeanRowNorm(x.f32(), N, lin.in);
       queued.emplace_back(telemetry_.Slot(name + ".in_norm"), false);
@@ -541,7 +546,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   }
   if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf, head_kept());  // else in the last add
   // The logits in the backend's storage (fp32, or bf16 where the products are bf16).
-  Alloc(device_, m.logits, {N, V}, be.LogitBytes() == 2 ? DType::kBF16 : DType::kF32);
+  Alloc(device_, m.logits, {N, V}, be.SavedValueBytes() == 2 ? DType::kBF16 : DType::kF32);
   Alloc(device_, m.lse, {N});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   ops::CrossEntropyStats ce;
@@ -620,7 +625,7 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
-    be.MlpBackward(c.activation, gradients_of(y.fc1, a2), gradients_of(y.fc2, y.act), y.fc1_out.f32(), g, N, C, F, C,
+    be.MlpBackward(c.activation, gradients_of(y.fc1, a2), gradients_of(y.fc2, y.act), y.fc1_out.data(), g, N, C, F, C,
                    m.dF1.f32(), m.dF2.f32(), m.t3.f32());
     if (y.n2.on()) {
       add_norm_back(y.n2, y.h, y.a2, m.t3.f32());

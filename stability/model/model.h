@@ -88,7 +88,7 @@ class Model {
 
   const Telemetry& telemetry() const { return telemetry_; }
   // [B·T, vocab_size] of the last Forward, on the model's device, in the backend's storage
-  // (fp32; bf16 where the matrix products are bf16: Backend::LogitBytes) — until Backward,
+  // (fp32; bf16 where the matrix products are bf16: Backend::SavedValueBytes) — until Backward,
   // which overwrites them with their gradient (no second N×V buffer).
   const Tensor& logits() const;
 

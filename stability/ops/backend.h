@@ -126,6 +126,11 @@ class Backend {
   virtual bool SetAttentionKernel(AttentionKernel kernel) { return kernel == AttentionKernel::kGemm; }
   // Whether the linear ops use Bf16Operands (passing them elsewhere is harmless: ignored).
   virtual bool KeepsBf16Operands() const { return false; }
+  // The bytes of a value the forward ops save for their backward in the backend's own format
+  // — the loss head's logits (and their gradient, in place) and FC1's pre-activation: 4
+  // (fp32), or 2 where the matrix products are bf16 and these are kept in bf16 (their math
+  // stays fp32; the traffic and memory halve). The caller allocates them at this size.
+  virtual int64_t SavedValueBytes() const { return 4; }
   // Free and total memory of this backend's device now.
   virtual DeviceMemory Memory() const { return {}; }
 
@@ -140,16 +145,20 @@ class Backend {
   virtual void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                              float* y, Bf16Operands* kept) = 0;
   // y_pre = x·wᵀ + b and y = act(y_pre): LinearForward then ActivationForward, which a
-  // backend may fuse (CUDA in bf16: one cuBLASLt product with a bias + GELU epilogue).
-  // next (nullable): the Bf16Operands of the product that reads y. A backend that keeps
-  // bf16 operands then writes y rounded straight into next->x (the value that product
-  // would round: the same bits) and sets next->x_rounded, and y itself only where y is not
-  // null (the caller's fp32 copy, for telemetry). Elsewhere next is ignored and y required.
+  // backend may fuse. y_pre [n, out] is saved for the backward in the backend's format
+  // (SavedValueBytes() a value; CUDA in bf16 keeps it in bf16, from one cuBLASLt product with
+  // a bias + GELU epilogue that writes it beside y). act is taken of the unrounded
+  // pre-activation either way. next (nullable): the Bf16Operands of the product that reads y.
+  // A backend that keeps bf16 operands then writes y rounded straight into next->x (the value
+  // that product would round) and sets next->x_rounded, and y itself only where y is not
+  // null (the caller's fp32 copy, for telemetry: the rounded value, what that product reads).
+  // Elsewhere next is ignored and y required.
   virtual void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                       int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept,
+                                       int64_t in, int64_t out, void* y_pre, float* y, Bf16Operands* kept,
                                        Bf16Operands* next) {
-    LinearForward(x, w, b, n, in, out, y_pre, kept);
-    ActivationForward(act, y_pre, n * out, y);
+    auto* pre = static_cast<float*>(y_pre);
+    LinearForward(x, w, b, n, in, out, pre, kept);
+    ActivationForward(act, pre, n * out, y);
   }
   // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable); kept: what
   // this layer's LinearForward was given (nullable)
@@ -157,19 +166,21 @@ class Backend {
                               float* dx, float* dw, float* db, const Bf16Operands* kept) = 0;
 
   // The backward of LinearActivationForward: d_pre = act'(y_pre) ⊙ dy, then LinearBackward
-  // with it (dx = d_pre·w, dw += d_preᵀ·x, db += Σ_n d_pre). d_pre [n, out] floats is
+  // with it (dx = d_pre·w, dw += d_preᵀ·x, db += Σ_n d_pre). y_pre: as the forward saved it
+  // (SavedValueBytes() a value). d_pre [n, out] floats is
   // scratch whose contents are the backend's (CUDA in bf16 writes d_pre straight in bf16 into
   // its first half, the bias gradient's sums taken on the way: no fp32 pass).
-  virtual void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre,
+  virtual void LinearActivationBackward(Activation act, const float* x, const float* w, const void* y_pre,
                                         const float* dy, int64_t n, int64_t in, int64_t out, float* d_pre, float* dx,
                                         float* dw, float* db, const Bf16Operands* kept) {
-    ActivationBackward(act, y_pre, dy, n * out, d_pre);
+    ActivationBackward(act, static_cast<const float*>(y_pre), dy, n * out, d_pre);
     LinearBackward(x, w, d_pre, n, in, out, dx, dw, db, kept);
   }
 
   // The MLP's backward, from dz (the gradient of z = h·w2ᵀ + b2, h = act(y_pre), y_pre =
-  // x·w1ᵀ + b1) to dx: LinearBackward of FC2 with dh its dx, then LinearActivationBackward
-  // of FC1 from dh — what the default does. dh [n, hidden] and d_pre [n, hidden] floats are
+  // x·w1ᵀ + b1, saved as LinearActivationForward saved it) to dx: LinearBackward of FC2 with
+  // dh its dx, then LinearActivationBackward of FC1 from dh — what the default does. dh
+  // [n, hidden] and d_pre [n, hidden] floats are
   // scratch whose contents are the backend's: CUDA in bf16 has FC2's product write dh in
   // bf16 (FC1's backward rounds act'(y_pre)·dh to bf16 anyway), half of dh's bytes written
   // and read.
@@ -180,7 +191,7 @@ class Backend {
     float* dw;                 // += dyᵀ·x
     float* db;                 // += Σ_n dy (nullable)
   };
-  virtual void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const float* y_pre,
+  virtual void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const void* y_pre,
                            const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh, float* d_pre,
                            float* dx) {
     LinearBackward(fc2.x, fc2.w, dz, n, hidden, out, dh, fc2.dw, fc2.db, fc2.kept);
@@ -291,12 +302,10 @@ class Backend {
                                     int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) = 0;
 
   // The loss head as two ops, whose N×V logits and logit gradient are stored as the backend
-  // chooses: LogitBytes() a value — 4 (fp32), or 2 where the matrix products are bf16 and
-  // the head writes its logits and their gradient in bf16, as Megatron/NeMo do (the loss's
-  // math stays fp32; the N×V traffic and memory halve).
-  virtual int64_t LogitBytes() const { return 4; }
+  // chooses: SavedValueBytes() a value, as Megatron/NeMo do in bf16 (the loss's math
+  // stays fp32; the N×V traffic and memory halve).
   // logits = x·wᵀ (x [N, C], w [V, C], no bias; kept as LinearForward's), then
-  // CrossEntropyForward. logits: N·V·LogitBytes() bytes, read back by the backward.
+  // CrossEntropyForward. logits: N·V·SavedValueBytes() bytes, read back by the backward.
   virtual void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                          int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
                                          CrossEntropyStats* stats, Bf16Operands* kept) {
@@ -304,7 +313,7 @@ class Backend {
     LinearForward(x, w, nullptr, n, c, v, l, kept);
     CrossEntropyForward(l, targets, n, v, opt, lse, stats);
   }
-  // CrossEntropyBackward into dlogits [N, V] (N·V·LogitBytes() bytes; may be logits, which
+  // CrossEntropyBackward into dlogits [N, V] (N·V·SavedValueBytes() bytes; may be logits, which
   // the model passes: no second N×V buffer), then the head's LinearBackward:
   // dx = dlogits·w (overwritten), dw += dlogitsᵀ·x.
   virtual void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
@@ -360,6 +369,10 @@ class Backend {
   }
   virtual void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
     queued_.push_back(MeanRowNorm(x, rows, d));
+  }
+  // QueueMeanRowNorm of values a forward op saved (SavedValueBytes() each).
+  virtual void QueueMeanRowNormOfSaved(const void* x, int64_t rows, int64_t d) {
+    QueueMeanRowNorm(static_cast<const float*>(x), rows, d);
   }
   virtual std::vector<double> ReadQueued() { return std::exchange(queued_, {}); }
   // *x (one float on the device) into the batch.

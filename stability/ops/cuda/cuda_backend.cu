@@ -139,13 +139,17 @@ __global__ void ColumnTotalsKernel(const double* partials, int64_t cols, int chu
   }
 }
 
-// One warp per row: ‖x[r, :]‖ in double.
-__global__ void RowNormsKernel(const float* x, int64_t rows, int64_t d, double* norms) {
+// One warp per row: ‖x[r, :]‖ in double (x fp32 or bf16).
+template <typename In>
+__global__ void RowNormsKernel(const In* x, int64_t rows, int64_t d, double* norms) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (r >= rows) return;
   const int lane = threadIdx.x & 31;
   double s = 0;
-  for (int64_t j = lane; j < d; j += 32) s += static_cast<double>(x[r * d + j]) * x[r * d + j];
+  for (int64_t j = lane; j < d; j += 32) {
+    const double v = Load(x + r * d + j);
+    s += v * v;
+  }
   s = WarpSum(s);
   if (lane == 0) norms[r] = sqrt(s);
 }
@@ -213,14 +217,29 @@ __global__ void ActivationForwardKernel(Activation act, const float* x, int64_t 
   if (i < n) y[i] = ActivationValue(act, x[i]);
 }
 
-// act(pre) rounded to bf16 into y16 (the next product's operand) and, where y is given, in
-// fp32: ActivationForwardKernel then ToBf16Kernel in one pass, without y written and read.
-__global__ void ActivationToBf16Kernel(Activation act, const float* pre, int64_t n, float* y, __nv_bfloat16* y16) {
+// FC1's epilogue where cuBLASLt's is not taken, in one pass over a row chunk of the fp32
+// product z [rows, cols]: v = z + b (b16 nullable: the bias as cuBLASLt's bf16 epilogue adds
+// it), saved in bf16 (pre16), and act(v) rounded into the next product's operand y16 (with
+// y, where given, that rounded value) or, without y16, y = act(v) in fp32.
+__global__ void PreActivationKernel(Activation act, const float* z, const __nv_bfloat16* b16, int64_t rows,
+                                    int64_t cols, __nv_bfloat16* pre16, float* y, __nv_bfloat16* y16) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n) return;
-  const float v = ActivationValue(act, pre[i]);
-  y16[i] = __float2bfloat16_rn(v);
-  if (y) y[i] = v;
+  if (i >= rows * cols) return;
+  const float v = b16 ? z[i] + __bfloat162float(b16[i % cols]) : z[i];
+  pre16[i] = __float2bfloat16_rn(v);
+  const float a = ActivationValue(act, v);
+  if (y16) {
+    const __nv_bfloat16 r = __float2bfloat16_rn(a);
+    y16[i] = r;
+    if (y) y[i] = __bfloat162float(r);
+  } else {
+    y[i] = a;
+  }
+}
+
+__global__ void WidenKernel(const __nv_bfloat16* x, int64_t n, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = __bfloat162float(x[i]);
 }
 
 // dy·act'(v): the one formula of both backward kernels below, not inlined so that both run
@@ -242,13 +261,14 @@ __global__ void ActivationBackwardKernel(Activation act, const float* x, const f
   dx[i] = ActivationGrad(act, x[i], dy[i]);
 }
 
-// A bf16 linear backward's gradient in one pass: g = act'(pre)·dy (pre null: g = dy; dy fp32
-// or bf16) stored in bf16 (what the products read) and its column sums' partials for the bias
-// gradient (partials nullable), from the fp32 value — with fp32 dy the same grid, order and
-// bits as ActivationBackwardKernel, ToBf16Kernel and ColumnPartialsKernel one after the
-// other, without the fp32 gradient written or read twice.
+// A bf16 linear backward's gradient in one pass: g = act'(pre)·dy (pre: the bf16 saved
+// pre-activation; null: g = dy; dy fp32 or bf16) stored in bf16 (what the products read) and
+// its column sums' partials for the bias gradient (partials nullable), from the fp32 value —
+// with fp32 dy the same grid, order and bits as ActivationBackwardKernel (of pre widened),
+// ToBf16Kernel and ColumnPartialsKernel one after the other, without the fp32 gradient
+// written or read twice.
 template <typename DY>
-__global__ void GradientToBf16Kernel(Activation act, const float* __restrict__ pre, const DY* __restrict__ dy,
+__global__ void GradientToBf16Kernel(Activation act, const __nv_bfloat16* __restrict__ pre, const DY* __restrict__ dy,
                                      int64_t rows, int64_t cols, __nv_bfloat16* d_pre, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y, chunks = gridDim.y;
@@ -257,7 +277,7 @@ __global__ void GradientToBf16Kernel(Activation act, const float* __restrict__ p
 #pragma unroll 4
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
     const float d = Load(dy + r * cols + j);
-    const float g = pre ? ActivationGrad(act, pre[r * cols + j], d) : d;
+    const float g = pre ? ActivationGrad(act, __bfloat162float(pre[r * cols + j]), d) : d;
     d_pre[r * cols + j] = __float2bfloat16_rn(g);
     s += g;
   }
@@ -483,7 +503,8 @@ double CudaBackend::Dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void CudaBackend::RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out) {
+template <typename In>
+void CudaBackend::RowNormSumInto(const In* x, int64_t rows, int64_t d, double* out) {
   double* norms = static_cast<double*>(Scratch(kRowStats, std::max<int64_t>(rows, 1) * sizeof(double)));
   RowNormsKernel<<<Blocks(rows * 32, kThreads), kThreads>>>(x, rows, d, norms);
   STABILITY_CUDA_LAUNCHED("RowNormsKernel");
@@ -542,6 +563,14 @@ void CudaBackend::QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) {
     return;
   }
   RowNormSumInto(x, rows, d, NextQueueSlot(static_cast<double>(rows)));
+}
+
+void CudaBackend::QueueMeanRowNormOfSaved(const void* x, int64_t rows, int64_t d) {
+  if (SavedValueBytes() == 4 || rows == 0) {
+    QueueMeanRowNorm(static_cast<const float*>(x), rows, d);
+    return;
+  }
+  RowNormSumInto(static_cast<const __nv_bfloat16*>(x), rows, d, NextQueueSlot(static_cast<double>(rows)));
 }
 
 std::vector<double> CudaBackend::ReadQueued() {
@@ -605,30 +634,29 @@ std::pair<const __nv_bfloat16*, const __nv_bfloat16*> CudaBackend::ForwardOperan
   return {x16, ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr)};
 }
 
-bool CudaBackend::LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n,
-                                  int64_t in, int64_t out, float* y, float* gelu_pre) {
+bool CudaBackend::LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const void* b, int64_t n,
+                                  int64_t in, int64_t out, void* y, cudaDataType y_type, void* gelu_pre) {
   constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
-  if (!lt_->Ready(n, in, out, b, gelu_pre, kWorkspaceBytes)) return false;
-  return lt_->Forward(x16, w16, b, n, in, out, y, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes), kWorkspaceBytes);
+  if (!lt_->Ready(n, in, out, b, y_type, gelu_pre, kWorkspaceBytes)) return false;
+  return lt_->Forward(x16, w16, b, n, in, out, y, y_type, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes),
+                      kWorkspaceBytes);
 }
 
 void CudaBackend::ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
-                              int64_t out, float* y, float* gelu_pre) {
-  if ((b || gelu_pre) && LtLinearForward(x16, w16, b, n, in, out, y, gelu_pre)) return;  // the epilogue fused
-  float* z = gelu_pre ? gelu_pre : y;
-  GemmBf16(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x16, in, w16, in, 0.0f, z, out);
+                              int64_t out, float* y) {
+  if (b && LtLinearForward(x16, w16, b, n, in, out, y, CUDA_R_32F, nullptr)) return;  // the epilogue fused
+  GemmBf16(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x16, in, w16, in, 0.0f, y, out);
   if (b) {
-    AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(z, b, n, out);
+    AddRowVectorKernel<<<Blocks(n * out, kThreads), kThreads>>>(y, b, n, out);
     STABILITY_CUDA_LAUNCHED("AddRowVectorKernel");
   }
-  if (gelu_pre) ActivationForward(Activation::kGelu, gelu_pre, n * out, y);
 }
 
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                                 float* y, Bf16Operands* kept) {
   if (precision_ == MatmulPrecision::kBf16) {  // the operands rounded into the kept copies, if any
     const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
-    ForwardBf16(x16, w16, b, n, in, out, y, nullptr);
+    ForwardBf16(x16, w16, b, n, in, out, y);
     return;
   }
   Gemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
@@ -638,30 +666,40 @@ void CudaBackend::LinearForward(const float* x, const float* w, const float* b, 
   }
 }
 
-// bf16 with `next`: the product with its bias (epilogue), then one pass writes act(y_pre)
-// rounded into the next product's operand (its forward will not round y again) and y only
-// where asked: y's fp32 write and read and the next forward's rounding pass are saved. bf16
-// without `next`, GELU: one cuBLASLt product with the bias + GELU epilogue.
+// bf16: y_pre saved in bf16, the bias rounded to bf16 as cuBLASLt's bf16 epilogue takes it.
+// GELU into `next`: one cuBLASLt product with the bias + GELU epilogue writing y rounded
+// straight into next's operand and y_pre beside it — no fp32 pass over the N×4C values (y
+// widened from next's operand only where asked, for telemetry). Otherwise the product in fp32
+// by row chunks (kPreActivationChunkBytes of scratch), each then one PreActivationKernel
+// pass: the same values from the same bf16 bias, the activation ours.
+constexpr int64_t kPreActivationChunkBytes = 16 << 20;
 void CudaBackend::LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
-                                          int64_t in, int64_t out, float* y_pre, float* y, Bf16Operands* kept,
+                                          int64_t in, int64_t out, void* y_pre, float* y, Bf16Operands* kept,
                                           Bf16Operands* next) {
   if (precision_ != MatmulPrecision::kBf16) {
     Backend::LinearActivationForward(act, x, w, b, n, in, out, y_pre, y, kept, next);
     return;
   }
   const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
-  if (__nv_bfloat16* y16 = NextOperand(next)) {
-    ForwardBf16(x16, w16, b, n, in, out, y_pre, nullptr);
-    ActivationToBf16Kernel<<<Blocks(n * out, kThreads), kThreads>>>(act, y_pre, n * out, y, y16);
-    STABILITY_CUDA_LAUNCHED("ActivationToBf16Kernel");
+  const __nv_bfloat16* b16 = b ? ToBf16(b, out, kBf16Bias) : nullptr;
+  auto* pre16 = static_cast<__nv_bfloat16*>(y_pre);
+  __nv_bfloat16* y16 = NextOperand(next);
+  if (y16 && act == Activation::kGelu && LtLinearForward(x16, w16, b16, n, in, out, y16, CUDA_R_16BF, pre16)) {
+    if (y) {
+      WidenKernel<<<Blocks(n * out, kThreads), kThreads>>>(y16, n * out, y);
+      STABILITY_CUDA_LAUNCHED("WidenKernel");
+    }
     return;
   }
-  if (act == Activation::kGelu) {
-    ForwardBf16(x16, w16, b, n, in, out, y, y_pre);
-    return;
+  const int64_t chunk = std::max<int64_t>(1, kPreActivationChunkBytes / (out * static_cast<int64_t>(sizeof(float))));
+  for (int64_t r = 0; r < n; r += chunk) {
+    const int64_t rows = std::min(chunk, n - r);
+    auto* z = static_cast<float*>(Scratch(kPreActivation, rows * out * sizeof(float)));
+    GemmBf16(Trans::kNo, Trans::kYes, rows, out, in, 1.0f, x16 + r * in, in, w16, in, 0.0f, z, out);
+    PreActivationKernel<<<Blocks(rows * out, kThreads), kThreads>>>(
+        act, z, b16, rows, out, pre16 + r * out, y ? y + r * out : nullptr, y16 ? y16 + r * out : nullptr);
+    STABILITY_CUDA_LAUNCHED("PreActivationKernel");
   }
-  ForwardBf16(x16, w16, b, n, in, out, y_pre, nullptr);
-  ActivationForward(act, y_pre, n * out, y);
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
@@ -675,7 +713,7 @@ void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_
 }
 
 template <typename DY>
-void CudaBackend::GradientToBf16(Activation act, const float* pre, const DY* dy, int64_t n, int64_t out,
+void CudaBackend::GradientToBf16(Activation act, const __nv_bfloat16* pre, const DY* dy, int64_t n, int64_t out,
                                  __nv_bfloat16* d16, float* db) {
   const int chunks = RowChunks(n);
   double* partials = db ? static_cast<double*>(Scratch(kColumnPartials, chunks * out * sizeof(double))) : nullptr;
@@ -702,24 +740,24 @@ void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy
   if (db) AddColumnSums(dy, n, out, db);
 }
 
-void CudaBackend::LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre,
-                                           const float* dy, int64_t n, int64_t in, int64_t out, float* d_pre,
-                                           float* dx, float* dw, float* db, const Bf16Operands* kept) {
+void CudaBackend::LinearActivationBackward(Activation act, const float* x, const float* w, const void* y_pre,
+                                           const float* dy, int64_t n, int64_t in, int64_t out, float* d_pre, float* dx,
+                                           float* dw, float* db, const Bf16Operands* kept) {
   if (precision_ != MatmulPrecision::kBf16) {
     Backend::LinearActivationBackward(act, x, w, y_pre, dy, n, in, out, d_pre, dx, dw, db, kept);
     return;
   }
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
-  GradientToBf16(act, y_pre, dy, n, out, d16, db);
+  GradientToBf16(act, static_cast<const __nv_bfloat16*>(y_pre), dy, n, out, d16, db);
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
 
 // bf16: FC2's dx product writes dh rounded to bf16 (into dh's first half), which FC1's
 // GradientToBf16Kernel reads: 2 bytes of dh written and read a value, not 4 — FC1's backward
 // rounds act'(y_pre)·dh to bf16 for its products either way.
-void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2,
-                              const float* y_pre, const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out,
-                              float* dh, float* d_pre, float* dx) {
+void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const void* y_pre,
+                              const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh,
+                              float* d_pre, float* dx) {
   if (precision_ != MatmulPrecision::kBf16) {
     Backend::MlpBackward(act, fc1, fc2, y_pre, dz, n, in, hidden, out, dh, d_pre, dx);
     return;
@@ -728,7 +766,7 @@ void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const 
   LinearBackwardBf16(fc2.x, fc2.w, GradientOperand(dz, n, out, fc2.db), n, hidden, out, dh16, fc2.dw, fc2.kept,
                      CUDA_R_16BF);
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);
-  GradientToBf16(act, y_pre, dh16, n, hidden, d16, fc1.db);
+  GradientToBf16(act, static_cast<const __nv_bfloat16*>(y_pre), dh16, n, hidden, d16, fc1.db);
   LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
 }
 

@@ -78,6 +78,36 @@ class CudaBackendTest : public ::testing::Test {
     t.CopyToHost(h.data());
     return h;
   }
+  // bf16 buffers (a saved pre-activation, SavedValueBytes() = 2): h rounded to nearest even on
+  // the way up; n values widened on the way down.
+  void* UpBf16(const std::vector<float>& h) {
+    std::vector<uint16_t> bits(h.size());
+    for (size_t i = 0; i < h.size(); ++i) {
+      uint32_t u;
+      const float r = RoundToBf16(h[i]);
+      std::memcpy(&u, &r, 4);
+      bits[i] = static_cast<uint16_t>(u >> 16);
+    }
+    Tensor t = Tensor::Empty({static_cast<int64_t>(h.size())}, DType::kBF16, kGpu);
+    t.CopyFromHost(bits.data());
+    keep_.push_back(t);
+    return t.data();
+  }
+  std::vector<float> DownBf16(const void* d, int64_t n) {
+    const std::vector<float> pairs = Down(static_cast<const float*>(d), (n + 1) / 2);
+    std::vector<uint16_t> bits(pairs.size() * 2);
+    std::memcpy(bits.data(), pairs.data(), pairs.size() * sizeof(float));
+    std::vector<float> h(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
+      std::memcpy(&h[i], &u, 4);
+    }
+    return h;
+  }
+  static std::vector<float> RoundedToBf16(std::vector<float> v) {
+    for (float& x : v) x = RoundToBf16(x);
+    return v;
+  }
   static bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
   }
@@ -622,7 +652,7 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     const bool bf16 = precision == MatmulPrecision::kBf16;
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     ASSERT_TRUE(gpu_->SetMatmulPrecision(precision));
-    EXPECT_EQ(gpu_->LogitBytes(), bf16 ? 2 : 4);
+    EXPECT_EQ(gpu_->SavedValueBytes(), bf16 ? 2 : 4);
     // The forward: in bf16 the logits come out of the product rounded to bf16 (each within
     // 2^-9 of itself: ~3e-3 here, |z| ≲ 6), which moves the log-sum-exp by at most about as
     // much; 2e-3 of the largest lse (~7) and of the loss is the bar (fp32: 1e-5, the GEMMs'
@@ -641,7 +671,7 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     // In place (the logits overwritten with their gradient, as the model calls it): the same
     // bits; dw accumulates.
     const std::vector<float> dx_first = Down(gdx, n * c);
-    const int64_t logit_floats = n * v * gpu_->LogitBytes() / 4;
+    const int64_t logit_floats = n * v * gpu_->SavedValueBytes() / 4;
     gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gl, gdx, gdw, nullptr);
     EXPECT_TRUE(SameBits(Down(gl, logit_floats), Down(gdl, logit_floats))) << "the logits' gradient in place";
     EXPECT_TRUE(SameBits(Down(gdx, n * c), dx_first)) << "dx in place";
@@ -728,73 +758,85 @@ TEST_F(CudaBackendTest, SumSquaresOfEachEqualsEachSumSquares) {
 }
 
 // bf16 linear forwards through cuBLASLt with the bias, or the bias and GELU, fused into the
-// epilogue, and the unfused path where the epilogue's aux output rules cuBLASLt out (Out not
-// a multiple of 8) or the activation has no epilogue (ReLU): the bf16 bar of the test above
-// (1e-2 of the largest value) against the CPU's LinearForward then ActivationForward.
+// epilogue, and the unfused paths where the epilogue's aux output rules cuBLASLt out (Out not
+// a multiple of 8), the activation has no epilogue (ReLU) or no next operand takes the
+// activation: the bf16 bar of the test above (1e-2 of the largest value) against the CPU's
+// LinearForward then ActivationForward, for the pre-activation (saved in bf16:
+// SavedValueBytes() = 2), the activation in fp32 and, with `next`, the next operand — and
+// the fp32 copy asked for beside `next` is that operand's value, bit for bit. Out = 1,024 at
+// N = 4,200 takes two row chunks of the unfused path's fp32 scratch (16 MB).
 TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
-  const int64_t n = 128, in = 256;
-  for (int64_t out : {192, 100}) {
+  EXPECT_EQ(gpu_->SavedValueBytes(), 2);
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{128, 256, 192}, {128, 256, 100}, {4200, 32, 1024}}) {
     SCOPED_TRACE("out " + std::to_string(out));
     std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out);
     std::vector<float> pre(n * out), act(n * out);
-    float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gpre = Up(pre), *gact = Up(act);
+    float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gact = Up(act);
+    void* gpre = UpBf16(pre);
+    Tensor next_x = Tensor::Empty({n * out}, DType::kBF16, kGpu);
     for (Activation a : {Activation::kGelu, Activation::kRelu}) {
       for (bool bias : {true, false}) {
-        SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : ""));
-        cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr);
-        cpu_->ActivationForward(a, pre.data(), n * out, act.data());
-        gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr, nullptr);
-        ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "pre-activation");
-        ExpectClose(Down(gact, n * out), act, 1e-2, 0, "activation");
-        gpu_->LinearForward(gx, gw, bias ? gb : nullptr, n, in, out, gpre, nullptr);
-        ExpectClose(Down(gpre, n * out), pre, 1e-2, 0, "linear alone");
+        for (bool next : {false, true}) {
+          SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : "") +
+                       (next ? " into next" : ""));
+          cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr);
+          cpu_->ActivationForward(a, pre.data(), n * out, act.data());
+          Bf16Operands into{next_x.data(), nullptr};
+          gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr,
+                                        next ? &into : nullptr);
+          EXPECT_EQ(into.x_rounded, next);
+          ExpectClose(DownBf16(gpre, n * out), pre, 1e-2, 0, "pre-activation");
+          ExpectClose(Down(gact, n * out), act, 1e-2, 0, "activation");
+          if (next) {
+            const std::vector<float> operand = DownBf16(next_x.data(), n * out);
+            ExpectClose(operand, act, 1e-2, 0, "next operand");
+            EXPECT_TRUE(SameBits(Down(gact, n * out), operand)) << "y beside next is the operand's value";
+          }
+        }
       }
+      gpu_->LinearForward(gx, gw, gb, n, in, out, gact, nullptr);
+      cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, pre.data(), nullptr);
+      ExpectClose(Down(gact, n * out), pre, 1e-2, 0, "linear alone");
     }
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 
 // FC1's activation written straight into FC2's bf16 operand (LinearActivationForward's
-// `next`) is what FC2's forward would have rounded: FC1's pre-activation, FC2's kept input
-// and output bit for bit those of the ops one by one (LinearForward, ActivationForward,
-// LinearForward), with and without the fp32 activation written. FC2's forward must not
-// read its fp32 x then (NaN here), and consumes the flag.
+// `next`) is what FC2's forward reads in place of its x: FC2's forward must not read its fp32
+// x then (NaN here), consumes the flag, and gives FC2's output of the ops one by one
+// (LinearForward with the bias rounded to bf16 as the fused op rounds it, ActivationForward,
+// LinearForward) at the bf16 bar. With and without the fp32 activation written.
 TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
   const int64_t n = 96, c = 64, f = 256;
-  float *gx = Up(Random(n * c)), *gw1 = Up(Random(f * c, 0.1)), *gb1 = Up(Random(f)), *gw2 = Up(Random(c * f, 0.1)),
-        *gb2 = Up(Random(c)), *nans = Up(std::vector<float>(n * f, NAN));
+  const std::vector<float> b1 = Random(f);
+  float *gx = Up(Random(n * c)), *gw1 = Up(Random(f * c, 0.1)), *gb1 = Up(b1), *gw2 = Up(Random(c * f, 0.1)),
+        *gb2 = Up(Random(c)), *nans = Up(std::vector<float>(n * f, NAN)), *gb1_16 = Up(RoundedToBf16(b1));
   const auto bf16 = [&](int64_t values) {
     keep_.push_back(Tensor::Empty({values}, DType::kBF16, kGpu));
     return keep_.back().data();
   };
-  const auto bits = [&](const void* p, int64_t values) {
-    std::vector<uint16_t> h(values);
-    for (const Tensor& t : keep_) {
-      if (t.data() == p) t.CopyToHost(h.data());
-    }
-    return h;
-  };
-  Bf16Operands k1{bf16(n * c), bf16(f * c)}, k2{bf16(n * f), bf16(c * f)};
   float *pre = Up(std::vector<float>(n * f)), *act = Up(std::vector<float>(n * f)), *y = Up(std::vector<float>(n * c));
-  gpu_->LinearForward(gx, gw1, gb1, n, c, f, pre, &k1);
+  gpu_->LinearForward(gx, gw1, gb1_16, n, c, f, pre, nullptr);
   gpu_->ActivationForward(Activation::kGelu, pre, n * f, act);
-  gpu_->LinearForward(act, gw2, gb2, n, f, c, y, &k2);
+  gpu_->LinearForward(act, gw2, gb2, n, f, c, y, nullptr);
   for (bool with_act : {false, true}) {
     SCOPED_TRACE(with_act ? "fp32 activation written too" : "bf16 activation only");
     Bf16Operands n1{bf16(n * c), bf16(f * c)}, n2{bf16(n * f), bf16(c * f)};
-    float *pre2 = Up(std::vector<float>(n * f)), *y2 = Up(std::vector<float>(n * c));
+    void* pre2 = bf16(n * f);
+    float* y2 = Up(std::vector<float>(n * c));
     float* act2 = with_act ? Up(std::vector<float>(n * f)) : nullptr;
     gpu_->LinearActivationForward(Activation::kGelu, gx, gw1, gb1, n, c, f, pre2, act2, &n1, &n2);
     EXPECT_TRUE(n2.x_rounded);
     gpu_->LinearForward(nans, gw2, gb2, n, f, c, y2, &n2);
     EXPECT_FALSE(n2.x_rounded);
-    EXPECT_EQ(Down(pre2, n * f), Down(pre, n * f));
-    EXPECT_EQ(bits(n2.x, n * f), bits(k2.x, n * f));
-    EXPECT_EQ(Down(y2, n * c), Down(y, n * c));
+    ExpectClose(DownBf16(pre2, n * f), Down(pre, n * f), 1e-2, 0, "saved pre-activation");
+    ExpectClose(DownBf16(n2.x, n * f), Down(act, n * f), 1e-2, 0, "FC2's operand");
+    ExpectClose(Down(y2, n * c), Down(y, n * c), 1e-2, 0, "FC2's output");
     if (with_act) {
-      EXPECT_EQ(Down(act2, n * f), Down(act, n * f));
+      EXPECT_TRUE(SameBits(Down(act2, n * f), DownBf16(n2.x, n * f)));
     }
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
@@ -894,10 +936,13 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
   float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gdy = Up(dy);
   Tensor x16 = Tensor::Empty({n * in}, DType::kBF16, kGpu), w16 = Tensor::Empty({out * in}, DType::kBF16, kGpu);
   Bf16Operands kept{x16.data(), w16.data()};
-  for (int path = 0; path < 3; ++path) {  // Lt bias epilogue, Lt bias + GELU, plain bf16 product
+  // Lt bias epilogue, Lt bias + GELU (into a next operand; y the saved bf16 pre-activation),
+  // plain bf16 product
+  for (int path = 0; path < 3; ++path) {
     SCOPED_TRACE("path " + std::to_string(path));
     const float* bias = path == 2 ? nullptr : gb;
     std::vector<float*> y(2), act(2), dx(2), dw(2), db(2);
+    std::vector<Tensor> next_x(2);
     for (int with = 0; with < 2; ++with) {
       y[with] = Up(std::vector<float>(n * out));
       act[with] = Up(std::vector<float>(n * out));
@@ -906,7 +951,9 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
       db[with] = Up(std::vector<float>(out, 0.25f));
       Bf16Operands* k = with ? &kept : nullptr;
       if (path == 1) {
-        gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k, nullptr);
+        next_x[with] = Tensor::Empty({n * out}, DType::kBF16, kGpu);
+        Bf16Operands next{next_x[with].data(), nullptr};
+        gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k, &next);
       } else {
         gpu_->LinearForward(gx, gw, bias, n, in, out, y[with], k);
       }
@@ -915,6 +962,7 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
     EXPECT_EQ(Down(y[1], n * out), Down(y[0], n * out));
     if (path == 1) {
       EXPECT_EQ(Down(act[1], n * out), Down(act[0], n * out));
+      EXPECT_EQ(DownBf16(next_x[1].data(), n * out), DownBf16(next_x[0].data(), n * out));
     }
     EXPECT_EQ(Down(dx[1], n * in), Down(dx[0], n * in));
     EXPECT_EQ(Down(dw[1], out * in), Down(dw[0], out * in));
@@ -955,7 +1003,8 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
 
 // The MLP's activation backward fused into FC1's backward. fp32: the CPU's two ops at the
 // linear layer's bars. bf16, where d_pre goes straight to bf16 with its bias sums taken on
-// the way: bit for bit the GPU's own ActivationBackward then LinearBackward.
+// the way from the bf16 saved pre-activation: bit for bit the GPU's own ActivationBackward
+// (of that pre-activation widened) then LinearBackward.
 TEST_F(CudaBackendTest, LinearActivationBackwardIsTheActivationsThenTheLinears) {
   const int64_t n = 96, in = 64, out = 200;
   std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), pre = Random(n * out, 2.0), dy = Random(n * out);
@@ -972,15 +1021,18 @@ TEST_F(CudaBackendTest, LinearActivationBackwardIsTheActivationsThenTheLinears) 
     ExpectClose(Down(gdw, out * in), dw, 1e-5, 0, "fp32 dw");
     ExpectClose(Down(gdb, out), db, 1e-5, 0, "fp32 db");
 
+    // bf16: the pre-activation as the bf16 forward saves it; the unfused ops read it widened.
     ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+    void* gpre16 = UpBf16(pre);
+    float* gpre_widened = Up(RoundedToBf16(pre));
     std::vector<std::vector<float>> got;
     for (bool fused : {true, false}) {
       float *d = Up(d_pre), *ddx = Up(dx), *ddw = Up(std::vector<float>(out * in, 0.5f));
       float* ddb = Up(std::vector<float>(out, 0.25f));
       if (fused) {
-        gpu_->LinearActivationBackward(act, gx, gw, gpre, gdy, n, in, out, d, ddx, ddw, ddb, nullptr);
+        gpu_->LinearActivationBackward(act, gx, gw, gpre16, gdy, n, in, out, d, ddx, ddw, ddb, nullptr);
       } else {
-        gpu_->ActivationBackward(act, gpre, gdy, n * out, d);
+        gpu_->ActivationBackward(act, gpre_widened, gdy, n * out, d);
         gpu_->LinearBackward(gx, gw, d, n, in, out, ddx, ddw, ddb, nullptr);
       }
       got.push_back(Down(ddx, n * in));
@@ -1003,7 +1055,8 @@ TEST_F(CudaBackendTest, MlpBackwardIsFc2sThenFc1s) {
   const int64_t n = 80, in = 48, hidden = 192, out = 48;
   std::vector<float> x = Random(n * in), w1 = Random(hidden * in, 0.2), pre = Random(n * hidden, 2.0),
                      h = Random(n * hidden), w2 = Random(out * hidden, 0.1), dz = Random(n * out);
-  float *gx = Up(x), *gw1 = Up(w1), *gpre = Up(pre), *gh = Up(h), *gw2 = Up(w2), *gdz = Up(dz);
+  float *gx = Up(x), *gw1 = Up(w1), *gh = Up(h), *gw2 = Up(w2), *gdz = Up(dz);
+  const void* gpre = Up(pre);
   std::vector<float> dh(n * hidden), d_pre(n * hidden), dx(n * in), dw1(hidden * in, 0.5f), db1(hidden, 0.25f),
       dw2(out * hidden, -0.5f), db2(out, 1.0f);
   cpu_->MlpBackward(Activation::kGelu, {x.data(), w1.data(), nullptr, dw1.data(), db1.data()},
@@ -1012,7 +1065,7 @@ TEST_F(CudaBackendTest, MlpBackwardIsFc2sThenFc1s) {
   const std::vector<std::vector<float>> want = {dx, dw1, db1, dw2, db2};
   const char* names[] = {"dx", "dw1", "db1", "dw2", "db2"};
   // The GPU's MlpBackward (fused) or its LinearBackward then LinearActivationBackward.
-  const auto run = [&](bool fused) {
+  const auto run = [&](bool fused, const void* gpre) {
     float *gdh = Up(dh), *gd = Up(d_pre), *gdx = Up(dx), *gdw1 = Up(std::vector<float>(hidden * in, 0.5f)),
           *gdb1 = Up(std::vector<float>(hidden, 0.25f)), *gdw2 = Up(std::vector<float>(out * hidden, -0.5f)),
           *gdb2 = Up(std::vector<float>(out, 1.0f));
@@ -1027,10 +1080,11 @@ TEST_F(CudaBackendTest, MlpBackwardIsFc2sThenFc1s) {
     return std::vector<std::vector<float>>{Down(gdx, n * in), Down(gdw1, hidden * in), Down(gdb1, hidden),
                                            Down(gdw2, out * hidden), Down(gdb2, out)};
   };
-  const std::vector<std::vector<float>> fp32 = run(true);
+  const std::vector<std::vector<float>> fp32 = run(true, gpre);
   for (int i = 0; i < 5; ++i) ExpectClose(fp32[i], want[i], 1e-5, 0, names[i]);
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
-  const std::vector<std::vector<float>> fused = run(true), apart = run(false);
+  const void* gpre16 = UpBf16(pre);  // as the bf16 forward saves it
+  const std::vector<std::vector<float>> fused = run(true, gpre16), apart = run(false, gpre16);
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   EXPECT_EQ(fused[3], apart[3]) << "bf16 dw2";
   EXPECT_EQ(fused[4], apart[4]) << "bf16 db2";

@@ -108,12 +108,14 @@ BENCHMARK(BM_Linear)
     ->ArgsProduct({{0, 1}, {0, 1, 2, 3}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
-// FC1 and its GELU in bf16. fused 0: the two ops. fused 1: forward, cuBLASLt's
-// GELU_AUX_BIAS epilogue; backward, LinearActivationBackward's one-pass bf16 d_pre. fused 2
-// (forward; what the model runs): the bias epilogue, then one pass writing GELU(pre) in bf16
-// straight into FC2's operand (no fp32 activation, no rounding pass in FC2's forward, which
-// fused 0 and 1 leave to it). llm.c found cuBLASLt's GELU epilogues slower than a separate
-// GELU kernel (karpathy/llm.c#338, CUDA 12.4); these rows say how they compare here.
+// FC1 and its GELU in bf16. fused 0: the two ops (fp32 pre-activation and activation).
+// fused 1: forward, LinearActivationForward without a next operand (the product in fp32 by
+// row chunks, then one pass saving pre in bf16 and writing the fp32 activation); backward,
+// LinearActivationBackward's one-pass bf16 d_pre. fused 2 (forward; what the model runs):
+// one cuBLASLt product whose bias + GELU epilogue writes GELU(pre) in bf16 straight into
+// FC2's operand and pre in bf16 beside it — no fp32 pass over the N×4C values at all. llm.c
+// found cuBLASLt's GELU epilogues slower than a separate GELU kernel (karpathy/llm.c#338,
+// CUDA 12.4, fp32 output); these rows say how they compare here.
 // args: shape, backward, fused
 void BM_Fc1Gelu(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);

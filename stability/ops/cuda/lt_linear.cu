@@ -20,8 +20,8 @@ void LtLinear::Destroy(Plan& p) {
   p = Plan{};
 }
 
-LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue,
-                                  const float* bias, float* aux, size_t workspace_bytes) {
+LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const void* bias,
+                                  cudaDataType y_type, void* aux, size_t workspace_bytes) {
   Plan p;
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   const int64_t aux_ld = out;
@@ -41,7 +41,7 @@ LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEp
   // Column-major: A = w as [In × Out] (transposed by the op), B = x as [In × N], D = y as [Out × N].
   ok = ok && api_->lt_matrix_layout_create(&p.a, CUDA_R_16BF, in, out, in) == CUBLAS_STATUS_SUCCESS;
   ok = ok && api_->lt_matrix_layout_create(&p.b, CUDA_R_16BF, in, n, in) == CUBLAS_STATUS_SUCCESS;
-  ok = ok && api_->lt_matrix_layout_create(&p.d, CUDA_R_32F, out, n, out) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.d, y_type, out, n, out) == CUBLAS_STATUS_SUCCESS;
   cublasLtMatmulPreference_t pref = nullptr;
   ok = ok && api_->lt_preference_create(&pref) == CUBLAS_STATUS_SUCCESS;
   const uint64_t ws = workspace_bytes;
@@ -61,25 +61,32 @@ LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEp
   return p;
 }
 
-cublasLtEpilogue_t LtLinear::EpilogueFor(const float* b, const float* gelu_pre) {
+cublasLtEpilogue_t LtLinear::EpilogueFor(const void* b, const void* gelu_pre) {
   return gelu_pre ? (b ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
                   : (b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
 }
 
-bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const float* b, float* gelu_pre, size_t workspace_bytes) {
+LtLinear::Key LtLinear::KeyFor(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type,
+                               const void* gelu_pre) {
+  return {n, in, out, static_cast<int>(EpilogueFor(b, gelu_pre)), static_cast<int>(y_type)};
+}
+
+bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type, void* gelu_pre,
+                     size_t workspace_bytes) {
   if (gelu_pre && out % 8 != 0) return false;  // the aux output's leading dimension
-  const cublasLtEpilogue_t epilogue = EpilogueFor(b, gelu_pre);
-  const auto key = std::make_tuple(n, in, out, static_cast<int>(epilogue));
+  const Key key = KeyFor(n, in, out, b, y_type, gelu_pre);
   auto it = plans_.find(key);
   if (it == plans_.end()) {
-    it = plans_.emplace(key, MakePlan(n, in, out, epilogue, b, gelu_pre, workspace_bytes)).first;
+    it =
+        plans_.emplace(key, MakePlan(n, in, out, EpilogueFor(b, gelu_pre), b, y_type, gelu_pre, workspace_bytes)).first;
   }
   return it->second.ok;
 }
 
-bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const float* b, int64_t n, int64_t in,
-                       int64_t out, float* y, float* gelu_pre, void* workspace, size_t workspace_bytes) {
-  auto it = plans_.find(std::make_tuple(n, in, out, static_cast<int>(EpilogueFor(b, gelu_pre))));
+bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const void* b, int64_t n, int64_t in,
+                       int64_t out, void* y, cudaDataType y_type, void* gelu_pre, void* workspace,
+                       size_t workspace_bytes) {
+  auto it = plans_.find(KeyFor(n, in, out, b, y_type, gelu_pre));
   if (it == plans_.end() || !it->second.ok) return false;
   Plan& p = it->second;
   if (b) Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof(b)),

@@ -211,7 +211,7 @@ class CheckedBackend final : public Backend {
     return true;
   }
   bool KeepsBf16Operands() const override { return bf16_; }
-  int64_t LogitBytes() const override { return bf16_ ? 2 : 4; }
+  int64_t SavedValueBytes() const override { return bf16_ ? 2 : 4; }
   // A device with a capacity reports it, less what is alive (as cudaMemGetInfo); else nothing.
   DeviceMemory Memory() const override {
     const int64_t total = TheAllocator().capacity();
@@ -269,12 +269,56 @@ class CheckedBackend final : public Backend {
       }
     }
   }
+  // bf16, as the CUDA backend: the bias rounded to bf16 (its bf16 epilogue's), the
+  // pre-activation saved in bf16, the activation of the unrounded one; into `next` rounded,
+  // y (where asked) that rounded value.
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
-                               int64_t out, float* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override {
-    LinearForward(x, w, b, n, in, out, y_pre, kept);
-    std::vector<float> act_out(n * out);
-    ActivationForward(act, y_pre, n * out, y ? y : Scratch(act_out));
-    if (bf16_ && next) Into(next, y ? y : act_out.data(), n * out);
+                               int64_t out, void* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override {
+    if (!bf16_) {
+      LinearForward(x, w, b, n, in, out, static_cast<float*>(y_pre), kept);
+      ActivationForward(act, static_cast<float*>(y_pre), n * out, y);
+      return;
+    }
+    std::vector<float> pre(n * out), act_out(n * out);
+    LinearForward(x, w, nullptr, n, in, out, Scratch(pre), kept);
+    const Opened open = Need("LinearActivationForward", {{"b", b}, {"y_pre", y_pre}, {"y", y}});
+    if (b) {
+      const std::vector<float> b16 = Round(b, out, nullptr);
+      for (int64_t i = 0; i < n * out; ++i) pre[i] += b16[i % out];
+    }
+    Round(pre.data(), n * out, y_pre);
+    cpu_.ActivationForward(act, pre.data(), n * out, act_out.data());
+    if (!next) {
+      if (y == nullptr) throw std::logic_error("LinearActivationForward: no y and no next operand to write");
+      std::copy(act_out.begin(), act_out.end(), y);
+      return;
+    }
+    Into(next, act_out.data(), n * out);
+    if (y) {
+      const std::vector<float> rounded = Round(act_out.data(), n * out, nullptr);
+      std::copy(rounded.begin(), rounded.end(), y);
+    }
+  }
+  // bf16: the saved pre-activation widened, then the default's ops.
+  void LinearActivationBackward(Activation act, const float* x, const float* w, const void* y_pre, const float* dy,
+                                int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
+                                const Bf16Operands* kept) override {
+    if (!bf16_) return Backend::LinearActivationBackward(act, x, w, y_pre, dy, n, in, out, d_pre, dx, dw, db, kept);
+    std::vector<float> pre;
+    {
+      const Opened open = Need("LinearActivationBackward", {{"y_pre", y_pre}});
+      pre = Widen(y_pre, n * out);
+    }
+    Backend::LinearActivationBackward(act, x, w, Scratch(pre), dy, n, in, out, d_pre, dx, dw, db, kept);
+  }
+  void QueueMeanRowNormOfSaved(const void* x, int64_t rows, int64_t d) override {
+    if (!bf16_) return QueueMeanRowNorm(static_cast<const float*>(x), rows, d);
+    std::vector<float> widened;
+    {
+      const Opened open = Need("QueueMeanRowNormOfSaved", {{"x", x}});
+      widened = Widen(x, rows * d);
+    }
+    QueueMeanRowNorm(Scratch(widened), rows, d);
   }
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override {

@@ -20,7 +20,7 @@
 // the CUDA backend's contract for it (AttentionStoresProbs false: nothing T×T on the device,
 // the backward recomputes). With Mode::kBf16 the device also keeps what
 // the CUDA backend keeps in bf16 (Backend::KeepsBf16Operands, Bf16Operands and their
-// `next`/x_rounded hand-over, LogitBytes() = 2) and multiplies bf16-rounded operands on the
+// `next`/x_rounded hand-over, SavedValueBytes() = 2) and multiplies bf16-rounded operands on the
 // CPU: the model's bf16 plumbing runs here — an op that skips its rounding must find its
 // operand already rounded, a y left unwritten (telemetry off) must never be read. Not for
 // processes that initialise CUDA. It counts its memory (the model's estimate is checked

@@ -1,7 +1,9 @@
 // cuBLAS and cuBLASLt on the emulated GPU: the entry points of internal::CublasApi with
 // their documented semantics (column-major operands, op(A)/op(B), leading dimensions,
 // strided batches, beta = 0 never reading C, bf16 operands with fp32 accumulation, bf16 or
-// fp32 outputs; cuBLASLt's BIAS and GELU_AUX(_BIAS) epilogues, GELU its tanh form), computed
+// fp32 outputs; cuBLASLt's BIAS and GELU_AUX(_BIAS) epilogues, GELU its tanh form of the
+// unrounded value, the bias vector and the aux output of D's type: its documented defaults,
+// the only ones modelled — BIAS_DATA_TYPE and EPILOGUE_AUX_DATA_TYPE answer NOT_SUPPORTED), computed
 // on the CPU in fp32 (oneDNN's SGEMM on the operands widened to fp32: a bf16 product is
 // exact in fp32, as on the tensor cores). Each call checks its arguments as cuBLAS does and answers
 // CUBLAS_STATUS_INVALID_VALUE (or NOT_SUPPORTED) where cuBLAS would.
@@ -30,8 +32,8 @@ struct LtDesc {
   cudaDataType_t scale;
   cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  const float* bias = nullptr;
-  float* aux = nullptr;
+  const void* bias = nullptr;  // D's type
+  void* aux = nullptr;         // D's type
   int64_t aux_ld = 0;
 };
 struct LtLayout {
@@ -284,9 +286,9 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
   const bool gelu = GeluEpilogue(desc.epilogue);
   Product(desc.ta, desc.tb, m, n, k, *static_cast<const float*>(alpha), a, la.type, la.ld, b, lb.type, lb.ld, be, d,
           ld.type, ld.ld, [&](int64_t i, int64_t j, float v) {
-            if (bias) v += desc.bias[i];  // along D's rows
+            if (bias) v += Load(desc.bias, ld.type, i);  // along D's rows
             if (!gelu) return v;
-            desc.aux[i + j * desc.aux_ld] = v;
+            Store(desc.aux, ld.type, i + j * desc.aux_ld, v);
             return 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + 0.044715f * v * v * v)));
           });
   Account(bias && gelu ? "cublasLt + bias + GELU"

@@ -202,13 +202,13 @@ class CudaBackend final : public Backend {
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
                      float* y, Bf16Operands* kept) override;
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
-                               int64_t out, float* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override;
+                               int64_t out, void* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override;
-  void LinearActivationBackward(Activation act, const float* x, const float* w, const float* y_pre, const float* dy,
+  void LinearActivationBackward(Activation act, const float* x, const float* w, const void* y_pre, const float* dy,
                                 int64_t n, int64_t in, int64_t out, float* d_pre, float* dx, float* dw, float* db,
                                 const Bf16Operands* kept) override;
-  void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const float* y_pre,
+  void MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const void* y_pre,
                    const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh, float* d_pre,
                    float* dx) override;
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
@@ -249,7 +249,7 @@ class CudaBackend final : public Backend {
                            const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) override;
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
-  int64_t LogitBytes() const override { return precision_ == MatmulPrecision::kBf16 ? 2 : 4; }
+  int64_t SavedValueBytes() const override { return precision_ == MatmulPrecision::kBf16 ? 2 : 4; }
   void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                  int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
                                  CrossEntropyStats* stats, Bf16Operands* kept) override;
@@ -265,6 +265,7 @@ class CudaBackend final : public Backend {
   void Scale(float* x, int64_t n, float s) override;
   void QueueSumSquares(const float* x, int64_t n) override;
   void QueueMeanRowNorm(const float* x, int64_t rows, int64_t d) override;
+  void QueueMeanRowNormOfSaved(const void* x, int64_t rows, int64_t d) override;
   void QueueSumSquaresOfEach(const std::vector<std::pair<const float*, int64_t>>& xs) override;
   std::vector<double> ReadQueued() override;
   void QueueValue(const float* x) override;
@@ -292,14 +293,15 @@ class CudaBackend final : public Backend {
   // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so.
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in, int64_t out,
                           void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F);
-  // A bf16 linear backward's gradient operand: act'(pre)·dy (pre null: dy, act unused), dy fp32
-  // or bf16, rounded to bf16 into d16, its column sums added to db (nullable) on the way.
+  // A bf16 linear backward's gradient operand: act'(pre)·dy (pre, as LinearActivationForward
+  // saved it in bf16; null: dy, act unused), dy fp32 or bf16, rounded to bf16 into d16, its
+  // column sums added to db (nullable) on the way.
   // dy rounded to bf16 (scratch kBf16C) once for a linear backward's two products; with a
   // bias gradient db, its sums taken in the same pass (dy read once).
   __nv_bfloat16* GradientOperand(const float* dy, int64_t n, int64_t out, float* db);
   template <typename DY>
-  void GradientToBf16(Activation act, const float* pre, const DY* dy, int64_t n, int64_t out, __nv_bfloat16* d16,
-                      float* db);
+  void GradientToBf16(Activation act, const __nv_bfloat16* pre, const DY* dy, int64_t n, int64_t out,
+                      __nv_bfloat16* d16, float* db);
   // x[0, n) rounded to bf16 into `into` (n bf16 values) or, when null, scratch slot `slot`
   // (kBf16A/B/C).
   __nv_bfloat16* ToBf16(const float* x, int64_t n, int slot, void* into = nullptr);
@@ -338,14 +340,15 @@ class CudaBackend final : public Backend {
   // (x_rounded, then cleared), else rounded here (into kept when given); w rounded (into kept).
   std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ForwardOperands(const float* x, const float* w, int64_t n,
                                                                         int64_t in, int64_t out, Bf16Operands* kept);
-  // y = x·wᵀ + b from bf16 operands (b nullable); with gelu_pre, gelu_pre = x·wᵀ + b and
-  // y = GELU(gelu_pre). cuBLASLt with the bias (and GELU) in its epilogue where it has a
-  // kernel for it, else cuBLAS and the elementwise passes.
+  // y = x·wᵀ + b (fp32) from bf16 operands (b nullable): cuBLASLt with the bias in its
+  // epilogue where it has a kernel for it, else cuBLAS and a pass adding the bias.
   void ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
-                   int64_t out, float* y, float* gelu_pre);
-  // cuBLASLt's part of ForwardBf16: false, nothing written, where it has no kernel for it.
-  bool LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
-                       int64_t out, float* y, float* gelu_pre);
+                   int64_t out, float* y);
+  // cuBLASLt (internal/lt_linear.cuh): y = x·wᵀ + b, or with gelu_pre, gelu_pre = x·wᵀ + b
+  // and y = GELU of it; y, b and gelu_pre of y_type. False, nothing written, where cuBLASLt
+  // has no kernel for it.
+  bool LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const void* b, int64_t n, int64_t in,
+                       int64_t out, void* y, cudaDataType y_type, void* gelu_pre);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
@@ -356,8 +359,10 @@ class CudaBackend final : public Backend {
   void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                         const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx,
                         float* dg, float* db);
-  // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator).
-  void RowNormSumInto(const float* x, int64_t rows, int64_t d, double* out);
+  // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator);
+  // x fp32 or bf16.
+  template <typename In>
+  void RowNormSumInto(const In* x, int64_t rows, int64_t d, double* out);
   // out[cols] += Σ over `chunks` row chunks of partials [chunks, cols], in chunk order.
   void AddColumnTotals(const double* partials, int chunks, int64_t cols, float* out);
   // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
@@ -377,7 +382,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 13;
+  static constexpr int kSlots = 15;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -392,11 +397,13 @@ enum ScratchSlot {
   kVector = 5,  // σ-reparam's w v of a batch of layers
   kBf16A = 6,   // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
-  kLtWorkspace = 8,    // cuBLASLt's
-  kSigma = 9,          // σ-reparam's σ of a batch of layers, in double
-  kBf16C = 10,         // a third bf16 operand (LinearBackward's dy, shared by its two products)
-  kTokenOrder = 11,    // EmbeddingBackward's positions sorted by token id
-  kEachPartials = 12,  // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
+  kLtWorkspace = 8,     // cuBLASLt's
+  kSigma = 9,           // σ-reparam's σ of a batch of layers, in double
+  kBf16C = 10,          // a third bf16 operand (LinearBackward's dy, shared by its two products)
+  kTokenOrder = 11,     // EmbeddingBackward's positions sorted by token id
+  kEachPartials = 12,   // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
+  kPreActivation = 13,  // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
+  kBf16Bias = 14,       // FC1's bias rounded to bf16 (the type of its bf16 output)
 };
 
 }  // namespace stability::ops::cuda::internal
