@@ -42,6 +42,24 @@ TEST(StepTrafficTest, TheProductsAreTheModelsFlopsAndTheAttentionItsTiles) {
   EXPECT_EQ(attention, 9 * product);
 }
 
+// FC1 in bf16 is one cuBLASLt product a layer whose GELU epilogue writes the activation
+// (FC2's operand) and the pre-activation the backward reads, both in bf16: it reads x, w and
+// the bf16 bias, and writes 2 + 2 bytes a hidden value.
+TEST(StepTrafficTest, Fc1sProductWritesItsActivationAndPreActivationInBf16) {
+  const model::ModelConfig c = Tiny();
+  const int64_t batch = 2, seq = 64, tokens = batch * seq, C = c.n_embd, F = c.mlp_ratio * c.n_embd;
+  absl::StatusOr<std::vector<LaunchCost>> step = MeasuredStepTraffic(c, batch, seq);
+  ASSERT_TRUE(step.ok()) << step.status();
+  int fc1 = 0;
+  for (const LaunchCost& l : *step) {
+    if (l.name.rfind("cublasLt + bias + GELU", 0) != 0) continue;
+    ++fc1;
+    EXPECT_EQ(l.bytes_read, 2 * (F * C + tokens * C + F)) << l.name;
+    EXPECT_EQ(l.bytes_written, 2 * 2 * tokens * F) << l.name;
+  }
+  EXPECT_EQ(fc1, c.n_layer);
+}
+
 TEST(StepTrafficTest, TheBatchExtrapolationIsWhatThatBatchCounts) {
   const model::ModelConfig c = Tiny("qk_norm_cap");
   absl::StatusOr<std::vector<LaunchCost>> projected = StepTraffic(c, 3, 32), counted = MeasuredStepTraffic(c, 3, 32);

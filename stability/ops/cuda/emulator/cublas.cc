@@ -295,7 +295,8 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
           : bias       ? "cublasLt + bias"
           : gelu       ? "cublasLt + GELU"
                        : "cublasLt",
-          m, n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? 4.0 * m : 0.0, gelu ? 4.0 * m * n : 0.0);
+          m, n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? double(Bytes(ld.type)) * m : 0.0,
+          gelu ? double(Bytes(ld.type)) * m * n : 0.0);
   return CUBLAS_STATUS_SUCCESS;
 }
 
