@@ -44,20 +44,28 @@ TEST(StepTrafficTest, TheProductsAreTheModelsFlopsAndTheAttentionItsTiles) {
 
 // FC1 in bf16 is one cuBLASLt product a layer whose GELU epilogue writes the activation
 // (FC2's operand) and the pre-activation the backward reads, both in bf16: it reads x, w and
-// the bf16 bias, and writes 2 + 2 bytes a hidden value.
-TEST(StepTrafficTest, Fc1sProductWritesItsActivationAndPreActivationInBf16) {
+// the bf16 bias, and writes 2 + 2 bytes a hidden value. FC2's input gradient is one product
+// a layer whose DGELU epilogue reads that pre-activation and writes FC1's pre-activation
+// gradient in bf16: dz and w2 read, 2 + 2 bytes a hidden value.
+TEST(StepTrafficTest, TheMlpsHiddenValuesAreBf16InTheProductsEpilogues) {
   const model::ModelConfig c = Tiny();
   const int64_t batch = 2, seq = 64, tokens = batch * seq, C = c.n_embd, F = c.mlp_ratio * c.n_embd;
   absl::StatusOr<std::vector<LaunchCost>> step = MeasuredStepTraffic(c, batch, seq);
   ASSERT_TRUE(step.ok()) << step.status();
-  int fc1 = 0;
+  int fc1 = 0, fc2 = 0;
   for (const LaunchCost& l : *step) {
-    if (l.name.rfind("cublasLt + bias + GELU", 0) != 0) continue;
-    ++fc1;
-    EXPECT_EQ(l.bytes_read, 2 * (F * C + tokens * C + F)) << l.name;
-    EXPECT_EQ(l.bytes_written, 2 * 2 * tokens * F) << l.name;
+    if (l.name.rfind("cublasLt + bias + GELU", 0) == 0) {
+      ++fc1;
+      EXPECT_EQ(l.bytes_read, 2 * (F * C + tokens * C + F)) << l.name;
+      EXPECT_EQ(l.bytes_written, 2 * 2 * tokens * F) << l.name;
+    } else if (l.name.rfind("cublasLt + DGELU", 0) == 0) {
+      ++fc2;
+      EXPECT_EQ(l.bytes_read, 2 * (C * F + tokens * C + tokens * F)) << l.name;
+      EXPECT_EQ(l.bytes_written, 2 * tokens * F) << l.name;
+    }
   }
   EXPECT_EQ(fc1, c.n_layer);
+  EXPECT_EQ(fc2, c.n_layer);
 }
 
 TEST(StepTrafficTest, TheBatchExtrapolationIsWhatThatBatchCounts) {

@@ -106,14 +106,15 @@ __global__ void DotPartialsKernel(const float* a, const float* b, int64_t n, dou
 // rows in order, then the chunks' partials added in a fixed order (ColumnTotalsKernel).
 // Loops unrolled so that a thread has several loads in flight (the sums still run in row order).
 
-// partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j]
-__global__ void ColumnPartialsKernel(const float* x, int64_t rows, int64_t cols, double* partials) {
+// partials[chunk, j] = Σ rows of the chunk (in order) of x[:, j] (x fp32 or bf16)
+template <typename In>
+__global__ void ColumnPartialsKernel(const In* x, int64_t rows, int64_t cols, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
   double s = 0;
 #pragma unroll 4
-  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) s += x[r * cols + j];
+  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) s += Load(x + r * cols + j);
   partials[chunk * cols + j] = s;
 }
 // out[j] += Σ_chunks partials[chunk, j]: a block of 32 columns × kTotalsWarps warps, warp w
@@ -593,7 +594,8 @@ void CudaBackend::AddColumnTotals(const double* partials, int chunks, int64_t co
   STABILITY_CUDA_LAUNCHED("ColumnTotalsKernel");
 }
 
-void CudaBackend::AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out) {
+template <typename In>
+void CudaBackend::AddColumnSums(const In* x, int64_t rows, int64_t cols, float* out) {
   const int chunks = RowChunks(rows);
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * cols * sizeof(double)));
   ColumnPartialsKernel<<<dim3(Blocks(cols, kThreads), chunks), kThreads>>>(x, rows, cols, partials);
@@ -634,12 +636,13 @@ std::pair<const __nv_bfloat16*, const __nv_bfloat16*> CudaBackend::ForwardOperan
   return {x16, ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr)};
 }
 
+constexpr size_t kLtWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
+
 bool CudaBackend::LtLinearForward(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const void* b, int64_t n,
                                   int64_t in, int64_t out, void* y, cudaDataType y_type, void* gelu_pre) {
-  constexpr size_t kWorkspaceBytes = 32 << 20;  // what cuBLASLt's heuristics ask for on Hopper
-  if (!lt_->Ready(n, in, out, b, y_type, gelu_pre, kWorkspaceBytes)) return false;
-  return lt_->Forward(x16, w16, b, n, in, out, y, y_type, gelu_pre, Scratch(kLtWorkspace, kWorkspaceBytes),
-                      kWorkspaceBytes);
+  if (!lt_->Ready(n, in, out, b, y_type, gelu_pre, kLtWorkspaceBytes)) return false;
+  return lt_->Forward(x16, w16, b, n, in, out, y, y_type, gelu_pre, Scratch(kLtWorkspace, kLtWorkspaceBytes),
+                      kLtWorkspaceBytes);
 }
 
 void CudaBackend::ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
@@ -752,9 +755,12 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
   LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
 }
 
-// bf16: FC2's dx product writes dh rounded to bf16 (into dh's first half), which FC1's
-// GradientToBf16Kernel reads: 2 bytes of dh written and read a value, not 4 — FC1's backward
-// rounds act'(y_pre)·dh to bf16 for its products either way.
+// bf16, GELU: FC2's dx product through cuBLASLt's DGELU epilogue writes FC1's pre-activation
+// gradient GELU'(pre) ⊙ (dz·w2) straight in bf16 (into d_pre's first half; GELU' of the fp32
+// product), FC1's bias gradient its column sums: no dh at all, and no pass reading pre and dh.
+// Where cuBLASLt has no such kernel (or another activation): FC2's dx product writes dh rounded
+// to bf16 (into dh's first half), which FC1's GradientToBf16Kernel reads — 2 bytes of dh
+// written and read a value, not 4 (FC1's backward rounds act'(y_pre)·dh to bf16 either way).
 void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const LinearGradients& fc2, const void* y_pre,
                               const float* dz, int64_t n, int64_t in, int64_t hidden, int64_t out, float* dh,
                               float* d_pre, float* dx) {
@@ -762,11 +768,22 @@ void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const 
     Backend::MlpBackward(act, fc1, fc2, y_pre, dz, n, in, hidden, out, dh, d_pre, dx);
     return;
   }
-  auto* dh16 = reinterpret_cast<__nv_bfloat16*>(dh);
-  LinearBackwardBf16(fc2.x, fc2.w, GradientOperand(dz, n, out, fc2.db), n, hidden, out, dh16, fc2.dw, fc2.kept,
-                     CUDA_R_16BF);
+  const auto* pre16 = static_cast<const __nv_bfloat16*>(y_pre);
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);
-  GradientToBf16(act, static_cast<const __nv_bfloat16*>(y_pre), dh16, n, hidden, d16, fc1.db);
+  const __nv_bfloat16* dz16 = GradientOperand(dz, n, out, fc2.db);
+  if (act == Activation::kGelu) {
+    const auto* w2 = fc2.kept ? static_cast<const __nv_bfloat16*>(fc2.kept->w) : ToBf16(fc2.w, out * hidden, kBf16A);
+    if (lt_->GeluBackward(dz16, w2, n, hidden, out, pre16, d16, Scratch(kLtWorkspace, kLtWorkspaceBytes),
+                          kLtWorkspaceBytes)) {
+      LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, nullptr, fc2.dw, fc2.kept);
+      if (fc1.db) AddColumnSums(d16, n, hidden, fc1.db);
+      LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
+      return;
+    }
+  }
+  auto* dh16 = reinterpret_cast<__nv_bfloat16*>(dh);
+  LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, dh16, fc2.dw, fc2.kept, CUDA_R_16BF);
+  GradientToBf16(act, pre16, dh16, n, hidden, d16, fc1.db);
   LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
 }
 

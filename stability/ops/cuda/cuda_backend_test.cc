@@ -128,6 +128,7 @@ class CudaBackendTest : public ::testing::Test {
 
   void CompareAttention(int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt, bool fused,
                         const AttentionTolerance& tol = {});
+  void MlpBackwardCase(int64_t hidden);
 
   Rng rng_{20261128};
   Backend* gpu_ = nullptr;
@@ -1048,11 +1049,19 @@ TEST_F(CudaBackendTest, LinearActivationBackwardIsTheActivationsThenTheLinears) 
 }
 
 // The MLP's backward (FC2's, then FC1's with the activation's). fp32: the CPU's at the linear
-// layer's bars. bf16, where FC2's product writes dh in bf16 for FC1's backward: FC2's weight
-// and bias gradients (which do not read dh) bit for bit the GPU's own two ops', the rest at
-// the bf16 products' bar against the CPU's fp32.
+// layer's bars. bf16, where FC2's product writes FC1's pre-activation gradient through
+// cuBLASLt's DGELU epilogue (hidden 192), or dh in bf16 for FC1's gradient pass (hidden 100:
+// not a multiple of 8, no cuBLASLt kernel): FC2's weight and bias gradients (which read neither)
+// bit for bit the GPU's own two ops', the rest at the bf16 products' bar against the CPU's fp32.
 TEST_F(CudaBackendTest, MlpBackwardIsFc2sThenFc1s) {
-  const int64_t n = 80, in = 48, hidden = 192, out = 48;
+  for (int64_t hidden : {192, 100}) {
+    SCOPED_TRACE("hidden " + std::to_string(hidden));
+    MlpBackwardCase(hidden);
+  }
+}
+
+void CudaBackendTest::MlpBackwardCase(int64_t hidden) {
+  const int64_t n = 80, in = 48, out = 48;
   std::vector<float> x = Random(n * in), w1 = Random(hidden * in, 0.2), pre = Random(n * hidden, 2.0),
                      h = Random(n * hidden), w2 = Random(out * hidden, 0.1), dz = Random(n * out);
   float *gx = Up(x), *gw1 = Up(w1), *gh = Up(h), *gw2 = Up(w2), *gdz = Up(dz);

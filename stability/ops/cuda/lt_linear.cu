@@ -20,11 +20,15 @@ void LtLinear::Destroy(Plan& p) {
   p = Plan{};
 }
 
+// Column-major, w as A = [In × Out] either way. Forward: D = y [Out × N] = op_T(A)·x, B = x
+// [In × N]. DGELU: D = dx [In × N] = A·dyᵀ, B = dyᵀ [Out × N]. The aux (pre) is laid out as D.
 LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const void* bias,
-                                  cudaDataType y_type, void* aux, size_t workspace_bytes) {
+                                  cudaDataType y_type, const void* aux, size_t workspace_bytes) {
   Plan p;
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  const int64_t aux_ld = out;
+  const bool backward = epilogue == CUBLASLT_EPILOGUE_DGELU;
+  const cublasOperation_t ta = backward ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const int64_t b_rows = backward ? out : in, d_rows = backward ? in : out;
+  const int64_t aux_ld = d_rows;
   bool ok = api_->lt_matmul_desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
   const auto set = [&](cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
     ok = ok && api_->lt_matmul_desc_set_attribute(p.desc, attr, value, size) == CUBLAS_STATUS_SUCCESS;
@@ -38,10 +42,9 @@ LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEp
     set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux));
     set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld));
   }
-  // Column-major: A = w as [In × Out] (transposed by the op), B = x as [In × N], D = y as [Out × N].
   ok = ok && api_->lt_matrix_layout_create(&p.a, CUDA_R_16BF, in, out, in) == CUBLAS_STATUS_SUCCESS;
-  ok = ok && api_->lt_matrix_layout_create(&p.b, CUDA_R_16BF, in, n, in) == CUBLAS_STATUS_SUCCESS;
-  ok = ok && api_->lt_matrix_layout_create(&p.d, y_type, out, n, out) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.b, CUDA_R_16BF, b_rows, n, b_rows) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.d, y_type, d_rows, n, d_rows) == CUBLAS_STATUS_SUCCESS;
   cublasLtMatmulPreference_t pref = nullptr;
   ok = ok && api_->lt_preference_create(&pref) == CUBLAS_STATUS_SUCCESS;
   const uint64_t ws = workspace_bytes;
@@ -71,16 +74,22 @@ LtLinear::Key LtLinear::KeyFor(int64_t n, int64_t in, int64_t out, const void* b
   return {n, in, out, static_cast<int>(EpilogueFor(b, gelu_pre)), static_cast<int>(y_type)};
 }
 
+LtLinear::Plan& LtLinear::PlanFor(const Key& key, const void* bias, const void* aux, size_t workspace_bytes) {
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    const auto& [n, in, out, epilogue, y_type] = key;
+    it = plans_
+             .emplace(key, MakePlan(n, in, out, static_cast<cublasLtEpilogue_t>(epilogue), bias,
+                                    static_cast<cudaDataType>(y_type), aux, workspace_bytes))
+             .first;
+  }
+  return it->second;
+}
+
 bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type, void* gelu_pre,
                      size_t workspace_bytes) {
   if (gelu_pre && out % 8 != 0) return false;  // the aux output's leading dimension
-  const Key key = KeyFor(n, in, out, b, y_type, gelu_pre);
-  auto it = plans_.find(key);
-  if (it == plans_.end()) {
-    it =
-        plans_.emplace(key, MakePlan(n, in, out, EpilogueFor(b, gelu_pre), b, y_type, gelu_pre, workspace_bytes)).first;
-  }
-  return it->second.ok;
+  return PlanFor(KeyFor(n, in, out, b, y_type, gelu_pre), b, gelu_pre, workspace_bytes).ok;
 }
 
 bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const void* b, int64_t n, int64_t in,
@@ -103,6 +112,25 @@ bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const voi
     return false;
   }
   MarkProduct(gelu_pre ? "cublasLt bf16 + bias + GELU" : b ? "cublasLt bf16 + bias" : "cublasLt bf16", n, out, in);
+  return true;
+}
+
+bool LtLinear::GeluBackward(const __nv_bfloat16* dy, const __nv_bfloat16* w, int64_t n, int64_t in, int64_t out,
+                            const __nv_bfloat16* gelu_pre, __nv_bfloat16* dx, void* workspace, size_t workspace_bytes) {
+  if (in % 8 != 0) return false;  // the aux input's leading dimension
+  const Key key{n, in, out, static_cast<int>(CUBLASLT_EPILOGUE_DGELU), static_cast<int>(CUDA_R_16BF)};
+  Plan& p = PlanFor(key, nullptr, gelu_pre, workspace_bytes);
+  if (!p.ok) return false;
+  Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre,
+                                           sizeof(gelu_pre)),
+        "cublasLtMatmulDescSetAttribute (aux)");
+  const float alpha = 1.0f, beta = 0.0f;
+  if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, dy, p.b, &beta, dx, p.d, dx, p.d, &p.algo, workspace,
+                      workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
+    Destroy(p);  // not again for this shape: the unfused ops take over
+    return false;
+  }
+  MarkProduct("cublasLt bf16 + DGELU", n, in, out);
   return true;
 }
 

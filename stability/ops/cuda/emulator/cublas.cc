@@ -1,8 +1,9 @@
 // cuBLAS and cuBLASLt on the emulated GPU: the entry points of internal::CublasApi with
 // their documented semantics (column-major operands, op(A)/op(B), leading dimensions,
 // strided batches, beta = 0 never reading C, bf16 operands with fp32 accumulation, bf16 or
-// fp32 outputs; cuBLASLt's BIAS and GELU_AUX(_BIAS) epilogues, GELU its tanh form of the
-// unrounded value, the bias vector and the aux output of D's type: its documented defaults,
+// fp32 outputs; cuBLASLt's BIAS, GELU_AUX(_BIAS) and DGELU epilogues, GELU its tanh form of
+// the unrounded value, DGELU its derivative at the aux input times the unrounded product, the
+// bias vector and the aux matrix of D's type: its documented defaults,
 // the only ones modelled — BIAS_DATA_TYPE and EPILOGUE_AUX_DATA_TYPE answer NOT_SUPPORTED), computed
 // on the CPU in fp32 (oneDNN's SGEMM on the operands widened to fp32: a bf16 product is
 // exact in fp32, as on the tensor cores). Each call checks its arguments as cuBLAS does and answers
@@ -233,11 +234,13 @@ cublasStatus_t LtPrefSet(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceA
 
 bool SupportedEpilogue(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_DEFAULT || e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX ||
-         e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+         e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
 }
 bool GeluEpilogue(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
 }
+// The epilogues with an aux matrix (written by GELU_AUX, read by DGELU).
+bool AuxEpilogue(cublasLtEpilogue_t e) { return GeluEpilogue(e) || e == CUBLASLT_EPILOGUE_DGELU; }
 
 // D's shape must be op(A)·op(B)'s; the aux output needs its pointer and a leading dimension
 // of at least D's rows (a multiple of 8, as cuBLASLt asks).
@@ -245,7 +248,7 @@ bool Consistent(const LtDesc& d, const LtLayout& a, const LtLayout& b, const LtL
   const uint64_t m = d.ta == CUBLAS_OP_N ? a.rows : a.cols, ka = d.ta == CUBLAS_OP_N ? a.cols : a.rows;
   const uint64_t kb = d.tb == CUBLAS_OP_N ? b.rows : b.cols, n = d.tb == CUBLAS_OP_N ? b.cols : b.rows;
   if (ka != kb || out.rows != m || out.cols != n || c.rows != m || c.cols != n) return false;
-  if (GeluEpilogue(d.epilogue) && (d.aux == nullptr || d.aux_ld < static_cast<int64_t>(m) || d.aux_ld % 8 != 0)) {
+  if (AuxEpilogue(d.epilogue) && (d.aux == nullptr || d.aux_ld < static_cast<int64_t>(m) || d.aux_ld % 8 != 0)) {
     return false;
   }
   if ((d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) && d.bias == nullptr) {
@@ -283,20 +286,28 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
   if (be != 0.0f && (c != d || lc.ld != ld.ld || lc.type != ld.type)) return CUBLAS_STATUS_NOT_SUPPORTED;
   const int64_t m = ld.rows, n = ld.cols, k = desc.ta == CUBLAS_OP_N ? la.cols : la.rows;
   const bool bias = desc.epilogue == CUBLASLT_EPILOGUE_BIAS || desc.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-  const bool gelu = GeluEpilogue(desc.epilogue);
+  const bool gelu = GeluEpilogue(desc.epilogue), dgelu = desc.epilogue == CUBLASLT_EPILOGUE_DGELU;
   Product(desc.ta, desc.tb, m, n, k, *static_cast<const float*>(alpha), a, la.type, la.ld, b, lb.type, lb.ld, be, d,
           ld.type, ld.ld, [&](int64_t i, int64_t j, float v) {
             if (bias) v += Load(desc.bias, ld.type, i);  // along D's rows
+            if (dgelu) {
+              const float x = Load(desc.aux, ld.type, i + j * desc.aux_ld);
+              const float th = std::tanh(kGeluScale * (x + 0.044715f * x * x * x));
+              return v *
+                     (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * kGeluScale * (1.0f + 3 * 0.044715f * x * x));
+            }
             if (!gelu) return v;
             Store(desc.aux, ld.type, i + j * desc.aux_ld, v);
             return 0.5f * v * (1.0f + std::tanh(kGeluScale * (v + 0.044715f * v * v * v)));
           });
+  const double aux_bytes = double(Bytes(ld.type)) * m * n;
   Account(bias && gelu ? "cublasLt + bias + GELU"
           : bias       ? "cublasLt + bias"
           : gelu       ? "cublasLt + GELU"
+          : dgelu      ? "cublasLt + DGELU"
                        : "cublasLt",
-          m, n, k, 1, la.type, false, lb.type, false, ld.type, be, bias ? double(Bytes(ld.type)) * m : 0.0,
-          gelu ? double(Bytes(ld.type)) * m * n : 0.0);
+          m, n, k, 1, la.type, false, lb.type, false, ld.type, be,
+          (bias ? double(Bytes(ld.type)) * m : 0.0) + (dgelu ? aux_bytes : 0.0), gelu ? aux_bytes : 0.0);
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -365,8 +365,9 @@ class CudaBackend final : public Backend {
   void RowNormSumInto(const In* x, int64_t rows, int64_t d, double* out);
   // out[cols] += Σ over `chunks` row chunks of partials [chunks, cols], in chunk order.
   void AddColumnTotals(const double* partials, int chunks, int64_t cols, float* out);
-  // Column sums of x [rows, cols] added to out[cols] (+=), deterministic.
-  void AddColumnSums(const float* x, int64_t rows, int64_t cols, float* out);
+  // Column sums of x [rows, cols] (fp32 or bf16) added to out[cols] (+=), deterministic.
+  template <typename In>
+  void AddColumnSums(const In* x, int64_t rows, int64_t cols, float* out);
 
  private:
   int device_index_;

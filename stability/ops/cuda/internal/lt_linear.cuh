@@ -1,19 +1,22 @@
-// The bf16 linear layer's forward through cuBLASLt, with the bias, or the bias and the
-// GELU, fused into the product's epilogue (no extra pass over the output):
+// The bf16 linear layer through cuBLASLt with elementwise work fused into the product's
+// epilogue (no extra pass over the output):
 //
-//   y = x·wᵀ + b                      CUBLASLT_EPILOGUE_BIAS
-//   pre = x·wᵀ + b,  y = GELU(pre)    CUBLASLT_EPILOGUE_GELU_AUX_BIAS (pre is the "aux"
-//                                     output the backward needs; GELU_AUX without a bias)
+//   y = x·wᵀ + b                      CUBLASLT_EPILOGUE_BIAS            (Forward)
+//   pre = x·wᵀ + b,  y = GELU(pre)    CUBLASLT_EPILOGUE_GELU_AUX_BIAS   (Forward; pre is the
+//                                     "aux" output the backward needs; GELU_AUX without a bias)
+//   dx = GELU'(pre) ⊙ (dy·w)          CUBLASLT_EPILOGUE_DGELU           (GeluBackward: FC2's
+//                                     input gradient, already FC1's pre-activation gradient)
 //
-// x and w come as bf16 copies; accumulation, bias and GELU are fp32. y is fp32 or bf16
-// (y_type); the bias vector and the aux pre-activation are y's type (cuBLASLt's defaults,
-// which its documentation promises for every such product: an fp32 bias beside a bf16 y is
-// not among them), each output rounded from the fp32 value: GELU is taken of the unrounded
-// pre. Row-major y[N, Out] is
-// column-major yᵀ[Out, N] = op_T(w)·x, so the bias runs along D's rows, as cuBLASLt
-// broadcasts it. A plan (descriptors and the heuristic's algorithm) is made once per shape,
-// epilogue and y type and kept; those cuBLASLt has no kernel for are remembered too, and
-// Forward returns false for them (the caller then runs the unfused ops).
+// x, w and dy come as bf16 copies; accumulation, bias, GELU and GELU' are fp32. y is fp32 or
+// bf16 (y_type), dx bf16; the bias vector and pre are the output's type (cuBLASLt's
+// defaults, which its documentation promises for every such product: an fp32 bias beside a
+// bf16 y is not among them), each output rounded from the fp32 value: GELU is taken of the
+// unrounded pre, GELU' multiplies the unrounded dy·w. Row-major y[N, Out] is column-major
+// yᵀ[Out, N] = op_T(w)·x, so the bias runs along D's rows, as cuBLASLt broadcasts it; dx[N,
+// In] is dxᵀ[In × N] = w·dyᵀ, laid out as pre. A plan (descriptors and the heuristic's
+// algorithm) is made once per shape, epilogue and output type and kept; those cuBLASLt has no
+// kernel for are remembered too, and the calls return false for them (the caller then runs
+// the unfused ops).
 #ifndef STABILITY_OPS_CUDA_INTERNAL_LT_LINEAR_CUH_
 #define STABILITY_OPS_CUDA_INTERNAL_LT_LINEAR_CUH_
 
@@ -44,6 +47,10 @@ class LtLinear {
   // run time.
   bool Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const void* b, int64_t n, int64_t in, int64_t out,
                void* y, cudaDataType y_type, void* gelu_pre, void* workspace, size_t workspace_bytes);
+  // dx [n, in] = GELU'(gelu_pre) ⊙ (dy [n, out] · w [out, in]), gelu_pre [n, in]; all bf16.
+  // False (nothing written) where cuBLASLt has no kernel for it.
+  bool GeluBackward(const __nv_bfloat16* dy, const __nv_bfloat16* w, int64_t n, int64_t in, int64_t out,
+                    const __nv_bfloat16* gelu_pre, __nv_bfloat16* dx, void* workspace, size_t workspace_bytes);
 
  private:
   struct Plan {
@@ -53,8 +60,10 @@ class LtLinear {
     cublasLtMatmulAlgo_t algo{};
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // n, in, out, epilogue, y type
+  // The plan of `key`, made on first asking (the heuristic reads the pointers' alignment).
+  Plan& PlanFor(const Key& key, const void* bias, const void* aux, size_t workspace_bytes);
   Plan MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const void* bias, cudaDataType y_type,
-                void* aux, size_t workspace_bytes);
+                const void* aux, size_t workspace_bytes);
   void Destroy(Plan& p);
   static cublasLtEpilogue_t EpilogueFor(const void* b, const void* gelu_pre);
   static Key KeyFor(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type, const void* gelu_pre);
