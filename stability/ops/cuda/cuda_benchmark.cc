@@ -158,8 +158,10 @@ BENCHMARK(BM_Fc1Gelu)
     ->UseManualTime();
 
 // The MLP's backward in bf16 (FC2's, then FC1's with GELU'). fused 1: MlpBackward, FC2's dx
-// product writing dh in bf16 for FC1's gradient pass; fused 0: LinearBackward then
-// LinearActivationBackward, dh in fp32. The difference is dh's bytes: 2·N·4C written and read.
+// product with cuBLASLt's DGELU epilogue writing FC1's pre-activation gradient in bf16 (no dh,
+// no gradient pass; the dh-in-bf16 path where cuBLASLt refuses); fused 0: LinearBackward then
+// LinearActivationBackward, dh in fp32 and a pass reading it with the pre-activation. The
+// pre-activation is read as the bf16 forward saves it (its values are arbitrary here).
 // args: shape, fused
 void BM_MlpBackward(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
