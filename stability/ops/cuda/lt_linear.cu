@@ -92,25 +92,31 @@ bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const void* b, cudaData
   return PlanFor(KeyFor(n, in, out, b, y_type, gelu_pre), b, gelu_pre, workspace_bytes).ok;
 }
 
+bool LtLinear::Run(Plan& p, const void* bias, const void* aux, const void* w, const void* b_operand, void* d,
+                   void* workspace, size_t workspace_bytes) {
+  if (bias) {
+    Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
+          "cublasLtMatmulDescSetAttribute (bias)");
+  }
+  if (aux) {
+    Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)),
+          "cublasLtMatmulDescSetAttribute (aux)");
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, b_operand, p.b, &beta, d, p.d, d, p.d, &p.algo, workspace,
+                      workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
+    Destroy(p);  // not again for this shape: the unfused ops take over
+    return false;
+  }
+  return true;
+}
+
 bool LtLinear::Forward(const __nv_bfloat16* x, const __nv_bfloat16* w, const void* b, int64_t n, int64_t in,
                        int64_t out, void* y, cudaDataType y_type, void* gelu_pre, void* workspace,
                        size_t workspace_bytes) {
   auto it = plans_.find(KeyFor(n, in, out, b, y_type, gelu_pre));
   if (it == plans_.end() || !it->second.ok) return false;
-  Plan& p = it->second;
-  if (b) Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof(b)),
-               "cublasLtMatmulDescSetAttribute (bias)");
-  if (gelu_pre) {
-    Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre,
-                                             sizeof(gelu_pre)),
-          "cublasLtMatmulDescSetAttribute (aux)");
-  }
-  const float alpha = 1.0f, beta = 0.0f;
-  if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.d, y, p.d, &p.algo, workspace,
-                      workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
-    Destroy(p);  // not again for this shape: the unfused ops take over
-    return false;
-  }
+  if (!Run(it->second, b, gelu_pre, w, x, y, workspace, workspace_bytes)) return false;
   MarkProduct(gelu_pre ? "cublasLt bf16 + bias + GELU" : b ? "cublasLt bf16 + bias" : "cublasLt bf16", n, out, in);
   return true;
 }
@@ -120,16 +126,7 @@ bool LtLinear::GeluBackward(const __nv_bfloat16* dy, const __nv_bfloat16* w, int
   if (in % 8 != 0) return false;  // the aux input's leading dimension
   const Key key{n, in, out, static_cast<int>(CUBLASLT_EPILOGUE_DGELU), static_cast<int>(CUDA_R_16BF)};
   Plan& p = PlanFor(key, nullptr, gelu_pre, workspace_bytes);
-  if (!p.ok) return false;
-  Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &gelu_pre,
-                                           sizeof(gelu_pre)),
-        "cublasLtMatmulDescSetAttribute (aux)");
-  const float alpha = 1.0f, beta = 0.0f;
-  if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, dy, p.b, &beta, dx, p.d, dx, p.d, &p.algo, workspace,
-                      workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
-    Destroy(p);  // not again for this shape: the unfused ops take over
-    return false;
-  }
+  if (!p.ok || !Run(p, nullptr, gelu_pre, w, dy, dx, workspace, workspace_bytes)) return false;
   MarkProduct("cublasLt bf16 + DGELU", n, in, out);
   return true;
 }

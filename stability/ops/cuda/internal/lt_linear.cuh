@@ -64,6 +64,10 @@ class LtLinear {
   Plan& PlanFor(const Key& key, const void* bias, const void* aux, size_t workspace_bytes);
   Plan MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const void* bias, cudaDataType y_type,
                 const void* aux, size_t workspace_bytes);
+  // The product of a ready plan with these pointers: false (the plan destroyed: not again for
+  // this shape) if cuBLASLt fails at run time.
+  bool Run(Plan& p, const void* bias, const void* aux, const void* w, const void* b_operand, void* d, void* workspace,
+           size_t workspace_bytes);
   void Destroy(Plan& p);
   static cublasLtEpilogue_t EpilogueFor(const void* b, const void* gelu_pre);
   static Key KeyFor(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type, const void* gelu_pre);
