@@ -378,6 +378,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   std::vector<std::pair<size_t, bool>> queued;
   be.ReadQueued();  // nothing should be left over; if a failed call left some, drop them
   const bool keep_bf16 = be.KeepsBf16Operands();
+  // What the forward saves in the backend's own format: FC1's pre-activation, the logits.
+  const DType saved = be.SavedValueBytes() == 2 ? DType::kBF16 : DType::kF32;
   // The bf16 operands of the product that reads an op's output, where the backend keeps
   // them: the op writes its output there directly, and in fp32 only for telemetry (which
   // reads the products' inputs).
@@ -400,7 +402,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // With `act`, y is the pre-activation the backward reads, in the backend's saved format.
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
                               Linear* next = nullptr) {
-    Alloc(device_, y, {N, lin.out}, act && be.SavedValueBytes() == 2 ? DType::kBF16 : DType::kF32);
+    Alloc(device_, y, {N, lin.out}, act ? saved : DType::kF32);
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
     ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
     if (act) {
@@ -546,7 +548,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   }
   if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf, head_kept());  // else in the last add
   // The logits in the backend's storage (fp32, or bf16 where the products are bf16).
-  Alloc(device_, m.logits, {N, V}, be.SavedValueBytes() == 2 ? DType::kBF16 : DType::kF32);
+  Alloc(device_, m.logits, {N, V}, saved);
   Alloc(device_, m.lse, {N});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   ops::CrossEntropyStats ce;

@@ -181,9 +181,9 @@ class Backend {
   // x·w1ᵀ + b1, saved as LinearActivationForward saved it) to dx: LinearBackward of FC2 with
   // dh its dx, then LinearActivationBackward of FC1 from dh — what the default does. dh
   // [n, hidden] and d_pre [n, hidden] floats are
-  // scratch whose contents are the backend's: CUDA in bf16 has FC2's product write dh in
-  // bf16 (FC1's backward rounds act'(y_pre)·dh to bf16 anyway), half of dh's bytes written
-  // and read.
+  // scratch whose contents are the backend's: CUDA in bf16 with GELU has FC2's product
+  // multiply by GELU'(y_pre) in its epilogue (cuBLASLt's DGELU) and write d_pre in bf16 (no
+  // dh); else it writes dh in bf16 (FC1's backward rounds act'(y_pre)·dh to bf16 anyway).
   struct LinearGradients {
     const float* x;            // the forward's input [n, in]
     const float* w;            // the weight [out, in] the forward multiplied by
