@@ -646,31 +646,36 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
+    const Tensor& x = m.stream[l];
+    const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
     float* dqkv = m.dqkv.f32();
     const bool qk_in_place = y.attn_ld.dq == 3 * C, v_in_place = y.attn_ld.dv == 3 * C;
-    be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD,
-                         attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(), qk_in_place ? dqkv + C : m.dk.f32(),
-                         v_in_place ? dqkv + 2 * C : m.dv.f32());
-    if (!qk_in_place) {  // RoPE's and the norms' input gradients end in their QKV blocks
-      if (rope) {
-        const bool last = !y.q_norm.on();
-        be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
-        be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+    if (qk_in_place && v_in_place) {  // q, k, v are QKV's output: one op into QKV's backward
+      be.AttentionQkvBackward(y.qkv_out.f32(), y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn,
+                              gradients_of(y.qkv, a1), dqkv, m.dtmp.f32());
+    } else {
+      be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H,
+                           HD, attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(), qk_in_place ? dqkv + C : m.dk.f32(),
+                           v_in_place ? dqkv + 2 * C : m.dv.f32());
+      if (!qk_in_place) {  // RoPE's and the norms' input gradients end in their QKV blocks
+        if (rope) {
+          const bool last = !y.q_norm.on();
+          be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+          be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+        }
+        if (y.q_norm.on()) {
+          const float* qkv = y.qkv_out.f32();
+          norm_back(y.q_norm, qkv, qkv_norm.layout, y.qn, m.dq.f32(), qkv_norm.rows, qkv_norm.d, dqkv);
+          norm_back(y.k_norm, qkv + C, qkv_norm.layout, y.kn, m.dk.f32(), qkv_norm.rows, qkv_norm.d, dqkv + C);
+        }
       }
-      if (y.q_norm.on()) {
-        const float* qkv = y.qkv_out.f32();
-        norm_back(y.q_norm, qkv, qkv_norm.layout, y.qn, m.dq.f32(), qkv_norm.rows, qkv_norm.d, dqkv);
-        norm_back(y.k_norm, qkv + C, qkv_norm.layout, y.kn, m.dk.f32(), qkv_norm.rows, qkv_norm.d, dqkv + C);
+      if (!v_in_place) {
+        norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d,
+                  dqkv + 2 * C);
       }
+      linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
     }
-    if (!v_in_place) {
-      norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d,
-                dqkv + 2 * C);
-    }
-    const Tensor& x = m.stream[l];
-    const Tensor& a1 = y.n1.on() ? y.a1.y : x;
-    linear_back(y.qkv, a1, m.dqkv.f32(), m.dtmp.f32());
     if (y.n1.on()) {
       add_norm_back(y.n1, x, y.a1, m.dtmp.f32());
     } else {

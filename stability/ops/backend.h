@@ -238,6 +238,22 @@ class Backend {
                                  const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
                                  int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
                                  float* dq, float* dk, float* dv) = 0;
+  // The attention's backward into the QKV layer's, where q, k and v are the three column
+  // blocks of that layer's output qkv [B·T, 3·C] read in place (C = H·hd; no q/k/v norm, no
+  // RoPE): AttentionBackward writing dq, dk, dv into dqkv's blocks, then the layer's
+  // LinearBackward from dqkv (dx [B·T, C] overwritten) — what the default does. dqkv
+  // [B·T, 3·C] floats is scratch whose contents are the backend's: CUDA in bf16 has the
+  // tensor-core kernels write it in bf16 (what QKV's products read; the same values
+  // LinearBackward would round), its bias gradient summed from those: no fp32 pass over dqkv.
+  virtual void AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse,
+                                    const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                    const AttentionOptions& opt, const LinearGradients& qkv_layer, float* dqkv,
+                                    float* dx) {
+    const int64_t c = h * hd, w = 3 * c;
+    AttentionBackward(qkv, qkv + c, qkv + 2 * c, out, probs, lse, dout, b, t, h, hd, opt, {w, w, w, w, w, w}, dqkv,
+                      dqkv + c, dqkv + 2 * c);
+    LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, w, dx, qkv_layer.dw, qkv_layer.db, qkv_layer.kept);
+  }
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] into y, positions 0..T−1:
   //   (x1, x2) → (x1·cos θ − x2·sin θ, x1·sin θ + x2·cos θ),  θ_i = t · base^(−2i/hd)

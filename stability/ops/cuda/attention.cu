@@ -194,4 +194,27 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
   }
 }
 
+// bf16, the tensor-core kernels: dq, dk, dv written in bf16 straight into QKV's gradient
+// operand (the first half of dqkv), the values LinearBackward would round them to; the bias
+// gradient the column sums of those bf16 values (as FC1's under DGELU). Otherwise (fp32, the
+// GEMM kernel, a head dim or alignment the tensor-core kernels do not take) the default's two
+// ops.
+void CudaBackend::AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse,
+                                       const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                       const AttentionOptions& opt, const LinearGradients& qkv_layer, float* dqkv,
+                                       float* dx) {
+  const int64_t c = h * hd, n = b * t, w = 3 * c;
+  if (precision_ == MatmulPrecision::kBf16 && attention_kernel_ == AttentionKernel::kFused) {
+    auto* d16 = reinterpret_cast<__nv_bfloat16*>(dqkv);
+    float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
+    if (TensorCoreAttentionBackward(qkv, qkv + c, qkv + 2 * c, out, lse, dout, b, t, h, hd, opt, {w, w, w, w, w, w},
+                                    d16, d16 + c, d16 + 2 * c, rowd)) {
+      if (qkv_layer.db) AddColumnSums(d16, n, w, qkv_layer.db);
+      LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.kept);
+      return;
+    }
+  }
+  Backend::AttentionQkvBackward(qkv, out, probs, lse, dout, b, t, h, hd, opt, qkv_layer, dqkv, dx);
+}
+
 }  // namespace stability::ops::cuda::internal

@@ -70,9 +70,6 @@ __global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targe
   }
 }
 
-__device__ inline void Store(float x, float* y) { *y = x; }
-__device__ inline void Store(float x, __nv_bfloat16* y) { *y = __float2bfloat16_rn(x); }
-
 // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
 // Out: float, or bf16 when the gradient only feeds bf16 products. Block (row, y) covers
 // kBackwardColumns columns of the row, each thread every blockDim.x-th of them (coalesced): the

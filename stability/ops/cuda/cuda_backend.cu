@@ -602,6 +602,7 @@ void CudaBackend::AddColumnSums(const In* x, int64_t rows, int64_t cols, float* 
   STABILITY_CUDA_LAUNCHED("ColumnPartialsKernel");
   AddColumnTotals(partials, chunks, cols, out);
 }
+template void CudaBackend::AddColumnSums(const __nv_bfloat16*, int64_t, int64_t, float*);  // attention.cu's
 
 void CudaBackend::EmbeddingForward(const int32_t* ids, int64_t n, int64_t t, const float* wte, const float* wpe,
                                    int64_t c, float* out) {

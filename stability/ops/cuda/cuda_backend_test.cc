@@ -1100,6 +1100,71 @@ void CudaBackendTest::MlpBackwardCase(int64_t hidden) {
   for (int i = 0; i < 5; ++i) ExpectClose(fused[i], want[i], 1e-2, 0, names[i]);
 }
 
+// The attention's backward into QKV's (q, k, v the QKV output's blocks, read in place). bf16
+// with the tensor-core kernels writing dq, dk, dv straight in bf16: dx and dw bit for bit the
+// GPU's own AttentionBackward (fp32 dqkv) then LinearBackward (which rounds dqkv to bf16 as the
+// kernels do); the bias gradient, summed from the rounded values instead of the fp32 ones,
+// within its rounding: |Δdb_j| ≤ 2⁻⁹·Σ_r |dqkv_rj| (each value off by at most half a bf16
+// ulp). Against the CPU's fp32 at the tensor-core attention's gradient bar. With the GEMM
+// kernel (no bf16 path): the two ops' bits.
+TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenQkvs) {
+  const int64_t b = 2, t = 100, h = 2, hd = 64, c = h * hd, n = b * t, w3 = 3 * c;
+  const AttentionOptions opt = EveryAttentionOption(hd)[1];  // soft cap
+  const std::vector<float> qkv = RoundedToBf16(Random(n * w3)), dout = RoundedToBf16(Random(n * c)), x = Random(n * c),
+                           w = Random(w3 * c, 0.1);
+  float *gqkv = Up(qkv), *gdout = Up(dout), *gx = Up(x), *gw = Up(w);
+  const AttentionStrides blocks{w3, w3, w3, w3, w3, w3};
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  for (AttentionKernel kernel : {AttentionKernel::kFused, AttentionKernel::kGemm}) {
+    const bool fused_kernel = kernel == AttentionKernel::kFused;
+    SCOPED_TRACE(fused_kernel ? "tensor-core kernels" : "GEMM kernel");
+    gpu_->SetAttentionKernel(kernel);
+    float *gout = Up(std::vector<float>(n * c)), *glse = Up(std::vector<float>(b * h * t));
+    float* gprobs = gpu_->AttentionStoresProbs(hd) ? Up(std::vector<float>(b * h * t * t)) : nullptr;
+    gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout, gprobs, glse, nullptr);
+    // [dx, dw, db] of the one op (true) or the two; dqkv_fp32: the two ops' fp32 dqkv.
+    std::vector<float> dqkv_fp32;
+    const auto run = [&](bool one_op) {
+      float *gdqkv = Up(std::vector<float>(n * w3)), *gdx = Up(std::vector<float>(n * c)),
+            *gdw = Up(std::vector<float>(w3 * c, 0.5f)), *gdb = Up(std::vector<float>(w3, 0.25f));
+      const Backend::LinearGradients qkv_layer{gx, gw, nullptr, gdw, gdb};
+      if (one_op) {
+        gpu_->AttentionQkvBackward(gqkv, gout, gprobs, glse, gdout, b, t, h, hd, opt, qkv_layer, gdqkv, gdx);
+      } else {
+        gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout, gprobs, glse, gdout, b, t, h, hd, opt, blocks,
+                                gdqkv, gdqkv + c, gdqkv + 2 * c);
+        dqkv_fp32 = Down(gdqkv, n * w3);
+        gpu_->LinearBackward(gx, gw, gdqkv, n, c, w3, gdx, gdw, gdb, nullptr);
+      }
+      return std::vector<std::vector<float>>{Down(gdx, n * c), Down(gdw, w3 * c), Down(gdb, w3)};
+    };
+    const std::vector<std::vector<float>> one = run(true), two = run(false);
+    EXPECT_EQ(one[0], two[0]) << "dx";
+    EXPECT_EQ(one[1], two[1]) << "dw";
+    if (!fused_kernel) {
+      EXPECT_EQ(one[2], two[2]) << "db";
+      continue;
+    }
+    for (int64_t j = 0; j < w3; ++j) {
+      double bound = 0;
+      for (int64_t r = 0; r < n; ++r) bound += std::abs(static_cast<double>(dqkv_fp32[r * w3 + j]));
+      ASSERT_LE(std::abs(static_cast<double>(one[2][j]) - two[2][j]), std::ldexp(bound, -9) + 1e-6) << "db " << j;
+    }
+    // Against the CPU's fp32 op on the same (bf16-valued) inputs.
+    std::vector<float> out(n * c), lse(b * h * t), probs(b * h * t * t), dqkv(n * w3), dx(n * c), dw(w3 * c, 0.5f),
+        db(w3, 0.25f);
+    cpu_->AttentionForward(qkv.data(), qkv.data() + c, qkv.data() + 2 * c, b, t, h, hd, opt, blocks, out.data(),
+                           probs.data(), lse.data(), nullptr);
+    cpu_->AttentionQkvBackward(qkv.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
+                               {x.data(), w.data(), nullptr, dw.data(), db.data()}, dqkv.data(), dx.data());
+    ExpectClose(one[0], dx, 1.5e-2, 0, "dx against the CPU's fp32");
+    ExpectClose(one[1], dw, 1.5e-2, 0, "dw against the CPU's fp32");
+    ExpectClose(one[2], db, 1.5e-2, 0, "db against the CPU's fp32");
+  }
+  gpu_->SetAttentionKernel(AttentionKernel::kGemm);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
 // The host rounding the bf16 comparisons give both sides: round to nearest, ties to even.
 TEST(CudaBackendSetupTest, RoundToBf16TiesToEven) {
   const float ulp = std::ldexp(1.0f, -7);  // bf16's spacing in [1, 2)

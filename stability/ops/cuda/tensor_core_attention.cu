@@ -110,18 +110,19 @@ __device__ void WarpAccumulate(const bf16* a, const bf16* b, Accumulator (&acc)[
   }
 }
 
-// The warp's accumulators through its two (adjacent) S buffers to out rows row0.. (scaled):
-// each lane writes its row's half of the HD columns.
-template <int HD>
+// The warp's accumulators through its two (adjacent) S buffers to out rows row0.. (scaled;
+// out fp32 or bf16, rounded once from the scaled fp32 value): each lane writes its row's half
+// of the HD columns.
+template <int HD, typename G>
 __device__ void WriteRows(Accumulator (&acc)[HD / 16], float* buf, int64_t row, int64_t t, int64_t c, float scale,
-                          float* out) {
+                          G* out) {
   __syncwarp();
   for (int n = 0; n < HD / 16; ++n) wmma::store_matrix_sync(buf + n * 16, acc[n], 2 * kSL, wmma::mem_row_major);
   __syncwarp();
   const int lane = threadIdx.x % 32, r = lane / 2, half = lane % 2;
   if (row >= t) return;
   const float* src = buf + r * 2 * kSL + half * (HD / 2);
-  for (int i = 0; i < HD / 2; ++i) out[row * c + half * (HD / 2) + i] = scale * src[i];
+  for (int i = 0; i < HD / 2; ++i) Store(scale * src[i], out + row * c + half * (HD / 2) + i);
 }
 
 // Of this lane's 32 columns (tile rows first + j), how many are at or before `last`.
@@ -232,12 +233,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Per query row: D (from dO·O, or a first sweep under the clip), then dQ.
-template <int HD>
+// Per query row: D (from dO·O, or a first sweep under the clip), then dQ (G: fp32 or bf16).
+template <int HD, typename G>
 __global__ void __launch_bounds__(kThreads)
     BackwardQueryKernel(const float* q, const float* k, const float* v, const float* out, const float* lse,
-                        const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, float* dq,
-                        float* rowd) {
+                        const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, G* dq, float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -303,12 +303,11 @@ __global__ void __launch_bounds__(kThreads)
   if (tq < t && half == 0) rowd[bh * t + tq] = d_row;
 }
 
-// Per key row s: dK and dV over the queries t ≥ s.
-template <int HD>
+// Per key row s: dK and dV over the queries t ≥ s (G: fp32 or bf16).
+template <int HD, typename G>
 __global__ void __launch_bounds__(kThreads)
     BackwardKeyKernel(const float* q, const float* k, const float* v, const float* lse, const float* rowd,
-                      const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, float* dk,
-                      float* dv) {
+                      const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, G* dk, G* dv) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -380,22 +379,22 @@ struct LaunchForward {
 };
 template <int HD>
 struct LaunchBackward {
+  template <typename G>
   static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* out, const float* lse,
-                  const float* dout, int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, float* dq,
-                  float* dk, float* dv, float* rowd) {
-    AllowSharedBytes(BackwardQueryKernel<HD>, Layout<HD>::kQueryBytes, "tensor-core attention");
-    AllowSharedBytes(BackwardKeyKernel<HD>, Layout<HD>::kKeyBytes, "tensor-core attention");
-    BackwardQueryKernel<HD><<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, ld, dq,
-                                                                          rowd);
-    BackwardKeyKernel<HD><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk,
-                                                                      dv);
+                  const float* dout, int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, G* dq, G* dk, G* dv,
+                  float* rowd) {
+    AllowSharedBytes(BackwardQueryKernel<HD, G>, Layout<HD>::kQueryBytes, "tensor-core attention");
+    AllowSharedBytes(BackwardKeyKernel<HD, G>, Layout<HD>::kKeyBytes, "tensor-core attention");
+    BackwardQueryKernel<HD, G>
+        <<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, ld, dq, rowd);
+    BackwardKeyKernel<HD, G><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk, dv);
   }
 };
 
-// float4 loads need 16-byte aligned rows: every pointer, and row strides of whole float4s
-// (heads start HD % 16 == 0 floats apart).
-bool Aligned(std::initializer_list<const float*> ptrs, std::initializer_list<int64_t> strides) {
-  for (const float* p : ptrs) {
+// float4 loads need 16-byte aligned rows: every pointer read, and row strides of whole float4s
+// (heads start HD % 16 == 0 floats apart). The gradients are written a value at a time.
+bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
+  for (const void* p : ptrs) {
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   }
   for (int64_t s : strides) {
@@ -419,11 +418,12 @@ bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, con
   return true;
 }
 
+template <typename G>
 bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                               const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
                                               int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
-                                              float* dq, float* dk, float* dv, float* rowd) {
-  if (!Aligned({q, k, v, dout, dq, dk, dv}, {ld.q, ld.k, ld.v})) return false;
+                                              G* dq, G* dk, G* dv, float* rowd) {
+  if (!Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, out, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd)) {
     return false;
@@ -431,5 +431,13 @@ bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, co
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
   return true;
 }
+template bool CudaBackend::TensorCoreAttentionBackward(const float*, const float*, const float*, const float*,
+                                                       const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                                                       const AttentionOptions&, const AttentionStrides&, float*, float*,
+                                                       float*, float*);
+template bool CudaBackend::TensorCoreAttentionBackward(const float*, const float*, const float*, const float*,
+                                                       const float*, const float*, int64_t, int64_t, int64_t, int64_t,
+                                                       const AttentionOptions&, const AttentionStrides&, __nv_bfloat16*,
+                                                       __nv_bfloat16*, __nv_bfloat16*, float*);
 
 }  // namespace stability::ops::cuda::internal

@@ -114,6 +114,9 @@ struct MaxOp {
 // An fp32 or bf16 buffer's value as fp32 (kernels templated on what they read).
 __device__ inline float Load(const float* x) { return *x; }
 __device__ inline float Load(const __nv_bfloat16* x) { return __bfloat162float(*x); }
+// x into an fp32 or bf16 buffer (rounded to nearest even).
+__device__ inline void Store(float x, float* y) { *y = x; }
+__device__ inline void Store(float x, __nv_bfloat16* y) { *y = __float2bfloat16_rn(x); }
 
 __device__ inline float ShuffleDown(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 __device__ inline double ShuffleDown(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
@@ -228,6 +231,9 @@ class CudaBackend final : public Backend {
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
                          float* dv) override;
+  void AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse, const float* dout,
+                            int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
+                            const LinearGradients& qkv_layer, float* dqkv, float* dx) override;
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
@@ -323,14 +329,15 @@ class CudaBackend final : public Backend {
                               float* dv);
   // tensor_core_attention.cu (bf16): false, nothing done, for a head dim it has no kernel
   // for or buffers not 16-byte aligned. Per-row telemetry into row_max and row_entropy;
-  // rowd [B·H·T] is the backward's scratch.
+  // rowd [B·H·T] is the backward's scratch; dq, dk, dv fp32 or bf16 (G).
   bool TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
                                   float* lse, float* row_max, double* row_entropy);
-  bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
-                                   const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                   const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
-                                   float* dv, float* rowd);
+  template <typename G>
+  bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
+                                   const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                   const AttentionOptions& opt, const AttentionStrides& ld, G* dq, G* dk, G* dv,
+                                   float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
   // next->x (marked rounded) where an op writes its output straight into the next
