@@ -650,29 +650,33 @@ absl::Status Model::Backward(float dloss) {
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
     float* dqkv = m.dqkv.f32();
-    const bool qk_in_place = y.attn_ld.dq == 3 * C, v_in_place = y.attn_ld.dv == 3 * C;
-    if (qk_in_place && v_in_place) {  // q, k, v are QKV's output: one op into QKV's backward
-      be.AttentionQkvBackward(y.qkv_out.f32(), y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn,
-                              gradients_of(y.qkv, a1), dqkv, m.dtmp.f32());
-    } else {
+    if (!rope) {  // the attention, the q/k/v norms and QKV: one op
+      const auto qkv_norm_of = [&](const Norm& n, const NormActs& a) {
+        return ops::Backend::QkvNorm{n.g->value.f32(), a.mean.f32(), a.rstd.f32(), n.g->grad.f32(),
+                                     n.b ? n.b->grad.f32() : nullptr};
+      };
+      ops::Backend::QkvNorm qn, kn, vn;
+      ops::Backend::QkvNorms norms{c.norm, qkv_norm.rows, qkv_norm.d, qkv_norm.layout};
+      if (y.q_norm.on())
+        qn = qkv_norm_of(y.q_norm, y.qn), kn = qkv_norm_of(y.k_norm, y.kn), norms.q = &qn, norms.k = &kn;
+      if (y.v_norm.on()) vn = qkv_norm_of(y.v_norm, y.vn), norms.v = &vn;
+      be.AttentionQkvBackward(y.qkv_out.f32(), y.q_att, y.k_att, y.v_att, y.attn_ld, y.att.f32(), ProbsOf(y),
+                              y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn, norms, gradients_of(y.qkv, a1),
+                              m.dq.f32(), m.dk.f32(), m.dv.f32(), dqkv, m.dtmp.f32());
+    } else {  // RoPE between them: op by op
+      const bool v_in_place = y.attn_ld.dv == 3 * C;
       be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H,
-                           HD, attn, y.attn_ld, qk_in_place ? dqkv : m.dq.f32(), qk_in_place ? dqkv + C : m.dk.f32(),
-                           v_in_place ? dqkv + 2 * C : m.dv.f32());
-      if (!qk_in_place) {  // RoPE's and the norms' input gradients end in their QKV blocks
-        if (rope) {
-          const bool last = !y.q_norm.on();
-          be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
-          be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
-        }
-        if (y.q_norm.on()) {
-          const float* qkv = y.qkv_out.f32();
-          norm_back(y.q_norm, qkv, qkv_norm.layout, y.qn, m.dq.f32(), qkv_norm.rows, qkv_norm.d, dqkv);
-          norm_back(y.k_norm, qkv + C, qkv_norm.layout, y.kn, m.dk.f32(), qkv_norm.rows, qkv_norm.d, dqkv + C);
-        }
+                           HD, attn, y.attn_ld, m.dq.f32(), m.dk.f32(), v_in_place ? dqkv + 2 * C : m.dv.f32());
+      const bool last = !y.q_norm.on();  // RoPE's input gradients end in their QKV blocks, or the norms' do
+      be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+      be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
+      const float* qkv = y.qkv_out.f32();
+      if (y.q_norm.on()) {
+        norm_back(y.q_norm, qkv, qkv_norm.layout, y.qn, m.dq.f32(), qkv_norm.rows, qkv_norm.d, dqkv);
+        norm_back(y.k_norm, qkv + C, qkv_norm.layout, y.kn, m.dk.f32(), qkv_norm.rows, qkv_norm.d, dqkv + C);
       }
       if (!v_in_place) {
-        norm_back(y.v_norm, y.qkv_out.f32() + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d,
-                  dqkv + 2 * C);
+        norm_back(y.v_norm, qkv + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d, dqkv + 2 * C);
       }
       linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
     }

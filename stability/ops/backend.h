@@ -238,21 +238,52 @@ class Backend {
                                  const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
                                  int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
                                  float* dq, float* dk, float* dv) = 0;
-  // The attention's backward into the QKV layer's, where q, k and v are the three column
-  // blocks of that layer's output qkv [B·T, 3·C] read in place (C = H·hd; no q/k/v norm, no
-  // RoPE): AttentionBackward writing dq, dk, dv into dqkv's blocks, then the layer's
-  // LinearBackward from dqkv (dx [B·T, C] overwritten) — what the default does. dqkv
-  // [B·T, 3·C] floats is scratch whose contents are the backend's: CUDA in bf16 has the
-  // tensor-core kernels write it in bf16 (what QKV's products read; the same values
-  // LinearBackward would round), its bias gradient summed from those: no fp32 pass over dqkv.
-  virtual void AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse,
+  // The norms between QKV's output and the attention (q_norm, k_norm, v_norm; the methods'
+  // QK and QKV norms): each a block's, nullable where that block is read in place. A norm's
+  // rows in its block of qkv (and its gradient's in dqkv) as `layout` says: N rows of C (full
+  // width) or N·H rows of head_dim (per head).
+  struct QkvNorm {
+    const float* g;
+    const float* mean;  // as its NormForward saved them (mean: LayerNorm only)
+    const float* rstd;
+    float* dg;  // += (NormBackward's)
+    float* db;  // nullable
+  };
+  struct QkvNorms {
+    NormKind kind = NormKind::kLayerNorm;
+    int64_t rows = 0, d = 0;
+    RowLayout layout{1, 1};
+    const QkvNorm* q = nullptr;
+    const QkvNorm* k = nullptr;
+    const QkvNorm* v = nullptr;
+  };
+  // The attention's backward into the QKV layer's, through the norms between them: q, k, v
+  // (what the attention read: the blocks of QKV's output qkv [B·T, 3·C] in place, C = H·hd,
+  // or a norm's output) as AttentionBackward takes them, ld.dq/dk/dv 3·C for a block read in
+  // place and C for one behind a norm; then each norm's NormBackward from the attention's
+  // gradient of its output (dq, dk, dv [B·T, C] floats: scratch, used where that block has a
+  // norm) into its block of dqkv; then the layer's LinearBackward from dqkv (dx [B·T, C]
+  // overwritten) — what the default does. dqkv [B·T, 3·C] floats is scratch whose contents
+  // are the backend's: CUDA in bf16 has the tensor-core kernels write the attention's
+  // gradients in bf16 (what QKV's products read, rounded as LinearBackward would; behind a
+  // norm, the norm's backward reads them so, as under autocast) and the norms write theirs in
+  // bf16, QKV's bias gradient summed from those: no fp32 pass over dqkv.
+  virtual void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
+                                    const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                                     const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                    const AttentionOptions& opt, const LinearGradients& qkv_layer, float* dqkv,
+                                    const AttentionOptions& opt, const QkvNorms& norms,
+                                    const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
                                     float* dx) {
-    const int64_t c = h * hd, w = 3 * c;
-    AttentionBackward(qkv, qkv + c, qkv + 2 * c, out, probs, lse, dout, b, t, h, hd, opt, {w, w, w, w, w, w}, dqkv,
-                      dqkv + c, dqkv + 2 * c);
-    LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, w, dx, qkv_layer.dw, qkv_layer.db, qkv_layer.kept);
+    const int64_t c = h * hd;
+    const QkvNorm* norm[3] = {norms.q, norms.k, norms.v};
+    float* grad[3] = {norms.q ? dq : dqkv, norms.k ? dk : dqkv + c, norms.v ? dv : dqkv + 2 * c};
+    AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, grad[0], grad[1], grad[2]);
+    for (int i = 0; i < 3; ++i) {
+      if (norm[i] == nullptr) continue;
+      NormBackward(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd, grad[i], norms.rows,
+                   norms.d, dqkv + i * c, norm[i]->dg, norm[i]->db);
+    }
+    LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, 3 * c, dx, qkv_layer.dw, qkv_layer.db, qkv_layer.kept);
   }
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] into y, positions 0..T−1:

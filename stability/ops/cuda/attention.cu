@@ -194,27 +194,40 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
   }
 }
 
-// bf16, the tensor-core kernels: dq, dk, dv written in bf16 straight into QKV's gradient
-// operand (the first half of dqkv), the values LinearBackward would round them to; the bias
-// gradient the column sums of those bf16 values (as FC1's under DGELU). Otherwise (fp32, the
-// GEMM kernel, a head dim or alignment the tensor-core kernels do not take) the default's two
-// ops.
-void CudaBackend::AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse,
-                                       const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                       const AttentionOptions& opt, const LinearGradients& qkv_layer, float* dqkv,
+// bf16, the tensor-core kernels: the attention's gradients written in bf16 — a block read in
+// place straight into QKV's gradient operand (the first half of dqkv: the values
+// LinearBackward would round it to), one behind a norm into the first half of its scratch, from
+// which the norm's backward writes its own into the operand; QKV's bias gradient the column
+// sums of the operand's bf16 values (as FC1's under DGELU). Otherwise (fp32, the GEMM kernel, a
+// head dim or alignment the tensor-core kernels do not take) the default's ops.
+void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
+                                       const AttentionStrides& ld, const float* out, const float* probs,
+                                       const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                       const AttentionOptions& opt, const QkvNorms& norms,
+                                       const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
                                        float* dx) {
   const int64_t c = h * hd, n = b * t, w = 3 * c;
   if (precision_ == MatmulPrecision::kBf16 && attention_kernel_ == AttentionKernel::kFused) {
     auto* d16 = reinterpret_cast<__nv_bfloat16*>(dqkv);
+    const QkvNorm* norm[3] = {norms.q, norms.k, norms.v};
+    __nv_bfloat16* grad[3];
+    float* scratch[3] = {dq, dk, dv};
+    for (int i = 0; i < 3; ++i) grad[i] = norm[i] ? reinterpret_cast<__nv_bfloat16*>(scratch[i]) : d16 + i * c;
     float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
-    if (TensorCoreAttentionBackward(qkv, qkv + c, qkv + 2 * c, out, lse, dout, b, t, h, hd, opt, {w, w, w, w, w, w},
-                                    d16, d16 + c, d16 + 2 * c, rowd)) {
+    if (TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, grad[0], grad[1], grad[2], rowd)) {
+      for (int i = 0; i < 3; ++i) {
+        if (norm[i] == nullptr) continue;
+        NormBackwardRows(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd,
+                         static_cast<const __nv_bfloat16*>(grad[i]), norms.rows, norms.d, /*accumulate=*/false,
+                         d16 + i * c, norm[i]->dg, norm[i]->db);
+      }
       if (qkv_layer.db) AddColumnSums(d16, n, w, qkv_layer.db);
       LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.kept);
       return;
     }
   }
-  Backend::AttentionQkvBackward(qkv, out, probs, lse, dout, b, t, h, hd, opt, qkv_layer, dqkv, dx);
+  Backend::AttentionQkvBackward(qkv, q, k, v, ld, out, probs, lse, dout, b, t, h, hd, opt, norms, qkv_layer, dq, dk, dv,
+                                dqkv, dx);
 }
 
 }  // namespace stability::ops::cuda::internal

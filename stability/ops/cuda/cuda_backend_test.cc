@@ -1100,69 +1100,143 @@ void CudaBackendTest::MlpBackwardCase(int64_t hidden) {
   for (int i = 0; i < 5; ++i) ExpectClose(fused[i], want[i], 1e-2, 0, names[i]);
 }
 
-// The attention's backward into QKV's (q, k, v the QKV output's blocks, read in place). bf16
-// with the tensor-core kernels writing dq, dk, dv straight in bf16: dx and dw bit for bit the
-// GPU's own AttentionBackward (fp32 dqkv) then LinearBackward (which rounds dqkv to bf16 as the
-// kernels do); the bias gradient, summed from the rounded values instead of the fp32 ones,
-// within its rounding: |Δdb_j| ≤ 2⁻⁹·Σ_r |dqkv_rj| (each value off by at most half a bf16
-// ulp). Against the CPU's fp32 at the tensor-core attention's gradient bar. With the GEMM
-// kernel (no bf16 path): the two ops' bits.
-TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenQkvs) {
+// The attention's backward into QKV's, through the q/k/v norms between them: the blocks read
+// in place (the baseline), q and k behind full-width LayerNorms (QK norm), and all three
+// behind per-head RMSNorms. bf16 with the tensor-core kernels, which write the attention's
+// gradients in bf16 (and the norms theirs): against the CPU's fp32 op on the same inputs (q, k,
+// v and dO bf16-valued, as the attention's own test) at the tensor-core attention's gradient
+// bar, 1.5e-2 of the largest value, for every output — QKV's dx, dw and bias, the norms' gains
+// and biases. In place, dx and dw also bit for bit the GPU's own AttentionBackward (fp32 dqkv)
+// then LinearBackward (which rounds dqkv to bf16 as the kernels do), and the bias gradient,
+// summed from the rounded values instead of the fp32 ones, within that rounding:
+// |Δdb_j| ≤ 2⁻⁹·Σ_r |dqkv_rj|. With the GEMM kernel (no bf16 path): the ops' bits.
+TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs) {
   const int64_t b = 2, t = 100, h = 2, hd = 64, c = h * hd, n = b * t, w3 = 3 * c;
   const AttentionOptions opt = EveryAttentionOption(hd)[1];  // soft cap
   const std::vector<float> qkv = RoundedToBf16(Random(n * w3)), dout = RoundedToBf16(Random(n * c)), x = Random(n * c),
                            w = Random(w3 * c, 0.1);
   float *gqkv = Up(qkv), *gdout = Up(dout), *gx = Up(x), *gw = Up(w);
-  const AttentionStrides blocks{w3, w3, w3, w3, w3, w3};
-  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
-  for (AttentionKernel kernel : {AttentionKernel::kFused, AttentionKernel::kGemm}) {
-    const bool fused_kernel = kernel == AttentionKernel::kFused;
-    SCOPED_TRACE(fused_kernel ? "tensor-core kernels" : "GEMM kernel");
-    gpu_->SetAttentionKernel(kernel);
-    float *gout = Up(std::vector<float>(n * c)), *glse = Up(std::vector<float>(b * h * t));
-    float* gprobs = gpu_->AttentionStoresProbs(hd) ? Up(std::vector<float>(b * h * t * t)) : nullptr;
-    gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout, gprobs, glse, nullptr);
-    // [dx, dw, db] of the one op (true) or the two; dqkv_fp32: the two ops' fp32 dqkv.
-    std::vector<float> dqkv_fp32;
-    const auto run = [&](bool one_op) {
-      float *gdqkv = Up(std::vector<float>(n * w3)), *gdx = Up(std::vector<float>(n * c)),
-            *gdw = Up(std::vector<float>(w3 * c, 0.5f)), *gdb = Up(std::vector<float>(w3, 0.25f));
-      const Backend::LinearGradients qkv_layer{gx, gw, nullptr, gdw, gdb};
-      if (one_op) {
-        gpu_->AttentionQkvBackward(gqkv, gout, gprobs, glse, gdout, b, t, h, hd, opt, qkv_layer, gdqkv, gdx);
-      } else {
-        gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout, gprobs, glse, gdout, b, t, h, hd, opt, blocks,
-                                gdqkv, gdqkv + c, gdqkv + 2 * c);
-        dqkv_fp32 = Down(gdqkv, n * w3);
-        gpu_->LinearBackward(gx, gw, gdqkv, n, c, w3, gdx, gdw, gdb, nullptr);
+  struct Case {
+    const char* name;
+    bool q_and_k, v, per_head;
+    NormKind kind;
+  };
+  for (const Case& cs : {Case{"in place", false, false, false, NormKind::kLayerNorm},
+                         Case{"QK LayerNorm", true, false, false, NormKind::kLayerNorm},
+                         Case{"QKV RMSNorm per head", true, true, true, NormKind::kRMSNorm}}) {
+    SCOPED_TRACE(cs.name);
+    const int64_t groups = cs.per_head ? h : 1, rows = n * groups, d = c / groups;
+    const RowLayout layout{groups, w3};
+    const bool layer = cs.kind == NormKind::kLayerNorm;
+    // The attention's inputs: a block in place, or its norm's output (bf16-valued), the norm's
+    // statistics from the CPU's forward; the same on both sides.
+    std::vector<std::vector<float>> in(3), mean(3), rstd(3), gain(3), bias(3);  // bias: the forward's only
+    std::vector<const float*> g_in(3), g_mean(3), g_rstd(3), g_gain(3);
+    AttentionStrides ld{w3, w3, w3, w3, w3, w3};
+    bool normed[3] = {cs.q_and_k, cs.q_and_k, cs.v};
+    for (int i = 0; i < 3; ++i) {
+      if (!normed[i]) {
+        g_in[i] = gqkv + i * c;
+        continue;
       }
-      return std::vector<std::vector<float>>{Down(gdx, n * c), Down(gdw, w3 * c), Down(gdb, w3)};
+      in[i].resize(n * c), mean[i].resize(rows), rstd[i].resize(rows);
+      gain[i] = Random(d, 0.3), bias[i] = Random(d, 0.1);
+      for (float& e : gain[i]) e += 1.0f;
+      cpu_->NormForward(cs.kind, qkv.data() + i * c, layout, gain[i].data(), layer ? bias[i].data() : nullptr, rows, d,
+                        1e-5f, in[i].data(), mean[i].data(), rstd[i].data(), nullptr);
+      in[i] = RoundedToBf16(in[i]);
+      g_in[i] = Up(in[i]), g_mean[i] = Up(mean[i]), g_rstd[i] = Up(rstd[i]), g_gain[i] = Up(gain[i]);
+      (i == 0 ? ld.q : i == 1 ? ld.k : ld.v) = c;
+      (i == 0 ? ld.dq : i == 1 ? ld.dk : ld.dv) = c;
+    }
+    const auto cpu_in = [&](int i) { return normed[i] ? in[i].data() : qkv.data() + i * c; };
+    // Every output: [dx, dw, db, then each norm's dg and db]; norms' gradients start at 0.5.
+    using Ptrs = std::vector<const float*>;
+    const auto run = [&](Backend* be, const float* bqkv, const Ptrs& bin, const float* bout, const float* bprobs,
+                         const float* blse, const float* bdout, const float* bx, const float* bw, const Ptrs& bmean,
+                         const Ptrs& brstd, const Ptrs& bgain, bool one_op, std::vector<float>* dqkv_fp32) {
+      const bool host = be == cpu_;
+      std::vector<std::vector<float>> bufs;  // host buffers (the CPU) kept alive here
+      const auto make = [&](int64_t size, float init) -> float* {
+        if (host) return bufs.emplace_back(size, init).data();
+        return Up(std::vector<float>(size, init));
+      };
+      bufs.reserve(32);
+      float *dqkv = make(n * w3, 0), *dq = make(n * c, 0), *dk = make(n * c, 0), *dv = make(n * c, 0),
+            *dx = make(n * c, 0), *dw = make(w3 * c, 0.5f), *db = make(w3, 0.25f);
+      Backend::QkvNorm norm[3];
+      std::vector<float*> dg(3, nullptr), dnb(3, nullptr);
+      Backend::QkvNorms norms{cs.kind, rows, d, layout};
+      for (int i = 0; i < 3; ++i) {
+        if (!normed[i]) continue;
+        dg[i] = make(d, 0.5f), dnb[i] = layer ? make(d, 0.5f) : nullptr;
+        norm[i] = {bgain[i], layer ? bmean[i] : nullptr, brstd[i], dg[i], dnb[i]};
+        (i == 0 ? norms.q : i == 1 ? norms.k : norms.v) = &norm[i];
+      }
+      const Backend::LinearGradients qkv_layer{bx, bw, nullptr, dw, db};
+      if (one_op) {
+        be->AttentionQkvBackward(bqkv, bin[0], bin[1], bin[2], ld, bout, bprobs, blse, bdout, b, t, h, hd, opt, norms,
+                                 qkv_layer, dq, dk, dv, dqkv, dx);
+      } else {  // in place only
+        be->AttentionBackward(bin[0], bin[1], bin[2], bout, bprobs, blse, bdout, b, t, h, hd, opt, ld, dqkv, dqkv + c,
+                              dqkv + 2 * c);
+        *dqkv_fp32 = Down(dqkv, n * w3);
+        be->LinearBackward(bx, bw, dqkv, n, c, w3, dx, dw, db, nullptr);
+      }
+      const auto down = [&](const float* p, int64_t size) {
+        return host ? std::vector<float>(p, p + size) : Down(p, size);
+      };
+      std::vector<std::vector<float>> got = {down(dx, n * c), down(dw, w3 * c), down(db, w3)};
+      for (int i = 0; i < 3; ++i) {
+        if (!normed[i]) continue;
+        got.push_back(down(dg[i], d));
+        if (layer) got.push_back(down(dnb[i], d));
+      }
+      return got;
     };
-    const std::vector<std::vector<float>> one = run(true), two = run(false);
-    EXPECT_EQ(one[0], two[0]) << "dx";
-    EXPECT_EQ(one[1], two[1]) << "dw";
-    if (!fused_kernel) {
-      EXPECT_EQ(one[2], two[2]) << "db";
-      continue;
+    std::vector<float> out(n * c), probs(b * h * t * t), lse(b * h * t);
+    cpu_->AttentionForward(cpu_in(0), cpu_in(1), cpu_in(2), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(),
+                           nullptr);
+    Ptrs cin = {cpu_in(0), cpu_in(1), cpu_in(2)}, cmean(3), crstd(3), cgain(3);
+    for (int i = 0; i < 3; ++i) {
+      if (normed[i]) cmean[i] = mean[i].data(), crstd[i] = rstd[i].data(), cgain[i] = gain[i].data();
     }
-    for (int64_t j = 0; j < w3; ++j) {
-      double bound = 0;
-      for (int64_t r = 0; r < n; ++r) bound += std::abs(static_cast<double>(dqkv_fp32[r * w3 + j]));
-      ASSERT_LE(std::abs(static_cast<double>(one[2][j]) - two[2][j]), std::ldexp(bound, -9) + 1e-6) << "db " << j;
+    const std::vector<std::vector<float>> want =
+        run(cpu_, qkv.data(), cin, out.data(), probs.data(), lse.data(), dout.data(), x.data(), w.data(), cmean, crstd,
+            cgain, true, nullptr);
+
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+    for (AttentionKernel kernel : {AttentionKernel::kFused, AttentionKernel::kGemm}) {
+      const bool tensor_core = kernel == AttentionKernel::kFused;
+      SCOPED_TRACE(tensor_core ? "tensor-core kernels" : "GEMM kernel");
+      gpu_->SetAttentionKernel(kernel);
+      float *gout = Up(std::vector<float>(n * c)), *glse = Up(std::vector<float>(b * h * t));
+      float* gprobs = gpu_->AttentionStoresProbs(hd) ? Up(std::vector<float>(b * h * t * t)) : nullptr;
+      gpu_->AttentionForward(g_in[0], g_in[1], g_in[2], b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr);
+      const std::vector<std::vector<float>> got =
+          run(gpu_, gqkv, g_in, gout, gprobs, glse, gdout, gx, gw, g_mean, g_rstd, g_gain, true, nullptr);
+      ASSERT_EQ(got.size(), want.size());
+      const char* names[] = {"dx", "dw", "db", "norm dg", "norm db", "norm dg", "norm db", "norm dg", "norm db"};
+      for (size_t i = 0; i < got.size(); ++i) ExpectClose(got[i], want[i], 1.5e-2, 0, names[i]);
+      if (cs.q_and_k || cs.v) continue;
+      std::vector<float> dqkv_fp32;
+      const std::vector<std::vector<float>> two =
+          run(gpu_, gqkv, g_in, gout, gprobs, glse, gdout, gx, gw, g_mean, g_rstd, g_gain, false, &dqkv_fp32);
+      EXPECT_EQ(got[0], two[0]) << "dx";
+      EXPECT_EQ(got[1], two[1]) << "dw";
+      if (!tensor_core) {
+        EXPECT_EQ(got[2], two[2]) << "db";
+        continue;
+      }
+      for (int64_t j = 0; j < w3; ++j) {
+        double bound = 0;
+        for (int64_t r = 0; r < n; ++r) bound += std::abs(static_cast<double>(dqkv_fp32[r * w3 + j]));
+        ASSERT_LE(std::abs(static_cast<double>(got[2][j]) - two[2][j]), std::ldexp(bound, -9) + 1e-6) << "db " << j;
+      }
     }
-    // Against the CPU's fp32 op on the same (bf16-valued) inputs.
-    std::vector<float> out(n * c), lse(b * h * t), probs(b * h * t * t), dqkv(n * w3), dx(n * c), dw(w3 * c, 0.5f),
-        db(w3, 0.25f);
-    cpu_->AttentionForward(qkv.data(), qkv.data() + c, qkv.data() + 2 * c, b, t, h, hd, opt, blocks, out.data(),
-                           probs.data(), lse.data(), nullptr);
-    cpu_->AttentionQkvBackward(qkv.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd, opt,
-                               {x.data(), w.data(), nullptr, dw.data(), db.data()}, dqkv.data(), dx.data());
-    ExpectClose(one[0], dx, 1.5e-2, 0, "dx against the CPU's fp32");
-    ExpectClose(one[1], dw, 1.5e-2, 0, "dw against the CPU's fp32");
-    ExpectClose(one[2], db, 1.5e-2, 0, "db against the CPU's fp32");
+    gpu_->SetAttentionKernel(AttentionKernel::kGemm);
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   }
-  gpu_->SetAttentionKernel(AttentionKernel::kGemm);
-  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
 
 // The host rounding the bf16 comparisons give both sides: round to nearest, ties to even.

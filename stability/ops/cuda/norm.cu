@@ -1,6 +1,8 @@
 // LayerNorm and RMSNorm on the GPU: statistics in double through a fixed reduction tree;
 // forward one warp a row, backward one block a chunk of rows with dx and the parameter
 // gradients' deterministic column sums in one pass over x and dy.
+#include <type_traits>
+
 #include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
@@ -58,34 +60,36 @@ int NormThreads(int64_t d) { return d >= 256 ? 256 : static_cast<int>((d + 31) /
 // dx and the parameter gradients' partials in one pass over x and dy: block `chunk` (of
 // gridDim.x = NormChunks) takes its rows one after another,
 //   dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
-// (accumulate: dx += , the residual stream's gradient; dx laid out as x), and each thread
+// (accumulate: dx += , the residual stream's gradient; dx laid out as x; dy and dx fp32 or
+// bf16, the math fp32 either way), and each thread
 // adds its columns' dy·x̂ and dy into its own slots of the block's shared accumulators
 // (double, rows in order, as the CPU), written out as partials_g/partials_b[chunk, j]
 // (partials_b nullable) for AddColumnTotals. The second pass over the row reads what the
 // first just loaded (L1), so x and dy come from memory once.
+template <typename DY, typename DX>
 __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
-                                   const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate,
-                                   float* dx, double* partials_g, double* partials_b) {
+                                   const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
+                                   double* partials_g, double* partials_b) {
   extern __shared__ double acc[];  // [0, d): Σ dy·x̂; [d, 2d): Σ dy — each slot one thread's
   const int64_t chunk = blockIdx.x, chunks = gridDim.x;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) acc[j] = acc[d + j] = 0;
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
     const float* xr = x + x_rows.Offset(r, d);
-    float* dxr = dx + x_rows.Offset(r, d);
-    const float* dyr = dy + r * d;
+    DX* dxr = dx + x_rows.Offset(r, d);
+    const DY* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
     double sg = 0, sgx = 0;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const double gh = dyr[j] * g[j];
+      const double gh = Load(dyr + j) * g[j];
       sg += gh;
       sgx += gh * (xr[j] - m) * rs;
     }
     const float mg = layer ? static_cast<float>(BlockSum(sg) / d) : 0.0f;
     const float mgx = static_cast<float>(BlockSum(sgx) / d);
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const float xh = (xr[j] - m) * rs, dyj = dyr[j];
+      const float xh = (xr[j] - m) * rs, dyj = Load(dyr + j);
       const float v = rs * (dyj * g[j] - mg - xh * mgx);
-      dxr[j] = accumulate ? __fadd_rn(dxr[j], v) : v;  // never an FMA: the bits of Add's
+      Store(accumulate ? __fadd_rn(Load(dxr + j), v) : v, dxr + j);  // never an FMA: the bits of Add's
       acc[j] += static_cast<double>(dyj) * xh;
       acc[d + j] += dyj;
     }
@@ -123,20 +127,26 @@ void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, 
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
 
+template <typename DY, typename DX>
 void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
-                                   const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
-                                   bool accumulate, float* dx, float* dg, float* db) {
+                                   const float* mean, const float* rstd, const DY* dy, int64_t rows, int64_t d,
+                                   bool accumulate, DX* dx, float* dg, float* db) {
   const int chunks = NormChunks(rows);
   double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
   double* partials_b = db ? partials_g + chunks * d : nullptr;
   const size_t shared = 2 * d * sizeof(double);  // 48 KB (the default) at d = 3,072
-  if (shared > 48 * 1024) AllowSharedBytes(NormBackwardKernel, shared, "NormBackwardKernel (the norm's width)");
-  NormBackwardKernel<<<chunks, NormThreads(d), shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd, dy,
-                                                         rows, d, accumulate, dx, partials_g, partials_b);
-  STABILITY_CUDA_LAUNCHED("NormBackwardKernel");
+  if (shared > 48 * 1024) {
+    AllowSharedBytes(NormBackwardKernel<DY, DX>, shared, "NormBackwardKernel (the norm's width)");
+  }
+  NormBackwardKernel<DY, DX><<<chunks, NormThreads(d), shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd,
+                                                                 dy, rows, d, accumulate, dx, partials_g, partials_b);
+  STABILITY_CUDA_LAUNCHED((std::is_same_v<DX, float> ? "NormBackwardKernel" : "NormBackwardKernel (bf16)"));
   AddColumnTotals(partials_g, chunks, d, dg);
   if (db) AddColumnTotals(partials_b, chunks, d, db);
 }
+template void CudaBackend::NormBackwardRows(NormKind, const float*, const RowLayout&, const float*, const float*,
+                                            const float*, const __nv_bfloat16*, int64_t, int64_t, bool, __nv_bfloat16*,
+                                            float*, float*);  // attention.cu's
 
 void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,

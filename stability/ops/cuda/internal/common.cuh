@@ -231,9 +231,11 @@ class CudaBackend final : public Backend {
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
                          float* dv) override;
-  void AttentionQkvBackward(const float* qkv, const float* out, const float* probs, const float* lse, const float* dout,
-                            int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
-                            const LinearGradients& qkv_layer, float* dqkv, float* dx) override;
+  void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
+                            const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
+                            const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
+                            const QkvNorms& norms, const LinearGradients& qkv_layer, float* dq, float* dk, float* dv,
+                            float* dqkv, float* dx) override;
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
@@ -362,10 +364,12 @@ class CudaBackend final : public Backend {
   // block's fixed tree), into *out on the device or returned.
   void DotInto(const float* a, const float* b, int64_t n, double* out);
   double Dot(const float* a, const float* b, int64_t n);
-  // NormBackward (dx overwritten) and AddNormBackward (accumulate: dx +=).
+  // NormBackward (dx overwritten) and AddNormBackward (accumulate: dx +=); dy and dx fp32,
+  // or bf16 (AttentionQkvBackward's: the attention's bf16 gradient in, QKV's operand out).
+  template <typename DY, typename DX>
   void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
-                        const float* rstd, const float* dy, int64_t rows, int64_t d, bool accumulate, float* dx,
-                        float* dg, float* db);
+                        const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx, float* dg,
+                        float* db);
   // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator);
   // x fp32 or bf16.
   template <typename In>
