@@ -528,8 +528,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     Alloc(device_, y.attn_lse, {B, H, T});
     Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;
+    // out (which the backward reads) and, where the kernel can, rounded into Proj's operand.
     be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), ProbsOf(y),
-                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr);
+                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr, kept_of(y.proj));
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));

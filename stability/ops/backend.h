@@ -224,10 +224,12 @@ class Backend {
   // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous; q, k, v rows `ld` apart).
   // probs: [B, H, T, T], the softmax p (not p'), and lse: [B, H, T], log Σ exp z per query
   // row, both saved for backward (z_s = log p_s + lse recovers the capped logits); stats
-  // nullable.
+  // nullable. next (nullable): the Bf16Operands of the product that reads out (Proj's); a
+  // kernel that can writes out rounded into next->x as well and sets next->x_rounded (out is
+  // still written: the backward reads it), others leave next alone.
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                 int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                float* probs, float* lse, AttentionStats* stats) = 0;
+                                float* probs, float* lse, AttentionStats* stats, Bf16Operands* next) = 0;
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
   // fused kernel that recomputes them from lse; the caller then passes nullptr).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }

@@ -61,7 +61,7 @@ void ForEachHead(int64_t bh_count, int64_t t, Body body) {
 
 void CpuBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                  float* probs, float* lse, AttentionStats* stats) {
+                                  float* probs, float* lse, AttentionStats* stats, Bf16Operands* /*next: fp32*/) {
   internal::OpScope scope("AttentionForward");
   const int64_t c = h * hd;
   const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;

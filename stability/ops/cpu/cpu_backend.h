@@ -32,8 +32,8 @@ class CpuBackend final : public Backend {
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
-                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs,
-                        float* lse, AttentionStats* stats) override;
+                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
+                        AttentionStats* stats, Bf16Operands* next) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,

@@ -134,9 +134,9 @@ void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row
 
 void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                    int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                   float* probs, float* lse, AttentionStats* stats) {
+                                   float* probs, float* lse, AttentionStats* stats, Bf16Operands* next) {
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats)) {
+      FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats, next)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;

@@ -314,14 +314,24 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
         *glse = Up(lse), *gdq = Up(dq), *gdk = Up(dk), *gdv = Up(dv);
   AttentionStats cs, gs;
   const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
-  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(),
-                         &cs);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, &gs);
+  cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(), &cs,
+                         nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, &gs, nullptr);
   ExpectClose(Down(gout, n), out, tol.out, 0, "attention out");
   if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, tol.probs, 0, "probs");
   ExpectClose(Down(glse, lse.size()), lse, tol.lse, 0, "lse");
   EXPECT_NEAR(gs.max_logit, cs.max_logit, tol.stats * std::abs(cs.max_logit));
   EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, tol.stats * cs.entropy_sum);
+  {  // next: the tensor-core kernel (bf16) also writes out rounded into the next product's
+     // operand, bit for bit, and out unchanged; the other kernels leave next alone.
+    Bf16Operands next{UpBf16(std::vector<float>(n)), nullptr, false};
+    float *gout3 = Up(out), *glse3 = Up(lse), *gprobs3 = fused ? nullptr : Up(probs);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout3, gprobs3, glse3, nullptr, &next);
+    const bool tensor_core = fused && tol.bf16_inputs;
+    EXPECT_EQ(next.x_rounded, tensor_core) << "next marked rounded";
+    EXPECT_EQ(Down(gout3, n), Down(gout, n)) << "out beside next";
+    if (tensor_core) EXPECT_TRUE(SameBits(DownBf16(next.x, n), RoundedToBf16(Down(gout, n)))) << "next: out rounded";
+  }
   cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h,
                           hd, opt, ld, dq.data(), dk.data(), dv.data());
   gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
@@ -348,7 +358,8 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   float *gqkv = Up(qkv), *gdqkv = Up(dqkv), *gout2 = Up(out), *glse2 = Up(lse);
   float* gprobs2 = fused ? nullptr : Up(probs);
   const AttentionStrides blocks{wide, wide, wide, wide, wide, wide};
-  gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout2, gprobs2, glse2, nullptr);
+  gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout2, gprobs2, glse2, nullptr,
+                         nullptr);
   gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout2, gprobs2, glse2, gdout, b, t, h, hd, opt, blocks, gdqkv,
                           gdqkv + c, gdqkv + 2 * c);
   const double same = fused ? 0.0 : 1e-6;
@@ -583,7 +594,7 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
     const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
-    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr);
     gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
     std::vector<float> got = Down(gdq, n);
     if (run == 0) first = got;
@@ -624,8 +635,8 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *go = Up(o), *gp = Up(probs), *gl = Up(lse);
   const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
   cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, o.data(), probs.data(), lse.data(),
-                         nullptr);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr);
+                         nullptr, nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr, nullptr);
   ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
@@ -1196,7 +1207,7 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
     };
     std::vector<float> out(n * c), probs(b * h * t * t), lse(b * h * t);
     cpu_->AttentionForward(cpu_in(0), cpu_in(1), cpu_in(2), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(),
-                           nullptr);
+                           nullptr, nullptr);
     Ptrs cin = {cpu_in(0), cpu_in(1), cpu_in(2)}, cmean(3), crstd(3), cgain(3);
     for (int i = 0; i < 3; ++i) {
       if (normed[i]) cmean[i] = mean[i].data(), crstd[i] = rstd[i].data(), cgain[i] = gain[i].data();
@@ -1212,7 +1223,7 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
       gpu_->SetAttentionKernel(kernel);
       float *gout = Up(std::vector<float>(n * c)), *glse = Up(std::vector<float>(b * h * t));
       float* gprobs = gpu_->AttentionStoresProbs(hd) ? Up(std::vector<float>(b * h * t * t)) : nullptr;
-      gpu_->AttentionForward(g_in[0], g_in[1], g_in[2], b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr);
+      gpu_->AttentionForward(g_in[0], g_in[1], g_in[2], b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr);
       const std::vector<std::vector<float>> got =
           run(gpu_, gqkv, g_in, gout, gprobs, glse, gdout, gx, gw, g_mean, g_rstd, g_gain, true, nullptr);
       ASSERT_EQ(got.size(), want.size());

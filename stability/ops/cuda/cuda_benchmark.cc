@@ -208,13 +208,13 @@ void BM_Attention(benchmark::State& state) {
   const float *q = qkv.f32(), *k = q + c, *v = q + 2 * c;
   const AttentionStrides ld{3 * c, 3 * c, 3 * c, 3 * c, 3 * c, 3 * c};
   Backend* be = Gpu();
-  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr);
+  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr);
   Timed(state, [&] {
     if (backward) {
       be->AttentionBackward(q, k, v, out.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h, s.hd, opt, ld,
                             dqkv.f32(), dqkv.f32() + c, dqkv.f32() + 2 * c);
     } else {
-      be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr);
+      be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr);
     }
   });
   Gpu()->SetAttentionKernel(AttentionKernel::kGemm);

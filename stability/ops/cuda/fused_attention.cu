@@ -208,17 +208,21 @@ struct LaunchBackward {
 
 }  // namespace
 
-bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
-                                        int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
-                                        float* out, float* lse, AttentionStats* stats) {
+bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
+                                        int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
+                                        float* lse, AttentionStats* stats, Bf16Operands* next) {
   const int64_t rows = b * h * t;
   char* stats_buf = static_cast<char*>(Scratch(kRowStats, rows * (sizeof(float) + sizeof(double))));
   double* row_entropy = reinterpret_cast<double*>(stats_buf);
   float* row_max = reinterpret_cast<float*>(stats_buf + rows * sizeof(double));
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  // bf16: the tensor cores; fp32 (or buffers not 16-byte aligned): this file's kernel.
-  if (!(precision_ == MatmulPrecision::kBf16 &&
-        TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, row_max, row_entropy))) {
+  // bf16: the tensor cores (out into `next` too); fp32 (or buffers not 16-byte aligned): this
+  // file's kernel.
+  auto* out16 = precision_ == MatmulPrecision::kBf16 && next ? static_cast<__nv_bfloat16*>(next->x) : nullptr;
+  if (precision_ == MatmulPrecision::kBf16 &&
+      TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, out16, lse, row_max, row_entropy)) {
+    if (out16) next->x_rounded = true;
+  } else {
     if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
       return false;
     }

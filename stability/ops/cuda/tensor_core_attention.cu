@@ -132,8 +132,8 @@ __device__ inline int ValidColumns(int64_t first, int64_t last) {
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                  AttentionStrides ld, float* out, float* lse, float* row_max, double* row_entropy) {
+    ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm, AttentionStrides ld,
+                  float* out, bf16* out16, float* lse, float* row_max, double* row_entropy) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kOL = Lay::kOL, kHalfD = HD / 2;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -225,6 +225,10 @@ __global__ void __launch_bounds__(kThreads)
   const float inv = clip ? 1.0f : 1.0f / l_row;
   float* orow = out + off + tq * c + half * kHalfD;
   for (int i = 0; i < kHalfD; ++i) orow[i] = o[i] * inv;
+  if (out16) {  // the next product's operand: out rounded
+    bf16* o16 = out16 + off + tq * c + half * kHalfD;
+    for (int i = 0; i < kHalfD; ++i) o16[i] = __float2bfloat16_rn(o[i] * inv);
+  }
   if (half == 0) {
     const int64_t row = bh * t + tq;
     lse[row] = row_lse;
@@ -371,10 +375,11 @@ __global__ void __launch_bounds__(kThreads)
 template <int HD>
 struct LaunchForward {
   static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                  const AttentionStrides& ld, float* out, float* lse, float* row_max, double* row_entropy) {
+                  const AttentionStrides& ld, float* out, bf16* out16, float* lse, float* row_max,
+                  double* row_entropy) {
     AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes, "tensor-core attention");
-    ForwardKernel<HD><<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, ld, out, lse, row_max,
-                                                                     row_entropy);
+    ForwardKernel<HD>
+        <<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, ld, out, out16, lse, row_max, row_entropy);
   }
 };
 template <int HD>
@@ -407,11 +412,11 @@ bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int6
 
 bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
                                              int64_t h, int64_t hd, const AttentionOptions& opt,
-                                             const AttentionStrides& ld, float* out, float* lse, float* row_max,
-                                             double* row_entropy) {
+                                             const AttentionStrides& ld, float* out, bf16* out16, float* lse,
+                                             float* row_max, double* row_entropy) {
   if (!Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
+  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, out16, lse, row_max, row_entropy)) {
     return false;
   }
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");

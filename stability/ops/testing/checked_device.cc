@@ -361,16 +361,20 @@ class CheckedBackend final : public Backend {
   }
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
-                        AttentionStats* stats) override {
+                        AttentionStats* stats, Bf16Operands* next) override {
     if (!AttentionStoresProbs(hd)) {
-      const Opened open = Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
-      std::vector<float> host_probs(b * h * t * t);
-      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats);
+      {
+        const Opened open =
+            Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
+        std::vector<float> host_probs(b * h * t * t);
+        cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats, nullptr);
+      }
+      if (bf16_ && next) Into(next, out, b * t * h * hd);  // the tensor-core kernel's
       return;
     }
     const Opened open =
         Need("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"probs", probs}, {"lse", lse}});
-    cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats);
+    cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats, nullptr);
   }
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
@@ -387,7 +391,7 @@ class CheckedBackend final : public Backend {
                                                              {"dk", dk},
                                                              {"dv", dv}});
       std::vector<float> host_probs(b * h * t * t), host_out(b * t * h * hd), host_lse(b * h * t);
-      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(),
+      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(), nullptr,
                             nullptr);
       cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
       return;

@@ -225,8 +225,8 @@ class CudaBackend final : public Backend {
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
-                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs,
-                        float* lse, AttentionStats* stats) override;
+                        const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
+                        AttentionStats* stats, Bf16Operands* next) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                          const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
@@ -322,9 +322,10 @@ class CudaBackend final : public Backend {
     return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
   }
   // fused_attention.cu; false (nothing done) for a head dim it has no kernel for.
+  // next: as AttentionForward's (the tensor-core kernel writes it).
   bool FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                              int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                             float* lse, AttentionStats* stats);
+                             float* lse, AttentionStats* stats, Bf16Operands* next);
   bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
                               const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                               const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
@@ -332,9 +333,10 @@ class CudaBackend final : public Backend {
   // tensor_core_attention.cu (bf16): false, nothing done, for a head dim it has no kernel
   // for or buffers not 16-byte aligned. Per-row telemetry into row_max and row_entropy;
   // rowd [B·H·T] is the backward's scratch; dq, dk, dv fp32 or bf16 (G).
+  // out16 (nullable): out rounded to bf16 as well.
   bool TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                  float* lse, float* row_max, double* row_entropy);
+                                  __nv_bfloat16* out16, float* lse, float* row_max, double* row_entropy);
   template <typename G>
   bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
                                    const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
