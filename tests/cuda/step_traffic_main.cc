@@ -2,8 +2,8 @@
 // projected onto a GPU from the bytes and flops its real CUDA kernels were measured to move
 // and compute on the emulator (step_traffic.h), as a Markdown report.
 //
-//   bazel run //tests/cuda:step_traffic -- --size=gpt2_124m --methods=all --batch=16 \
-//       --out=$PWD/docs/gpu/step_traffic-gpt2_124m.md
+//   bazel run //tests/cuda:step_traffic -- --size=gpt2_124m --methods=all --batch=16
+//       --out=$PWD/docs/gpu/step_traffic-gpt2_124m.md   (one command line)
 //
 // Flags: --size (a size preset), --methods (comma-separated variant presets, or all),
 // --batch, --seq (default: the preset's), --extrapolate_layers=true (emulate models of 1 and
