@@ -228,6 +228,69 @@ BENCHMARK(BM_Attention)
     ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}, {0, 1}, {0, 1}})
     ->UseManualTime();
 
+// The attention's backward into QKV's in bf16 on the tensor cores, the blocks read in place
+// (qk_norm 0: the baseline) or q and k behind full-width LayerNorms (1: the QK-norm methods).
+// fused 1: AttentionQkvBackward — the kernels write their gradients in bf16 (into QKV's operand,
+// or for the norms' backward, which writes bf16 there), QKV's bias summed from that operand;
+// fused 0: the ops one by one — AttentionBackward in fp32, the norms' backward in fp32, QKV's
+// LinearBackward with its pass rounding the fp32 gradient (what the model ran before).
+// args: shape, qk_norm, fused
+void BM_AttentionQkvBackward(benchmark::State& state) {
+  SKIP_WITHOUT_GPU(state);
+  Backend* be = Gpu();
+  be->SetMatmulPrecision(MatmulPrecision::kBf16);
+  be->SetAttentionKernel(AttentionKernel::kFused);
+  const Shape s = kShapes[state.range(0)];
+  const bool qk_norm = state.range(1) == 1;
+  const int64_t c = s.h * s.hd, n = s.b * s.t, w3 = 3 * c;
+  AttentionOptions opt;
+  opt.scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  Tensor qkv = Random(n * w3), qn = Random(n * c, 2), kn = Random(n * c, 3), out = Random(n * c, 4),
+         lse = Random(s.b * s.h * s.t, 5), dout = Random(n * c, 6), x = Random(n * c, 7), w = Random(w3 * c, 8),
+         dw = Random(w3 * c), db = Random(w3), dq = Random(n * c), dk = Random(n * c), dv = Random(n * c),
+         dqkv = Random(n * w3), dx = Random(n * c), gains = Random(4 * c, 9), mean = Random(2 * n, 10),
+         rstd = Random(2 * n, 11), dgains = Random(4 * c);
+  const float* q = qk_norm ? qn.f32() : qkv.f32();
+  const float* k = qk_norm ? kn.f32() : qkv.f32() + c;
+  AttentionStrides ld{w3, w3, w3, w3, w3, w3};
+  if (qk_norm) ld.q = ld.k = ld.dq = ld.dk = c;
+  const RowLayout layout{1, w3};
+  const Backend::QkvNorm norm_q{gains.f32(), mean.f32(), rstd.f32(), dgains.f32(), dgains.f32() + c};
+  const Backend::QkvNorm norm_k{gains.f32() + 2 * c, mean.f32() + n, rstd.f32() + n, dgains.f32() + 2 * c,
+                                dgains.f32() + 3 * c};
+  Backend::QkvNorms norms{NormKind::kLayerNorm, n, c, layout};
+  if (qk_norm) norms.q = &norm_q, norms.k = &norm_k;
+  const Backend::LinearGradients qkv_layer{x.f32(), w.f32(), nullptr, dw.f32(), db.f32()};
+  const float* v = qkv.f32() + 2 * c;
+  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), nullptr, lse.f32(), nullptr, nullptr);
+  Timed(state, [&] {
+    if (state.range(2) == 1) {
+      be->AttentionQkvBackward(qkv.f32(), q, k, v, ld, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd,
+                               opt, norms, qkv_layer, dq.f32(), dk.f32(), dv.f32(), dqkv.f32(), dx.f32());
+      return;
+    }
+    float* d = dqkv.f32();
+    be->AttentionBackward(q, k, v, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd, opt, ld,
+                          qk_norm ? dq.f32() : d, qk_norm ? dk.f32() : d + c, d + 2 * c);
+    if (qk_norm) {
+      be->NormBackward(NormKind::kLayerNorm, qkv.f32(), layout, norm_q.g, norm_q.mean, norm_q.rstd, dq.f32(), n, c, d,
+                       norm_q.dg, norm_q.db);
+      be->NormBackward(NormKind::kLayerNorm, qkv.f32() + c, layout, norm_k.g, norm_k.mean, norm_k.rstd, dk.f32(), n, c,
+                       d + c, norm_k.dg, norm_k.db);
+    }
+    be->LinearBackward(x.f32(), w.f32(), d, n, c, w3, dx.f32(), dw.f32(), db.f32(), nullptr);
+  });
+  be->SetAttentionKernel(AttentionKernel::kGemm);
+  be->SetMatmulPrecision(MatmulPrecision::kFp32);
+  // The attention's four causal products and QKV's two.
+  Report(state, 4.0 * 2.0 * s.b * s.h * s.t * s.t / 2 * s.hd + 4.0 * n * c * w3,
+         4.0 * (4.0 * n * c + 2.0 * n * w3) + 2.0 * w3 * c);
+}
+BENCHMARK(BM_AttentionQkvBackward)
+    ->ArgNames({"shape", "qk_norm", "fused"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}})
+    ->UseManualTime();
+
 void BM_CrossEntropy(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   const Shape s = kShapes[state.range(0)];
