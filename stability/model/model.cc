@@ -661,9 +661,11 @@ absl::Status Model::Backward(float dloss) {
       if (y.q_norm.on())
         qn = qkv_norm_of(y.q_norm, y.qn), kn = qkv_norm_of(y.k_norm, y.kn), norms.q = &qn, norms.k = &kn;
       if (y.v_norm.on()) vn = qkv_norm_of(y.v_norm, y.vn), norms.v = &vn;
+      // Without N1, QKV's input gradient joins the residual stream's in dres directly.
       be.AttentionQkvBackward(y.qkv_out.f32(), y.q_att, y.k_att, y.v_att, y.attn_ld, y.att.f32(), ProbsOf(y),
                               y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn, norms, gradients_of(y.qkv, a1),
-                              m.dq.f32(), m.dk.f32(), m.dv.f32(), dqkv, m.dtmp.f32());
+                              m.dq.f32(), m.dk.f32(), m.dv.f32(), dqkv, y.n1.on() ? m.dtmp.f32() : m.dres.f32(),
+                              !y.n1.on());
     } else {  // RoPE between them: op by op
       const bool v_in_place = y.attn_ld.dv == 3 * C;
       be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H,
@@ -680,12 +682,9 @@ absl::Status Model::Backward(float dloss) {
         norm_back(y.v_norm, qkv + 2 * C, qkv_norm.layout, y.vn, m.dv.f32(), qkv_norm.rows, qkv_norm.d, dqkv + 2 * C);
       }
       linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
+      if (!y.n1.on()) be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
     }
-    if (y.n1.on()) {
-      add_norm_back(y.n1, x, y.a1, m.dtmp.f32());
-    } else {
-      be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
-    }
+    if (y.n1.on()) add_norm_back(y.n1, x, y.a1, m.dtmp.f32());
   }
   be.EmbeddingBackward(m.ids.i32(), N, T, m.dres.f32(), C, m.wte->grad.f32(), m.wpe ? m.wpe->grad.f32() : nullptr);
   // σ-reparam: every layer's dW_eff → dW and dg, in one batched op.

@@ -264,18 +264,19 @@ class Backend {
   // or a norm's output) as AttentionBackward takes them, ld.dq/dk/dv 3·C for a block read in
   // place and C for one behind a norm; then each norm's NormBackward from the attention's
   // gradient of its output (dq, dk, dv [B·T, C] floats: scratch, used where that block has a
-  // norm) into its block of dqkv; then the layer's LinearBackward from dqkv (dx [B·T, C]
-  // overwritten) — what the default does. dqkv [B·T, 3·C] floats is scratch whose contents
-  // are the backend's: CUDA in bf16 has the tensor-core kernels write the attention's
-  // gradients in bf16 (what QKV's products read, rounded as LinearBackward would; behind a
-  // norm, the norm's backward reads them so, as under autocast) and the norms write theirs in
-  // bf16, QKV's bias gradient summed from those: no fp32 pass over dqkv.
+  // norm) into its block of dqkv; then the layer's LinearBackward from dqkv — what the default
+  // does. dx [B·T, C] overwritten, or with accumulate_dx added to (+=: the residual stream's
+  // gradient where no norm stands between the stream and QKV; the default adds through dq). dqkv [B·T, 3·C] floats is
+  // scratch whose contents are the backend's: CUDA in bf16 has the tensor-core kernels write the attention's gradients
+  // in bf16 (what QKV's products read, rounded as LinearBackward would; behind a norm, the norm's backward reads them
+  // so, as under autocast) and the norms write theirs in bf16, QKV's bias gradient summed from those: no fp32 pass over
+  // dqkv.
   virtual void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                                     const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                                     const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                     const AttentionOptions& opt, const QkvNorms& norms,
                                     const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
-                                    float* dx) {
+                                    float* dx, bool accumulate_dx) {
     const int64_t c = h * hd;
     const QkvNorm* norm[3] = {norms.q, norms.k, norms.v};
     float* grad[3] = {norms.q ? dq : dqkv, norms.k ? dk : dqkv + c, norms.v ? dv : dqkv + 2 * c};
@@ -285,7 +286,9 @@ class Backend {
       NormBackward(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd, grad[i], norms.rows,
                    norms.d, dqkv + i * c, norm[i]->dg, norm[i]->db);
     }
-    LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, 3 * c, dx, qkv_layer.dw, qkv_layer.db, qkv_layer.kept);
+    LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, 3 * c, accumulate_dx ? dq : dx, qkv_layer.dw, qkv_layer.db,
+                   qkv_layer.kept);
+    if (accumulate_dx) AddInPlace(dx, dq, b * t * c);
   }
 
   // Rotary embedding (GPT-NeoX half rotation) of x [B, T, H, hd] into y, positions 0..T−1:

@@ -198,14 +198,15 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
 // place straight into QKV's gradient operand (the first half of dqkv: the values
 // LinearBackward would round it to), one behind a norm into the first half of its scratch, from
 // which the norm's backward writes its own into the operand; QKV's bias gradient the column
-// sums of the operand's bf16 values (as FC1's under DGELU). Otherwise (fp32, the GEMM kernel, a
+// sums of the operand's bf16 values (as FC1's under DGELU); under accumulate_dx the product adds
+// dx itself (beta 1). Otherwise (fp32, the GEMM kernel, a
 // head dim or alignment the tensor-core kernels do not take) the default's ops.
 void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                                        const AttentionStrides& ld, const float* out, const float* probs,
                                        const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                        const AttentionOptions& opt, const QkvNorms& norms,
                                        const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
-                                       float* dx) {
+                                       float* dx, bool accumulate_dx) {
   const int64_t c = h * hd, n = b * t, w = 3 * c;
   if (precision_ == MatmulPrecision::kBf16 && attention_kernel_ == AttentionKernel::kFused) {
     auto* d16 = reinterpret_cast<__nv_bfloat16*>(dqkv);
@@ -222,12 +223,13 @@ void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const f
                          d16 + i * c, norm[i]->dg, norm[i]->db);
       }
       if (qkv_layer.db) AddColumnSums(d16, n, w, qkv_layer.db);
-      LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.kept);
+      LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.kept, CUDA_R_32F,
+                         accumulate_dx ? 1.0f : 0.0f);  // += in the product's epilogue: no pass
       return;
     }
   }
   Backend::AttentionQkvBackward(qkv, q, k, v, ld, out, probs, lse, dout, b, t, h, hd, opt, norms, qkv_layer, dq, dk, dv,
-                                dqkv, dx);
+                                dqkv, dx, accumulate_dx);
 }
 
 }  // namespace stability::ops::cuda::internal

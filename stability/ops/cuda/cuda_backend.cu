@@ -707,10 +707,11 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                                     int64_t out, void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type) {
+                                     int64_t out, void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type,
+                                     float dx_beta) {
   if (dx) {
     const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
-    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, 0.0f, dx, in, 1, 0, 0, 0, dx_type);
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
   }
   const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);
   GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, dw, in);

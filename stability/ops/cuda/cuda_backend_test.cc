@@ -1120,7 +1120,8 @@ void CudaBackendTest::MlpBackwardCase(int64_t hidden) {
 // and biases. In place, dx and dw also bit for bit the GPU's own AttentionBackward (fp32 dqkv)
 // then LinearBackward (which rounds dqkv to bf16 as the kernels do), and the bias gradient,
 // summed from the rounded values instead of the fp32 ones, within that rounding:
-// |Δdb_j| ≤ 2⁻⁹·Σ_r |dqkv_rj|. With the GEMM kernel (no bf16 path): the ops' bits.
+// |Δdb_j| ≤ 2⁻⁹·Σ_r |dqkv_rj|. With the GEMM kernel (no bf16 path): the ops' bits. dx starts
+// at 0.5: overwritten, or added to where there is no N1 (the QKV-norm case, accumulate_dx).
 TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs) {
   const int64_t b = 2, t = 100, h = 2, hd = 64, c = h * hd, n = b * t, w3 = 3 * c;
   const AttentionOptions opt = EveryAttentionOption(hd)[1];  // soft cap
@@ -1131,10 +1132,11 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
     const char* name;
     bool q_and_k, v, per_head;
     NormKind kind;
+    bool accumulate_dx;
   };
-  for (const Case& cs : {Case{"in place", false, false, false, NormKind::kLayerNorm},
-                         Case{"QK LayerNorm", true, false, false, NormKind::kLayerNorm},
-                         Case{"QKV RMSNorm per head", true, true, true, NormKind::kRMSNorm}}) {
+  for (const Case& cs : {Case{"in place", false, false, false, NormKind::kLayerNorm, false},
+                         Case{"QK LayerNorm", true, false, false, NormKind::kLayerNorm, false},
+                         Case{"QKV RMSNorm per head, dx added to", true, true, true, NormKind::kRMSNorm, true}}) {
     SCOPED_TRACE(cs.name);
     const int64_t groups = cs.per_head ? h : 1, rows = n * groups, d = c / groups;
     const RowLayout layout{groups, w3};
@@ -1174,7 +1176,7 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
       };
       bufs.reserve(32);
       float *dqkv = make(n * w3, 0), *dq = make(n * c, 0), *dk = make(n * c, 0), *dv = make(n * c, 0),
-            *dx = make(n * c, 0), *dw = make(w3 * c, 0.5f), *db = make(w3, 0.25f);
+            *dx = make(n * c, 0.5f), *dw = make(w3 * c, 0.5f), *db = make(w3, 0.25f);
       Backend::QkvNorm norm[3];
       std::vector<float*> dg(3, nullptr), dnb(3, nullptr);
       Backend::QkvNorms norms{cs.kind, rows, d, layout};
@@ -1187,7 +1189,7 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
       const Backend::LinearGradients qkv_layer{bx, bw, nullptr, dw, db};
       if (one_op) {
         be->AttentionQkvBackward(bqkv, bin[0], bin[1], bin[2], ld, bout, bprobs, blse, bdout, b, t, h, hd, opt, norms,
-                                 qkv_layer, dq, dk, dv, dqkv, dx);
+                                 qkv_layer, dq, dk, dv, dqkv, dx, cs.accumulate_dx);
       } else {  // in place only
         be->AttentionBackward(bin[0], bin[1], bin[2], bout, bprobs, blse, bdout, b, t, h, hd, opt, ld, dqkv, dqkv + c,
                               dqkv + 2 * c);

@@ -266,7 +266,7 @@ void BM_AttentionQkvBackward(benchmark::State& state) {
   Timed(state, [&] {
     if (state.range(2) == 1) {
       be->AttentionQkvBackward(qkv.f32(), q, k, v, ld, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd,
-                               opt, norms, qkv_layer, dq.f32(), dk.f32(), dv.f32(), dqkv.f32(), dx.f32());
+                               opt, norms, qkv_layer, dq.f32(), dk.f32(), dv.f32(), dqkv.f32(), dx.f32(), false);
       return;
     }
     float* d = dqkv.f32();

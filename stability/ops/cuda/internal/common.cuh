@@ -235,7 +235,7 @@ class CudaBackend final : public Backend {
                             const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                             const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
                             const QkvNorms& norms, const LinearGradients& qkv_layer, float* dq, float* dk, float* dv,
-                            float* dqkv, float* dx) override;
+                            float* dqkv, float* dx, bool accumulate_dx) override;
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
@@ -298,9 +298,11 @@ class CudaBackend final : public Backend {
                 const __nv_bfloat16* b, int64_t ldb, float beta, void* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0, cudaDataType c_type = CUDA_R_32F);
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
-  // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so.
+  // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so; dx_beta 1:
+  // dx added to (fp32), in the product's epilogue.
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in, int64_t out,
-                          void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F);
+                          void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F,
+                          float dx_beta = 0.0f);
   // A bf16 linear backward's gradient operand: act'(pre)·dy (pre, as LinearActivationForward
   // saved it in bf16; null: dy, act unused), dy fp32 or bf16, rounded to bf16 into d16, its
   // column sums added to db (nullable) on the way.
