@@ -266,11 +266,12 @@ class Backend {
   // gradient of its output (dq, dk, dv [B·T, C] floats: scratch, used where that block has a
   // norm) into its block of dqkv; then the layer's LinearBackward from dqkv — what the default
   // does. dx [B·T, C] overwritten, or with accumulate_dx added to (+=: the residual stream's
-  // gradient where no norm stands between the stream and QKV; the default adds through dq). dqkv [B·T, 3·C] floats is
-  // scratch whose contents are the backend's: CUDA in bf16 has the tensor-core kernels write the attention's gradients
-  // in bf16 (what QKV's products read, rounded as LinearBackward would; behind a norm, the norm's backward reads them
-  // so, as under autocast) and the norms write theirs in bf16, QKV's bias gradient summed from those: no fp32 pass over
-  // dqkv.
+  // gradient where no norm stands between the stream and QKV; the default adds through dq).
+  // dqkv [B·T, 3·C] floats is scratch whose contents are the backend's: CUDA in bf16 has the
+  // tensor-core kernels write the attention's gradients in bf16 (what QKV's products read,
+  // rounded as LinearBackward would; behind a norm, the norm's backward reads them so, as under
+  // autocast) and the norms write theirs in bf16, QKV's bias gradient summed from those: no
+  // fp32 pass over dqkv.
   virtual void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                                     const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                                     const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,

@@ -224,10 +224,11 @@ __global__ void __launch_bounds__(kThreads)
   if (!clip) row_lse = m + logf(l_row);
   const float inv = clip ? 1.0f : 1.0f / l_row;
   float* orow = out + off + tq * c + half * kHalfD;
-  for (int i = 0; i < kHalfD; ++i) orow[i] = o[i] * inv;
-  if (out16) {  // the next product's operand: out rounded
-    bf16* o16 = out16 + off + tq * c + half * kHalfD;
-    for (int i = 0; i < kHalfD; ++i) o16[i] = __float2bfloat16_rn(o[i] * inv);
+  bf16* o16 = out16 ? out16 + off + tq * c + half * kHalfD : nullptr;  // the next product's operand
+  for (int i = 0; i < kHalfD; ++i) {
+    const float value = o[i] * inv;
+    orow[i] = value;
+    if (o16) o16[i] = __float2bfloat16_rn(value);
   }
   if (half == 0) {
     const int64_t row = bh * t + tq;
