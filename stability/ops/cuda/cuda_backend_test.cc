@@ -330,7 +330,9 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
     const bool tensor_core = fused && tol.bf16_inputs;
     EXPECT_EQ(next.x_rounded, tensor_core) << "next marked rounded";
     EXPECT_EQ(Down(gout3, n), Down(gout, n)) << "out beside next";
-    if (tensor_core) EXPECT_TRUE(SameBits(DownBf16(next.x, n), RoundedToBf16(Down(gout, n)))) << "next: out rounded";
+    if (tensor_core) {
+      EXPECT_TRUE(SameBits(DownBf16(next.x, n), RoundedToBf16(Down(gout, n)))) << "next: out rounded";
+    }
   }
   cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h,
                           hd, opt, ld, dq.data(), dk.data(), dv.data());
