@@ -131,6 +131,7 @@ struct Model::Impl {
   Tensor logits, lse, ids, targets;
   KeptOperands head_kept;
   bool have_forward = false;
+  bool logits_hold_gradient = false;  // the forward wrote the loss's gradient (dloss = 1) over them
   // Backward scratch.
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
   Tensor dw_eff;  // σ-reparam: every Linear::dw_eff a view of it, zeroed at once by Backward
@@ -553,8 +554,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   Alloc(device_, m.lse, {N});
   const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   ops::CrossEntropyStats ce;
-  be.CrossEntropyLinearForward(m.xf.y.f32(), head->value.f32(), m.targets.i32(), N, C, V, {c.logit_soft_cap, c.z_loss},
-                               m.logits.data(), m.lse.f32(), &ce, head_kept());
+  m.logits_hold_gradient = be.CrossEntropyLinearForward(m.xf.y.f32(), head->value.f32(), m.targets.i32(), N, C, V,
+                                                        {c.logit_soft_cap, c.z_loss}, m.logits.data(), m.lse.f32(), &ce,
+                                                        head_kept(), /*with_gradient=*/training_ && !keep_logits_);
   telemetry_.Set("loss", ce.loss);
   telemetry_.Set("ce_loss", ce.ce_loss);
   telemetry_.Set("logits.max", ce.max_logit);
@@ -612,7 +614,7 @@ absl::Status Model::Backward(float dloss) {
   Parameter* head = m.lm_head ? m.lm_head : m.wte;
   be.CrossEntropyLinearBackward(m.logits.data(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
                                 dloss, m.xf.y.f32(), head->value.f32(), C, m.logits.data(), m.dxf.f32(),
-                                head->grad.f32(), m.head_kept.get());
+                                head->grad.f32(), m.head_kept.get(), m.logits_hold_gradient);
   norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32());
 
   for (int64_t l = c.n_layer - 1; l >= 0; --l) {

@@ -75,6 +75,11 @@ class Model {
   void set_training(bool training) { training_ = training; }
   // Telemetry in Forward (norms, attention stats) costs a few percent; on by default.
   void set_telemetry(bool on) { telemetry_on_ = on; }
+  // Whether logits() holds the logits after a training Forward (default on). Off (a trainer,
+  // which reads only the loss), a backend may compute the loss's gradient in the forward's
+  // pass over the N×V logits and store it in their place (Backend::CrossEntropyLinearForward's
+  // with_gradient): one pass over them, not two. Forward in eval mode always keeps them.
+  void set_keep_logits(bool keep) { keep_logits_ = keep; }
 
   // ids, targets: int32 [B, T] on the CPU (checked there, then copied to the model's
   // device), T <= seq_len, values < vocab_size. Returns the loss.
@@ -89,7 +94,8 @@ class Model {
   const Telemetry& telemetry() const { return telemetry_; }
   // [B·T, vocab_size] of the last Forward, on the model's device, in the backend's storage
   // (fp32; bf16 where the matrix products are bf16: Backend::SavedValueBytes) — until Backward,
-  // which overwrites them with their gradient (no second N×V buffer).
+  // which overwrites them with their gradient (no second N×V buffer), or already the gradient
+  // after a training Forward with set_keep_logits(false).
   const Tensor& logits() const;
 
  private:
@@ -100,6 +106,7 @@ class Model {
   ops::Backend* backend_;
   bool training_ = true;
   bool telemetry_on_ = true;
+  bool keep_logits_ = true;
   std::vector<Parameter> params_;
   Tensor gradients_;
   std::vector<std::pair<std::string, Tensor>> buffers_;

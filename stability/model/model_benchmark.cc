@@ -16,6 +16,7 @@ void BM_ForwardBackward(benchmark::State& state) {
   const int64_t B = mid ? 2 : 8, T = mid ? 512 : 64;
   auto model = *Model::Create(config, 1);
   model->set_telemetry(state.range(1) == 1);
+  model->set_keep_logits(false);  // as the trainer
   Tensor ids = Tensor::Empty({B, T}, DType::kI32), targets = Tensor::Empty({B, T}, DType::kI32);
   Rng rng(2);
   for (int64_t i = 0; i < B * T; ++i) {

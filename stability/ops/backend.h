@@ -359,22 +359,34 @@ class Backend {
   // stays fp32; the N×V traffic and memory halve).
   // logits = x·wᵀ (x [N, C], w [V, C], no bias; kept as LinearForward's), then
   // CrossEntropyForward. logits: N·V·SavedValueBytes() bytes, read back by the backward.
-  virtual void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+  // with_gradient: the backward follows with the logits as its dlogits (a training step whose
+  // caller does not read the logits). A backend may then write the loss's gradient for
+  // dloss = 1 over the logits in the pass that computes the loss (the N×V values read once,
+  // not twice: llm.c's fused classifier) and return true: the logits then hold that gradient,
+  // and the backward is called with gradient_ready. The default does not (returns false).
+  virtual bool CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                          int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
-                                         CrossEntropyStats* stats, Bf16Operands* kept) {
+                                         CrossEntropyStats* stats, Bf16Operands* kept, bool with_gradient) {
     auto* l = static_cast<float*>(logits);
     LinearForward(x, w, nullptr, n, c, v, l, kept);
     CrossEntropyForward(l, targets, n, v, opt, lse, stats);
+    return false;
   }
   // CrossEntropyBackward into dlogits [N, V] (N·V·SavedValueBytes() bytes; may be logits, which
   // the model passes: no second N×V buffer), then the head's LinearBackward:
-  // dx = dlogits·w (overwritten), dw += dlogitsᵀ·x.
+  // dx = dlogits·w (overwritten), dw += dlogitsᵀ·x. gradient_ready: the forward returned true,
+  // logits (= dlogits) hold the gradient for dloss = 1, and only the products remain, scaled
+  // by dloss.
   virtual void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
                                           int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
                                           const float* w, int64_t c, void* dlogits, float* dx, float* dw,
-                                          const Bf16Operands* kept) {
+                                          const Bf16Operands* kept, bool gradient_ready) {
     auto* dl = static_cast<float*>(dlogits);
-    CrossEntropyBackward(static_cast<const float*>(logits), targets, lse, n, v, opt, dloss, dl);
+    if (!gradient_ready) {
+      CrossEntropyBackward(static_cast<const float*>(logits), targets, lse, n, v, opt, dloss, dl);
+    } else if (dloss != 1.0f) {
+      Scale(dl, n * v, dloss);
+    }
     LinearBackward(x, w, dl, n, c, v, dx, dw, nullptr, kept);
   }
 

@@ -256,6 +256,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                                           .world = world, .vocab_size = mc.vocab_size}));
 
   STABILITY_ASSIGN_OR_RETURN(std::unique_ptr<model::Model> model, model::Model::Create(mc, tc.seed, device));
+  model->set_keep_logits(false);  // the loss is all a step reads: its gradient may be computed with it
   // ZeRO-1: rank r keeps the moments of piece r of the flattened parameters and updates
   // that piece; the pieces are all-gathered after each update.
   const bool zero1 = tc.zero == 1 && world > 1;

@@ -37,11 +37,13 @@ std::pair<Tensor, Tensor> Batch(const model::ModelConfig& c, int64_t b, int64_t 
 
 std::vector<double> Train(Device device, const model::ModelConfig& c, int steps,
                           ops::MatmulPrecision precision = ops::MatmulPrecision::kFp32,
-                          ops::AttentionKernel attention = ops::AttentionKernel::kGemm, bool telemetry = true) {
+                          ops::AttentionKernel attention = ops::AttentionKernel::kGemm, bool telemetry = true,
+                          bool keep_logits = true) {
   EXPECT_TRUE(ops::GetBackend(device)->SetMatmulPrecision(precision));
   EXPECT_TRUE(ops::GetBackend(device)->SetAttentionKernel(attention));
   auto m = model::Model::Create(c, 3, device);
   (*m)->set_telemetry(telemetry);
+  (*m)->set_keep_logits(keep_logits);
   optim::AdamW opt(&(*m)->parameters(), {});
   std::vector<double> losses;
   auto [ids, targets] = Batch(c, 4, 32, 100);  // one batch, learned by heart: the loss must fall
@@ -168,6 +170,20 @@ TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithAndWithoutTelemetry) {
     const std::vector<double> off = Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, false);
     EXPECT_EQ(off, on);
   }
+}
+
+// The trainer's loss head (set_keep_logits(false)): in bf16 the gradient of the loss is
+// written over the logits by the kernel that computes the loss; the backward's products scale
+// it by dloss = 1. The same bits as the forward and backward kernels one after the other, so
+// the same losses, bit for bit.
+TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithTheLossGradientInTheForward) {
+  model::ModelConfig c = *model::MakeConfig("tiny", "baseline");
+  c.logit_soft_cap = 30.0f;  // the cap's and z-loss's terms of the gradient too
+  c.z_loss = 1e-4f;
+  const auto train = [&](bool keep_logits) {
+    return Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, false, keep_logits);
+  };
+  EXPECT_EQ(train(false), train(true));
 }
 
 // The training configuration of the GPU benchmarks: bf16 products and the tensor-core

@@ -28,6 +28,7 @@ absl::StatusOr<std::vector<LaunchCost>> MeasuredStepTraffic(const model::ModelCo
   absl::StatusOr<std::unique_ptr<model::Model>> m = model::Model::Create(config, 1, (*backend)->device());
   if (!m.ok()) return m.status();
   (*m)->set_telemetry(false);
+  (*m)->set_keep_logits(false);  // as the trainer
   optim::AdamW opt(&(*m)->parameters(), {});
   Rng rng(7);
   Tensor ids = Tensor::Empty({batch, seq}, DType::kI32), targets = Tensor::Empty({batch, seq}, DType::kI32);

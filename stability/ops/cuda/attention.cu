@@ -222,9 +222,8 @@ void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const f
                          static_cast<const __nv_bfloat16*>(grad[i]), norms.rows, norms.d, /*accumulate=*/false,
                          d16 + i * c, norm[i]->dg, norm[i]->db);
       }
-      if (qkv_layer.db) AddColumnSums(d16, n, w, qkv_layer.db);
-      LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.kept, CUDA_R_32F,
-                         accumulate_dx ? 1.0f : 0.0f);  // += in the product's epilogue: no pass
+      LinearBackwardBf16(qkv_layer.x, qkv_layer.w, d16, n, c, w, dx, qkv_layer.dw, qkv_layer.db, qkv_layer.kept,
+                         CUDA_R_32F, accumulate_dx ? 1.0f : 0.0f);  // += in the product's epilogue: no pass
       return;
     }
   }

@@ -47,13 +47,10 @@ struct MergeOp {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return MaxSum::Merge(a, b); }
 };
 
-// One pass over the row (online softmax: the N×V logits are read once, not twice).
-// stats_out: [n] max raw logit, [n] capped target logit.
+// A row's log-sum-exp and largest raw logit, in one pass over its v values (online softmax:
+// the row is read once, not twice); every thread of the block gets them.
 template <typename In>
-__global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targets, int64_t v, float cap, float* lse,
-                                          float* row_max, float* target_z) {
-  const int64_t row = blockIdx.x;
-  const In* l = logits + row * v;
+__device__ inline void RowLogSumExp(const In* l, int64_t v, float cap, float* row_lse, float* row_max) {
   float lmax = -INFINITY;
   MaxSum acc = MaxSum::Empty();
   for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
@@ -61,16 +58,63 @@ __global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targe
     lmax = fmaxf(lmax, x);
     acc.Add(Cap(x, cap));
   }
-  lmax = BlockMax(lmax);
+  *row_max = BlockMax(lmax);
   acc = BlockReduce(acc, MaxSum::Empty(), MergeOp{});
+  *row_lse = acc.m + logf(acc.s);
+}
+
+// dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
+// (inv_n = dloss / N, scale = 1 + 2·z_loss·lse), one expression for both kernels that write
+// it: the same bits from either.
+__device__ inline float LogitGradient(float l, bool target, float row_lse, float scale, float cap, float inv_n) {
+  const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
+  const float z = cap > 0 ? cap * th : l;
+  float dz = (expf(z - row_lse) * scale - (target ? 1.0f : 0.0f)) * inv_n;
+  if (cap > 0) dz *= 1.0f - th * th;
+  return dz;
+}
+
+// One block a row. stats_out: [n] max raw logit, [n] capped target logit.
+template <typename In>
+__global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targets, int64_t v, float cap, float* lse,
+                                          float* row_max, float* target_z) {
+  const int64_t row = blockIdx.x;
+  const In* l = logits + row * v;
+  float row_lse, lmax;
+  RowLogSumExp(l, v, cap, &row_lse, &lmax);
   if (threadIdx.x == 0) {
-    lse[row] = acc.m + logf(acc.s);
+    lse[row] = row_lse;
     row_max[row] = lmax;
     target_z[row] = Cap(Load(l + targets[row]), cap);
   }
 }
 
-// dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
+// The forward and the backward for dloss = 1 in one block a row (the training step's loss
+// head, Backend::CrossEntropyLinearForward's with_gradient): CrossEntropyForwardKernel's
+// statistics, then CrossEntropyBackwardKernel's gradient written over the logits — the bits of
+// the two kernels. The second pass reads what the first just read (a row is 100 KB in bf16 at
+// GPT-2's vocabulary: the caches serve it), so the N×V values come from memory once and go
+// back once, not read twice more by a second kernel.
+template <typename T>
+__global__ void CrossEntropyFusedKernel(T* logits, const int32_t* targets, int64_t v, float cap, float z_loss,
+                                        float inv_n, float* lse, float* row_max, float* target_z) {
+  const int64_t row = blockIdx.x;
+  T* l = logits + row * v;
+  const int64_t target = targets[row];
+  const float target_logit = Load(l + target);  // read before the barriers after which it is overwritten
+  float row_lse, lmax;
+  RowLogSumExp(l, v, cap, &row_lse, &lmax);
+  if (threadIdx.x == 0) {
+    lse[row] = row_lse;
+    row_max[row] = lmax;
+    target_z[row] = Cap(target_logit, cap);
+  }
+  const float scale = 1.0f + 2.0f * z_loss * row_lse;
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    Store(LogitGradient(Load(l + j), j == target, row_lse, scale, cap, inv_n), l + j);
+  }
+}
+
 // Out: float, or bf16 when the gradient only feeds bf16 products. Block (row, y) covers
 // kBackwardColumns columns of the row, each thread every blockDim.x-th of them (coalesced): the
 // row's lse and target read once for 8 columns, and a 124M batch is 205k blocks, not 1.6M.
@@ -87,24 +131,27 @@ __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targ
                           ? (blockIdx.y + 1) * static_cast<int64_t>(kBackwardColumns)
                           : v;
   for (int64_t j = blockIdx.y * static_cast<int64_t>(kBackwardColumns) + threadIdx.x; j < end; j += blockDim.x) {
-    const float l = Load(logits + row * v + j);
-    const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
-    const float z = cap > 0 ? cap * th : l;
-    float dz = (expf(z - row_lse) * scale - (j == target ? 1.0f : 0.0f)) * inv_n;
-    if (cap > 0) dz *= 1.0f - th * th;
-    Store(dz, dlogits + row * v + j);
+    Store(LogitGradient(Load(logits + row * v + j), j == target, row_lse, scale, cap, inv_n), dlogits + row * v + j);
   }
 }
 dim3 BackwardGrid(int64_t n, int64_t v) { return dim3(static_cast<unsigned>(n), Blocks(v, kBackwardColumns)); }
 
 // The forward's row statistics (scratch), then the loss statistics summed on the host.
+// gradient (nullable; = logits): the logits replaced by their gradient for dloss = 1 in the
+// same kernel.
 template <typename In>
 void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v,
-             const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+             const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats, In* gradient = nullptr) {
   float* row_stats = static_cast<float*>(be.Scratch(kRowStats, 2 * n * sizeof(float)));
-  CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse,
-                                                                       row_stats, row_stats + n);
-  STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
+  if (gradient) {
+    CrossEntropyFusedKernel<<<static_cast<unsigned>(n), kRowThreads>>>(
+        gradient, targets, v, opt.soft_cap, opt.z_loss, 1.0f / static_cast<float>(n), lse, row_stats, row_stats + n);
+    STABILITY_CUDA_LAUNCHED("CrossEntropyFusedKernel");
+  } else {
+    CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse,
+                                                                         row_stats, row_stats + n);
+    STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
+  }
   if (!stats) return;
   std::vector<float> host_lse(n), host_stats(2 * n);
   Issued(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
@@ -121,17 +168,20 @@ void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* target
 }
 
 // bf16: the head's product writes its logits straight in bf16 (cuBLAS rounds the fp32
-// accumulator), which the forward and backward read.
-void CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n,
+// accumulator), which the forward and backward read; with_gradient, one kernel computes the
+// loss and writes the gradient (for dloss = 1) over them.
+bool CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n,
                                             int64_t c, int64_t v, const CrossEntropyOptions& opt, void* logits,
-                                            float* lse, CrossEntropyStats* stats, Bf16Operands* kept) {
+                                            float* lse, CrossEntropyStats* stats, Bf16Operands* kept,
+                                            bool with_gradient) {
   if (precision_ != MatmulPrecision::kBf16) {
-    Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept);
-    return;
+    return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept, with_gradient);
   }
   const auto [x16, w16] = ForwardOperands(x, w, n, c, v, kept);
   GemmBf16(Trans::kNo, Trans::kYes, n, v, c, 1.0f, x16, c, w16, c, 0.0f, logits, v, 1, 0, 0, 0, CUDA_R_16BF);
-  Forward(*this, static_cast<const __nv_bfloat16*>(logits), targets, n, v, opt, lse, stats);
+  auto* l16 = static_cast<__nv_bfloat16*>(logits);
+  Forward<__nv_bfloat16>(*this, l16, targets, n, v, opt, lse, stats, with_gradient ? l16 : nullptr);
+  return with_gradient;
 }
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
@@ -144,18 +194,23 @@ void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targe
 void CudaBackend::CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n,
                                              int64_t v, const CrossEntropyOptions& opt, float dloss, const float* x,
                                              const float* w, int64_t c, void* dlogits, float* dx, float* dw,
-                                             const Bf16Operands* kept) {
+                                             const Bf16Operands* kept, bool gradient_ready) {
   if (precision_ != MatmulPrecision::kBf16) {
-    Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw, kept);
+    Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw, kept,
+                                        gradient_ready);
     return;
   }
   // bf16 logits in, the bf16 gradient out for the two products: no fp32 N×V pass.
   auto* dl16 = static_cast<__nv_bfloat16*>(dlogits);
+  if (gradient_ready) {  // the forward's, for dloss = 1: the products scale by dloss
+    LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, nullptr, kept, CUDA_R_32F, 0.0f, dloss);
+    return;
+  }
   CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(static_cast<const __nv_bfloat16*>(logits),
                                                                        targets, lse, n, v, opt.soft_cap, opt.z_loss,
                                                                        dloss / static_cast<float>(n), dl16);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
-  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, kept);
+  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, nullptr, kept);
 }
 
 }  // namespace stability::ops::cuda::internal

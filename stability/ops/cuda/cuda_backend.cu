@@ -707,14 +707,23 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
-                                     int64_t out, void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type,
-                                     float dx_beta) {
+                                     int64_t out, void* dx, float* dw, float* db, const Bf16Operands* kept,
+                                     cudaDataType dx_type, float dx_beta, float dy_scale) {
   if (dx) {
     const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
-    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, dy_scale, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
   }
   const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);
-  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, dw, in);
+  if (db && dy_scale == 1.0f) {  // BGRADB writes the sums: into scratch, then added to db
+    auto* sums = static_cast<float*>(Scratch(kBiasGradient, out * sizeof(float)));
+    if (lt_->WeightGradient(dy16, x16, n, in, out, dw, sums, Scratch(kLtWorkspace, kLtWorkspaceBytes),
+                            kLtWorkspaceBytes)) {
+      AddInPlace(db, sums, out);
+      return;
+    }
+  }
+  if (db) AddColumnSums(dy16, n, out, db);
+  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, dy_scale, dy16, out, x16, in, 1.0f, dw, in);
 }
 
 template <typename DY>
@@ -737,7 +746,7 @@ __nv_bfloat16* CudaBackend::GradientOperand(const float* dy, int64_t n, int64_t 
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db, const Bf16Operands* kept) {
   if (precision_ == MatmulPrecision::kBf16) {
-    LinearBackwardBf16(x, w, GradientOperand(dy, n, out, db), n, in, out, dx, dw, kept);
+    LinearBackwardBf16(x, w, GradientOperand(dy, n, out, db), n, in, out, dx, dw, nullptr, kept);
     return;
   }
   if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
@@ -754,7 +763,7 @@ void CudaBackend::LinearActivationBackward(Activation act, const float* x, const
   }
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);  // fits in the first half of the fp32 scratch
   GradientToBf16(act, static_cast<const __nv_bfloat16*>(y_pre), dy, n, out, d16, db);
-  LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, kept);
+  LinearBackwardBf16(x, w, d16, n, in, out, dx, dw, nullptr, kept);
 }
 
 // bf16, GELU: FC2's dx product through cuBLASLt's DGELU epilogue writes FC1's pre-activation
@@ -777,16 +786,15 @@ void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const 
     const auto* w2 = fc2.kept ? static_cast<const __nv_bfloat16*>(fc2.kept->w) : ToBf16(fc2.w, out * hidden, kBf16A);
     if (lt_->GeluBackward(dz16, w2, n, hidden, out, pre16, d16, Scratch(kLtWorkspace, kLtWorkspaceBytes),
                           kLtWorkspaceBytes)) {
-      LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, nullptr, fc2.dw, fc2.kept);
-      if (fc1.db) AddColumnSums(d16, n, hidden, fc1.db);
-      LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
+      LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, nullptr, fc2.dw, nullptr, fc2.kept);
+      LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.db, fc1.kept);
       return;
     }
   }
   auto* dh16 = reinterpret_cast<__nv_bfloat16*>(dh);
-  LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, dh16, fc2.dw, fc2.kept, CUDA_R_16BF);
+  LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, dh16, fc2.dw, nullptr, fc2.kept, CUDA_R_16BF);
   GradientToBf16(act, pre16, dh16, n, hidden, d16, fc1.db);
-  LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.kept);
+  LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, nullptr, fc1.kept);
 }
 
 void CudaBackend::Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h,

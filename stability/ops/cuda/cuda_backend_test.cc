@@ -656,10 +656,10 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
   for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 37) % v);
   CrossEntropyStats cs;
   cpu_->CrossEntropyLinearForward(x.data(), w.data(), targets.data(), n, c, v, opt, logits.data(), lse.data(), &cs,
-                                  nullptr);
+                                  nullptr, false);
   std::vector<float> dlogits(n * v), dx(n * c), dw(v * c, 0.0f);
   cpu_->CrossEntropyLinearBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 2.0f, x.data(), w.data(), c,
-                                   dlogits.data(), dx.data(), dw.data(), nullptr);
+                                   dlogits.data(), dx.data(), dw.data(), nullptr, false);
   float *gl = Up(logits), *glse = Up(lse), *gx = Up(x), *gw = Up(w), *gdl = Up(dlogits);
   int32_t* gt = Up(targets);
   for (MatmulPrecision precision : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
@@ -672,26 +672,79 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     // much; 2e-3 of the largest lse (~7) and of the loss is the bar (fp32: 1e-5, the GEMMs'
     // order).
     CrossEntropyStats gs;
-    gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl, glse, &gs, nullptr);
+    gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl, glse, &gs, nullptr, false);
     ExpectClose(Down(glse, n), lse, bf16 ? 2e-3 : 1e-5, 0, "lse");
     EXPECT_NEAR(gs.loss, cs.loss, (bf16 ? 2e-3 : 1e-5) * cs.loss);
     EXPECT_NEAR(gs.max_logit, cs.max_logit, (bf16 ? 1e-2 : 1e-5) * std::abs(cs.max_logit));
     // The backward from the GPU's own logits: the bf16 products' bar (1e-2 of the largest
     // value) covers the logits' rounding too (a ~0.3% error in p against the target's ~1).
     float *gdx = Up(std::vector<float>(n * c)), *gdw = Up(std::vector<float>(v * c, 0.0f));
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr);
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gdl, gdx, gdw, nullptr, false);
     ExpectClose(Down(gdx, n * c), dx, bf16 ? 1e-2 : 1e-5, 0, "dx");
     ExpectClose(Down(gdw, v * c), dw, bf16 ? 1e-2 : 1e-5, 0, "dw");
     // In place (the logits overwritten with their gradient, as the model calls it): the same
     // bits; dw accumulates.
     const std::vector<float> dx_first = Down(gdx, n * c);
     const int64_t logit_floats = n * v * gpu_->SavedValueBytes() / 4;
-    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gl, gdx, gdw, nullptr);
+    gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gl, gdx, gdw, nullptr, false);
     EXPECT_TRUE(SameBits(Down(gl, logit_floats), Down(gdl, logit_floats))) << "the logits' gradient in place";
     EXPECT_TRUE(SameBits(Down(gdx, n * c), dx_first)) << "dx in place";
     std::vector<float> twice = dw;
     for (float& g : twice) g *= 2;
     ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// The training step's loss head (with_gradient): in bf16 one kernel computes the loss and
+// writes the gradient for dloss = 1 over the logits — the forward's lse and statistics and the
+// backward kernel's gradient bit for bit — and the backward's products scale by dloss: at
+// dloss = 2 (a power of two: the scaling is exact wherever it is applied) dx and dw are the
+// two-kernel path's bits; at dloss = 0.3 the gradient is rounded before the scaling, not
+// after, which moves dx and dw by at most bf16's rounding (2^-8 of a value: 1e-2 of the
+// largest is the products' bar). fp32 has no such kernel: with_gradient is declined.
+TEST_F(CudaBackendTest, LossHeadComputesItsGradientInTheForward) {
+  const int64_t n = 40, v = 2053, c = 64;
+  const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
+  std::vector<int32_t> targets(n);
+  for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 53) % v);
+  float *gx = Up(Random(n * c, 2.0)), *gw = Up(Random(v * c, 0.1));
+  int32_t* gt = Up(targets);
+  const int64_t logit_floats = n * v / 2;  // bf16
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  {
+    float *gl = Up(std::vector<float>(n * v)), *glse = Up(std::vector<float>(n));
+    EXPECT_FALSE(gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl, glse, nullptr, nullptr, true));
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  for (float dloss : {2.0f, 0.3f}) {
+    SCOPED_TRACE(dloss);
+    float *two = Up(std::vector<float>(logit_floats)), *one = Up(std::vector<float>(logit_floats));
+    float *lse2 = Up(std::vector<float>(n)), *lse1 = Up(std::vector<float>(n));
+    float *dl = Up(std::vector<float>(logit_floats)), *dl1 = Up(std::vector<float>(logit_floats));
+    CrossEntropyStats s2, s1;
+    EXPECT_FALSE(gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, two, lse2, &s2, nullptr, false));
+    ASSERT_TRUE(gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, one, lse1, &s1, nullptr, true));
+    EXPECT_TRUE(SameBits(Down(lse1, n), Down(lse2, n))) << "lse";
+    EXPECT_EQ(s1.loss, s2.loss);
+    EXPECT_EQ(s1.max_logit, s2.max_logit);
+    EXPECT_EQ(s1.mean_lse, s2.mean_lse);
+    // The gradient in the logits' place: the backward kernel's at dloss = 1.
+    float *dx2 = Up(std::vector<float>(n * c)), *dw2 = Up(std::vector<float>(v * c, 0.0f));
+    float *dx1 = Up(std::vector<float>(n * c)), *dw1 = Up(std::vector<float>(v * c, 0.0f));
+    float *dxr = Up(std::vector<float>(n * c)), *dwr = Up(std::vector<float>(v * c, 0.0f));
+    gpu_->CrossEntropyLinearBackward(two, gt, lse2, n, v, opt, 1.0f, gx, gw, c, dl1, dxr, dwr, nullptr, false);
+    EXPECT_TRUE(SameBits(Down(one, logit_floats), Down(dl1, logit_floats))) << "the gradient over the logits";
+    gpu_->CrossEntropyLinearBackward(two, gt, lse2, n, v, opt, dloss, gx, gw, c, dl, dx2, dw2, nullptr, false);
+    gpu_->CrossEntropyLinearBackward(one, gt, lse1, n, v, opt, dloss, gx, gw, c, one, dx1, dw1, nullptr, true);
+    EXPECT_TRUE(SameBits(Down(one, logit_floats), Down(dl1, logit_floats))) << "the gradient left as it was";
+    if (dloss == 2.0f) {
+      EXPECT_TRUE(SameBits(Down(dx1, n * c), Down(dx2, n * c))) << "dx";
+      EXPECT_TRUE(SameBits(Down(dw1, v * c), Down(dw2, v * c))) << "dw";
+    } else {
+      ExpectClose(Down(dx1, n * c), Down(dx2, n * c), 1e-2, 0, "dx");
+      ExpectClose(Down(dw1, v * c), Down(dw2, v * c), 1e-2, 0, "dw");
+    }
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
@@ -1002,11 +1055,11 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
   int32_t* gt = Up(targets);
   Tensor hx16 = Tensor::Empty({n * c}, DType::kBF16, kGpu), hw16 = Tensor::Empty({v * c}, DType::kBF16, kGpu);
   Bf16Operands head{hx16.data(), hw16.data()};
-  gpu_->CrossEntropyLinearForward(hx, hw, gt, n, c, v, opt, logits, lse, nullptr, &head);
+  gpu_->CrossEntropyLinearForward(hx, hw, gt, n, c, v, opt, logits, lse, nullptr, &head, false);
   std::vector<std::vector<float>> dxs, dws;
   for (const Bf16Operands* k : {static_cast<const Bf16Operands*>(nullptr), static_cast<const Bf16Operands*>(&head)}) {
     float *hdx = Up(std::vector<float>(n * c)), *hdw = Up(std::vector<float>(v * c, 0.0f));
-    gpu_->CrossEntropyLinearBackward(logits, gt, lse, n, v, opt, 1.0f, hx, hw, c, dl, hdx, hdw, k);
+    gpu_->CrossEntropyLinearBackward(logits, gt, lse, n, v, opt, 1.0f, hx, hw, c, dl, hdx, hdw, k, false);
     dxs.push_back(Down(hdx, n * c));
     dws.push_back(Down(hdw, v * c));
   }
@@ -1111,6 +1164,39 @@ void CudaBackendTest::MlpBackwardCase(int64_t hidden) {
   EXPECT_EQ(fused[3], apart[3]) << "bf16 dw2";
   EXPECT_EQ(fused[4], apart[4]) << "bf16 db2";
   for (int i = 0; i < 5; ++i) ExpectClose(fused[i], want[i], 1e-2, 0, names[i]);
+}
+
+// A bias gradient in bf16 comes from the weight-gradient product's cuBLASLt BGRADB epilogue
+// (FC1's here, under MlpBackward's DGELU path; QKV's in AttentionQkvBackward): no column-sum
+// pass over the bf16 operand, and the sums those of the operand the product read — within
+// fp32 summation's bound in any order, |Δ| ≤ (n + 1)·2⁻²⁴·(Σ_r |d_rj| + |db_j|), of the
+// sums of d_pre as written (bf16, in d_pre's first half), added to what db held (0.25).
+TEST_F(CudaBackendTest, Bf16BiasGradientComesFromTheWeightProduct) {
+  const int64_t n = 96, in = 48, hidden = 64, out = 48;
+  float *gx = Up(Random(n * in)), *gw1 = Up(Random(hidden * in, 0.2)), *gh = Up(Random(n * hidden)),
+        *gw2 = Up(Random(out * hidden, 0.1)), *gdz = Up(Random(n * out));
+  float *gdh = Up(std::vector<float>(n * hidden)), *gd = Up(std::vector<float>(n * hidden)),
+        *gdx = Up(std::vector<float>(n * in)), *gdw1 = Up(std::vector<float>(hidden * in)),
+        *gdb1 = Up(std::vector<float>(hidden, 0.25f)), *gdw2 = Up(std::vector<float>(out * hidden)),
+        *gdb2 = Up(std::vector<float>(out));
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const void* gpre = UpBf16(Random(n * hidden, 2.0));
+  ASSERT_TRUE(gpu_->StartKernelProfile());
+  gpu_->MlpBackward(Activation::kGelu, {gx, gw1, nullptr, gdw1, gdb1}, {gh, gw2, nullptr, gdw2, gdb2}, gpre, gdz, n, in,
+                    hidden, out, gdh, gd, gdx);
+  const std::vector<Backend::KernelTime> rows = gpu_->StopKernelProfile();
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  std::map<std::string, int64_t> calls;
+  for (const Backend::KernelTime& r : rows) calls[r.name] += r.calls;
+  EXPECT_EQ(calls["cublasLt bf16 + DGELU 96×64×48"], 1);
+  EXPECT_EQ(calls["cublasLt bf16 + BGRADB 64×48×96"], 1) << "FC1's weight gradient with its bias gradient";
+  EXPECT_EQ(calls.count("ColumnPartialsKernel"), 0u);
+  const std::vector<float> d = DownBf16(gd, n * hidden), db = Down(gdb1, hidden);
+  for (int64_t j = 0; j < hidden; ++j) {
+    double sum = 0.25, magnitude = 0.25;
+    for (int64_t r = 0; r < n; ++r) sum += d[r * hidden + j], magnitude += std::abs(d[r * hidden + j]);
+    EXPECT_NEAR(db[j], sum, (n + 1) * std::ldexp(1.0, -24) * magnitude) << "column " << j;
+  }
 }
 
 // The attention's backward into QKV's, through the q/k/v norms between them: the blocks read

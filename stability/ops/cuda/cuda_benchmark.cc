@@ -307,12 +307,14 @@ void BM_CrossEntropy(benchmark::State& state) {
 BENCHMARK(BM_CrossEntropy)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
 
 // The loss head as the model runs it in bf16: the product into bf16 logits and the
-// cross-entropy forward, then the bf16 gradient and the head's two backward products.
+// cross-entropy forward, then the bf16 gradient and the head's two backward products; fused 1:
+// as the trainer runs it, the gradient written over the logits by the forward's kernel.
 // FLOPs of the three products; bytes of the logits' traffic (bf16: written, read twice, the
-// gradient written and read twice).
+// gradient written and read twice; fused: read once by the cross-entropy).
 void BM_LossHead(benchmark::State& state) {
   SKIP_WITHOUT_GPU(state);
   const Shape s = kShapes[state.range(0)];
+  const bool fused = state.range(1) != 0;
   const int64_t n = s.b * s.t, c = s.h * s.hd;
   Backend* be = Gpu();
   be->SetMatmulPrecision(MatmulPrecision::kBf16);
@@ -321,15 +323,15 @@ void BM_LossHead(benchmark::State& state) {
   Tensor dlogits = Tensor::Empty({n * s.v}, DType::kBF16, be->device());
   Tensor targets = Tensor::Zeros({n}, DType::kI32, be->device());
   Timed(state, [&] {
-    be->CrossEntropyLinearForward(x.f32(), w.f32(), targets.i32(), n, c, s.v, {}, logits.data(), lse.f32(), nullptr,
-                                  nullptr);
+    const bool ready = be->CrossEntropyLinearForward(x.f32(), w.f32(), targets.i32(), n, c, s.v, {}, logits.data(),
+                                                     lse.f32(), nullptr, nullptr, fused);
     be->CrossEntropyLinearBackward(logits.data(), targets.i32(), lse.f32(), n, s.v, {}, 1.0f, x.f32(), w.f32(), c,
-                                   dlogits.data(), dx.f32(), dw.f32(), nullptr);
+                                   ready ? logits.data() : dlogits.data(), dx.f32(), dw.f32(), nullptr, ready);
   });
   be->SetMatmulPrecision(MatmulPrecision::kFp32);
-  Report(state, 6.0 * n * c * s.v, 2.0 * 6 * n * s.v);
+  Report(state, 6.0 * n * c * s.v, 2.0 * (fused ? 5 : 6) * n * s.v);
 }
-BENCHMARK(BM_LossHead)->ArgNames({"shape"})->Arg(0)->Arg(1)->UseManualTime();
+BENCHMARK(BM_LossHead)->ArgNames({"shape", "fused"})->ArgsProduct({{0, 1}, {0, 1}})->UseManualTime();
 
 // Forward (x read, y written) and backward (x and dy read, dx written, the gains' and biases'
 // gradients from the same pass): 5 floats moved per element. per_head: the q/k norms' shape

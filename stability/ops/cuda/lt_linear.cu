@@ -20,14 +20,18 @@ void LtLinear::Destroy(Plan& p) {
   p = Plan{};
 }
 
-// Column-major, w as A = [In × Out] either way. Forward: D = y [Out × N] = op_T(A)·x, B = x
-// [In × N]. DGELU: D = dx [In × N] = A·dyᵀ, B = dyᵀ [Out × N]. The aux (pre) is laid out as D.
+// Column-major. Forward: D = y [Out × N] = op_T(A)·x, A = w [In × Out], B = x [In × N]. DGELU:
+// D = dx [In × N] = A·dyᵀ, A = w, B = dyᵀ [Out × N]. The aux (pre) is laid out as D. BGRADB:
+// D = dwᵀ [In × Out] = A·op_T(B), A = xᵀ [In × N], B = dyᵀ [Out × N] (k = N), the bias
+// gradient the sums of op_T(B)'s columns.
 LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEpilogue_t epilogue, const void* bias,
                                   cudaDataType y_type, const void* aux, size_t workspace_bytes) {
   Plan p;
-  const bool backward = epilogue == CUBLASLT_EPILOGUE_DGELU;
-  const cublasOperation_t ta = backward ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  const int64_t b_rows = backward ? out : in, d_rows = backward ? in : out;
+  const bool backward = epilogue == CUBLASLT_EPILOGUE_DGELU, weight = epilogue == CUBLASLT_EPILOGUE_BGRADB;
+  const cublasOperation_t ta = backward || weight ? CUBLAS_OP_N : CUBLAS_OP_T;
+  const cublasOperation_t tb = weight ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int64_t a_cols = weight ? n : out, b_rows = backward || weight ? out : in;
+  const int64_t d_rows = backward || weight ? in : out, d_cols = weight ? out : n;
   const int64_t aux_ld = d_rows;
   bool ok = api_->lt_matmul_desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
   const auto set = [&](cublasLtMatmulDescAttributes_t attr, const void* value, size_t size) {
@@ -42,9 +46,9 @@ LtLinear::Plan LtLinear::MakePlan(int64_t n, int64_t in, int64_t out, cublasLtEp
     set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux));
     set(CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld));
   }
-  ok = ok && api_->lt_matrix_layout_create(&p.a, CUDA_R_16BF, in, out, in) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.a, CUDA_R_16BF, in, a_cols, in) == CUBLAS_STATUS_SUCCESS;
   ok = ok && api_->lt_matrix_layout_create(&p.b, CUDA_R_16BF, b_rows, n, b_rows) == CUBLAS_STATUS_SUCCESS;
-  ok = ok && api_->lt_matrix_layout_create(&p.d, y_type, d_rows, n, d_rows) == CUBLAS_STATUS_SUCCESS;
+  ok = ok && api_->lt_matrix_layout_create(&p.d, y_type, d_rows, d_cols, d_rows) == CUBLAS_STATUS_SUCCESS;
   cublasLtMatmulPreference_t pref = nullptr;
   ok = ok && api_->lt_preference_create(&pref) == CUBLAS_STATUS_SUCCESS;
   const uint64_t ws = workspace_bytes;
@@ -93,7 +97,7 @@ bool LtLinear::Ready(int64_t n, int64_t in, int64_t out, const void* b, cudaData
 }
 
 bool LtLinear::Run(Plan& p, const void* bias, const void* aux, const void* w, const void* b_operand, void* d,
-                   void* workspace, size_t workspace_bytes) {
+                   void* workspace, size_t workspace_bytes, float beta) {
   if (bias) {
     Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
           "cublasLtMatmulDescSetAttribute (bias)");
@@ -102,7 +106,7 @@ bool LtLinear::Run(Plan& p, const void* bias, const void* aux, const void* w, co
     Check(api_->lt_matmul_desc_set_attribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)),
           "cublasLtMatmulDescSetAttribute (aux)");
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f;
   if (api_->lt_matmul(handle_, p.desc, &alpha, w, p.a, b_operand, p.b, &beta, d, p.d, d, p.d, &p.algo, workspace,
                       workspace_bytes, nullptr) != CUBLAS_STATUS_SUCCESS) {
     Destroy(p);  // not again for this shape: the unfused ops take over
@@ -128,6 +132,15 @@ bool LtLinear::GeluBackward(const __nv_bfloat16* dy, const __nv_bfloat16* w, int
   Plan& p = PlanFor(key, nullptr, gelu_pre, workspace_bytes);
   if (!p.ok || !Run(p, nullptr, gelu_pre, w, dy, dx, workspace, workspace_bytes)) return false;
   MarkProduct("cublasLt bf16 + DGELU", n, in, out);
+  return true;
+}
+
+bool LtLinear::WeightGradient(const __nv_bfloat16* dy, const __nv_bfloat16* x, int64_t n, int64_t in, int64_t out,
+                              float* dw, float* db, void* workspace, size_t workspace_bytes) {
+  const Key key{n, in, out, static_cast<int>(CUBLASLT_EPILOGUE_BGRADB), static_cast<int>(CUDA_R_32F)};
+  Plan& p = PlanFor(key, db, nullptr, workspace_bytes);
+  if (!p.ok || !Run(p, db, nullptr, x, dy, dw, workspace, workspace_bytes, 1.0f)) return false;
+  MarkProduct("cublasLt bf16 + BGRADB", out, in, n);
   return true;
 }
 

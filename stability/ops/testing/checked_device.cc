@@ -467,29 +467,42 @@ class CheckedBackend final : public Backend {
     cpu_.CrossEntropyBackward(logits, targets, lse, n, v, opt, dloss, dlogits);
   }
   // bf16: the logits stored in bf16 from the (bf16) product, the loss from them.
-  void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+  bool CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                  int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
-                                 CrossEntropyStats* stats, Bf16Operands* kept) override {
-    if (!bf16_) return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept);
+                                 CrossEntropyStats* stats, Bf16Operands* kept, bool with_gradient) override {
+    if (!bf16_) {
+      return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept, with_gradient);
+    }
     const Opened open = Need("CrossEntropyLinearForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
     std::vector<float> l(n * v);
     LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept);
     const std::vector<float> l16 = Round(l.data(), n * v, logits);
     cpu_.CrossEntropyForward(l16.data(), targets, n, v, opt, lse, stats);
+    if (!with_gradient) return false;
+    // As the GPU's fused kernel: the gradient for dloss = 1 over the logits, in bf16.
+    std::vector<float> dl(n * v);
+    cpu_.CrossEntropyBackward(l16.data(), targets, lse, n, v, opt, 1.0f, dl.data());
+    Round(dl.data(), n * v, logits);
+    return true;
   }
   void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                                   const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
-                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept) override {
+                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept,
+                                  bool gradient_ready) override {
     if (!bf16_) {
-      return Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw,
-                                                 kept);
+      return Backend::CrossEntropyLinearBackward(logits, targets, lse, n, v, opt, dloss, x, w, c, dlogits, dx, dw, kept,
+                                                 gradient_ready);
     }
     const Opened open = Need("CrossEntropyLinearBackward",
                              {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
     const std::vector<float> l = Widen(logits, n * v);
     std::vector<float> dl(n * v);
-    cpu_.CrossEntropyBackward(l.data(), targets, lse, n, v, opt, dloss, dl.data());
-    std::vector<float> dl16 = Round(dl.data(), n * v, dlogits);
+    if (gradient_ready) {  // the GPU scales its products by dloss; here the gradient (exact for a power of 2)
+      for (int64_t i = 0; i < n * v; ++i) dl[i] = l[i] * dloss;
+    } else {
+      cpu_.CrossEntropyBackward(l.data(), targets, lse, n, v, opt, dloss, dl.data());
+    }
+    std::vector<float> dl16 = Round(dl.data(), n * v, gradient_ready ? nullptr : dlogits);
     LinearBackward(x, w, Scratch(dl16), n, c, v, dx, dw, nullptr, kept);
   }
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,

@@ -1,8 +1,10 @@
 // cuBLAS and cuBLASLt on the emulated GPU: the entry points of internal::CublasApi with
 // their documented semantics (column-major operands, op(A)/op(B), leading dimensions,
 // strided batches, beta = 0 never reading C, bf16 operands with fp32 accumulation, bf16 or
-// fp32 outputs; cuBLASLt's BIAS, GELU_AUX(_BIAS) and DGELU epilogues, GELU its tanh form of
-// the unrounded value, DGELU its derivative at the aux input times the unrounded product, the
+// fp32 outputs; cuBLASLt's BIAS, GELU_AUX(_BIAS), DGELU and BGRADB epilogues, GELU its tanh form
+// of the unrounded value, DGELU its derivative at the aux input times the unrounded product,
+// BGRADB the sums of op(B) over k (D's columns: the bias gradient of a weight-gradient product,
+// summed in fp32 in k's order, alpha not applied, overwriting the vector), the
 // bias vector and the aux matrix of D's type: its documented defaults,
 // the only ones modelled — BIAS_DATA_TYPE and EPILOGUE_AUX_DATA_TYPE answer NOT_SUPPORTED), computed
 // on the CPU in fp32 (oneDNN's SGEMM on the operands widened to fp32: a bf16 product is
@@ -234,7 +236,7 @@ cublasStatus_t LtPrefSet(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceA
 
 bool SupportedEpilogue(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_DEFAULT || e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX ||
-         e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
+         e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU || e == CUBLASLT_EPILOGUE_BGRADB;
 }
 bool GeluEpilogue(cublasLtEpilogue_t e) {
   return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
@@ -251,7 +253,9 @@ bool Consistent(const LtDesc& d, const LtLayout& a, const LtLayout& b, const LtL
   if (AuxEpilogue(d.epilogue) && (d.aux == nullptr || d.aux_ld < static_cast<int64_t>(m) || d.aux_ld % 8 != 0)) {
     return false;
   }
-  if ((d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS) && d.bias == nullptr) {
+  if ((d.epilogue == CUBLASLT_EPILOGUE_BIAS || d.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
+       d.epilogue == CUBLASLT_EPILOGUE_BGRADB) &&
+      d.bias == nullptr) {
     return false;
   }
   return true;
@@ -287,6 +291,16 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
   const int64_t m = ld.rows, n = ld.cols, k = desc.ta == CUBLAS_OP_N ? la.cols : la.rows;
   const bool bias = desc.epilogue == CUBLASLT_EPILOGUE_BIAS || desc.epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
   const bool gelu = GeluEpilogue(desc.epilogue), dgelu = desc.epilogue == CUBLASLT_EPILOGUE_DGELU;
+  const bool bgradb = desc.epilogue == CUBLASLT_EPILOGUE_BGRADB;
+  if (bgradb) {
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = 0;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        sum += Load(b, lb.type, desc.tb == CUBLAS_OP_N ? kk + j * lb.ld : j + kk * lb.ld);
+      }
+      Store(const_cast<void*>(desc.bias), ld.type, j, sum);
+    }
+  }
   Product(desc.ta, desc.tb, m, n, k, *static_cast<const float*>(alpha), a, la.type, la.ld, b, lb.type, lb.ld, be, d,
           ld.type, ld.ld, [&](int64_t i, int64_t j, float v) {
             if (bias) v += Load(desc.bias, ld.type, i);  // along D's rows
@@ -305,9 +319,11 @@ cublasStatus_t LtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t dd, const void* a
           : bias       ? "cublasLt + bias"
           : gelu       ? "cublasLt + GELU"
           : dgelu      ? "cublasLt + DGELU"
+          : bgradb     ? "cublasLt + BGRADB"
                        : "cublasLt",
           m, n, k, 1, la.type, false, lb.type, false, ld.type, be,
-          (bias ? double(Bytes(ld.type)) * m : 0.0) + (dgelu ? aux_bytes : 0.0), gelu ? aux_bytes : 0.0);
+          (bias ? double(Bytes(ld.type)) * m : 0.0) + (dgelu ? aux_bytes : 0.0),
+          (gelu ? aux_bytes : 0.0) + (bgradb ? double(Bytes(ld.type)) * n : 0.0));
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -46,6 +46,8 @@ void OnAccess(const void* p, size_t n, bool write) {
   const uintptr_t end = std::min(x + n, r->begin + r->bytes);
   for (uintptr_t s = x / kSector; s * kSector < end; ++s) {
     Sector& sector = r->At(s * kSector);
+    // What this launch wrote and reads back is in the L2 (write-back): no DRAM read.
+    if (!write && sector.written == accessor.launch) continue;
     uint32_t& stamp = write ? sector.written : sector.read;
     if (stamp == accessor.launch) continue;
     stamp = accessor.launch;

@@ -8,7 +8,8 @@
 // Each kernel launch's traffic is the 32-byte sectors of device memory it reads and writes,
 // each counted once a launch (the DRAM traffic of a launch whose data the L2 keeps while it
 // runs, and which finds nothing of its inputs there when it starts: an upper bound across
-// launches, a lower one within), and the flops of its WMMA products. cuBLAS products, copies
+// launches, a lower one within; a sector read after the launch wrote it is the L2's, not a
+// read), and the flops of its WMMA products. cuBLAS products, copies
 // and sets count what their arguments say they read and write, and the product's flops.
 // What this gives is the roofline of every launch of a training step, measured on its real
 // kernels (tests/cuda/step_traffic.cc projects a step's time on a GPU from it).

@@ -60,6 +60,29 @@ TEST(TrafficTest, ASectorIsCountedOnceALaunchAndAgainInTheNext) {
   cudaFree(y);
 }
 
+// Each thread writes a value that another reads back (as a norm's residual add normalises
+// the sum it just stored): the write is traffic, the read back the L2's; a read before the
+// write (z +=) is a read.
+__global__ void WriteThenReadKernel(const float* x, float* y, float* z) {
+  const int i = threadIdx.x;
+  y[i] = x[i] * 2.0f;
+  __syncthreads();
+  z[i] += y[blockDim.x - 1 - i];
+}
+
+TEST(TrafficTest, ASectorReadAfterTheLaunchWroteItIsNotRead) {
+  float *x = Device<float>(64), *y = Device<float>(64), *z = Device<float>(64);
+  emu::StartTraffic();
+  WriteThenReadKernel<<<1, 64>>>(x, y, z);
+  const std::vector<emu::WorkTraffic> work = emu::StopTraffic();
+  ASSERT_EQ(work.size(), 1u);
+  EXPECT_EQ(work[0].bytes_read, 256 + 256);  // x and z; not y
+  EXPECT_EQ(work[0].bytes_written, 256 + 256);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(z);
+}
+
 // A block sum through shared memory: only x's reads and the one write are device traffic.
 __global__ void SharedSumKernel(const float* x, float* out) {
   __shared__ float partial[128];

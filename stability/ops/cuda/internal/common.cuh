@@ -258,12 +258,13 @@ class CudaBackend final : public Backend {
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
   int64_t SavedValueBytes() const override { return precision_ == MatmulPrecision::kBf16 ? 2 : 4; }
-  void CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
+  bool CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                  int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
-                                 CrossEntropyStats* stats, Bf16Operands* kept) override;
+                                 CrossEntropyStats* stats, Bf16Operands* kept, bool with_gradient) override;
   void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                                   const CrossEntropyOptions& opt, float dloss, const float* x, const float* w,
-                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept) override;
+                                  int64_t c, void* dlogits, float* dx, float* dw, const Bf16Operands* kept,
+                                  bool gradient_ready) override;
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override;
   void AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
@@ -299,10 +300,13 @@ class CudaBackend final : public Backend {
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0, cudaDataType c_type = CUDA_R_32F);
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
   // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so; dx_beta 1:
-  // dx added to (fp32), in the product's epilogue.
+  // dx added to (fp32), in the product's epilogue; dy_scale: both products' alpha (dy16 is
+  // dy / dy_scale: the loss head's gradient for dloss = 1). db (nullable; dy_scale 1): the bias
+  // gradient += Σ_n dy16, from the weight-gradient product's cuBLASLt BGRADB epilogue where it
+  // has one (no pass over dy16), else a column-sum pass.
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in, int64_t out,
-                          void* dx, float* dw, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F,
-                          float dx_beta = 0.0f);
+                          void* dx, float* dw, float* db, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F,
+                          float dx_beta = 0.0f, float dy_scale = 1.0f);
   // A bf16 linear backward's gradient operand: act'(pre)·dy (pre, as LinearActivationForward
   // saved it in bf16; null: dy, act unused), dy fp32 or bf16, rounded to bf16 into d16, its
   // column sums added to db (nullable) on the way.
@@ -398,7 +402,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 15;
+  static constexpr int kSlots = 16;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -420,6 +424,7 @@ enum ScratchSlot {
   kEachPartials = 12,   // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
   kPreActivation = 13,  // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
   kBf16Bias = 14,       // FC1's bias rounded to bf16 (the type of its bf16 output)
+  kBiasGradient = 15,   // a bias gradient from cuBLASLt's BGRADB epilogue (which overwrites), to add
 };
 
 }  // namespace stability::ops::cuda::internal

@@ -6,6 +6,8 @@
 //                                     "aux" output the backward needs; GELU_AUX without a bias)
 //   dx = GELU'(pre) ⊙ (dy·w)          CUBLASLT_EPILOGUE_DGELU           (GeluBackward: FC2's
 //                                     input gradient, already FC1's pre-activation gradient)
+//   dw += dyᵀ·x,  db = Σ_n dy         CUBLASLT_EPILOGUE_BGRADB          (WeightGradient: the
+//                                     bias gradient from the operand the product reads anyway)
 //
 // x, w and dy come as bf16 copies; accumulation, bias, GELU and GELU' are fp32. y is fp32 or
 // bf16 (y_type), dx bf16; the bias vector and pre are the output's type (cuBLASLt's
@@ -51,6 +53,11 @@ class LtLinear {
   // False (nothing written) where cuBLASLt has no kernel for it.
   bool GeluBackward(const __nv_bfloat16* dy, const __nv_bfloat16* w, int64_t n, int64_t in, int64_t out,
                     const __nv_bfloat16* gelu_pre, __nv_bfloat16* dx, void* workspace, size_t workspace_bytes);
+  // dw [out, in] += dy [n, out]ᵀ · x [n, in] (fp32, beta 1) and db [out] = Σ_n dy (fp32,
+  // OVERWRITTEN: cuBLASLt writes the vector). False (nothing written) where cuBLASLt has no
+  // kernel for it.
+  bool WeightGradient(const __nv_bfloat16* dy, const __nv_bfloat16* x, int64_t n, int64_t in, int64_t out, float* dw,
+                      float* db, void* workspace, size_t workspace_bytes);
 
  private:
   struct Plan {
@@ -67,7 +74,7 @@ class LtLinear {
   // The product of a ready plan with these pointers: false (the plan destroyed: not again for
   // this shape) if cuBLASLt fails at run time.
   bool Run(Plan& p, const void* bias, const void* aux, const void* w, const void* b_operand, void* d, void* workspace,
-           size_t workspace_bytes);
+           size_t workspace_bytes, float beta = 0.0f);
   void Destroy(Plan& p);
   static cublasLtEpilogue_t EpilogueFor(const void* b, const void* gelu_pre);
   static Key KeyFor(int64_t n, int64_t in, int64_t out, const void* b, cudaDataType y_type, const void* gelu_pre);
