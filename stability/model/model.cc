@@ -134,6 +134,7 @@ struct Model::Impl {
   bool logits_hold_gradient = false;  // the forward wrote the loss's gradient (dloss = 1) over them
   // Backward scratch.
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
+  Tensor dres16;  // a norm backward's output rounded to bf16 for the product it reaches next
   Tensor dw_eff;  // σ-reparam: every Linear::dw_eff a view of it, zeroed at once by Backward
 };
 
@@ -590,17 +591,36 @@ absl::Status Model::Backward(float dloss) {
   Alloc(device_, m.dtmp, {N, C});
   if (c.sigma_reparam) m.dw_eff.SetZero();  // each layer's dW_eff is accumulated onto (LinearBackward)
 
+  // Where the backend keeps bf16 operands, a norm's backward whose output a product reads
+  // next as its dy (Proj's, FC2's) also writes it rounded to bf16 for that product, which then
+  // rounds nothing (NormBackward's `next`). One buffer serves them all: each is read before
+  // the next norm backward writes it. gradient_for: that product's Bf16Operands, pointed at it.
+  if (be.KeepsBf16Operands()) {
+    Alloc(device_, m.dres16, {N, C}, DType::kBF16);
+  } else {
+    m.dres16 = Tensor();
+  }
+  const auto gradient_for = [&](Linear& lin) -> ops::Bf16Operands* {
+    if (!m.dres16.defined() || lin.kept.get() == nullptr) return nullptr;
+    lin.kept.ptrs.dy = m.dres16.data();
+    return &lin.kept.ptrs;
+  };
+  // Whether a branch's product reads the residual stream's gradient as it is (no layer scale
+  // and no norm after the product in between).
+  const auto mlp_reads_dres = [](const Layer& y) { return !y.ls2 && !y.fc2_norm.on(); };
+  const auto attention_reads_dres = [](const Layer& y) { return !y.ls1 && !y.proj_norm.on(); };
   // dx laid out as x.
   const auto norm_back = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, const NormActs& a,
-                             const float* dy, int64_t rows, int64_t d, float* dx) {
+                             const float* dy, int64_t rows, int64_t d, float* dx, ops::Bf16Operands* next = nullptr) {
     be.NormBackward(c.norm, x, x_rows, n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, rows, d, dx, n.g->grad.f32(),
-                    n.b ? n.b->grad.f32() : nullptr);
+                    n.b ? n.b->grad.f32() : nullptr, next);
   };
   const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
   // The norm after a residual add: its input gradient joins the residual's in dres.
-  const auto add_norm_back = [&](const Norm& n, const Tensor& sum, const NormActs& a, const float* dy) {
+  const auto add_norm_back = [&](const Norm& n, const Tensor& sum, const NormActs& a, const float* dy,
+                                 ops::Bf16Operands* next) {
     be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
-                       n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr);
+                       n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr, next);
   };
   const auto gradients_of = [&](Linear& lin, const Tensor& x) {
     return ops::Backend::LinearGradients{x.f32(), lin.weight(), lin.kept.get(), lin.weight_grad(),
@@ -615,7 +635,10 @@ absl::Status Model::Backward(float dloss) {
   be.CrossEntropyLinearBackward(m.logits.data(), m.targets.i32(), m.lse.f32(), N, V, {c.logit_soft_cap, c.z_loss},
                                 dloss, m.xf.y.f32(), head->value.f32(), C, m.logits.data(), m.dxf.f32(),
                                 head->grad.f32(), m.head_kept.get(), m.logits_hold_gradient);
-  norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32());
+  const auto mlp_next = [&](int64_t l) {  // the product reading dres as the MLP branch of layer l starts
+    return l >= 0 && mlp_reads_dres(m.layers[l]) ? gradient_for(m.layers[l].fc2) : nullptr;
+  };
+  norm_back(m.nf, m.stream[c.n_layer].f32(), rows_of_c, m.xf, m.dxf.f32(), N, C, m.dres.f32(), mlp_next(c.n_layer - 1));
 
   for (int64_t l = c.n_layer - 1; l >= 0; --l) {
     Layer& y = m.layers[l];
@@ -626,14 +649,15 @@ absl::Status Model::Backward(float dloss) {
       g = m.t1.f32();
     }
     if (y.fc2_norm.on()) {
-      norm_back(y.fc2_norm, y.fc2_out.f32(), rows_of_c, y.fn, g, N, C, m.t2.f32());
+      norm_back(y.fc2_norm, y.fc2_out.f32(), rows_of_c, y.fn, g, N, C, m.t2.f32(), gradient_for(y.fc2));
       g = m.t2.f32();
     }
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
     be.MlpBackward(c.activation, gradients_of(y.fc1, a2), gradients_of(y.fc2, y.act), y.fc1_out.data(), g, N, C, F, C,
                    m.dF1.f32(), m.dF2.f32(), m.t3.f32());
+    y.fc2.kept.ptrs.dy_rounded = false;
     if (y.n2.on()) {
-      add_norm_back(y.n2, y.h, y.a2, m.t3.f32());
+      add_norm_back(y.n2, y.h, y.a2, m.t3.f32(), attention_reads_dres(y) ? gradient_for(y.proj) : nullptr);
     } else {
       be.AddInPlace(m.dres.f32(), m.t3.f32(), N * C);
     }
@@ -645,10 +669,11 @@ absl::Status Model::Backward(float dloss) {
       g = m.t1.f32();
     }
     if (y.proj_norm.on()) {
-      norm_back(y.proj_norm, y.proj_out.f32(), rows_of_c, y.pn, g, N, C, m.t2.f32());
+      norm_back(y.proj_norm, y.proj_out.f32(), rows_of_c, y.pn, g, N, C, m.t2.f32(), gradient_for(y.proj));
       g = m.t2.f32();
     }
     linear_back(y.proj, y.att, g, m.t3.f32());
+    y.proj.kept.ptrs.dy_rounded = false;
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
@@ -686,7 +711,7 @@ absl::Status Model::Backward(float dloss) {
       linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
       if (!y.n1.on()) be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
     }
-    if (y.n1.on()) add_norm_back(y.n1, x, y.a1, m.dtmp.f32());
+    if (y.n1.on()) add_norm_back(y.n1, x, y.a1, m.dtmp.f32(), mlp_next(l - 1));
   }
   be.EmbeddingBackward(m.ids.i32(), N, T, m.dres.f32(), C, m.wte->grad.f32(), m.wpe ? m.wpe->grad.f32() : nullptr);
   // σ-reparam: every layer's dW_eff → dW and dg, in one batched op.

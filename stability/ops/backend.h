@@ -101,10 +101,16 @@ enum class AttentionKernel { kGemm, kFused };
 // change in between (they do not: the optimizer steps after the backward).
 // x_rounded: x already holds this forward's input, rounded by the op that produced it
 // (LinearActivationForward's `next`); the forward reads it as it is and clears the flag.
+// dy (nullable; n·out bf16, the caller's) and dy_rounded: the same for the backward — the
+// layer's output gradient rounded into dy by the norm backward that produced it
+// (NormBackward's `next`), which the layer's LinearBackward reads instead of rounding dy (its
+// bias gradient then summed from those rounded values); the caller clears the flag after it.
 struct Bf16Operands {
   void* x = nullptr;
   void* w = nullptr;
   bool x_rounded = false;
+  void* dy = nullptr;
+  bool dy_rounded = false;
 };
 
 // A device's memory in bytes; total 0 where the backend does not track it (the CPU's host
@@ -207,19 +213,24 @@ class Backend {
   virtual void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
                            int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                            Bf16Operands* next) = 0;
+  // next (nullable): the Bf16Operands of the product whose output gradient dx is (Proj's,
+  // FC2's). A backend that keeps bf16 operands writes dx rounded into next->dy as well (x_rows
+  // contiguous) and sets next->dy_rounded; elsewhere next is ignored.
   virtual void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                             const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
-                            float* db) = 0;
+                            float* db, Bf16Operands* next) = 0;
   // A residual add and the norm after it, in one pass over the rows:
   //   sum = x + a ⊙ s,  y = Norm(sum)   (ChannelScaleForward, Add, NormForward: the same
   //                                      bits; s [D] nullable: no layer scale, a alone)
   // Backward accumulates into the residual stream's gradient, which already holds what
-  // reached sum by the residual path:  dsum += ∂y/∂sum · dy  (dsum ACCUMULATED).
+  // reached sum by the residual path:  dsum += ∂y/∂sum · dy  (dsum ACCUMULATED; next as
+  // NormBackward's, of the accumulated value: the product the stream's gradient reaches next).
   virtual void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                               const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                               float* rstd, Bf16Operands* next) = 0;
   virtual void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
-                               const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) = 0;
+                               const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                               Bf16Operands* next) = 0;
 
   // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous; q, k, v rows `ld` apart).
   // probs: [B, H, T, T], the softmax p (not p'), and lse: [B, H, T], log Σ exp z per query
@@ -285,7 +296,7 @@ class Backend {
     for (int i = 0; i < 3; ++i) {
       if (norm[i] == nullptr) continue;
       NormBackward(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd, grad[i], norms.rows,
-                   norms.d, dqkv + i * c, norm[i]->dg, norm[i]->db);
+                   norms.d, dqkv + i * c, norm[i]->dg, norm[i]->db, nullptr);
     }
     LinearBackward(qkv_layer.x, qkv_layer.w, dqkv, b * t, c, 3 * c, accumulate_dx ? dq : dx, qkv_layer.dw, qkv_layer.db,
                    qkv_layer.kept);

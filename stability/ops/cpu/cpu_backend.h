@@ -24,13 +24,14 @@ class CpuBackend final : public Backend {
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override;
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
-                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
-                    float* db) override;
+                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db,
+                    Bf16Operands* next) override;
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
                       Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
-                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
+                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                       Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats, Bf16Operands* next) override;

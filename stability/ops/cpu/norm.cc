@@ -141,13 +141,14 @@ void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, co
 
 void CpuBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                               const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
-                              float* db) {
+                              float* db, Bf16Operands*) {
   internal::OpScope scope("NormBackward");
   NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
 }
 
 void CpuBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
-                                 const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) {
+                                 const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                                 Bf16Operands*) {
   internal::OpScope scope("AddNormBackward");
   NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }

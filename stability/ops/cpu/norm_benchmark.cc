@@ -27,7 +27,7 @@ void BM_LayerNorm(benchmark::State& state) {
     be.NormForward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f,
                    y.data(), mean.data(), rstd.data(), nullptr);
     be.NormBackward(NormKind::kLayerNorm, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(),
-                    y.data(), rows, d, dx.data(), dg.data(), db.data());
+                    y.data(), rows, d, dx.data(), dg.data(), db.data(), nullptr);
   }
   Report(state, 16.0 * rows * d, 5.0 * rows * d * 4);
 }

@@ -27,7 +27,7 @@ TEST_P(NormGradTest, BackwardMatchesFiniteDifferences) {
   forward();
   std::vector<float> dx(x.size()), dg(d, 0.0f), db(d, 0.0f);
   be.NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), r.data(), rows, d,
-                  dx.data(), dg.data(), with_bias ? db.data() : nullptr);
+                  dx.data(), dg.data(), with_bias ? db.data() : nullptr, nullptr);
   std::vector<GradInput> inputs = {{"x", &x, &dx}, {"g", &g, &dg}};
   if (with_bias) inputs.push_back({"b", &b, &db});
   ExpectGradientsMatch(forward, r, inputs);
@@ -55,12 +55,12 @@ TEST(NormTest, RowsInAWiderBufferAreTheContiguousRows) {
       be.NormForward(kind, x.data(), RowLayout::Contiguous(d), g.data(), b.data(), rows, d, 1e-5f, y.data(),
                      mean.data(), rstd.data(), nullptr);
       be.NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows, d,
-                      dx.data(), dg.data(), db.data());
+                      dx.data(), dg.data(), db.data(), nullptr);
       std::vector<float> y2(rows * d), mean2(rows), rstd2(rows), dg2(d, 0.0f), db2(d, 0.0f);
       be.NormForward(kind, wide.data() + col0, layout, g.data(), b.data(), rows, d, 1e-5f, y2.data(), mean2.data(),
                      rstd2.data(), nullptr);
       be.NormBackward(kind, wide.data() + col0, layout, g.data(), mean2.data(), rstd2.data(), dy.data(), rows, d,
-                      dwide.data() + col0, dg2.data(), db2.data());
+                      dwide.data() + col0, dg2.data(), db2.data(), nullptr);
       EXPECT_EQ(y2, y);
       EXPECT_EQ(rstd2, rstd);
       EXPECT_EQ(dg2, dg);
@@ -112,11 +112,11 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
 
     std::vector<float> dx(rows * d), dg(d, 0.5f), db(d, 0.25f), expect = dres;
     be.NormBackward(kind, sum.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows, d,
-                    dx.data(), dg.data(), db.data());
+                    dx.data(), dg.data(), db.data(), nullptr);
     be.AddInPlace(expect.data(), dx.data(), rows * d);
     std::vector<float> fdres = dres, fdg(d, 0.5f), fdb(d, 0.25f);
     be.AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, fdres.data(),
-                       fdg.data(), fdb.data());
+                       fdg.data(), fdb.data(), nullptr);
     EXPECT_EQ(fdres, expect);
     EXPECT_EQ(fdg, dg);
     EXPECT_EQ(fdb, db);

@@ -743,10 +743,22 @@ __nv_bfloat16* CudaBackend::GradientOperand(const float* dy, int64_t n, int64_t 
   return dy16;
 }
 
+const __nv_bfloat16* CudaBackend::BackwardOperand(const float* dy, int64_t n, int64_t out, float* db,
+                                                  const Bf16Operands* kept, float** db_left) {
+  if (kept && kept->dy_rounded) {
+    *db_left = db;
+    return static_cast<const __nv_bfloat16*>(kept->dy);
+  }
+  *db_left = nullptr;
+  return GradientOperand(dy, n, out, db);
+}
+
 void CudaBackend::LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out,
                                  float* dx, float* dw, float* db, const Bf16Operands* kept) {
   if (precision_ == MatmulPrecision::kBf16) {
-    LinearBackwardBf16(x, w, GradientOperand(dy, n, out, db), n, in, out, dx, dw, nullptr, kept);
+    float* db_left = nullptr;
+    const __nv_bfloat16* dy16 = BackwardOperand(dy, n, out, db, kept, &db_left);
+    LinearBackwardBf16(x, w, dy16, n, in, out, dx, dw, db_left, kept);
     return;
   }
   if (dx) Gemm(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
@@ -781,18 +793,19 @@ void CudaBackend::MlpBackward(Activation act, const LinearGradients& fc1, const 
   }
   const auto* pre16 = static_cast<const __nv_bfloat16*>(y_pre);
   auto* d16 = reinterpret_cast<__nv_bfloat16*>(d_pre);
-  const __nv_bfloat16* dz16 = GradientOperand(dz, n, out, fc2.db);
+  float* db2_left = nullptr;
+  const __nv_bfloat16* dz16 = BackwardOperand(dz, n, out, fc2.db, fc2.kept, &db2_left);
   if (act == Activation::kGelu) {
     const auto* w2 = fc2.kept ? static_cast<const __nv_bfloat16*>(fc2.kept->w) : ToBf16(fc2.w, out * hidden, kBf16A);
     if (lt_->GeluBackward(dz16, w2, n, hidden, out, pre16, d16, Scratch(kLtWorkspace, kLtWorkspaceBytes),
                           kLtWorkspaceBytes)) {
-      LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, nullptr, fc2.dw, nullptr, fc2.kept);
+      LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, nullptr, fc2.dw, db2_left, fc2.kept);
       LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, fc1.db, fc1.kept);
       return;
     }
   }
   auto* dh16 = reinterpret_cast<__nv_bfloat16*>(dh);
-  LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, dh16, fc2.dw, nullptr, fc2.kept, CUDA_R_16BF);
+  LinearBackwardBf16(fc2.x, fc2.w, dz16, n, hidden, out, dh16, fc2.dw, db2_left, fc2.kept, CUDA_R_16BF);
   GradientToBf16(act, pre16, dh16, n, hidden, d16, fc1.db);
   LinearBackwardBf16(fc1.x, fc1.w, d16, n, in, hidden, dx, fc1.dw, nullptr, fc1.kept);
 }

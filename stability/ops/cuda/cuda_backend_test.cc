@@ -189,9 +189,9 @@ TEST_F(CudaBackendTest, Norms) {
       ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "norm y");
       ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "rstd");
       cpu_->NormBackward(kind, x.data(), RowLayout::Contiguous(d), g.data(), mean.data(), rstd.data(), dy.data(), rows,
-                         d, dx.data(), dg.data(), bp ? db.data() : nullptr);
+                         d, dx.data(), dg.data(), bp ? db.data() : nullptr, nullptr);
       gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg,
-                         bp ? gdb : nullptr);
+                         bp ? gdb : nullptr, nullptr);
       ExpectClose(Down(gdx, rows * d), dx, 1e-5, 0, "norm dx");
       ExpectClose(Down(gdg, d), dg, 1e-5, 0, "dg");
       if (bp) ExpectClose(Down(gdb, d), db, 1e-5, 0, "db");
@@ -217,9 +217,10 @@ TEST_F(CudaBackendTest, NormRowsInAWiderBufferAreTheContiguousRows) {
       float *gmean = Up(zr), *grstd = Up(zr), *gdg = Up(zd), *gdb = Up(zd);
       float *gy2 = Up(zeros), *gmean2 = Up(zr), *grstd2 = Up(zr), *gdg2 = Up(zd), *gdb2 = Up(zd);
       gpu_->NormForward(kind, gx, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, gy, gmean, grstd, nullptr);
-      gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg, gdb);
+      gpu_->NormBackward(kind, gx, RowLayout::Contiguous(d), gg, gmean, grstd, gdy, rows, d, gdx, gdg, gdb, nullptr);
       gpu_->NormForward(kind, gwide + col0, layout, gg, gb, rows, d, 1e-5f, gy2, gmean2, grstd2, nullptr);
-      gpu_->NormBackward(kind, gwide + col0, layout, gg, gmean2, grstd2, gdy, rows, d, gdwide + col0, gdg2, gdb2);
+      gpu_->NormBackward(kind, gwide + col0, layout, gg, gmean2, grstd2, gdy, rows, d, gdwide + col0, gdg2, gdb2,
+                         nullptr);
       EXPECT_EQ(Down(gy2, rows * d), Down(gy, rows * d));
       EXPECT_EQ(Down(grstd2, rows), Down(grstd, rows));
       EXPECT_EQ(Down(gdg2, d), Down(gdg, d));
@@ -248,12 +249,12 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     cpu_->AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(),
                          mean.data(), rstd.data(), nullptr);
     cpu_->AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dsum.data(),
-                          dg.data(), bp ? db.data() : nullptr);
+                          dg.data(), bp ? db.data() : nullptr, nullptr);
     float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = bp ? Up(b) : nullptr, *gdy = Up(dy);
     float *gsum = Up(sum), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd), *gdsum = Up(dres);
     float *gdg = Up(std::vector<float>(d, 0.5f)), *gdb = Up(std::vector<float>(d, 0.25f));
     gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd, nullptr);
-    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr);
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr, nullptr);
     EXPECT_EQ(Down(gsum, rows * d), sum);  // one float add
     ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "add+norm y");
     ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "add+norm rstd");
@@ -266,7 +267,7 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     gpu_->Add(gx, ga, rows * d, usum);
     gpu_->NormForward(kind, usum, RowLayout::Contiguous(d), gg, gb, rows, d, 1e-5f, uy, umean, urstd, nullptr);
     gpu_->NormBackward(kind, usum, RowLayout::Contiguous(d), gg, umean, urstd, gdy, rows, d, udx, udg,
-                       bp ? udb : nullptr);
+                       bp ? udb : nullptr, nullptr);
     gpu_->AddInPlace(udres, udx, rows * d);
     EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
     EXPECT_EQ(Down(grstd, rows), Down(urstd, rows));
@@ -282,6 +283,64 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     EXPECT_EQ(Down(gsum, rows * d), Down(usum, rows * d));
     EXPECT_EQ(Down(gy, rows * d), Down(uy, rows * d));
   }
+}
+
+// A norm's backward writing the next product's bf16 gradient operand (NormBackward's and
+// AddNormBackward's `next`, as the model hands the residual stream's gradient to Proj and
+// FC2): in bf16 next->dy is the stored dx rounded, bit for bit, and flagged; the product's
+// LinearBackward reading it gives the dx and dw of rounding dy itself, bit for bit, and a
+// bias gradient summed from the rounded values instead of the fp32 ones, within that rounding:
+// |Δdb_j| ≤ 2⁻⁹·Σ_r |dy_rj| (+ fp32 summation's (n + 1)·2⁻²⁴ of it). A norm read in place
+// (per head) and fp32 products leave next alone.
+TEST_F(CudaBackendTest, NormBackwardWritesTheNextProductsGradientOperand) {
+  const int64_t rows = 64, d = 48, in = 32;
+  const NormKind kind = NormKind::kLayerNorm;
+  float *gx = Up(Random(rows * d, 2.0)), *ga = Up(Random(rows * d)), *gg = Up(Random(d)), *gb = Up(Random(d));
+  float *gsum = Up(std::vector<float>(rows * d)), *gmean = Up(std::vector<float>(rows)),
+        *grstd = Up(std::vector<float>(rows)), *gdy = Up(Random(rows * d));
+  gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, nullptr, gmean, grstd, nullptr);
+  const std::vector<float> dres = Random(rows * d);
+  float *lx = Up(Random(rows * in)), *lw = Up(Random(d * in, 0.2));
+  Tensor x16 = Tensor::Empty({rows * in}, DType::kBF16, kGpu), w16 = Tensor::Empty({d * in}, DType::kBF16, kGpu);
+  Tensor dy16 = Tensor::Empty({rows * d}, DType::kBF16, kGpu);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  Bf16Operands kept{x16.data(), w16.data()};
+  gpu_->LinearForward(lx, lw, nullptr, rows, in, d, Up(std::vector<float>(rows * d)), &kept);
+  std::vector<std::vector<float>> dsum, dx, dw, db;
+  for (bool handed : {false, true}) {
+    float *gdsum = Up(dres), *gdg = Up(std::vector<float>(d)), *gdb = Up(std::vector<float>(d));
+    kept.dy = handed ? dy16.data() : nullptr;
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, gdb, handed ? &kept : nullptr);
+    EXPECT_EQ(kept.dy_rounded, handed);
+    float *ldx = Up(std::vector<float>(rows * in)), *ldw = Up(std::vector<float>(d * in)),
+          *ldb = Up(std::vector<float>(d, 0.5f));
+    gpu_->LinearBackward(lx, lw, gdsum, rows, in, d, ldx, ldw, ldb, &kept);
+    kept.dy_rounded = false;
+    dsum.push_back(Down(gdsum, rows * d));
+    dx.push_back(Down(ldx, rows * in));
+    dw.push_back(Down(ldw, d * in));
+    db.push_back(Down(ldb, d));
+  }
+  EXPECT_TRUE(SameBits(dsum[1], dsum[0])) << "dsum";
+  EXPECT_EQ(DownBf16(dy16.data(), rows * d), RoundedToBf16(dsum[0])) << "next->dy: dsum rounded";
+  EXPECT_TRUE(SameBits(dx[1], dx[0])) << "the product's dx";
+  EXPECT_TRUE(SameBits(dw[1], dw[0])) << "the product's dw";
+  for (int64_t j = 0; j < d; ++j) {
+    double magnitude = 0.5;
+    for (int64_t r = 0; r < rows; ++r) magnitude += std::abs(dsum[0][r * d + j]);
+    EXPECT_NEAR(db[1][j], db[0][j], (std::ldexp(1.0, -9) + (rows + 1) * std::ldexp(1.0, -24)) * magnitude) << j;
+  }
+  // Per head (rows read in place): no contiguous dx to hand on.
+  float *gdx = Up(std::vector<float>(rows * d)), *gdg = Up(std::vector<float>(d / 2));
+  Bf16Operands per_head{x16.data(), w16.data(), false, dy16.data()};
+  float* ones = Up(std::vector<float>(rows * 2, 1.0f));  // a mean and rstd a head row
+  gpu_->NormBackward(kind, gsum, RowLayout{2, d}, gg, ones, ones, gdy, rows * 2, d / 2, gdx, gdg, nullptr, &per_head);
+  EXPECT_FALSE(per_head.dy_rounded);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  Bf16Operands fp32{x16.data(), w16.data(), false, dy16.data()};
+  gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, Up(dres), Up(std::vector<float>(d)), nullptr,
+                        &fp32);
+  EXPECT_FALSE(fp32.dy_rounded);
 }
 
 // Plain, soft cap, temperature and clipped softmax, at head dim hd.

@@ -274,9 +274,9 @@ void BM_AttentionQkvBackward(benchmark::State& state) {
                           qk_norm ? dq.f32() : d, qk_norm ? dk.f32() : d + c, d + 2 * c);
     if (qk_norm) {
       be->NormBackward(NormKind::kLayerNorm, qkv.f32(), layout, norm_q.g, norm_q.mean, norm_q.rstd, dq.f32(), n, c, d,
-                       norm_q.dg, norm_q.db);
+                       norm_q.dg, norm_q.db, nullptr);
       be->NormBackward(NormKind::kLayerNorm, qkv.f32() + c, layout, norm_k.g, norm_k.mean, norm_k.rstd, dk.f32(), n, c,
-                       d + c, norm_k.dg, norm_k.db);
+                       d + c, norm_k.dg, norm_k.db, nullptr);
     }
     be->LinearBackward(x.f32(), w.f32(), d, n, c, w3, dx.f32(), dw.f32(), db.f32(), nullptr);
   });
@@ -348,7 +348,7 @@ void BM_LayerNorm(benchmark::State& state) {
     be->NormForward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), b.f32(), rows, d, 1e-5f, y.f32(),
                     mean.f32(), rstd.f32(), nullptr);
     be->NormBackward(NormKind::kLayerNorm, x.f32(), RowLayout::Contiguous(d), g.f32(), mean.f32(), rstd.f32(), y.f32(),
-                     rows, d, dx.f32(), dg.f32(), db.f32());
+                     rows, d, dx.f32(), dg.f32(), db.f32(), nullptr);
   });
   Report(state, 16.0 * rows * d, 4.0 * 5 * rows * d);
 }

@@ -61,7 +61,8 @@ int NormThreads(int64_t d) { return d >= 256 ? 256 : static_cast<int>((d + 31) /
 // gridDim.x = NormChunks) takes its rows one after another,
 //   dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
 // (accumulate: dx += , the residual stream's gradient; dx laid out as x; dy and dx fp32 or
-// bf16, the math fp32 either way), and each thread
+// bf16, the math fp32 either way; dx16 nullable: the stored dx rounded to bf16, contiguous
+// rows — the next product's operand), and each thread
 // adds its columns' dy·x̂ and dy into its own slots of the block's shared accumulators
 // (double, rows in order, as the CPU), written out as partials_g/partials_b[chunk, j]
 // (partials_b nullable) for AddColumnTotals. The second pass over the row reads what the
@@ -69,7 +70,7 @@ int NormThreads(int64_t d) { return d >= 256 ? 256 : static_cast<int>((d + 31) /
 template <typename DY, typename DX>
 __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                                    const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
-                                   double* partials_g, double* partials_b) {
+                                   __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
   extern __shared__ double acc[];  // [0, d): Σ dy·x̂; [d, 2d): Σ dy — each slot one thread's
   const int64_t chunk = blockIdx.x, chunks = gridDim.x;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) acc[j] = acc[d + j] = 0;
@@ -89,7 +90,9 @@ __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows,
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
       const float xh = (xr[j] - m) * rs, dyj = Load(dyr + j);
       const float v = rs * (dyj * g[j] - mg - xh * mgx);
-      Store(accumulate ? __fadd_rn(Load(dxr + j), v) : v, dxr + j);  // never an FMA: the bits of Add's
+      const float stored = accumulate ? __fadd_rn(Load(dxr + j), v) : v;  // never an FMA: the bits of Add's
+      Store(stored, dxr + j);
+      if (dx16) dx16[r * d + j] = __float2bfloat16_rn(stored);
       acc[j] += static_cast<double>(dyj) * xh;
       acc[d + j] += dyj;
     }
@@ -107,6 +110,12 @@ __nv_bfloat16* CudaBackend::NextOperand(Bf16Operands* next) {
   if (next == nullptr || !KeepsBf16Operands()) return nullptr;
   next->x_rounded = true;
   return static_cast<__nv_bfloat16*>(next->x);
+}
+
+__nv_bfloat16* CudaBackend::NextGradient(Bf16Operands* next) {
+  if (next == nullptr || next->dy == nullptr || !KeepsBf16Operands()) return nullptr;
+  next->dy_rounded = true;
+  return static_cast<__nv_bfloat16*>(next->dy);
 }
 
 void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
@@ -130,7 +139,7 @@ void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, 
 template <typename DY, typename DX>
 void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                    const float* mean, const float* rstd, const DY* dy, int64_t rows, int64_t d,
-                                   bool accumulate, DX* dx, float* dg, float* db) {
+                                   bool accumulate, DX* dx, float* dg, float* db, __nv_bfloat16* dx16) {
   const int chunks = NormChunks(rows);
   double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
   double* partials_b = db ? partials_g + chunks * d : nullptr;
@@ -139,25 +148,29 @@ void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayou
     AllowSharedBytes(NormBackwardKernel<DY, DX>, shared, "NormBackwardKernel (the norm's width)");
   }
   NormBackwardKernel<DY, DX><<<chunks, NormThreads(d), shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd,
-                                                                 dy, rows, d, accumulate, dx, partials_g, partials_b);
+                                                                 dy, rows, d, accumulate, dx, dx16, partials_g,
+                                                                 partials_b);
   STABILITY_CUDA_LAUNCHED((std::is_same_v<DX, float> ? "NormBackwardKernel" : "NormBackwardKernel (bf16)"));
   AddColumnTotals(partials_g, chunks, d, dg);
   if (db) AddColumnTotals(partials_b, chunks, d, db);
 }
 template void CudaBackend::NormBackwardRows(NormKind, const float*, const RowLayout&, const float*, const float*,
                                             const float*, const __nv_bfloat16*, int64_t, int64_t, bool, __nv_bfloat16*,
-                                            float*, float*);  // attention.cu's
+                                            float*, float*, __nv_bfloat16*);  // attention.cu's
 
 void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
-                               float* dx, float* dg, float* db) {
-  NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db);
+                               float* dx, float* dg, float* db, Bf16Operands* next) {
+  const bool contiguous = x_rows.group == 1 && x_rows.stride == d;
+  NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db,
+                   contiguous ? NextGradient(next) : nullptr);
 }
 
-void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean,
-                                  const float* rstd, const float* dy, int64_t rows, int64_t d, float* dsum, float* dg,
-                                  float* db) {
-  NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
+void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
+                                  const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                                  Bf16Operands* next) {
+  NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db,
+                   NextGradient(next));
 }
 
 }  // namespace stability::ops::cuda::internal

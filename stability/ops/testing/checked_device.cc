@@ -255,16 +255,21 @@ class CheckedBackend final : public Backend {
     const Opened open = Need("LinearBackward", {{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}, {"db", db}});
     if (!bf16_) return cpu_.LinearBackward(x, w, dy, n, in, out, dx, dw, db, kept);
     // The kept operands (never x: a forward fed by `next` may have left it unwritten), dy
-    // rounded; the bias gradient from the fp32 dy, as the CUDA backend takes it.
+    // rounded; the bias gradient from the fp32 dy, as the CUDA backend takes it — or, where the
+    // norm backward before rounded dy into kept->dy, from those values, which must be dy's.
     if (kept == nullptr) throw std::logic_error("LinearBackward: a bf16 backward without its forward's kept operands");
-    const Opened open_kept = Need("LinearBackward", {{"kept x", kept->x}, {"kept w", kept->w}});
+    const Opened open_kept = Need("LinearBackward", {{"kept x", kept->x}, {"kept w", kept->w}, {"kept dy", kept->dy}});
     const std::vector<float> x16 = Widen(kept->x, n * in), w16 = Widen(kept->w, out * in);
     const std::vector<float> dy16 = Round(dy, n * out, nullptr);
+    if (kept->dy_rounded && std::memcmp(Widen(kept->dy, n * out).data(), dy16.data(), n * out * sizeof(float)) != 0) {
+      throw std::logic_error("LinearBackward: kept->dy (rounded by the op before) is not this backward's dy");
+    }
     cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx, dw, nullptr, nullptr);
     if (db) {
+      const float* sums_of = kept->dy_rounded ? dy16.data() : dy;
       for (int64_t j = 0; j < out; ++j) {
         double s = 0;
-        for (int64_t r = 0; r < n; ++r) s += dy[r * out + j];
+        for (int64_t r = 0; r < n; ++r) s += sums_of[r * out + j];
         db[j] += static_cast<float>(s);
       }
     }
@@ -328,12 +333,15 @@ class CheckedBackend final : public Backend {
     if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
   }
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
-                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
-                    float* db) override {
-    const Opened open =
-        Need("NormBackward",
-             {{"x", x}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dx", dx}, {"dg", dg}, {"db", db}});
-    cpu_.NormBackward(kind, x, x_rows, g, mean, rstd, dy, rows, d, dx, dg, db);
+                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db,
+                    Bf16Operands* next) override {
+    {
+      const Opened open =
+          Need("NormBackward",
+               {{"x", x}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dx", dx}, {"dg", dg}, {"db", db}});
+      cpu_.NormBackward(kind, x, x_rows, g, mean, rstd, dy, rows, d, dx, dg, db, nullptr);
+    }
+    if (bf16_ && next && x_rows.group == 1 && x_rows.stride == d) GradientInto(next, dx, rows * d);
   }
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
@@ -346,11 +354,15 @@ class CheckedBackend final : public Backend {
     if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
   }
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
-                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override {
-    const Opened open = Need(
-        "AddNormBackward",
-        {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
-    cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy, rows, d, dsum, dg, db);
+                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                       Bf16Operands* next) override {
+    {
+      const Opened open = Need(
+          "AddNormBackward",
+          {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
+      cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy, rows, d, dsum, dg, db, nullptr);
+    }
+    if (bf16_ && next) GradientInto(next, dsum, rows * d);
   }
   // The fused kernel, as the CUDA backend runs it for the head dims it has kernels for
   // (CudaBackend::FusedAttentionSupports): nothing T×T on the device — the model passes no
@@ -544,6 +556,13 @@ class CheckedBackend final : public Backend {
     if (const uintptr_t block = TheAllocator().Open(y)) open.Add(block);
     Round(y, n, next->x);
     next->x_rounded = true;
+  }
+  // A norm backward's dx rounded into the next product's gradient operand (NextGradient on
+  // CUDA), after the CPU's kernel wrote it (dx: device memory).
+  void GradientInto(Bf16Operands* next, const float* dx, int64_t n) {
+    const Opened open = Need("next gradient", {{"next dy", next->dy}, {"dx", dx}});
+    Round(dx, n, next->dy);
+    next->dy_rounded = true;
   }
   // Every pointer argument must be device memory (or the op's scratch): its block is opened
   // for the CPU's kernel until the returned guard goes.

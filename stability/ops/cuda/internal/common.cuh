@@ -217,13 +217,14 @@ class CudaBackend final : public Backend {
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,
                    int64_t d, float eps, float* y, float* mean, float* rstd, Bf16Operands* next) override;
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
-                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg,
-                    float* db) override;
+                    const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db,
+                    Bf16Operands* next) override;
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
                       Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
-                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db) override;
+                       const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
+                       Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats, Bf16Operands* next) override;
@@ -353,6 +354,14 @@ class CudaBackend final : public Backend {
   // next->x (marked rounded) where an op writes its output straight into the next
   // product's bf16 operand (bf16 only; null otherwise).
   __nv_bfloat16* NextOperand(Bf16Operands* next);
+  // next->dy (marked rounded) where a norm's backward writes its dx straight into the next
+  // product's bf16 gradient operand (bf16 only; null otherwise).
+  __nv_bfloat16* NextGradient(Bf16Operands* next);
+  // A bf16 backward's dy operand: kept->dy where the op before rounded it there (dy_rounded;
+  // the bias gradient, db, then left to the weight-gradient product: *db_left = db), else dy
+  // rounded here with db's column sums on the way (*db_left = nullptr).
+  const __nv_bfloat16* BackwardOperand(const float* dy, int64_t n, int64_t out, float* db, const Bf16Operands* kept,
+                                       float** db_left);
   // A bf16 forward's operands: x as the op that produced it left it rounded in kept
   // (x_rounded, then cleared), else rounded here (into kept when given); w rounded (into kept).
   std::pair<const __nv_bfloat16*, const __nv_bfloat16*> ForwardOperands(const float* x, const float* w, int64_t n,
@@ -373,11 +382,12 @@ class CudaBackend final : public Backend {
   void DotInto(const float* a, const float* b, int64_t n, double* out);
   double Dot(const float* a, const float* b, int64_t n);
   // NormBackward (dx overwritten) and AddNormBackward (accumulate: dx +=); dy and dx fp32,
-  // or bf16 (AttentionQkvBackward's: the attention's bf16 gradient in, QKV's operand out).
+  // or bf16 (AttentionQkvBackward's: the attention's bf16 gradient in, QKV's operand out);
+  // dx16 (nullable; x_rows contiguous): dx as stored, rounded to bf16 (the next product's dy).
   template <typename DY, typename DX>
   void NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                         const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx, float* dg,
-                        float* db);
+                        float* db, __nv_bfloat16* dx16 = nullptr);
   // Σ over rows of ‖x[r, :]‖ in double into *out on the device (MeanRowNorm's numerator);
   // x fp32 or bf16.
   template <typename In>
