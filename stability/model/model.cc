@@ -606,7 +606,7 @@ absl::Status Model::Backward(float dloss) {
     return &lin.kept.ptrs;
   };
   // Whether a branch's product reads the residual stream's gradient as it is (no layer scale
-  // and no norm after the product in between).
+  // and no norm after the product in between; else the last of those hands it on).
   const auto mlp_reads_dres = [](const Layer& y) { return !y.ls2 && !y.fc2_norm.on(); };
   const auto attention_reads_dres = [](const Layer& y) { return !y.ls1 && !y.proj_norm.on(); };
   // dx laid out as x.
@@ -645,7 +645,8 @@ absl::Status Model::Backward(float dloss) {
     // MLP branch: dres holds d(block output); it is also d(h) through the residual.
     const float* g = m.dres.f32();
     if (y.ls2) {
-      be.ChannelScaleBackward(y.branch2_in->f32(), y.ls2->value.f32(), g, N, C, m.t1.f32(), y.ls2->grad.f32());
+      be.ChannelScaleBackward(y.branch2_in->f32(), y.ls2->value.f32(), g, N, C, m.t1.f32(), y.ls2->grad.f32(),
+                              y.fc2_norm.on() ? nullptr : gradient_for(y.fc2));
       g = m.t1.f32();
     }
     if (y.fc2_norm.on()) {
@@ -665,7 +666,8 @@ absl::Status Model::Backward(float dloss) {
     // Attention branch: dres now holds d(h), also d(x) through the residual.
     g = m.dres.f32();
     if (y.ls1) {
-      be.ChannelScaleBackward(y.branch1_in->f32(), y.ls1->value.f32(), g, N, C, m.t1.f32(), y.ls1->grad.f32());
+      be.ChannelScaleBackward(y.branch1_in->f32(), y.ls1->value.f32(), g, N, C, m.t1.f32(), y.ls1->grad.f32(),
+                              y.proj_norm.on() ? nullptr : gradient_for(y.proj));
       g = m.t1.f32();
     }
     if (y.proj_norm.on()) {

@@ -319,10 +319,12 @@ class Backend {
   virtual void AddInPlace(float* y, const float* x, int64_t n) = 0;
   virtual void Copy(const float* x, int64_t n, float* y) = 0;
 
-  // Layer scale: y[n, c] = x[n, c]·s[c];  dx = dy·s (overwritten), ds += Σ_n dy·x.
+  // Layer scale: y[n, c] = x[n, c]·s[c];  dx = dy·s (overwritten), ds += Σ_n dy·x. next
+  // (nullable): as NormBackward's, the product whose output gradient dx is (dx rounded into
+  // next->dy where the backend keeps bf16 operands).
   virtual void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) = 0;
   virtual void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
-                                    float* ds) = 0;
+                                    float* ds, Bf16Operands* next) = 0;
 
   // σ-reparam of w [out, in] with persistent unit vectors u [out], v [in]:
   //   v ← normalize(wᵀu), u ← normalize(w v)   (power iteration, if update)

@@ -230,8 +230,8 @@ void CpuBackend::ChannelScaleForward(const float* x, const float* s, int64_t n, 
     for (int64_t j = 0; j < c; ++j) y[i * c + j] = x[i * c + j] * s[j];
 }
 
-void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
-                                      float* dx, float* ds) {
+void CpuBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
+                                      float* ds, Bf16Operands*) {
   internal::OpScope scope("ChannelScaleBackward");
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i)

@@ -47,8 +47,8 @@ class CpuBackend final : public Backend {
   void AddInPlace(float* y, const float* x, int64_t n) override;
   void Copy(const float* x, int64_t n, float* y) override;
   void ChannelScaleForward(const float* x, const float* s, int64_t n, int64_t c, float* y) override;
-  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
-                            float* ds) override;
+  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx, float* ds,
+                            Bf16Operands* next) override;
   void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u, float* v,
                            float* sigma, float* w_eff) override;
   void SigmaReparamBackward(const float* w, const float* g, const float* sigma, const float* u, const float* v,

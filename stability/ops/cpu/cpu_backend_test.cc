@@ -107,7 +107,7 @@ TEST(ChannelScaleTest, BackwardMatchesFiniteDifferences) {
     return y;
   };
   std::vector<float> dx(x.size()), ds(C, 0.0f);
-  Be().ChannelScaleBackward(x.data(), s.data(), r.data(), N, C, dx.data(), ds.data());
+  Be().ChannelScaleBackward(x.data(), s.data(), r.data(), N, C, dx.data(), ds.data(), nullptr);
   ExpectGradientsMatch(forward, r, {{"x", &x, &dx}, {"s", &s, &ds}});
 }
 

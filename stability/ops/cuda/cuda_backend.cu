@@ -297,9 +297,10 @@ __global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, in
 
 // Layer scale's backward in one pass: dx = dy·s and the partials of ds = Σ_rows dy·x (in
 // double, as the CPU), a fixed grid of row chunks per column like ColumnPartialsKernel. Each
-// element is read before it is written by the same thread, so dx may alias dy.
+// element is read before it is written by the same thread, so dx may alias dy. dx16
+// (nullable): dx rounded to bf16 too (the next product's dy).
 __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const float* dy, int64_t rows, int64_t cols,
-                                           float* dx, double* partials) {
+                                           float* dx, __nv_bfloat16* dx16, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   const int64_t chunk = blockIdx.y, chunks = gridDim.y;
   if (j >= cols) return;
@@ -309,7 +310,9 @@ __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const
   for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
     const float g = dy[r * cols + j];
     acc += static_cast<double>(g) * x[r * cols + j];
-    dx[r * cols + j] = g * sj;
+    const float d = g * sj;
+    dx[r * cols + j] = d;
+    if (dx16) dx16[r * cols + j] = __float2bfloat16_rn(d);
   }
   partials[chunk * cols + j] = acc;
 }
@@ -843,11 +846,12 @@ void CudaBackend::ChannelScaleForward(const float* x, const float* s, int64_t n,
   STABILITY_CUDA_LAUNCHED("ChannelScaleKernel");
 }
 
-void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c,
-                                       float* dx, float* ds) {
+void CudaBackend::ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
+                                       float* ds, Bf16Operands* next) {
   const int chunks = RowChunks(n);
   double* partials = static_cast<double*>(Scratch(kColumnPartials, chunks * c * sizeof(double)));
-  ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), chunks), kThreads>>>(x, s, dy, n, c, dx, partials);
+  ChannelScaleBackwardKernel<<<dim3(Blocks(c, kThreads), chunks), kThreads>>>(x, s, dy, n, c, dx, NextGradient(next),
+                                                                              partials);
   STABILITY_CUDA_LAUNCHED("ChannelScaleBackwardKernel");
   AddColumnTotals(partials, chunks, c, ds);
 }

@@ -524,10 +524,21 @@ TEST_F(CudaBackendTest, ElementwiseOps) {
   cpu_->ChannelScaleForward(x.data(), s.data(), rows, c, scaled.data());
   gpu_->ChannelScaleForward(gx, gs, rows, c, gscaled);
   EXPECT_EQ(Down(gscaled, n), scaled);
-  cpu_->ChannelScaleBackward(x.data(), s.data(), dy.data(), rows, c, dx.data(), ds.data());
-  gpu_->ChannelScaleBackward(gx, gs, gdy, rows, c, gdx, gds);
+  cpu_->ChannelScaleBackward(x.data(), s.data(), dy.data(), rows, c, dx.data(), ds.data(), nullptr);
+  gpu_->ChannelScaleBackward(gx, gs, gdy, rows, c, gdx, gds, nullptr);
   EXPECT_EQ(Down(gdx, n), dx);
   ExpectClose(Down(gds, c), ds, 2e-6, 0, "ds");
+  // Handing dx on as the next product's bf16 dy (NormBackward's `next`): in bf16 only, dx rounded.
+  Tensor dy16 = Tensor::Empty({n}, DType::kBF16, kGpu);
+  for (MatmulPrecision precision : {MatmulPrecision::kFp32, MatmulPrecision::kBf16}) {
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(precision));
+    Bf16Operands next{nullptr, nullptr, false, dy16.data()};
+    gpu_->ChannelScaleBackward(gx, gs, gdy, rows, c, gdx, gds, &next);
+    EXPECT_EQ(next.dy_rounded, precision == MatmulPrecision::kBf16);
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  EXPECT_EQ(Down(gdx, n), dx);
+  EXPECT_EQ(DownBf16(dy16.data(), n), RoundedToBf16(dx)) << "next->dy: dx rounded";
   cpu_->Scale(sum.data(), n, 0.37f);
   gpu_->Scale(gsum, n, 0.37f);
   EXPECT_EQ(Down(gsum, n), sum);

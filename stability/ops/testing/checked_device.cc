@@ -449,10 +449,13 @@ class CheckedBackend final : public Backend {
     const Opened open = Need("ChannelScaleForward", {{"x", x}, {"s", s}, {"y", y}});
     cpu_.ChannelScaleForward(x, s, n, c, y);
   }
-  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx,
-                            float* ds) override {
-    const Opened open = Need("ChannelScaleBackward", {{"x", x}, {"s", s}, {"dy", dy}, {"dx", dx}, {"ds", ds}});
-    cpu_.ChannelScaleBackward(x, s, dy, n, c, dx, ds);
+  void ChannelScaleBackward(const float* x, const float* s, const float* dy, int64_t n, int64_t c, float* dx, float* ds,
+                            Bf16Operands* next) override {
+    {
+      const Opened open = Need("ChannelScaleBackward", {{"x", x}, {"s", s}, {"dy", dy}, {"dx", dx}, {"ds", ds}});
+      cpu_.ChannelScaleBackward(x, s, dy, n, c, dx, ds, nullptr);
+    }
+    if (bf16_ && next) GradientInto(next, dx, n * c);
   }
   void SigmaReparamForward(const float* w, const float* g, int64_t out, int64_t in, bool update, float* u, float* v,
                            float* sigma, float* w_eff) override {
