@@ -102,8 +102,8 @@ enum class AttentionKernel { kGemm, kFused };
 // x_rounded: x already holds this forward's input, rounded by the op that produced it
 // (LinearActivationForward's `next`); the forward reads it as it is and clears the flag.
 // dy (nullable; n·out bf16, the caller's) and dy_rounded: the same for the backward — the
-// layer's output gradient rounded into dy by the norm backward that produced it
-// (NormBackward's `next`), which the layer's LinearBackward reads instead of rounding dy (its
+// layer's output gradient rounded into dy by the op that produced it (NormBackward's,
+// ChannelScaleBackward's `next`), which the layer's LinearBackward reads instead of rounding dy (its
 // bias gradient then summed from those rounded values); the caller clears the flag after it.
 struct Bf16Operands {
   void* x = nullptr;
