@@ -4,7 +4,8 @@
 // 124M, 4.2 GB at the 830M shape's 256K vocabulary); backward recomputes them elementwise
 // from the saved log-sum-exp. The loss statistics are summed on the host in row order, as
 // the CPU does. In bf16 the loss head (CrossEntropyLinearForward/Backward) keeps its logits
-// and their gradient in bf16 (SavedValueBytes() = 2) and does all its math in fp32.
+// and their gradient in bf16 (SavedValueBytes() = 2) and does all its math in fp32; in a
+// training step (with_gradient) one kernel does both, the gradient written over the logits.
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
