@@ -137,28 +137,26 @@ __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targ
 }
 dim3 BackwardGrid(int64_t n, int64_t v) { return dim3(static_cast<unsigned>(n), Blocks(v, kBackwardColumns)); }
 
-// The forward's row statistics (scratch), then the loss statistics summed on the host.
-// gradient (nullable; = logits): the logits replaced by their gradient for dloss = 1 in the
-// same kernel.
-template <typename In>
-void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v,
-             const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats, In* gradient = nullptr) {
-  float* row_stats = static_cast<float*>(be.Scratch(kRowStats, 2 * n * sizeof(float)));
-  if (gradient) {
-    CrossEntropyFusedKernel<<<static_cast<unsigned>(n), kRowThreads>>>(
-        gradient, targets, v, opt.soft_cap, opt.z_loss, 1.0f / static_cast<float>(n), lse, row_stats, row_stats + n);
-    STABILITY_CUDA_LAUNCHED("CrossEntropyFusedKernel");
-  } else {
-    CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse,
-                                                                         row_stats, row_stats + n);
-    STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
-  }
+// The loss statistics from the forward's row statistics (lse [n]; row_stats: [n] max raw
+// logit, [n] capped target logit), summed on the host; nothing where stats is null.
+void StatsToHost(const float* lse, const float* row_stats, int64_t n, const CrossEntropyOptions& opt,
+                 CrossEntropyStats* stats) {
   if (!stats) return;
   std::vector<float> host_lse(n), host_stats(2 * n);
   Issued(cudaMemcpy(host_lse.data(), lse, n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy (lse)");
   Issued(cudaMemcpy(host_stats.data(), row_stats, 2 * n * sizeof(float), cudaMemcpyDeviceToHost),
          "cudaMemcpy (cross-entropy stats)");
   *stats = CrossEntropyStatsFromRows(host_lse.data(), host_stats.data() + n, host_stats.data(), n, opt.z_loss);
+}
+
+template <typename In>
+void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v,
+             const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
+  float* row_stats = static_cast<float*>(be.Scratch(kRowStats, 2 * n * sizeof(float)));
+  CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse, row_stats,
+                                                                       row_stats + n);
+  STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
+  StatsToHost(lse, row_stats, n, opt, stats);
 }
 
 }  // namespace
@@ -181,8 +179,16 @@ bool CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, cons
   const auto [x16, w16] = ForwardOperands(x, w, n, c, v, kept);
   GemmBf16(Trans::kNo, Trans::kYes, n, v, c, 1.0f, x16, c, w16, c, 0.0f, logits, v, 1, 0, 0, 0, CUDA_R_16BF);
   auto* l16 = static_cast<__nv_bfloat16*>(logits);
-  Forward<__nv_bfloat16>(*this, l16, targets, n, v, opt, lse, stats, with_gradient ? l16 : nullptr);
-  return with_gradient;
+  if (!with_gradient) {
+    Forward(*this, static_cast<const __nv_bfloat16*>(l16), targets, n, v, opt, lse, stats);
+    return false;
+  }
+  float* row_stats = static_cast<float*>(Scratch(kRowStats, 2 * n * sizeof(float)));
+  CrossEntropyFusedKernel<<<static_cast<unsigned>(n), kRowThreads>>>(
+      l16, targets, v, opt.soft_cap, opt.z_loss, 1.0f / static_cast<float>(n), lse, row_stats, row_stats + n);
+  STABILITY_CUDA_LAUNCHED("CrossEntropyFusedKernel");
+  StatsToHost(lse, row_stats, n, opt, stats);
+  return true;
 }
 
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
