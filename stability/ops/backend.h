@@ -30,6 +30,7 @@ struct RowLayout {
   int64_t group, stride;
   static constexpr RowLayout Contiguous(int64_t d) { return {1, d}; }
   constexpr int64_t Offset(int64_t r, int64_t d) const { return r / group * stride + r % group * d; }
+  constexpr bool IsContiguous(int64_t d) const { return group == 1 && stride == d; }
 };
 enum class Activation { kGelu, kRelu };
 

@@ -161,9 +161,8 @@ template void CudaBackend::NormBackwardRows(NormKind, const float*, const RowLay
 void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                const float* mean, const float* rstd, const float* dy, int64_t rows, int64_t d,
                                float* dx, float* dg, float* db, Bf16Operands* next) {
-  const bool contiguous = x_rows.group == 1 && x_rows.stride == d;
   NormBackwardRows(kind, x, x_rows, g, mean, rstd, dy, rows, d, /*accumulate=*/false, dx, dg, db,
-                   contiguous ? NextGradient(next) : nullptr);
+                   x_rows.IsContiguous(d) ? NextGradient(next) : nullptr);
 }
 
 void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,

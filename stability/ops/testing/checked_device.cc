@@ -341,7 +341,7 @@ class CheckedBackend final : public Backend {
                {{"x", x}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dx", dx}, {"dg", dg}, {"db", db}});
       cpu_.NormBackward(kind, x, x_rows, g, mean, rstd, dy, rows, d, dx, dg, db, nullptr);
     }
-    if (bf16_ && next && x_rows.group == 1 && x_rows.stride == d) GradientInto(next, dx, rows * d);
+    if (bf16_ && next && x_rows.IsContiguous(d)) GradientInto(next, dx, rows * d);
   }
   void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g, const float* b,
                       int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean, float* rstd,
