@@ -183,6 +183,7 @@ class PyModel {
                             ShapeToString(shape));
     }
     p->value.CopyFromHost(arr.data());
+    p->value_bf16_current = false;  // the next forward rounds its bf16 copy again
   }
 
   std::vector<std::string> ParameterNames() const {

@@ -14,6 +14,13 @@ struct Parameter {
   Tensor value;
   Tensor grad;
   bool weight_decay;  // false for norms, biases, embeddings, gains and scales
+  // value rounded to bf16, where a backend multiplies this weight in bf16 (the model allocates
+  // it; undefined otherwise): the products' weight operand, kept from step to step. Current
+  // while it holds value's bits: the optimizer writes both and sets it, the model's forward sets
+  // it after rounding value into it; every other writer of value (a checkpoint load, the
+  // wheel's set_parameter, ZeRO's gather) must clear it, so the next forward rounds again.
+  Tensor value_bf16;
+  bool value_bf16_current = false;
 };
 
 }  // namespace stability

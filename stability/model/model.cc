@@ -48,20 +48,34 @@ Tensor OneBuffer(Device device, const std::vector<std::pair<Tensor*, Shape>>& vi
 }
 
 // A linear layer's operands rounded to bf16 by its forward and read back by its backward
-// (ops::Bf16Operands), where the backend uses them; nothing is kept otherwise.
+// (ops::Bf16Operands), where the backend uses them; nothing is kept otherwise. The weight's
+// copy is the parameter's own (Parameter::value_bf16, which the optimizer rewrites with each
+// update) where the layer multiplies its parameter; a derived weight's (σ-reparam's) is here.
 struct KeptOperands {
   Tensor x, w;
   ops::Bf16Operands ptrs;  // null members: nothing kept
-  ops::Bf16Operands* Prepare(bool keep, Device device, int64_t x_values, int64_t w_values) {
+  ops::Bf16Operands* Prepare(bool keep, Device device, int64_t x_values, int64_t w_values, Parameter* weight) {
     if (!keep) {
       *this = KeptOperands();
       return nullptr;
     }
     if (x.numel() != x_values) x = Tensor::Empty({x_values}, DType::kBF16, device);
-    if (w.numel() != w_values) w = Tensor::Empty({w_values}, DType::kBF16, device);
+    Tensor& w_copy = weight ? weight->value_bf16 : w;
+    if (w_copy.numel() != w_values) {
+      w_copy = Tensor::Empty({w_values}, DType::kBF16, device);
+      if (weight) weight->value_bf16_current = false;
+    }
     ptrs.x = x.data();  // x_rounded stays: the op before may have filled x already
-    ptrs.w = w.data();
+    ptrs.w = w_copy.data();
     return &ptrs;
+  }
+  // For the layer's own forward, after Prepare: the parameter's copy read as it is where it is
+  // current, else rounded into by this forward — current from then on.
+  ops::Bf16Operands* ForForward(ops::Bf16Operands* prepared, Parameter* weight) {
+    if (prepared == nullptr) return nullptr;
+    ptrs.w_rounded = weight != nullptr && weight->value_bf16_current;
+    if (weight) weight->value_bf16_current = true;
+    return prepared;
   }
   const ops::Bf16Operands* get() const { return ptrs.x ? &ptrs : nullptr; }
 };
@@ -78,6 +92,8 @@ struct Linear {
   int64_t in = 0, out = 0;
   // The weight the layer computes with: W, or (g/σ)·W under σ-reparam.
   const float* weight() const { return gain ? w_eff.f32() : w->value.f32(); }
+  // The parameter the products multiply as it is (its bf16 copy kept with it); none under σ-reparam.
+  Parameter* multiplied_parameter() const { return gain ? nullptr : w; }
   float* weight_grad() { return gain ? dw_eff.f32() : w->grad.f32(); }
 };
 
@@ -385,7 +401,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // The bf16 operands of the product that reads an op's output, where the backend keeps
   // them: the op writes its output there directly, and in fp32 only for telemetry (which
   // reads the products' inputs).
-  const auto kept_of = [&](Linear& lin) { return lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in); };
+  const auto kept_of = [&](Linear& lin) {
+    return lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in, lin.multiplied_parameter());
+  };
   const auto fp32_out = [&](Tensor& y, const ops::Bf16Operands* next) {
     return next && !telemetry_on_ ? nullptr : y.f32();
   };
@@ -406,7 +424,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
                               Linear* next = nullptr) {
     Alloc(device_, y, {N, lin.out}, act ? saved : DType::kF32);
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
-    ops::Bf16Operands* kept = lin.kept.Prepare(keep_bf16, device_, N * lin.in, lin.out * lin.in);
+    ops::Bf16Operands* kept = lin.kept.ForForward(kept_of(lin), lin.multiplied_parameter());
     if (act) {
       Alloc(device_, *act, {N, lin.out});
       ops::Bf16Operands* next_kept = next ? kept_of(*next) : nullptr;
@@ -471,7 +489,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   const ops::AttentionOptions attn = AttentionOptionsFor(c);
   const QkvNormRows qkv_norm = QkvNormRowsOf(c, N);
   const bool rope = c.position == Position::kRope;
-  const auto head_kept = [&] { return m.head_kept.Prepare(keep_bf16, device_, N * C, V * C); };
+  Parameter* const head = m.lm_head ? m.lm_head : m.wte;
+  const auto head_kept = [&] { return m.head_kept.Prepare(keep_bf16, device_, N * C, V * C, head); };
 
   for (int64_t l = 0; l < c.n_layer; ++l) {
     Layer& y = m.layers[l];
@@ -553,11 +572,11 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // The logits in the backend's storage (fp32, or bf16 where the products are bf16).
   Alloc(device_, m.logits, {N, V}, saved);
   Alloc(device_, m.lse, {N});
-  const Parameter* head = m.lm_head ? m.lm_head : m.wte;
   ops::CrossEntropyStats ce;
   m.logits_hold_gradient = be.CrossEntropyLinearForward(m.xf.y.f32(), head->value.f32(), m.targets.i32(), N, C, V,
                                                         {c.logit_soft_cap, c.z_loss}, m.logits.data(), m.lse.f32(), &ce,
-                                                        head_kept(), /*with_gradient=*/training_ && !keep_logits_);
+                                                        m.head_kept.ForForward(head_kept(), head),
+                                                        /*with_gradient=*/training_ && !keep_logits_);
   telemetry_.Set("loss", ce.loss);
   telemetry_.Set("ce_loss", ce.ce_loss);
   telemetry_.Set("logits.max", ce.max_logit);

@@ -87,6 +87,7 @@ TEST(ModelOnADeviceTest, Bf16PlumbingIsTheSameWithAndWithoutTelemetry) {
           Tensor g = p.grad.To(kCpu), v = p.value.To(kCpu);
           for (int64_t i = 0; i < v.numel(); ++i) v.f32()[i] -= 0.05f * g.f32()[i];
           p.value.CopyFromHost(v.data());
+          p.value_bf16_current = false;  // a write of the weight outside the optimizer
         }
       }
       losses.push_back(l);

@@ -12,6 +12,7 @@
 #define STABILITY_OPS_BACKEND_H_
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,12 +107,16 @@ enum class AttentionKernel { kGemm, kFused };
 // layer's output gradient rounded into dy by the op that produced it (NormBackward's,
 // ChannelScaleBackward's `next`), which the layer's LinearBackward reads instead of rounding dy (its
 // bias gradient then summed from those rounded values); the caller clears the flag after it.
+// w_rounded: w already holds the weight rounded — the copy the optimizer writes beside the
+// weight (AdamWBuffer::p_bf16) — and the forward reads it as it is; the caller sets the flag
+// only while no other write of the weight has happened since that copy was made.
 struct Bf16Operands {
   void* x = nullptr;
   void* w = nullptr;
   bool x_rounded = false;
   void* dy = nullptr;
   bool dy_rounded = false;
+  bool w_rounded = false;
 };
 
 // A device's memory in bytes; total 0 where the backend does not track it (the CPU's host
@@ -413,6 +418,9 @@ class Backend {
 
   // AdamW on several buffers with the same step (weight decay per buffer): AdamW on each, in
   // order — in a few launches on a GPU, not one per buffer (~150 a step at GPT-2 124M).
+  // p_bf16 (nullable; n bf16 values, only where KeepsBf16Operands): the updated p rounded to
+  // bf16 is written there too, in the same pass — the next forward's weight operand
+  // (Bf16Operands::w_rounded), which then needs no rounding pass of its own.
   struct AdamWBuffer {
     float* p;
     const float* grad;
@@ -420,10 +428,12 @@ class Backend {
     float* v;
     int64_t n;
     float weight_decay;
+    void* p_bf16 = nullptr;
   };
   virtual void AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
                          float bias_correction1, float bias_correction2, float grad_scale) {
     for (const AdamWBuffer& b : buffers) {
+      if (b.p_bf16) throw std::logic_error("AdamWEach: p_bf16 given to a backend that keeps no bf16 operands");
       AdamW(b.p, b.grad, b.m, b.v, b.n, lr, beta1, beta2, eps, b.weight_decay, bias_correction1, bias_correction2,
             grad_scale);
     }

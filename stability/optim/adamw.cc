@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -45,6 +46,7 @@ void UnpackValues(std::vector<Parameter>* params, FlatRange range, const float* 
   ForEachOverlap(*params, range, [&](size_t i, int64_t lo, int64_t hi, int64_t at) {
     Parameter& p = (*params)[i];
     ops::GetBackend(p.value.device())->Copy(src + at, hi - lo, p.value.f32() + lo);
+    p.value_bf16_current = false;  // the next forward rounds the copy again
   });
 }
 
@@ -90,12 +92,18 @@ double AdamW::Step(double lr, double clip) {
     if (piece.hi == piece.lo) continue;
     Parameter& p = (*params_)[i];
     const double wd = (p.weight_decay || options_.decay_all) ? options_.weight_decay : 0.0;
-    buffers.push_back({p.value.f32() + piece.lo, p.grad.f32() + piece.lo, m_[i].f32(), v_[i].f32(),
-                       piece.hi - piece.lo, static_cast<float>(wd)});
+    // The bf16 copy rewritten in the same pass (current again below where the piece is all of it).
+    void* p_bf16 = p.value_bf16.defined() ? static_cast<uint16_t*>(p.value_bf16.data()) + piece.lo : nullptr;
+    buffers.push_back({p.value.f32() + piece.lo, p.grad.f32() + piece.lo, m_[i].f32(), v_[i].f32(), piece.hi - piece.lo,
+                       static_cast<float>(wd), p_bf16});
   }
   backend_->AdamWEach(buffers, static_cast<float>(lr), static_cast<float>(options_.beta1),
                       static_cast<float>(options_.beta2), static_cast<float>(options_.eps), static_cast<float>(bc1),
                       static_cast<float>(bc2), static_cast<float>(scale));
+  for (size_t i = 0; i < params_->size(); ++i) {
+    Parameter& p = (*params_)[i];
+    if (pieces_[i].lo == 0 && pieces_[i].hi == p.value.numel()) p.value_bf16_current = p.value_bf16.defined();
+  }
   return norm;
 }
 

@@ -330,6 +330,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                                                 ShapeToString(t.shape()), ", the model needs ", ShapeToString(p.value.shape())));
       }
       p.value.CopyFromHost(t.data());
+      p.value_bf16_current = false;
     }
     for (auto& [name, buf] : model->buffers()) {
       STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(name));

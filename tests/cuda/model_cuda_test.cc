@@ -38,7 +38,7 @@ std::pair<Tensor, Tensor> Batch(const model::ModelConfig& c, int64_t b, int64_t 
 std::vector<double> Train(Device device, const model::ModelConfig& c, int steps,
                           ops::MatmulPrecision precision = ops::MatmulPrecision::kFp32,
                           ops::AttentionKernel attention = ops::AttentionKernel::kGemm, bool telemetry = true,
-                          bool keep_logits = true) {
+                          bool keep_logits = true, bool round_weights_again = false) {
   EXPECT_TRUE(ops::GetBackend(device)->SetMatmulPrecision(precision));
   EXPECT_TRUE(ops::GetBackend(device)->SetAttentionKernel(attention));
   auto m = model::Model::Create(c, 3, device);
@@ -48,6 +48,9 @@ std::vector<double> Train(Device device, const model::ModelConfig& c, int steps,
   std::vector<double> losses;
   auto [ids, targets] = Batch(c, 4, 32, 100);  // one batch, learned by heart: the loss must fall
   for (int s = 0; s < steps; ++s) {
+    if (round_weights_again) {
+      for (Parameter& p : (*m)->parameters()) p.value_bf16_current = false;
+    }
     losses.push_back(*(*m)->Forward(ids, targets));
     (*m)->ZeroGrad();
     EXPECT_TRUE((*m)->Backward().ok());
@@ -182,6 +185,17 @@ TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithTheLossGradientInTheForward) {
   c.z_loss = 1e-4f;
   const auto train = [&](bool keep_logits) {
     return Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, false, keep_logits);
+  };
+  EXPECT_EQ(train(false), train(true));
+}
+
+// The products' bf16 weight operands are the copies AdamW writes in its pass (rounded once per
+// update, not by every forward): the same losses, bit for bit, as a run whose forwards round
+// every weight again.
+TEST_F(ModelCudaTest, Bf16TrainingIsTheSameWithTheOptimizersWeightCopies) {
+  model::ModelConfig c = *model::MakeConfig("tiny", "baseline");
+  const auto train = [&](bool round_again) {
+    return Train(gpu_, c, 5, ops::MatmulPrecision::kBf16, ops::AttentionKernel::kFused, false, false, round_again);
   };
   EXPECT_EQ(train(false), train(true));
 }

@@ -4,6 +4,9 @@
 // memory, checked where there is no GPU.
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -16,15 +19,20 @@
 namespace stability {
 namespace {
 
-std::vector<double> Train(Device device, const model::ModelConfig& c, std::vector<Tensor>* params_out) {
-  std::unique_ptr<model::Model> m = *model::Model::Create(c, 5, device);
-  optim::AdamW opt(&m->parameters(), {});
+std::pair<Tensor, Tensor> Tokens(int64_t vocab) {
   Tensor ids = Tensor::Empty({2, 16}, DType::kI32), targets = Tensor::Empty({2, 16}, DType::kI32);
   Rng rng(3);
   for (int64_t i = 0; i < 32; ++i) {
-    ids.i32()[i] = static_cast<int32_t>(rng.Below(c.vocab_size));
-    targets.i32()[i] = static_cast<int32_t>(rng.Below(c.vocab_size));
+    ids.i32()[i] = static_cast<int32_t>(rng.Below(vocab));
+    targets.i32()[i] = static_cast<int32_t>(rng.Below(vocab));
   }
+  return {ids, targets};
+}
+
+std::vector<double> Train(Device device, const model::ModelConfig& c, std::vector<Tensor>* params_out) {
+  std::unique_ptr<model::Model> m = *model::Model::Create(c, 5, device);
+  optim::AdamW opt(&m->parameters(), {});
+  auto [ids, targets] = Tokens(c.vocab_size);
   std::vector<double> losses;
   for (int step = 0; step < 5; ++step) {
     losses.push_back(*m->Forward(ids, targets));
@@ -52,6 +60,54 @@ TEST(TrainingOnDeviceTest, HandsItsKernelsDeviceMemoryOnlyAndGetsTheCpusBits) {
       ASSERT_EQ(0, std::memcmp(on_device[i].data(), on_cpu[i].data(), on_cpu[i].nbytes())) << "parameter " << i;
     }
   }
+}
+
+// The products' bf16 weight operands are the optimizer's copies (Parameter::value_bf16, written
+// by AdamW in its pass): the losses of an AdamW run are bit for bit those of the same run with
+// every copy rounded again by each forward; and a write of a weight that leaves its copy marked
+// current is caught — the device compares the copy it is told to read with the weight.
+TEST(TrainingOnDeviceTest, Bf16WeightOperandsAreTheOptimizersCopies) {
+  ops::testing::CheckedDevice device(ops::testing::CheckedDevice::Mode::kBf16);
+  for (const char* variant : {"baseline", "sigma_reparam"}) {
+    SCOPED_TRACE(variant);
+    const model::ModelConfig c =
+        *model::MakeConfig("tiny", variant, {{"vocab_size", 80}, {"n_embd", 32}, {"seq_len", 16}});
+    auto [ids, targets] = Tokens(80);
+    std::vector<std::vector<double>> losses;
+    for (bool round_again : {false, true}) {
+      std::unique_ptr<model::Model> m = *model::Model::Create(c, 4, device.device());
+      optim::AdamW opt(&m->parameters(), {});
+      std::vector<double> l;
+      for (int step = 0; step < 3; ++step) {
+        if (round_again) {
+          for (Parameter& p : m->parameters()) p.value_bf16_current = false;
+        }
+        l.push_back(*m->Forward(ids, targets));
+        m->ZeroGrad();
+        ASSERT_TRUE(m->Backward().ok());
+        opt.Step(1e-2, 1.0);
+        const Parameter& w = *m->FindParameter("h.0.fc1.weight");
+        EXPECT_EQ(w.value_bf16.defined() && w.value_bf16_current, std::string(variant) == "baseline")
+            << "σ-reparam multiplies a derived weight: no copy of the parameter";
+      }
+      losses.push_back(l);
+    }
+    EXPECT_EQ(losses[1], losses[0]);
+  }
+  const model::ModelConfig c =
+      *model::MakeConfig("tiny", "baseline", {{"vocab_size", 80}, {"n_embd", 32}, {"seq_len", 16}});
+  auto [ids, targets] = Tokens(80);
+  std::unique_ptr<model::Model> m = *model::Model::Create(c, 4, device.device());
+  optim::AdamW opt(&m->parameters(), {});
+  ASSERT_TRUE(m->Forward(ids, targets).ok());
+  m->ZeroGrad();
+  ASSERT_TRUE(m->Backward().ok());
+  opt.Step(1e-2, 1.0);
+  Parameter& w = *m->FindParameter("h.1.qkv.weight");
+  Tensor v = w.value.To(kCpu);
+  v.f32()[3] += 0.25f;
+  w.value.CopyFromHost(v.data());  // the flag left set
+  EXPECT_THROW(m->Forward(ids, targets).IgnoreError(), std::logic_error);
 }
 
 }  // namespace

@@ -326,16 +326,18 @@ __global__ void FloatToDoubleKernel(const float* x, double* y) { *y = *x; }
 
 // Rounded operations in the CPU's order (no FMA contraction), so an update matches the
 // CPU backend's bit for bit on the same inputs.
-__device__ inline void AdamWUpdate(float* p, const float* grad, float* m, float* v, int64_t i, float beta1,
-                                   float beta2, float eps, float step_size, float sqrt_bc2, float decay,
-                                   float grad_scale) {
+__device__ inline float AdamWUpdate(float* p, const float* grad, float* m, float* v, int64_t i, float beta1,
+                                    float beta2, float eps, float step_size, float sqrt_bc2, float decay,
+                                    float grad_scale) {
   const float g = __fmul_rn(grad[i], grad_scale);
   const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
   const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
   m[i] = mi;
   v[i] = vi;
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), sqrt_bc2), eps);
-  p[i] = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+  const float pi = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+  p[i] = pi;
+  return pi;
 }
 
 __global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int64_t n, float beta1, float beta2,
@@ -344,8 +346,9 @@ __global__ void AdamWKernel(float* p, const float* grad, float* m, float* v, int
   if (i < n) AdamWUpdate(p, grad, m, v, i, beta1, beta2, eps, step_size, sqrt_bc2, decay, grad_scale);
 }
 
-// AdamWEach's batch, passed by value (~2.5 KB of kernel parameters): buffer k owns blocks
-// [first_block[k], first_block[k + 1]), kAdamWPerBlock elements each.
+// AdamWEach's batch, passed by value (~2.9 KB of kernel parameters): buffer k owns blocks
+// [first_block[k], first_block[k + 1]), kAdamWPerBlock elements each; p16[k] (nullable) gets
+// the updated p rounded to bf16.
 constexpr int kAdamWMax = 48;
 constexpr int kAdamWPerBlock = 1024;
 struct AdamWBatch {
@@ -353,6 +356,7 @@ struct AdamWBatch {
   const float* grad[kAdamWMax];
   float* m[kAdamWMax];
   float* v[kAdamWMax];
+  __nv_bfloat16* p16[kAdamWMax];
   int64_t n[kAdamWMax];
   float decay[kAdamWMax];
   int64_t first_block[kAdamWMax + 1];
@@ -365,8 +369,9 @@ __global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, floa
   const int k = BufferOfBlock(batch.first_block, batch.count, blockIdx.x);
   const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock);
   for (int64_t i = base + threadIdx.x; i < base + kAdamWPerBlock && i < batch.n[k]; i += blockDim.x) {
-    AdamWUpdate(batch.p[k], batch.grad[k], batch.m[k], batch.v[k], i, beta1, beta2, eps, step_size, sqrt_bc2,
-                batch.decay[k], grad_scale);
+    const float p = AdamWUpdate(batch.p[k], batch.grad[k], batch.m[k], batch.v[k], i, beta1, beta2, eps, step_size,
+                                sqrt_bc2, batch.decay[k], grad_scale);
+    if (batch.p16[k]) batch.p16[k][i] = __float2bfloat16_rn(p);
   }
 }
 
@@ -637,6 +642,7 @@ std::pair<const __nv_bfloat16*, const __nv_bfloat16*> CudaBackend::ForwardOperan
   } else {
     x16 = ToBf16(x, n * in, kBf16B, kept ? kept->x : nullptr);
   }
+  if (kept && kept->w_rounded) return {x16, static_cast<const __nv_bfloat16*>(kept->w)};  // the optimizer's copy
   return {x16, ToBf16(w, out * in, kBf16A, kept ? kept->w : nullptr)};
 }
 
@@ -883,6 +889,7 @@ void CudaBackend::AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, f
       batch.grad[k] = b.grad;
       batch.m[k] = b.m;
       batch.v[k] = b.v;
+      batch.p16[k] = static_cast<__nv_bfloat16*>(b.p_bf16);
       batch.n[k] = b.n;
       batch.decay[k] = 1.0f - lr * b.weight_decay;
       batch.first_block[k + 1] = batch.first_block[k] + (b.n + kAdamWPerBlock - 1) / kAdamWPerBlock;

@@ -874,6 +874,36 @@ TEST_F(CudaBackendTest, AdamWEachIsAdamWOnEach) {
   }
 }
 
+// The optimizer's bf16 copy of a weight (AdamWBuffer::p_bf16) is the updated p rounded to
+// nearest even, written in AdamW's pass; a forward told it is current (w_rounded) multiplies it
+// as it is — x's the one rounding pass left — and gets the bits of a forward that rounds w.
+TEST_F(CudaBackendTest, Bf16WeightCopyFromTheOptimizerIsTheForwardsWeightOperand) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const int64_t n = 64, in = 96, out = 80;
+  std::vector<float> p = Random(out * in, 0.1), g = Random(out * in), m = Random(out * in, 0.1),
+                     v = Random(out * in, 0.01), b = Random(out);
+  for (float& e : v) e = std::abs(e);
+  Tensor w16 = Tensor::Empty({out * in}, DType::kBF16, kGpu), x16 = Tensor::Empty({n * in}, DType::kBF16, kGpu);
+  float *gp = Up(p), *gb = Up(b), *gx = Up(Random(n * in));
+  gpu_->AdamWEach({{gp, Up(g), Up(m), Up(v), out * in, 0.1f, w16.data()}}, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.19f, 0.0975f,
+                  1.0f);
+  const std::vector<float> updated = Down(gp, out * in);
+  EXPECT_NE(updated, p);
+  EXPECT_EQ(DownBf16(w16.data(), out * in), RoundedToBf16(updated));
+  float *y_rounding = Up(std::vector<float>(n * out)), *y_copy = Up(std::vector<float>(n * out));
+  gpu_->LinearForward(gx, gp, gb, n, in, out, y_rounding, nullptr);
+  Bf16Operands kept{x16.data(), w16.data()};
+  kept.w_rounded = true;
+  ASSERT_TRUE(gpu_->StartKernelProfile());
+  gpu_->LinearForward(gx, gp, gb, n, in, out, y_copy, &kept);
+  std::map<std::string, int64_t> calls;
+  for (const Backend::KernelTime& r : gpu_->StopKernelProfile()) calls[r.name] += r.calls;
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  EXPECT_EQ(calls["ToBf16Kernel"], 1) << "x rounded, the weight read as the optimizer left it";
+  EXPECT_EQ(Down(y_copy, n * out), Down(y_rounding, n * out));
+  EXPECT_TRUE(kept.w_rounded) << "the copy stays current: the next forward reads it too";
+}
+
 // The batched sums of squares (a model's gradients in a few launches) give each buffer's
 // SumSquares bits, in order: 1,300 buffers of varied sizes (empty ones too), so batches of
 // 128 and the queue's 1,024-slot capacity are both crossed, after values already queued.

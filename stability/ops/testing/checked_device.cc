@@ -247,7 +247,16 @@ class CheckedBackend final : public Backend {
       x16 = Round(x, n * in, kept ? kept->x : nullptr);
     }
     const Opened open_w = Need("LinearForward", {{"kept w", kept ? kept->w : nullptr}});
-    const std::vector<float> w16 = Round(w, out * in, kept ? kept->w : nullptr);
+    std::vector<float> w16 = Round(w, out * in, nullptr);
+    if (kept && kept->w_rounded) {  // the optimizer's copy, read as it is: it must be w's bits
+      if (std::memcmp(Widen(kept->w, out * in).data(), w16.data(), out * in * sizeof(float)) != 0) {
+        throw std::logic_error(
+            "LinearForward: kept->w_rounded, but kept->w is not w rounded (a write of the weight left its bf16 "
+            "copy marked current)");
+      }
+    } else if (kept) {
+      Round(w, out * in, kept->w);
+    }
     cpu_.LinearForward(x16.data(), w16.data(), b, n, in, out, y, nullptr);
   }
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
@@ -524,6 +533,17 @@ class CheckedBackend final : public Backend {
              float weight_decay, float bias_correction1, float bias_correction2, float grad_scale) override {
     const Opened open = Need("AdamW", {{"p", p}, {"grad", grad}, {"m", m}, {"v", v}});
     cpu_.AdamW(p, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+  }
+  // As the CUDA backend's one pass: each buffer's update, then its new p rounded into p_bf16.
+  void AdamWEach(const std::vector<AdamWBuffer>& buffers, float lr, float beta1, float beta2, float eps,
+                 float bias_correction1, float bias_correction2, float grad_scale) override {
+    for (const AdamWBuffer& b : buffers) {
+      AdamW(b.p, b.grad, b.m, b.v, b.n, lr, beta1, beta2, eps, b.weight_decay, bias_correction1, bias_correction2,
+            grad_scale);
+      if (b.p_bf16 == nullptr) continue;
+      const Opened open = Need("AdamWEach", {{"p", b.p}, {"p_bf16", b.p_bf16}});
+      Round(b.p, b.n, b.p_bf16);
+    }
   }
   double SumSquares(const float* x, int64_t n) override {
     const Opened open = Need("SumSquares", {{"x", x}});
