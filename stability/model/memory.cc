@@ -37,8 +37,9 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   m.activations = 4 * (forward + backward) + 4 * 2 * N + L * N * F * be.SavedValueBytes();
   m.logits = be.SavedValueBytes() * N * V;  // the logits (their gradient in place)
 
-  // The products' kept operands, and the norm backwards' bf16 gradient for the product after.
-  if (be.KeepsBf16Operands()) m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C + N * C);
+  // The products' kept operands (the weights' copies the parameters keep among them), the norm
+  // backwards' bf16 gradient for the product after, and the products' for the norm before.
+  if (be.KeepsBf16Operands()) m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C + 2 * N * C);
   // The GEMM attention's backward tile (and the clipped probabilities) are the backend's
   // scratch, as large as the probabilities; plus workspaces and partial sums.
   if (probs) m.scratch = 4 * (c.softmax_clip ? 2 : 1) * batch * H * seq * seq;

@@ -151,6 +151,7 @@ struct Model::Impl {
   // Backward scratch.
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
   Tensor dres16;  // a norm backward's output rounded to bf16 for the product it reaches next
+  Tensor dx16;    // a product's input gradient in bf16 for the norm backward after it (N1's, N2's)
   Tensor dw_eff;  // σ-reparam: every Linear::dw_eff a view of it, zeroed at once by Backward
 };
 
@@ -614,15 +615,25 @@ absl::Status Model::Backward(float dloss) {
   // next as its dy (Proj's, FC2's) also writes it rounded to bf16 for that product, which then
   // rounds nothing (NormBackward's `next`). One buffer serves them all: each is read before
   // the next norm backward writes it. gradient_for: that product's Bf16Operands, pointed at it.
+  // The other way, a product whose input gradient the add-norm before it reads (QKV → N1,
+  // FC1 → N2) writes it in bf16 only, as autocast's bf16 product returns it (Bf16Operands::dx,
+  // AddNormBackward's `from`): dx_for points the product at m.dx16 and undoes it after the norm.
   if (be.KeepsBf16Operands()) {
     Alloc(device_, m.dres16, {N, C}, DType::kBF16);
+    Alloc(device_, m.dx16, {N, C}, DType::kBF16);
   } else {
     m.dres16 = Tensor();
+    m.dx16 = Tensor();
   }
   const auto gradient_for = [&](Linear& lin) -> ops::Bf16Operands* {
     if (!m.dres16.defined() || lin.kept.get() == nullptr) return nullptr;
     lin.kept.ptrs.dy = m.dres16.data();
     return &lin.kept.ptrs;
+  };
+  const auto dx_for = [&](Linear& lin, bool norm_reads_it) -> const ops::Bf16Operands* {
+    if (!m.dx16.defined() || lin.kept.get() == nullptr) return nullptr;
+    lin.kept.ptrs.dx = norm_reads_it ? m.dx16.data() : nullptr;
+    return norm_reads_it ? &lin.kept.ptrs : nullptr;
   };
   // Whether a branch's product reads the residual stream's gradient as it is (no layer scale
   // and no norm after the product in between; else the last of those hands it on).
@@ -637,9 +648,9 @@ absl::Status Model::Backward(float dloss) {
   const ops::RowLayout rows_of_c = ops::RowLayout::Contiguous(C);
   // The norm after a residual add: its input gradient joins the residual's in dres.
   const auto add_norm_back = [&](const Norm& n, const Tensor& sum, const NormActs& a, const float* dy,
-                                 ops::Bf16Operands* next) {
+                                 const ops::Bf16Operands* from, ops::Bf16Operands* next) {
     be.AddNormBackward(c.norm, sum.f32(), n.g->value.f32(), a.mean.f32(), a.rstd.f32(), dy, N, C, m.dres.f32(),
-                       n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr, next);
+                       n.g->grad.f32(), n.b ? n.b->grad.f32() : nullptr, from, next);
   };
   const auto gradients_of = [&](Linear& lin, const Tensor& x) {
     return ops::Backend::LinearGradients{x.f32(), lin.weight(), lin.kept.get(), lin.weight_grad(),
@@ -673,11 +684,13 @@ absl::Status Model::Backward(float dloss) {
       g = m.t2.f32();
     }
     const Tensor& a2 = y.n2.on() ? y.a2.y : y.h;
+    const ops::Bf16Operands* fc1_dx = dx_for(y.fc1, y.n2.on());
     be.MlpBackward(c.activation, gradients_of(y.fc1, a2), gradients_of(y.fc2, y.act), y.fc1_out.data(), g, N, C, F, C,
                    m.dF1.f32(), m.dF2.f32(), m.t3.f32());
     y.fc2.kept.ptrs.dy_rounded = false;
     if (y.n2.on()) {
-      add_norm_back(y.n2, y.h, y.a2, m.t3.f32(), attention_reads_dres(y) ? gradient_for(y.proj) : nullptr);
+      add_norm_back(y.n2, y.h, y.a2, m.t3.f32(), fc1_dx, attention_reads_dres(y) ? gradient_for(y.proj) : nullptr);
+      dx_for(y.fc1, false);
     } else {
       be.AddInPlace(m.dres.f32(), m.t3.f32(), N * C);
     }
@@ -697,6 +710,7 @@ absl::Status Model::Backward(float dloss) {
     y.proj.kept.ptrs.dy_rounded = false;
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
+    const ops::Bf16Operands* qkv_dx = dx_for(y.qkv, y.n1.on());
     // Each gradient straight into its QKV block, or (before a norm or RoPE) into m.dq/dk/dv.
     float* dqkv = m.dqkv.f32();
     if (!rope) {  // the attention, the q/k/v norms and QKV: one op
@@ -732,7 +746,10 @@ absl::Status Model::Backward(float dloss) {
       linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
       if (!y.n1.on()) be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
     }
-    if (y.n1.on()) add_norm_back(y.n1, x, y.a1, m.dtmp.f32(), mlp_next(l - 1));
+    if (y.n1.on()) {
+      add_norm_back(y.n1, x, y.a1, m.dtmp.f32(), qkv_dx, mlp_next(l - 1));
+      dx_for(y.qkv, false);
+    }
   }
   be.EmbeddingBackward(m.ids.i32(), N, T, m.dres.f32(), C, m.wte->grad.f32(), m.wpe ? m.wpe->grad.f32() : nullptr);
   // σ-reparam: every layer's dW_eff → dW and dg, in one batched op.

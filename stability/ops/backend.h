@@ -110,6 +110,10 @@ enum class AttentionKernel { kGemm, kFused };
 // w_rounded: w already holds the weight rounded — the copy the optimizer writes beside the
 // weight (AdamWBuffer::p_bf16) — and the forward reads it as it is; the caller sets the flag
 // only while no other write of the weight has happened since that copy was made.
+// dx (nullable; n·in bf16, the caller's): where set, the backward writes the layer's input
+// gradient there, rounded to bf16 — as autocast's bf16 product returns it — and not into its
+// fp32 dx: for the op that reads it next in bf16 (AddNormBackward's `from`); never with a dx the
+// product accumulates into.
 struct Bf16Operands {
   void* x = nullptr;
   void* w = nullptr;
@@ -117,6 +121,7 @@ struct Bf16Operands {
   void* dy = nullptr;
   bool dy_rounded = false;
   bool w_rounded = false;
+  void* dx = nullptr;
 };
 
 // A device's memory in bytes; total 0 where the backend does not track it (the CPU's host
@@ -231,12 +236,15 @@ class Backend {
   // Backward accumulates into the residual stream's gradient, which already holds what
   // reached sum by the residual path:  dsum += ∂y/∂sum · dy  (dsum ACCUMULATED; next as
   // NormBackward's, of the accumulated value: the product the stream's gradient reaches next).
+  // from (nullable): the Bf16Operands of the product whose input gradient dy is (QKV's, FC1's);
+  // where from->dx is set, that product wrote dy there in bf16 and the backward reads it from
+  // there (dy itself unwritten) — only a backend that keeps bf16 operands is given one.
   virtual void AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                               const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                               float* rstd, Bf16Operands* next) = 0;
   virtual void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                               Bf16Operands* next) = 0;
+                               const Bf16Operands* from, Bf16Operands* next) = 0;
 
   // q, k, v, out: [B, T, H, hd] (= [B·T, C], heads contiguous; q, k, v rows `ld` apart).
   // probs: [B, H, T, T], the softmax p (not p'), and lse: [B, H, T], log Σ exp z per query

@@ -31,7 +31,7 @@ class CpuBackend final : public Backend {
                       Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                       Bf16Operands* next) override;
+                       const Bf16Operands* from, Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats, Bf16Operands* next) override;

@@ -4,6 +4,7 @@
 // and the sums do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <vector>
 
 #include "stability/ops/cpu/cpu_backend.h"
@@ -148,8 +149,9 @@ void CpuBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x_
 
 void CpuBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                  const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                                 Bf16Operands*) {
+                                 const Bf16Operands* from, Bf16Operands*) {
   internal::OpScope scope("AddNormBackward");
+  if (from && from->dx) throw std::logic_error("AddNormBackward: a bf16 dy for the CPU, which keeps no bf16 operands");
   NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db);
 }
 

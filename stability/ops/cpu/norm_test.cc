@@ -116,7 +116,7 @@ TEST(NormTest, AddNormIsTheAddThenTheNorm) {
     be.AddInPlace(expect.data(), dx.data(), rows * d);
     std::vector<float> fdres = dres, fdg(d, 0.5f), fdb(d, 0.25f);
     be.AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, fdres.data(),
-                       fdg.data(), fdb.data(), nullptr);
+                       fdg.data(), fdb.data(), nullptr, nullptr);
     EXPECT_EQ(fdres, expect);
     EXPECT_EQ(fdg, dg);
     EXPECT_EQ(fdb, db);

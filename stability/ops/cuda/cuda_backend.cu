@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -720,6 +721,11 @@ void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_
                                      cudaDataType dx_type, float dx_beta, float dy_scale) {
   if (dx) {
     const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
+    if (kept && kept->dx) {  // for the norm backward that reads it in bf16
+      if (dx_beta != 0.0f) throw std::logic_error("LinearBackward: kept->dx with a dx the product adds into");
+      dx = kept->dx;
+      dx_type = CUDA_R_16BF;
+    }
     GemmBf16(Trans::kNo, Trans::kNo, n, in, out, dy_scale, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
   }
   const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);

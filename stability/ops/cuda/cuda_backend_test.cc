@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -249,12 +250,12 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
     cpu_->AddNormForward(kind, x.data(), a.data(), nullptr, g.data(), bp, rows, d, 1e-5f, sum.data(), y.data(),
                          mean.data(), rstd.data(), nullptr);
     cpu_->AddNormBackward(kind, sum.data(), g.data(), mean.data(), rstd.data(), dy.data(), rows, d, dsum.data(),
-                          dg.data(), bp ? db.data() : nullptr, nullptr);
+                          dg.data(), bp ? db.data() : nullptr, nullptr, nullptr);
     float *gx = Up(x), *ga = Up(a), *gg = Up(g), *gb = bp ? Up(b) : nullptr, *gdy = Up(dy);
     float *gsum = Up(sum), *gy = Up(y), *gmean = Up(mean), *grstd = Up(rstd), *gdsum = Up(dres);
     float *gdg = Up(std::vector<float>(d, 0.5f)), *gdb = Up(std::vector<float>(d, 0.25f));
     gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, rows, d, 1e-5f, gsum, gy, gmean, grstd, nullptr);
-    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr, nullptr);
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, bp ? gdb : nullptr, nullptr, nullptr);
     EXPECT_EQ(Down(gsum, rows * d), sum);  // one float add
     ExpectClose(Down(gy, rows * d), y, 2e-6, 0, "add+norm y");
     ExpectClose(Down(grstd, rows), rstd, 2e-6, 0, "add+norm rstd");
@@ -285,6 +286,64 @@ TEST_F(CudaBackendTest, AddNormFusesTheResidualAdd) {
   }
 }
 
+// A product handing its input gradient to the norm backward after it in bf16 (Bf16Operands::dx,
+// AddNormBackward's `from`; the model's QKV → N1 and FC1 → N2): LinearBackward and MlpBackward
+// write dx rounded into kept->dx and leave their fp32 dx alone — the rounding of the fp32 product
+// (within 2⁻⁸ of each value, bf16's unit roundoff, and cuBLAS's choice of accumulation order
+// for a bf16 output: 2⁻¹⁶ of the largest) — and AddNormBackward reading it gives the bits of the fp32 op given those
+// values. The CPU, which keeps no bf16 operands, refuses a bf16 dy.
+TEST_F(CudaBackendTest, ProductsHandTheirInputGradientToTheNormInBf16) {
+  const int64_t n = 64, in = 48, hidden = 96, out = 40;
+  const NormKind kind = NormKind::kLayerNorm;
+  float *gx = Up(Random(n * in, 2.0)), *ga = Up(Random(n * in)), *gg = Up(Random(in)), *gb = Up(Random(in));
+  float *gsum = Up(std::vector<float>(n * in)), *gmean = Up(std::vector<float>(n)), *grstd = Up(std::vector<float>(n));
+  gpu_->AddNormForward(kind, gx, ga, nullptr, gg, gb, n, in, 1e-5f, gsum, nullptr, gmean, grstd, nullptr);
+  float *w1 = Up(Random(hidden * in, 0.2)), *h = Up(Random(n * hidden)), *w2 = Up(Random(out * hidden, 0.1)),
+        *dz = Up(Random(n * out));
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const void* pre = UpBf16(Random(n * hidden, 2.0));
+  Tensor x16 = Tensor::Empty({n * in}, DType::kBF16, kGpu), w16 = Tensor::Empty({hidden * in}, DType::kBF16, kGpu),
+         dx16 = Tensor::Empty({n * in}, DType::kBF16, kGpu);
+  Bf16Operands fc1{x16.data(), w16.data()};
+  gpu_->LinearForward(gsum, w1, nullptr, n, in, hidden, Up(std::vector<float>(n * hidden)), &fc1);
+  for (int op = 0; op < 2; ++op) {  // LinearBackward (QKV's), MlpBackward's FC1
+    SCOPED_TRACE(op == 0 ? "LinearBackward" : "MlpBackward");
+    std::vector<std::vector<float>> dx;
+    for (bool handed : {false, true}) {
+      fc1.dx = handed ? dx16.data() : nullptr;
+      float* gdx = Up(std::vector<float>(n * in, 7.0f));
+      float *dw1 = Up(std::vector<float>(hidden * in)), *dw2 = Up(std::vector<float>(out * hidden));
+      if (op == 0) {
+        gpu_->LinearBackward(gsum, w1, h, n, in, hidden, gdx, dw1, nullptr, &fc1);
+      } else {
+        gpu_->MlpBackward(Activation::kGelu, {gsum, w1, &fc1, dw1, nullptr}, {h, w2, nullptr, dw2, nullptr}, pre, dz, n,
+                          in, hidden, out, Up(std::vector<float>(n * hidden)), Up(std::vector<float>(n * hidden)), gdx);
+      }
+      dx.push_back(handed ? DownBf16(dx16.data(), n * in) : Down(gdx, n * in));
+      if (handed) EXPECT_EQ(Down(gdx, n * in), std::vector<float>(n * in, 7.0f)) << "the fp32 dx left alone";
+    }
+    double scale = 0;
+    for (float v : dx[0]) scale = std::max(scale, std::abs(static_cast<double>(v)));
+    for (int64_t i = 0; i < n * in; ++i) {
+      ASSERT_NEAR(dx[1][i], dx[0][i], std::ldexp(std::abs(dx[0][i]), -8) + std::ldexp(scale, -16)) << i;
+    }
+    // The norm reading it: the bits of the fp32 op given the same values.
+    const std::vector<float> dres = Random(n * in);
+    float *from_bf16 = Up(dres), *from_fp32 = Up(dres), *dg = Up(std::vector<float>(in)),
+          *dg32 = Up(std::vector<float>(in));
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, nullptr, n, in, from_bf16, dg, nullptr, &fc1, nullptr);
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, Up(dx[1]), n, in, from_fp32, dg32, nullptr, nullptr, nullptr);
+    EXPECT_TRUE(SameBits(Down(from_bf16, n * in), Down(from_fp32, n * in)));
+    EXPECT_TRUE(SameBits(Down(dg, in), Down(dg32, in)));
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  std::vector<float> host(n * in);
+  const Bf16Operands host_from{nullptr, nullptr, false, nullptr, false, false, host.data()};
+  EXPECT_THROW(cpu_->AddNormBackward(kind, host.data(), host.data(), host.data(), host.data(), nullptr, n, in,
+                                     host.data(), host.data(), nullptr, &host_from, nullptr),
+               std::logic_error);
+}
+
 // A norm's backward writing the next product's bf16 gradient operand (NormBackward's and
 // AddNormBackward's `next`, as the model hands the residual stream's gradient to Proj and
 // FC2): in bf16 next->dy is the stored dx rounded, bit for bit, and flagged; the product's
@@ -310,7 +369,8 @@ TEST_F(CudaBackendTest, NormBackwardWritesTheNextProductsGradientOperand) {
   for (bool handed : {false, true}) {
     float *gdsum = Up(dres), *gdg = Up(std::vector<float>(d)), *gdb = Up(std::vector<float>(d));
     kept.dy = handed ? dy16.data() : nullptr;
-    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, gdb, handed ? &kept : nullptr);
+    gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, gdsum, gdg, gdb, nullptr,
+                          handed ? &kept : nullptr);
     EXPECT_EQ(kept.dy_rounded, handed);
     float *ldx = Up(std::vector<float>(rows * in)), *ldw = Up(std::vector<float>(d * in)),
           *ldb = Up(std::vector<float>(d, 0.5f));
@@ -339,7 +399,7 @@ TEST_F(CudaBackendTest, NormBackwardWritesTheNextProductsGradientOperand) {
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   Bf16Operands fp32{x16.data(), w16.data(), false, dy16.data()};
   gpu_->AddNormBackward(kind, gsum, gg, gmean, grstd, gdy, rows, d, Up(dres), Up(std::vector<float>(d)), nullptr,
-                        &fp32);
+                        nullptr, &fp32);
   EXPECT_FALSE(fp32.dy_rounded);
 }
 

@@ -167,7 +167,12 @@ void CudaBackend::NormBackward(NormKind kind, const float* x, const RowLayout& x
 
 void CudaBackend::AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                                   const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                                  Bf16Operands* next) {
+                                  const Bf16Operands* from, Bf16Operands* next) {
+  if (from && from->dx) {  // dy as the product before wrote it, in bf16
+    NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, static_cast<const __nv_bfloat16*>(from->dx),
+                     rows, d, /*accumulate=*/true, dsum, dg, db, NextGradient(next));
+    return;
+  }
   NormBackwardRows(kind, sum, RowLayout::Contiguous(d), g, mean, rstd, dy, rows, d, /*accumulate=*/true, dsum, dg, db,
                    NextGradient(next));
 }

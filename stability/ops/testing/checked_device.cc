@@ -273,7 +273,14 @@ class CheckedBackend final : public Backend {
     if (kept->dy_rounded && std::memcmp(Widen(kept->dy, n * out).data(), dy16.data(), n * out * sizeof(float)) != 0) {
       throw std::logic_error("LinearBackward: kept->dy (rounded by the op before) is not this backward's dy");
     }
-    cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx, dw, nullptr, nullptr);
+    if (kept->dx && dx) {  // dx rounded into kept->dx for the norm backward after, dx unwritten
+      std::vector<float> dx32(n * in);
+      cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx32.data(), dw, nullptr, nullptr);
+      const Opened open_dx = Need("LinearBackward", {{"kept dx", kept->dx}});
+      Round(dx32.data(), n * in, kept->dx);
+    } else {
+      cpu_.LinearBackward(x16.data(), w16.data(), dy16.data(), n, in, out, dx, dw, nullptr, nullptr);
+    }
     if (db) {
       const float* sums_of = kept->dy_rounded ? dy16.data() : dy;
       for (int64_t j = 0; j < out; ++j) {
@@ -364,12 +371,24 @@ class CheckedBackend final : public Backend {
   }
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                       Bf16Operands* next) override {
+                       const Bf16Operands* from, Bf16Operands* next) override {
     {
-      const Opened open = Need(
-          "AddNormBackward",
-          {{"sum", sum}, {"g", g}, {"mean", mean}, {"rstd", rstd}, {"dy", dy}, {"dsum", dsum}, {"dg", dg}, {"db", db}});
-      cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy, rows, d, dsum, dg, db, nullptr);
+      std::vector<float> dy16;  // as the CUDA backend: dy from the product's bf16 dx
+      if (from && from->dx) {
+        if (!bf16_) throw std::logic_error("AddNormBackward: a bf16 dy while the products are fp32");
+        const Opened open_from = Need("AddNormBackward", {{"from dx", from->dx}});
+        dy16 = Widen(from->dx, rows * d);
+      }
+      const Opened open = Need("AddNormBackward", {{"sum", sum},
+                                                   {"g", g},
+                                                   {"mean", mean},
+                                                   {"rstd", rstd},
+                                                   {"dy", dy16.empty() ? dy : nullptr},
+                                                   {"dsum", dsum},
+                                                   {"dg", dg},
+                                                   {"db", db}});
+      cpu_.AddNormBackward(kind, sum, g, mean, rstd, dy16.empty() ? dy : dy16.data(), rows, d, dsum, dg, db, nullptr,
+                           nullptr);
     }
     if (bf16_ && next) GradientInto(next, dsum, rows * d);
   }

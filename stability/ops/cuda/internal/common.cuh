@@ -224,7 +224,7 @@ class CudaBackend final : public Backend {
                       Bf16Operands* next) override;
   void AddNormBackward(NormKind kind, const float* sum, const float* g, const float* mean, const float* rstd,
                        const float* dy, int64_t rows, int64_t d, float* dsum, float* dg, float* db,
-                       Bf16Operands* next) override;
+                       const Bf16Operands* from, Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats, Bf16Operands* next) override;
@@ -300,8 +300,9 @@ class CudaBackend final : public Backend {
                 const __nv_bfloat16* b, int64_t ldb, float beta, void* c, int64_t ldc, int64_t batch = 1,
                 int64_t stride_a = 0, int64_t stride_b = 0, int64_t stride_c = 0, cudaDataType c_type = CUDA_R_32F);
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
-  // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so; dx_beta 1:
-  // dx added to (fp32), in the product's epilogue; dy_scale: both products' alpha (dy16 is
+  // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so — or, where
+  // kept->dx is set, into kept->dx in bf16 instead; dx_beta 1: dx added to (fp32), in the
+  // product's epilogue; dy_scale: both products' alpha (dy16 is
   // dy / dy_scale: the loss head's gradient for dloss = 1). db (nullable; dy_scale 1): the bias
   // gradient += Σ_n dy16, from the weight-gradient product's cuBLASLt BGRADB epilogue where it
   // has one (no pass over dy16), else a column-sum pass.
