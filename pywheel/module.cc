@@ -182,8 +182,7 @@ class PyModel {
       throw py::value_error("parameter " + name + " has shape " + ShapeToString(p->value.shape()) + ", got " +
                             ShapeToString(shape));
     }
-    p->value.CopyFromHost(arr.data());
-    p->value_bf16_current = false;  // the next forward rounds its bf16 copy again
+    p->CopyValueFromHost(arr.data());  // the next forward rounds its bf16 copy again
   }
 
   std::vector<std::string> ParameterNames() const {

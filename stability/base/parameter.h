@@ -18,9 +18,17 @@ struct Parameter {
   // it; undefined otherwise): the products' weight operand, kept from step to step. Current
   // while it holds value's bits: the optimizer writes both and sets it, the model's forward sets
   // it after rounding value into it; every other writer of value (a checkpoint load, the
-  // wheel's set_parameter, ZeRO's gather) must clear it, so the next forward rounds again.
+  // wheel's set_parameter, ZeRO's gather) must clear it, so the next forward rounds again —
+  // CopyValueFromHost does.
   Tensor value_bf16;
   bool value_bf16_current = false;
+
+  // value from host memory (value.nbytes() of it), its bf16 copy marked stale: the way to
+  // write a parameter outside the optimizer.
+  void CopyValueFromHost(const void* host_src) {
+    value.CopyFromHost(host_src);
+    value_bf16_current = false;
+  }
 };
 
 }  // namespace stability

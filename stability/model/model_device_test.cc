@@ -86,8 +86,7 @@ TEST(ModelOnADeviceTest, Bf16PlumbingIsTheSameWithAndWithoutTelemetry) {
         for (Parameter& p : m->parameters()) {  // a plain SGD step, so that the steps differ
           Tensor g = p.grad.To(kCpu), v = p.value.To(kCpu);
           for (int64_t i = 0; i < v.numel(); ++i) v.f32()[i] -= 0.05f * g.f32()[i];
-          p.value.CopyFromHost(v.data());
-          p.value_bf16_current = false;  // a write of the weight outside the optimizer
+          p.CopyValueFromHost(v.data());
         }
       }
       losses.push_back(l);

@@ -329,8 +329,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
         return absl::DataLossError(absl::StrCat("checkpoint ", ckpt.path, ": ", p.name, " has shape ",
                                                 ShapeToString(t.shape()), ", the model needs ", ShapeToString(p.value.shape())));
       }
-      p.value.CopyFromHost(t.data());
-      p.value_bf16_current = false;
+      p.CopyValueFromHost(t.data());
     }
     for (auto& [name, buf] : model->buffers()) {
       STABILITY_ASSIGN_OR_RETURN(Tensor t, ckpt.tensors.Get(name));

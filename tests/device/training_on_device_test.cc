@@ -106,7 +106,7 @@ TEST(TrainingOnDeviceTest, Bf16WeightOperandsAreTheOptimizersCopies) {
   Parameter& w = *m->FindParameter("h.1.qkv.weight");
   Tensor v = w.value.To(kCpu);
   v.f32()[3] += 0.25f;
-  w.value.CopyFromHost(v.data());  // the flag left set
+  w.value.CopyFromHost(v.data());  // not CopyValueFromHost: the flag left set
   EXPECT_THROW(m->Forward(ids, targets).IgnoreError(), std::logic_error);
 }
 
