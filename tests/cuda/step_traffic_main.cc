@@ -10,7 +10,8 @@
 // 2 layers and extrapolate to the preset's: every layer launches the same kernels on the same
 // shapes; for presets too large to emulate whole), --cache_dir (each counted step kept there
 // and read back instead of emulated again: another GPU's numbers, or methods counted by
-// several processes at once, one report), and the GPU: --peak_tflops,
+// several processes at once, one report; --shard=K/N counts the methods K, K + N, … of the
+// list only — tools/step_traffic_recount.sh runs N such processes), and the GPU: --peak_tflops,
 // --bandwidth_tbs, --product_efficiency, --memory_efficiency, --attention_efficiency,
 // --launch_us, --gpu_name.
 #include <algorithm>
@@ -36,6 +37,7 @@ struct Flags {
   std::vector<std::string> methods = {"baseline"};
   int64_t batch = 16, seq = 0;
   bool extrapolate_layers = false;
+  int64_t shard = 0, shards = 1;
   std::string out, cache_dir;
   Gpu gpu;
 };
@@ -43,7 +45,8 @@ struct Flags {
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "step_traffic: %s\nusage: step_traffic --size=gpt2_124m --methods=baseline,qk_norm|all --batch=16 "
-               "[--seq=N] [--extrapolate_layers=true] [--cache_dir=DIR] [--out=report.md] [--peak_tflops=989.4 "
+               "[--seq=N] [--extrapolate_layers=true] [--cache_dir=DIR] [--shard=K/N] [--out=report.md] "
+               "[--peak_tflops=989.4 "
                "--bandwidth_tbs=3.35 "
                "--product_efficiency=0.7 --memory_efficiency=0.8 --attention_efficiency=0.3 --launch_us=2 "
                "--gpu_name=NAME]\n",
@@ -79,6 +82,12 @@ Flags Parse(int argc, char** argv) {
       f.out = value;
     } else if (key == "cache_dir") {
       f.cache_dir = value;
+    } else if (key == "shard") {
+      const std::vector<std::string> kn = absl::StrSplit(value, '/');
+      if (kn.size() != 2 || !absl::SimpleAtoi(kn[0], &f.shard) || !absl::SimpleAtoi(kn[1], &f.shards) || f.shards < 1 ||
+          f.shard < 0 || f.shard >= f.shards) {
+        Usage("--shard wants K/N with 0 <= K < N (this process's share of the methods), got " + value);
+      }
     } else if (key == "gpu_name") {
       f.gpu.name = value;
     } else if (key == "peak_tflops") {
@@ -100,6 +109,12 @@ Flags Parse(int argc, char** argv) {
   // The baseline first: the others are compared with it.
   auto it = std::find(f.methods.begin(), f.methods.end(), "baseline");
   if (it != f.methods.end()) std::rotate(f.methods.begin(), it, it + 1);
+  if (f.shards > 1) {
+    std::vector<std::string> mine;
+    for (size_t i = f.shard; i < f.methods.size(); i += f.shards) mine.push_back(f.methods[i]);
+    if (mine.empty()) std::exit(0);  // more shards than methods: nothing for this one
+    f.methods = mine;
+  }
   return f;
 }
 
