@@ -14,6 +14,7 @@ import array
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,17 @@ def matmul_parameters(total, model):
 
 
 def run(binary, work, data, device, preset, precision, attention, method, batch, seq, steps, profile=False):
+    """One training run → ((tokens/s, flops a token, last loss, wall s), None) or (None, why). Its
+    output folder is removed when read: an 830M run's checkpoint is ~10 GB, and the first GPU
+    check ran out of disk after three of them."""
     out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}-{batch}")
+    try:
+        return run_in(out, binary, data, device, preset, precision, attention, method, batch, seq, steps, profile, work)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_in(out, binary, data, device, preset, precision, attention, method, batch, seq, steps, profile, work):
     args = [binary, "train", f"--device={device}", f"--precision={precision}", f"--attention={attention}",
             f"--preset={preset}", f"--variant={method}", f"--data={data}",
             f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
