@@ -35,7 +35,7 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   const int64_t backward = (12 * C + 2 * F) * N;         // dres, dxf, t1–t3, dq, dk, dv, dqkv, dF1, dF2, dtmp
   // + the token ids and targets, and FC1's pre-activation in the backend's saved format
   m.activations = 4 * (forward + backward) + 4 * 2 * N + L * N * F * be.SavedValueBytes();
-  m.logits = be.SavedValueBytes() * N * V;  // the logits (their gradient in place)
+  m.logits = be.SavedValueBytes() * N * be.LogitsRowStride(V);  // the logits (their gradient in place)
 
   // The products' kept operands (the weights' copies the parameters keep among them), the norm
   // backwards' bf16 gradient for the product after, and the products' for the norm before.

@@ -21,7 +21,7 @@ struct TrainingMemory {
   int64_t parameters = 0;   // values and gradients (fp32), σ-reparam's W_eff and its gradient
   int64_t optimizer = 0;    // AdamW's two moments (fp32)
   int64_t activations = 0;  // what Forward keeps for Backward, and Backward's own buffers
-  int64_t logits = 0;       // the logits [B·T, V], their gradient in place (Backend::SavedValueBytes a value)
+  int64_t logits = 0;       // the logits [B·T, V] (rows Backend::LogitsRowStride apart), their gradient in place
   int64_t bf16 = 0;         // the bf16 operands the linear layers keep (backends that keep them)
   int64_t scratch = 0;      // the backend's: the attention's T×T tiles where it stores them, and slack
   int64_t total() const { return parameters + optimizer + activations + logits + bf16 + scratch; }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -165,7 +166,19 @@ Parameter* Model::FindParameter(const std::string& name) {
   return nullptr;
 }
 
-const Tensor& Model::logits() const { return impl_->logits; }
+Tensor Model::logits() const {
+  const Tensor& padded = impl_->logits;
+  const int64_t v = config_.vocab_size;
+  if (!padded.defined() || padded.dim(1) == v) return padded;
+  const int64_t n = padded.dim(0), stride = padded.dim(1), bytes = DTypeSize(padded.dtype());
+  const Tensor host = padded.To(kCpu);
+  Tensor rows = Tensor::Empty({n, v}, padded.dtype());
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(static_cast<char*>(rows.data()) + i * v * bytes,
+                static_cast<const char*>(host.data()) + i * stride * bytes, v * bytes);
+  }
+  return rows.To(padded.device());
+}
 
 namespace {
 
@@ -571,7 +584,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   }
   if (c.n_layer == 0) run_norm(m.nf, m.stream[0].f32(), rows_of_c, N, C, m.xf, head_kept());  // else in the last add
   // The logits in the backend's storage (fp32, or bf16 where the products are bf16).
-  Alloc(device_, m.logits, {N, V}, saved);
+  Alloc(device_, m.logits, {N, be.LogitsRowStride(V)}, saved);
   Alloc(device_, m.lse, {N});
   ops::CrossEntropyStats ce;
   m.logits_hold_gradient = be.CrossEntropyLinearForward(m.xf.y.f32(), head->value.f32(), m.targets.i32(), N, C, V,

@@ -95,8 +95,10 @@ class Model {
   // [B·T, vocab_size] of the last Forward, on the model's device, in the backend's storage
   // (fp32; bf16 where the matrix products are bf16: Backend::SavedValueBytes) — until Backward,
   // which overwrites them with their gradient (no second N×V buffer), or already the gradient
-  // after a training Forward with set_keep_logits(false).
-  const Tensor& logits() const;
+  // after a training Forward with set_keep_logits(false). The model's own buffer where its rows
+  // are vocab_size apart; a copy without the padding where the backend pads them
+  // (Backend::LogitsRowStride: CUDA in bf16).
+  Tensor logits() const;
 
  private:
   struct Impl;

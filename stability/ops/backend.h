@@ -148,6 +148,13 @@ class Backend {
   // (fp32), or 2 where the matrix products are bf16 and these are kept in bf16 (their math
   // stays fp32; the traffic and memory halve). The caller allocates them at this size.
   virtual int64_t SavedValueBytes() const { return 4; }
+  // The distance, in values, between two rows of the loss head's N×V logits (and of their
+  // gradient in place): v, or more where the backend's products want aligned rows — CUDA in
+  // bf16 pads to a multiple of 64 values (128 bytes), as llm.c pads GPT-2's 50,257 to 50,304
+  // (on an H200 cuBLAS multiplied the unaligned vocabulary at a fifth of its aligned speed).
+  // The caller allocates N·LogitsRowStride(v) values and reads only a row's first v: the
+  // columns past them are the backend's, never written by it either.
+  virtual int64_t LogitsRowStride(int64_t v) const { return v; }
   // Free and total memory of this backend's device now.
   virtual DeviceMemory Memory() const { return {}; }
 
@@ -385,7 +392,8 @@ class Backend {
   // chooses: SavedValueBytes() a value, as Megatron/NeMo do in bf16 (the loss's math
   // stays fp32; the N×V traffic and memory halve).
   // logits = x·wᵀ (x [N, C], w [V, C], no bias; kept as LinearForward's), then
-  // CrossEntropyForward. logits: N·V·SavedValueBytes() bytes, read back by the backward.
+  // CrossEntropyForward. logits: N rows LogitsRowStride(V) values apart, SavedValueBytes()
+  // a value, read back by the backward.
   // with_gradient: the backward follows with the logits as its dlogits (a training step whose
   // caller does not read the logits). A backend may then write the loss's gradient for
   // dloss = 1 over the logits in the pass that computes the loss (the N×V values read once,
@@ -399,7 +407,7 @@ class Backend {
     CrossEntropyForward(l, targets, n, v, opt, lse, stats);
     return false;
   }
-  // CrossEntropyBackward into dlogits [N, V] (N·V·SavedValueBytes() bytes; may be logits, which
+  // CrossEntropyBackward into dlogits [N, V] (rows as the logits'; may be logits, which
   // the model passes: no second N×V buffer), then the head's LinearBackward:
   // dx = dlogits·w (overwritten), dw += dlogitsᵀ·x. gradient_ready: the forward returned true,
   // logits (= dlogits) hold the gradient for dloss = 1, and only the products remain, scaled

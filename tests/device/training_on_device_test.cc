@@ -2,6 +2,9 @@
 // backend refuses any pointer that is not device memory, against the same steps on the CPU:
 // the same losses and parameters, bit for bit. What a GPU run does to host and device
 // memory, checked where there is no GPU.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -108,6 +111,42 @@ TEST(TrainingOnDeviceTest, Bf16WeightOperandsAreTheOptimizersCopies) {
   v.f32()[3] += 0.25f;
   w.value.CopyFromHost(v.data());  // not CopyValueFromHost: the flag left set
   EXPECT_THROW(m->Forward(ids, targets).IgnoreError(), std::logic_error);
+}
+
+// In bf16 the device keeps the logits' rows 64 values apart (Backend::LogitsRowStride: 80 →
+// 128), the padding never written (NaN here, as new device memory). Model::logits() gives the
+// rows without it: [B·T, 80], all finite, and the loss is their cross-entropy (each row's
+// log-sum-exp less its target's logit, averaged) — a row read from the wrong place would not be.
+TEST(TrainingOnDeviceTest, Bf16LogitsRowsArePaddedOnTheDeviceAndReadWithoutThePadding) {
+  ops::testing::CheckedDevice device(ops::testing::CheckedDevice::Mode::kBf16);
+  const model::ModelConfig c =
+      *model::MakeConfig("tiny", "baseline", {{"vocab_size", 80}, {"n_embd", 32}, {"seq_len", 16}});
+  auto [ids, targets] = Tokens(80);
+  std::unique_ptr<model::Model> m = *model::Model::Create(c, 4, device.device());
+  const double loss = *m->Forward(ids, targets);
+  const Tensor logits = m->logits();
+  ASSERT_EQ(logits.shape(), (Shape{32, 80}));
+  ASSERT_EQ(logits.dtype(), DType::kBF16);
+  EXPECT_EQ(logits.device(), device.device());
+  const Tensor host = logits.To(kCpu);
+  const auto* bits = static_cast<const uint16_t*>(host.data());
+  double total = 0;
+  for (int64_t r = 0; r < 32; ++r) {
+    std::vector<double> row(80);
+    double largest = -1e300;
+    for (int64_t j = 0; j < 80; ++j) {
+      const uint32_t u = static_cast<uint32_t>(bits[r * 80 + j]) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      ASSERT_TRUE(std::isfinite(f)) << "row " << r << " value " << j;
+      row[j] = f;
+      largest = std::max(largest, row[j]);
+    }
+    double sum = 0;
+    for (double z : row) sum += std::exp(z - largest);
+    total += largest + std::log(sum) - row[targets.i32()[r]];
+  }
+  EXPECT_NEAR(total / 32, loss, 1e-5 * loss);
 }
 
 }  // namespace

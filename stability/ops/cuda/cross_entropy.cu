@@ -6,6 +6,14 @@
 // the CPU does. In bf16 the loss head (CrossEntropyLinearForward/Backward) keeps its logits
 // and their gradient in bf16 (SavedValueBytes() = 2) and does all its math in fp32; in a
 // training step (with_gradient) one kernel does both, the gradient written over the logits.
+// In bf16 the logits' rows are padded to a multiple of 64 values (LogitsRowStride: 128-byte
+// rows) and the head's products split the vocabulary into a piece of whole 64s and the rest:
+// GPT-2's 50,257 made every row unaligned, and on an H200 cuBLAS ran the three head products
+// at 96–152 TFLOP/s against 344–838 for aligned shapes (docs/gpu/README.md); the loss kernels
+// read and write aligned rows 16 bytes at a time.
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
@@ -48,17 +56,74 @@ struct MergeOp {
   __device__ MaxSum operator()(MaxSum a, MaxSum b) const { return MaxSum::Merge(a, b); }
 };
 
+// 16 bytes of a row: 8 bf16 or 4 fp32 values, one load or store (a uint4 moved in and out
+// with memcpy, llm.c's Packed128: reading the values through a cast pointer to the uint4 is
+// undefined, and GCC at -O2 read stale stack for them in the emulator).
+template <typename T>
+struct Pack {
+  static constexpr int kValues = 16 / sizeof(T);
+  T values[kValues];
+  __device__ static Pack LoadFrom(const T* at) {  // at: 16-byte aligned
+    const uint4 bits = *reinterpret_cast<const uint4*>(at);
+    Pack p;
+    memcpy(p.values, &bits, sizeof(bits));
+    return p;
+  }
+  __device__ void StoreTo(T* at) const {
+    uint4 bits;
+    memcpy(&bits, values, sizeof(bits));
+    *reinterpret_cast<uint4*>(at) = bits;
+  }
+  __device__ float Get(int i) const { return Load(values + i); }
+  __device__ void Set(int i, float x) { Store(x, values + i); }
+};
+
+// The first value of a row past its whole 16-byte packs: 0 where the row does not start on
+// 16 bytes (its values then one at a time), else its packs' end.
+template <typename T>
+__device__ inline int64_t PackedEnd(const T* row, int64_t v) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) return 0;
+  return v / Pack<T>::kValues * Pack<T>::kValues;
+}
+
+// f(j, value) for each of a row's v values, a thread every blockDim.x-th 16-byte pack (a
+// memory transaction 16 bytes a thread, not 2: the loss kernels ran at ~1 TB/s of an H200's
+// 4.8 reading a bf16 at a time), then the values past the packs one at a time.
+template <typename T, typename F>
+__device__ inline void ForEachInRow(const T* row, int64_t v, F f) {
+  constexpr int kValues = Pack<T>::kValues;
+  const int64_t packed = PackedEnd(row, v);
+  for (int64_t p = threadIdx.x; p < packed / kValues; p += blockDim.x) {
+    const Pack<T> pack = Pack<T>::LoadFrom(row + p * kValues);
+    for (int i = 0; i < kValues; ++i) f(p * kValues + i, pack.Get(i));
+  }
+  for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) f(j, Load(row + j));
+}
+
+// row[j] = f(j, row[j]) for each j < v, as ForEachInRow visits them (each value read and
+// written by one thread).
+template <typename T, typename F>
+__device__ inline void UpdateRow(T* row, int64_t v, F f) {
+  constexpr int kValues = Pack<T>::kValues;
+  const int64_t packed = PackedEnd(row, v);
+  for (int64_t p = threadIdx.x; p < packed / kValues; p += blockDim.x) {
+    Pack<T> pack = Pack<T>::LoadFrom(row + p * kValues);
+    for (int i = 0; i < kValues; ++i) pack.Set(i, f(p * kValues + i, pack.Get(i)));
+    pack.StoreTo(row + p * kValues);
+  }
+  for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) Store(f(j, Load(row + j)), row + j);
+}
+
 // A row's log-sum-exp and largest raw logit, in one pass over its v values (online softmax:
 // the row is read once, not twice); every thread of the block gets them.
 template <typename In>
 __device__ inline void RowLogSumExp(const In* l, int64_t v, float cap, float* row_lse, float* row_max) {
   float lmax = -INFINITY;
   MaxSum acc = MaxSum::Empty();
-  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-    const float x = Load(l + j);
+  ForEachInRow(l, v, [&](int64_t, float x) {
     lmax = fmaxf(lmax, x);
     acc.Add(Cap(x, cap));
-  }
+  });
   *row_max = BlockMax(lmax);
   acc = BlockReduce(acc, MaxSum::Empty(), MergeOp{});
   *row_lse = acc.m + logf(acc.s);
@@ -75,12 +140,12 @@ __device__ inline float LogitGradient(float l, bool target, float row_lse, float
   return dz;
 }
 
-// One block a row. stats_out: [n] max raw logit, [n] capped target logit.
+// One block a row; rows ld values apart. stats_out: [n] max raw logit, [n] capped target logit.
 template <typename In>
-__global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targets, int64_t v, float cap, float* lse,
-                                          float* row_max, float* target_z) {
+__global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targets, int64_t v, int64_t ld, float cap,
+                                          float* lse, float* row_max, float* target_z) {
   const int64_t row = blockIdx.x;
-  const In* l = logits + row * v;
+  const In* l = logits + row * ld;
   float row_lse, lmax;
   RowLogSumExp(l, v, cap, &row_lse, &lmax);
   if (threadIdx.x == 0) {
@@ -97,10 +162,10 @@ __global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targe
 // GPT-2's vocabulary: the caches serve it), so the N×V values come from memory once and go
 // back once, not read twice more by a second kernel.
 template <typename T>
-__global__ void CrossEntropyFusedKernel(T* logits, const int32_t* targets, int64_t v, float cap, float z_loss,
-                                        float inv_n, float* lse, float* row_max, float* target_z) {
+__global__ void CrossEntropyFusedKernel(T* logits, const int32_t* targets, int64_t v, int64_t ld, float cap,
+                                        float z_loss, float inv_n, float* lse, float* row_max, float* target_z) {
   const int64_t row = blockIdx.x;
-  T* l = logits + row * v;
+  T* l = logits + row * ld;
   const int64_t target = targets[row];
   const float target_logit = Load(l + target);  // read before the barriers after which it is overwritten
   float row_lse, lmax;
@@ -111,9 +176,7 @@ __global__ void CrossEntropyFusedKernel(T* logits, const int32_t* targets, int64
     target_z[row] = Cap(target_logit, cap);
   }
   const float scale = 1.0f + 2.0f * z_loss * row_lse;
-  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-    Store(LogitGradient(Load(l + j), j == target, row_lse, scale, cap, inv_n), l + j);
-  }
+  UpdateRow(l, v, [&](int64_t j, float x) { return LogitGradient(x, j == target, row_lse, scale, cap, inv_n); });
 }
 
 // Out: float, or bf16 when the gradient only feeds bf16 products. Block (row, y) covers
@@ -123,7 +186,7 @@ constexpr int kBackwardThreads = 256;
 constexpr int kBackwardColumns = 8 * kBackwardThreads;
 template <typename In, typename Out>
 __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targets, const float* lse, int64_t n,
-                                           int64_t v, float cap, float z_loss, float inv_n, Out* dlogits) {
+                                           int64_t v, int64_t ld, float cap, float z_loss, float inv_n, Out* dlogits) {
   const int64_t row = blockIdx.x;  // rows on x (up to 2^31), column blocks on y (≤ 65,535)
   const float row_lse = lse[row];
   const float scale = 1.0f + 2.0f * z_loss * row_lse;
@@ -132,7 +195,7 @@ __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targ
                           ? (blockIdx.y + 1) * static_cast<int64_t>(kBackwardColumns)
                           : v;
   for (int64_t j = blockIdx.y * static_cast<int64_t>(kBackwardColumns) + threadIdx.x; j < end; j += blockDim.x) {
-    Store(LogitGradient(Load(logits + row * v + j), j == target, row_lse, scale, cap, inv_n), dlogits + row * v + j);
+    Store(LogitGradient(Load(logits + row * ld + j), j == target, row_lse, scale, cap, inv_n), dlogits + row * ld + j);
   }
 }
 dim3 BackwardGrid(int64_t n, int64_t v) { return dim3(static_cast<unsigned>(n), Blocks(v, kBackwardColumns)); }
@@ -150,20 +213,66 @@ void StatsToHost(const float* lse, const float* row_stats, int64_t n, const Cros
 }
 
 template <typename In>
-void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v,
+void Forward(CudaBackend& be, const In* logits, const int32_t* targets, int64_t n, int64_t v, int64_t ld,
              const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
   float* row_stats = static_cast<float*>(be.Scratch(kRowStats, 2 * n * sizeof(float)));
-  CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, opt.soft_cap, lse, row_stats,
-                                                                       row_stats + n);
+  CrossEntropyForwardKernel<<<static_cast<unsigned>(n), kRowThreads>>>(logits, targets, v, ld, opt.soft_cap, lse,
+                                                                       row_stats, row_stats + n);
   STABILITY_CUDA_LAUNCHED(sizeof(In) == 2 ? "CrossEntropyForwardKernel (bf16 logits)" : "CrossEntropyForwardKernel");
   StatsToHost(lse, row_stats, n, opt, stats);
 }
 
+// The vocabulary in the head's products: [0, whole) with `whole` the largest multiple of 64
+// values — every dimension and leading dimension of its products a multiple of 64 —, then
+// [whole, v), under 64 rows of w, a small product of its own.
+constexpr int64_t kVocabAlignment = 64;  // values: 128 bytes of bf16
+struct VocabPiece {
+  int64_t lo, hi;
+};
+std::vector<VocabPiece> VocabPieces(int64_t v) {
+  const int64_t whole = v / kVocabAlignment * kVocabAlignment;
+  std::vector<VocabPiece> pieces;
+  if (whole > 0) pieces.push_back({0, whole});
+  if (whole < v) pieces.push_back({whole, v});
+  return pieces;
+}
+
 }  // namespace
+
+int64_t CudaBackend::LogitsRowStride(int64_t v) const {
+  if (precision_ != MatmulPrecision::kBf16) return v;  // fp32: the parity mode, CPU layout
+  return (v + kVocabAlignment - 1) / kVocabAlignment * kVocabAlignment;
+}
+
+void CudaBackend::HeadForwardBf16(const float* x, const float* w, int64_t n, int64_t c, int64_t v, int64_t ld,
+                                  __nv_bfloat16* logits, Bf16Operands* kept) {
+  const auto [x16, w16] = ForwardOperands(x, w, n, c, v, kept);
+  for (const VocabPiece& p : VocabPieces(v)) {
+    GemmBf16(Trans::kNo, Trans::kYes, n, p.hi - p.lo, c, 1.0f, x16, c, w16 + p.lo * c, c, 0.0f, logits + p.lo, ld, 1, 0,
+             0, 0, CUDA_R_16BF);
+  }
+}
+
+void CudaBackend::HeadBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dl, int64_t n, int64_t c,
+                                   int64_t v, int64_t ld, float dy_scale, float* dx, float* dw,
+                                   const Bf16Operands* kept) {
+  if (kept && kept->dx) throw std::logic_error("the loss head's dx is fp32: its pieces add into it");
+  const std::vector<VocabPiece> pieces = VocabPieces(v);
+  const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, v * c, kBf16A);
+  for (size_t i = 0; i < pieces.size(); ++i) {  // dx = Σ over the pieces, the second added in the epilogue
+    const VocabPiece& p = pieces[i];
+    GemmBf16(Trans::kNo, Trans::kNo, n, c, p.hi - p.lo, dy_scale, dl + p.lo, ld, w16 + p.lo * c, c,
+             i == 0 ? 0.0f : 1.0f, dx, c);
+  }
+  const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * c, kBf16B);
+  for (const VocabPiece& p : pieces) {
+    GemmBf16(Trans::kYes, Trans::kNo, p.hi - p.lo, c, n, dy_scale, dl + p.lo, ld, x16, c, 1.0f, dw + p.lo * c, c);
+  }
+}
 
 void CudaBackend::CrossEntropyForward(const float* logits, const int32_t* targets, int64_t n, int64_t v,
                                       const CrossEntropyOptions& opt, float* lse, CrossEntropyStats* stats) {
-  Forward(*this, logits, targets, n, v, opt, lse, stats);
+  Forward(*this, logits, targets, n, v, v, opt, lse, stats);
 }
 
 // bf16: the head's product writes its logits straight in bf16 (cuBLAS rounds the fp32
@@ -176,16 +285,16 @@ bool CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, cons
   if (precision_ != MatmulPrecision::kBf16) {
     return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept, with_gradient);
   }
-  const auto [x16, w16] = ForwardOperands(x, w, n, c, v, kept);
-  GemmBf16(Trans::kNo, Trans::kYes, n, v, c, 1.0f, x16, c, w16, c, 0.0f, logits, v, 1, 0, 0, 0, CUDA_R_16BF);
+  const int64_t ld = LogitsRowStride(v);
   auto* l16 = static_cast<__nv_bfloat16*>(logits);
+  HeadForwardBf16(x, w, n, c, v, ld, l16, kept);
   if (!with_gradient) {
-    Forward(*this, static_cast<const __nv_bfloat16*>(l16), targets, n, v, opt, lse, stats);
+    Forward(*this, static_cast<const __nv_bfloat16*>(l16), targets, n, v, ld, opt, lse, stats);
     return false;
   }
   float* row_stats = static_cast<float*>(Scratch(kRowStats, 2 * n * sizeof(float)));
   CrossEntropyFusedKernel<<<static_cast<unsigned>(n), kRowThreads>>>(
-      l16, targets, v, opt.soft_cap, opt.z_loss, 1.0f / static_cast<float>(n), lse, row_stats, row_stats + n);
+      l16, targets, v, ld, opt.soft_cap, opt.z_loss, 1.0f / static_cast<float>(n), lse, row_stats, row_stats + n);
   STABILITY_CUDA_LAUNCHED("CrossEntropyFusedKernel");
   StatsToHost(lse, row_stats, n, opt, stats);
   return true;
@@ -194,7 +303,7 @@ bool CudaBackend::CrossEntropyLinearForward(const float* x, const float* w, cons
 void CudaBackend::CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n,
                                        int64_t v, const CrossEntropyOptions& opt, float dloss, float* dlogits) {
   CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(
-      logits, targets, lse, n, v, opt.soft_cap, opt.z_loss, dloss / static_cast<float>(n), dlogits);
+      logits, targets, lse, n, v, v, opt.soft_cap, opt.z_loss, dloss / static_cast<float>(n), dlogits);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel");
 }
 
@@ -208,16 +317,17 @@ void CudaBackend::CrossEntropyLinearBackward(const void* logits, const int32_t* 
     return;
   }
   // bf16 logits in, the bf16 gradient out for the two products: no fp32 N×V pass.
+  const int64_t ld = LogitsRowStride(v);
   auto* dl16 = static_cast<__nv_bfloat16*>(dlogits);
   if (gradient_ready) {  // the forward's, for dloss = 1: the products scale by dloss
-    LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, nullptr, kept, CUDA_R_32F, 0.0f, dloss);
+    HeadBackwardBf16(x, w, dl16, n, c, v, ld, dloss, dx, dw, kept);
     return;
   }
   CrossEntropyBackwardKernel<<<BackwardGrid(n, v), kBackwardThreads>>>(static_cast<const __nv_bfloat16*>(logits),
-                                                                       targets, lse, n, v, opt.soft_cap, opt.z_loss,
+                                                                       targets, lse, n, v, ld, opt.soft_cap, opt.z_loss,
                                                                        dloss / static_cast<float>(n), dl16);
   STABILITY_CUDA_LAUNCHED("CrossEntropyBackwardKernel (bf16)");
-  LinearBackwardBf16(x, w, dl16, n, c, v, dx, dw, nullptr, kept);
+  HeadBackwardBf16(x, w, dl16, n, c, v, ld, 1.0f, dx, dw, kept);
 }
 
 }  // namespace stability::ops::cuda::internal

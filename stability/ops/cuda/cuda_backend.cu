@@ -718,7 +718,7 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,
                                      int64_t out, void* dx, float* dw, float* db, const Bf16Operands* kept,
-                                     cudaDataType dx_type, float dx_beta, float dy_scale) {
+                                     cudaDataType dx_type, float dx_beta) {
   if (dx) {
     const auto* w16 = kept ? static_cast<const __nv_bfloat16*>(kept->w) : ToBf16(w, out * in, kBf16A);
     if (kept && kept->dx) {  // for the norm backward that reads it in bf16
@@ -726,10 +726,10 @@ void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_
       dx = kept->dx;
       dx_type = CUDA_R_16BF;
     }
-    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, dy_scale, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
+    GemmBf16(Trans::kNo, Trans::kNo, n, in, out, 1.0f, dy16, out, w16, in, dx_beta, dx, in, 1, 0, 0, 0, dx_type);
   }
   const auto* x16 = kept ? static_cast<const __nv_bfloat16*>(kept->x) : ToBf16(x, n * in, kBf16B);
-  if (db && dy_scale == 1.0f) {  // BGRADB writes the sums: into scratch, then added to db
+  if (db) {  // BGRADB writes the sums: into scratch, then added to db
     auto* sums = static_cast<float*>(Scratch(kBiasGradient, out * sizeof(float)));
     if (lt_->WeightGradient(dy16, x16, n, in, out, dw, sums, Scratch(kLtWorkspace, kLtWorkspaceBytes),
                             kLtWorkspaceBytes)) {
@@ -738,7 +738,7 @@ void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_
     }
   }
   if (db) AddColumnSums(dy16, n, out, db);
-  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, dy_scale, dy16, out, x16, in, 1.0f, dw, in);
+  GemmBf16(Trans::kYes, Trans::kNo, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, dw, in);
 }
 
 template <typename DY>

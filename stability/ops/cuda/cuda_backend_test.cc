@@ -109,6 +109,16 @@ class CudaBackendTest : public ::testing::Test {
     for (float& x : v) x = RoundToBf16(x);
     return v;
   }
+  // The loss head's logits as the backend keeps them (rows LogitsRowStride(v) values apart,
+  // SavedValueBytes() a value): each row's first v values, widened.
+  std::vector<float> LogitRows(const void* d, int64_t n, int64_t v) {
+    const int64_t ld = gpu_->LogitsRowStride(v);
+    const std::vector<float> all =
+        gpu_->SavedValueBytes() == 2 ? DownBf16(d, n * ld) : Down(static_cast<const float*>(d), n * ld);
+    std::vector<float> rows(n * v);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(all.begin() + i * ld, v, rows.begin() + i * v);
+    return rows;
+  }
   static bool SameBits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
   }
@@ -320,7 +330,9 @@ TEST_F(CudaBackendTest, ProductsHandTheirInputGradientToTheNormInBf16) {
                           in, hidden, out, Up(std::vector<float>(n * hidden)), Up(std::vector<float>(n * hidden)), gdx);
       }
       dx.push_back(handed ? DownBf16(dx16.data(), n * in) : Down(gdx, n * in));
-      if (handed) EXPECT_EQ(Down(gdx, n * in), std::vector<float>(n * in, 7.0f)) << "the fp32 dx left alone";
+      if (handed) {
+        EXPECT_EQ(Down(gdx, n * in), std::vector<float>(n * in, 7.0f)) << "the fp32 dx left alone";
+      }
     }
     double scale = 0;
     for (float v : dx[0]) scale = std::max(scale, std::abs(static_cast<double>(v)));
@@ -815,13 +827,79 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
     // In place (the logits overwritten with their gradient, as the model calls it): the same
     // bits; dw accumulates.
     const std::vector<float> dx_first = Down(gdx, n * c);
-    const int64_t logit_floats = n * v * gpu_->SavedValueBytes() / 4;
     gpu_->CrossEntropyLinearBackward(gl, gt, glse, n, v, opt, 2.0f, gx, gw, c, gl, gdx, gdw, nullptr, false);
-    EXPECT_TRUE(SameBits(Down(gl, logit_floats), Down(gdl, logit_floats))) << "the logits' gradient in place";
+    EXPECT_TRUE(SameBits(LogitRows(gl, n, v), LogitRows(gdl, n, v))) << "the logits' gradient in place";
     EXPECT_TRUE(SameBits(Down(gdx, n * c), dx_first)) << "dx in place";
     std::vector<float> twice = dw;
     for (float& g : twice) g *= 2;
     ExpectClose(Down(gdw, v * c), twice, bf16 ? 1e-2 : 1e-5, 0, "dw after two calls");
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// In bf16 the logits' rows are 64 values apart (128 bytes: cuBLAS's aligned kernels, the loss
+// kernels' 16-byte loads) and the head's products split the vocabulary into whole 64s and the
+// rest: for a vocabulary under 64 (the rest alone), a multiple of 64 (no rest) and one between
+// (both), the loss and the gradients are the CPU's at the bf16 bars of LossHeadMatchesTheCpu,
+// and no op writes the padding (its bits after the forward, the fused forward and the backward
+// are what was there before). fp32 keeps the CPU's rows.
+TEST_F(CudaBackendTest, LossHeadPadsTheLogitsRowsInBf16) {
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+  EXPECT_EQ(gpu_->LogitsRowStride(50257), 50257);
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  EXPECT_EQ(gpu_->LogitsRowStride(50257), 50304);
+  EXPECT_EQ(gpu_->LogitsRowStride(256000), 256000);
+  const int64_t n = 24, c = 64;
+  const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
+  for (int64_t v : {40, 1024, 1031}) {
+    SCOPED_TRACE(v);
+    const int64_t ld = gpu_->LogitsRowStride(v);
+    ASSERT_EQ(ld % 64, 0);
+    ASSERT_LT(ld - v, 64);
+    std::vector<float> x = Random(n * c, 2.0), w = Random(v * c, 0.1), lse(n), logits(n * v), dx(n * c),
+                       dw(v * c, 0.0f);
+    std::vector<int32_t> targets(n);
+    for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 37) % v);
+    CrossEntropyStats cs;
+    cpu_->CrossEntropyLinearForward(x.data(), w.data(), targets.data(), n, c, v, opt, logits.data(), lse.data(), &cs,
+                                    nullptr, false);
+    cpu_->CrossEntropyLinearBackward(logits.data(), targets.data(), lse.data(), n, v, opt, 1.0f, x.data(), w.data(), c,
+                                     logits.data(), dx.data(), dw.data(), nullptr, false);
+    float *gx = Up(x), *gw = Up(w), *glse = Up(std::vector<float>(n));
+    int32_t* gt = Up(targets);
+    std::vector<uint16_t> sentinel(n * ld);
+    for (int64_t i = 0; i < n * ld; ++i) sentinel[i] = static_cast<uint16_t>(0x7f80 | (i % 97 + 1));  // NaNs
+    const auto padding = [&](const void* d) {
+      std::vector<uint16_t> bits(n * ld), pad;
+      Tensor t = Tensor::Empty({n * ld}, DType::kBF16, kGpu);
+      gpu_->Copy(static_cast<const float*>(d), n * ld / 2, t.f32());
+      t.CopyToHost(bits.data());
+      for (int64_t i = 0; i < n; ++i) pad.insert(pad.end(), bits.begin() + i * ld + v, bits.begin() + (i + 1) * ld);
+      return pad;
+    };
+    std::vector<uint16_t> want;
+    for (int64_t i = 0; i < n; ++i)
+      want.insert(want.end(), sentinel.begin() + i * ld + v, sentinel.begin() + (i + 1) * ld);
+    for (bool fused : {false, true}) {
+      SCOPED_TRACE(fused ? "fused" : "two kernels");
+      Tensor gl = Tensor::Empty({n * ld}, DType::kBF16, kGpu);
+      gl.CopyFromHost(sentinel.data());
+      keep_.push_back(gl);
+      CrossEntropyStats gs;
+      const bool ready =
+          gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl.data(), glse, &gs, nullptr, fused);
+      EXPECT_EQ(ready, fused);
+      EXPECT_EQ(padding(gl.data()), want) << "the forward wrote the padding";
+      ExpectClose(Down(glse, n), lse, 2e-3, 0, "lse");
+      EXPECT_NEAR(gs.loss, cs.loss, 2e-3 * cs.loss);
+      float *gdx = Up(std::vector<float>(n * c)), *gdw = Up(std::vector<float>(v * c, 0.0f));
+      gpu_->CrossEntropyLinearBackward(gl.data(), gt, glse, n, v, opt, 1.0f, gx, gw, c, gl.data(), gdx, gdw, nullptr,
+                                       ready);
+      EXPECT_EQ(padding(gl.data()), want) << "the backward wrote the padding";
+      ExpectClose(LogitRows(gl.data(), n, v), logits, 1e-2, 0, "the logits' gradient");
+      ExpectClose(Down(gdx, n * c), dx, 1e-2, 0, "dx");
+      ExpectClose(Down(gdw, v * c), dw, 1e-2, 0, "dw");
+    }
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
@@ -840,13 +918,13 @@ TEST_F(CudaBackendTest, LossHeadComputesItsGradientInTheForward) {
   for (int64_t i = 0; i < n; ++i) targets[i] = static_cast<int32_t>((i * 53) % v);
   float *gx = Up(Random(n * c, 2.0)), *gw = Up(Random(v * c, 0.1));
   int32_t* gt = Up(targets);
-  const int64_t logit_floats = n * v / 2;  // bf16
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   {
     float *gl = Up(std::vector<float>(n * v)), *glse = Up(std::vector<float>(n));
     EXPECT_FALSE(gpu_->CrossEntropyLinearForward(gx, gw, gt, n, c, v, opt, gl, glse, nullptr, nullptr, true));
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  const int64_t logit_floats = n * gpu_->LogitsRowStride(v) / 2;  // bf16, rows padded
   for (float dloss : {2.0f, 0.3f}) {
     SCOPED_TRACE(dloss);
     float *two = Up(std::vector<float>(logit_floats)), *one = Up(std::vector<float>(logit_floats));
@@ -864,10 +942,10 @@ TEST_F(CudaBackendTest, LossHeadComputesItsGradientInTheForward) {
     float *dx1 = Up(std::vector<float>(n * c)), *dw1 = Up(std::vector<float>(v * c, 0.0f));
     float *dxr = Up(std::vector<float>(n * c)), *dwr = Up(std::vector<float>(v * c, 0.0f));
     gpu_->CrossEntropyLinearBackward(two, gt, lse2, n, v, opt, 1.0f, gx, gw, c, dl1, dxr, dwr, nullptr, false);
-    EXPECT_TRUE(SameBits(Down(one, logit_floats), Down(dl1, logit_floats))) << "the gradient over the logits";
+    EXPECT_TRUE(SameBits(LogitRows(one, n, v), LogitRows(dl1, n, v))) << "the gradient over the logits";
     gpu_->CrossEntropyLinearBackward(two, gt, lse2, n, v, opt, dloss, gx, gw, c, dl, dx2, dw2, nullptr, false);
     gpu_->CrossEntropyLinearBackward(one, gt, lse1, n, v, opt, dloss, gx, gw, c, one, dx1, dw1, nullptr, true);
-    EXPECT_TRUE(SameBits(Down(one, logit_floats), Down(dl1, logit_floats))) << "the gradient left as it was";
+    EXPECT_TRUE(SameBits(LogitRows(one, n, v), LogitRows(dl1, n, v))) << "the gradient left as it was";
     if (dloss == 2.0f) {
       EXPECT_TRUE(SameBits(Down(dx1, n * c), Down(dx2, n * c))) << "dx";
       EXPECT_TRUE(SameBits(Down(dw1, v * c), Down(dw2, v * c))) << "dw";

@@ -319,8 +319,9 @@ void BM_LossHead(benchmark::State& state) {
   Backend* be = Gpu();
   be->SetMatmulPrecision(MatmulPrecision::kBf16);
   Tensor x = Random(n * c), w = Random(s.v * c, 2), lse = Random(n), dx = Random(n * c), dw = Random(s.v * c);
-  Tensor logits = Tensor::Empty({n * s.v}, DType::kBF16, be->device());
-  Tensor dlogits = Tensor::Empty({n * s.v}, DType::kBF16, be->device());
+  const int64_t ld = be->LogitsRowStride(s.v);  // rows padded to 64 values
+  Tensor logits = Tensor::Empty({n * ld}, DType::kBF16, be->device());
+  Tensor dlogits = Tensor::Empty({n * ld}, DType::kBF16, be->device());
   Tensor targets = Tensor::Zeros({n}, DType::kI32, be->device());
   Timed(state, [&] {
     const bool ready = be->CrossEntropyLinearForward(x.f32(), w.f32(), targets.i32(), n, c, s.v, {}, logits.data(),

@@ -194,6 +194,22 @@ std::vector<float> Widen(const void* x16, int64_t n) {
   for (int64_t i = 0; i < n; ++i) r[i] = FromBf16(static_cast<const uint16_t*>(x16)[i]);
   return r;
 }
+// The bf16 logits' layout: rows LogitsRowStride(v) apart. x [n, v] rounded, its bits into
+// the first v values of each row of into (the padding left as it was: NaN, as new device
+// memory here, so that a reader of the padding shows); and back.
+std::vector<float> RoundRows(const float* x, int64_t n, int64_t v, int64_t stride, void* into) {
+  std::vector<float> r = Round(x, n * v, nullptr);
+  for (int64_t i = 0; into && i < n; ++i) Round(r.data() + i * v, v, static_cast<uint16_t*>(into) + i * stride);
+  return r;
+}
+std::vector<float> WidenRows(const void* x16, int64_t n, int64_t v, int64_t stride) {
+  std::vector<float> r(n * v);
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<float> row = Widen(static_cast<const uint16_t*>(x16) + i * stride, v);
+    std::copy(row.begin(), row.end(), r.begin() + i * v);
+  }
+  return r;
+}
 
 // The CPU's ops behind a check of every pointer argument; in bf16 mode, with the CUDA
 // backend's bf16 storage contracts emulated around them.
@@ -212,6 +228,8 @@ class CheckedBackend final : public Backend {
   }
   bool KeepsBf16Operands() const override { return bf16_; }
   int64_t SavedValueBytes() const override { return bf16_ ? 2 : 4; }
+  // As the CUDA backend: bf16 logits' rows padded to 64 values.
+  int64_t LogitsRowStride(int64_t v) const override { return bf16_ ? (v + 63) / 64 * 64 : v; }
   // A device with a capacity reports it, less what is alive (as cudaMemGetInfo); else nothing.
   DeviceMemory Memory() const override {
     const int64_t total = TheAllocator().capacity();
@@ -517,15 +535,16 @@ class CheckedBackend final : public Backend {
       return Backend::CrossEntropyLinearForward(x, w, targets, n, c, v, opt, logits, lse, stats, kept, with_gradient);
     }
     const Opened open = Need("CrossEntropyLinearForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
+    const int64_t stride = LogitsRowStride(v);
     std::vector<float> l(n * v);
     LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept);
-    const std::vector<float> l16 = Round(l.data(), n * v, logits);
+    const std::vector<float> l16 = RoundRows(l.data(), n, v, stride, logits);
     cpu_.CrossEntropyForward(l16.data(), targets, n, v, opt, lse, stats);
     if (!with_gradient) return false;
     // As the GPU's fused kernel: the gradient for dloss = 1 over the logits, in bf16.
     std::vector<float> dl(n * v);
     cpu_.CrossEntropyBackward(l16.data(), targets, lse, n, v, opt, 1.0f, dl.data());
-    Round(dl.data(), n * v, logits);
+    RoundRows(dl.data(), n, v, stride, logits);
     return true;
   }
   void CrossEntropyLinearBackward(const void* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
@@ -538,14 +557,15 @@ class CheckedBackend final : public Backend {
     }
     const Opened open = Need("CrossEntropyLinearBackward",
                              {{"logits", logits}, {"targets", targets}, {"lse", lse}, {"dlogits", dlogits}});
-    const std::vector<float> l = Widen(logits, n * v);
+    const int64_t stride = LogitsRowStride(v);
+    const std::vector<float> l = WidenRows(logits, n, v, stride);
     std::vector<float> dl(n * v);
     if (gradient_ready) {  // the GPU scales its products by dloss; here the gradient (exact for a power of 2)
       for (int64_t i = 0; i < n * v; ++i) dl[i] = l[i] * dloss;
     } else {
       cpu_.CrossEntropyBackward(l.data(), targets, lse, n, v, opt, dloss, dl.data());
     }
-    std::vector<float> dl16 = Round(dl.data(), n * v, gradient_ready ? nullptr : dlogits);
+    std::vector<float> dl16 = RoundRows(dl.data(), n, v, stride, gradient_ready ? nullptr : dlogits);
     LinearBackward(x, w, Scratch(dl16), n, c, v, dx, dw, nullptr, kept);
   }
   void AdamW(float* p, const float* grad, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps,

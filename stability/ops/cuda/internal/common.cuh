@@ -259,6 +259,7 @@ class CudaBackend final : public Backend {
   void CrossEntropyBackward(const float* logits, const int32_t* targets, const float* lse, int64_t n, int64_t v,
                             const CrossEntropyOptions& opt, float dloss, float* dlogits) override;
   int64_t SavedValueBytes() const override { return precision_ == MatmulPrecision::kBf16 ? 2 : 4; }
+  int64_t LogitsRowStride(int64_t v) const override;  // cross_entropy.cu
   bool CrossEntropyLinearForward(const float* x, const float* w, const int32_t* targets, int64_t n, int64_t c,
                                  int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
                                  CrossEntropyStats* stats, Bf16Operands* kept, bool with_gradient) override;
@@ -302,13 +303,19 @@ class CudaBackend final : public Backend {
   // LinearBackward's two products from dy already in bf16 (x and w: the forward's kept
   // copies, or rounded here); dx (nullable) fp32, or bf16 where dx_type says so — or, where
   // kept->dx is set, into kept->dx in bf16 instead; dx_beta 1: dx added to (fp32), in the
-  // product's epilogue; dy_scale: both products' alpha (dy16 is
-  // dy / dy_scale: the loss head's gradient for dloss = 1). db (nullable; dy_scale 1): the bias
-  // gradient += Σ_n dy16, from the weight-gradient product's cuBLASLt BGRADB epilogue where it
-  // has one (no pass over dy16), else a column-sum pass.
+  // product's epilogue. db (nullable): the bias gradient += Σ_n dy16, from the
+  // weight-gradient product's cuBLASLt BGRADB epilogue where it has one (no pass over dy16),
+  // else a column-sum pass.
   void LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in, int64_t out,
                           void* dx, float* dw, float* db, const Bf16Operands* kept, cudaDataType dx_type = CUDA_R_32F,
-                          float dx_beta = 0.0f, float dy_scale = 1.0f);
+                          float dx_beta = 0.0f);
+  // The loss head's products in bf16 (cross_entropy.cu), over the vocabulary in aligned
+  // pieces: logits [n, v] (rows ld apart, bf16) = x·wᵀ; dx = dy_scale·dl·w (fp32, overwritten)
+  // and dw += dy_scale·dlᵀ·x from dl [n, v] (rows ld apart). x and w: kept's, or rounded here.
+  void HeadForwardBf16(const float* x, const float* w, int64_t n, int64_t c, int64_t v, int64_t ld,
+                       __nv_bfloat16* logits, Bf16Operands* kept);
+  void HeadBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dl, int64_t n, int64_t c, int64_t v,
+                        int64_t ld, float dy_scale, float* dx, float* dw, const Bf16Operands* kept);
   // A bf16 linear backward's gradient operand: act'(pre)·dy (pre, as LinearActivationForward
   // saved it in bf16; null: dy, act unused), dy fp32 or bf16, rounded to bf16 into d16, its
   // column sums added to db (nullable) on the way.
