@@ -61,7 +61,7 @@ namespace internal {
 // k + 2 has passed shuffle k + 1's barrier, so every lane has read shuffle k's (one barrier
 // a shuffle, not two).
 struct LaneSlot {
-  alignas(16) unsigned char bytes[2][16];
+  alignas(16) unsigned char bytes[2][64];  // a shuffle's value (16 bytes), a gather's (64)
 };
 // The running thread's coordinates, set by the scheduler at every switch (read inline: the
 // intrinsics run millions of times a test).
@@ -163,6 +163,20 @@ T Shuffle(unsigned mask, T v, int lane_mask_or_delta, bool is_xor, int width) {
   std::memcpy(&r, slots[src].bytes[p], sizeof(T));
   ++*internal::coords.shuffles;
   return r;
+}
+
+// Every lane's `mine` into all[lane], one warp barrier (as a shuffle: no ordering of memory):
+// the emulation of the warp-collective PTX instructions (mma.sync, ldmatrix; warp_mma.cuh),
+// whose operands the GPU spreads over the lanes' registers.
+template <typename T>
+void WarpAllGather(const T& mine, T (&all)[32]) {
+  static_assert(sizeof(T) <= sizeof(internal::LaneSlot::bytes[0]), "a lane's gathered value is at most 64 bytes");
+  const int lane = internal::coords.lane, p = *internal::coords.shuffles & 1;
+  internal::LaneSlot* slots = internal::coords.warp_slots;
+  std::memcpy(slots[lane].bytes[p], &mine, sizeof(T));
+  SyncWarp(0xffffffffu, "a warp-collective instruction", /*orders_memory=*/false);
+  for (int i = 0; i < 32; ++i) std::memcpy(&all[i], slots[i].bytes[p], sizeof(T));
+  ++*internal::coords.shuffles;
 }
 
 }  // namespace emu
