@@ -108,6 +108,7 @@ run_alone() {  # name, binary
   echo
   echo "## CUDA tests"
   run_test device_query device_query_test 60
+  run_test warp_mma warp_mma_test 30  # the PTX layouts the tensor-core attention is built on
   run_test cuda_backend cuda_backend_test 120
   run_test model_cuda model_cuda_test 240
   run_test nccl_communicator nccl_communicator_test 60

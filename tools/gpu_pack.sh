@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 targets=(
   //stability/ops/cuda:device_query_test
+  //stability/ops/cuda:warp_mma_test
   //stability/ops/cuda:cuda_backend_test
   //tests/cuda:model_cuda_test
   //stability/dist:nccl_communicator_test

@@ -1,0 +1,82 @@
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "stability/ops/cuda/internal/warp_mma.cuh"
+#include "stability/ops/cuda/warp_mma_probe.h"
+
+namespace stability::ops::cuda {
+namespace {
+
+using internal::LdMatrixX4;
+using internal::LdMatrixX4Trans;
+using internal::MmaBf16;
+
+constexpr int kL = 24;  // A's rows in shared memory: 48 bytes apart (16-byte aligned, as ldmatrix's rows must be)
+
+__global__ void WarpMmaProbeKernel(const uint16_t* a, const uint16_t* b, float* d, uint32_t* af_out, uint32_t* ldm,
+                                   uint32_t* ldm_t) {
+  __shared__ __align__(16) uint16_t tile[16 * kL];
+  const int lane = threadIdx.x, g = lane / 4, q = lane % 4;
+  for (int i = lane; i < 256; i += 32) tile[(i / 16) * kL + i % 16] = a[i];
+  __syncwarp();
+  const auto pair = [](uint16_t lo, uint16_t hi) { return uint32_t{lo} | uint32_t{hi} << 16; };
+  const auto at = [&](int r, int c) { return a[r * 16 + c]; };
+  const uint32_t af[4] = {pair(at(g, 2 * q), at(g, 2 * q + 1)), pair(at(g + 8, 2 * q), at(g + 8, 2 * q + 1)),
+                          pair(at(g, 2 * q + 8), at(g, 2 * q + 9)), pair(at(g + 8, 2 * q + 8), at(g + 8, 2 * q + 9))};
+  const auto bt = [&](int k, int n) { return b[n * 16 + k]; };
+  const uint32_t bf[2] = {pair(bt(2 * q, g), bt(2 * q + 1, g)), pair(bt(2 * q + 8, g), bt(2 * q + 9, g))};
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  MmaBf16(acc, af, bf);
+  for (int i = 0; i < 4; ++i) d[(g + 8 * (i / 2)) * 8 + 2 * q + i % 2] = acc[i];
+  const auto* row =
+      reinterpret_cast<const __nv_bfloat16*>(tile + ((lane / 8 % 2) * 8 + lane % 8) * kL + (lane / 16) * 8);
+  uint32_t r[4];
+  LdMatrixX4(r, row);
+  for (int j = 0; j < 4; ++j) ldm[lane * 4 + j] = r[j];
+  LdMatrixX4Trans(r, row);
+  for (int j = 0; j < 4; ++j) ldm_t[lane * 4 + j] = r[j];
+  for (int j = 0; j < 4; ++j) af_out[lane * 4 + j] = af[j];
+}
+
+template <typename T>
+T* Device(size_t n, const T* from = nullptr) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) return nullptr;
+  if (from) cudaMemcpy(p, from, n * sizeof(T), cudaMemcpyHostToDevice);
+  return static_cast<T*>(p);
+}
+
+}  // namespace
+
+bool RunWarpMmaProbe(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, WarpMmaProbe* out,
+                     std::string* why) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    *why = "no CUDA device";
+    return false;
+  }
+  uint16_t *da = Device(a.size(), a.data()), *db = Device(b.size(), b.data());
+  float* dd = Device<float>(128);
+  uint32_t *daf = Device<uint32_t>(128), *dl = Device<uint32_t>(128), *dlt = Device<uint32_t>(128);
+  WarpMmaProbeKernel<<<1, 32>>>(da, db, dd, daf, dl, dlt);
+  const cudaError_t launched = cudaGetLastError();
+  out->d.resize(128);
+  out->a.resize(128);
+  out->ldm.resize(128);
+  out->ldm_t.resize(128);
+  cudaMemcpy(out->d.data(), dd, 128 * sizeof(float), cudaMemcpyDeviceToHost);
+  cudaMemcpy(out->a.data(), daf, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  cudaMemcpy(out->ldm.data(), dl, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  const cudaError_t copied = cudaMemcpy(out->ldm_t.data(), dlt, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  for (void* p : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dd), static_cast<void*>(daf),
+                  static_cast<void*>(dl), static_cast<void*>(dlt)}) {
+    cudaFree(p);
+  }
+  if (launched != cudaSuccess || copied != cudaSuccess) {
+    *why = cudaGetErrorString(launched != cudaSuccess ? launched : copied);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace stability::ops::cuda
