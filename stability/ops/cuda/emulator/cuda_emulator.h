@@ -10,7 +10,8 @@
 // runs exactly as written, one thread after another between barriers — every other launch
 // last block and last thread first, so that a result that depends on the order changes
 // between two runs of the same op. Shared memory is poisoned (0xff) before each block. WMMA
-// is emulated with whole-tile fragments; cuBLAS and cuBLASLt by products on the CPU
+// is emulated with whole-tile fragments; mma.sync and ldmatrix (internal/warp_mma.cuh) by a
+// gather of the warp's registers at one warp barrier (WarpAllGather); cuBLAS and cuBLASLt by products on the CPU
 // (cublas.cc); device memory is host memory, NaN-filled, each block ending at a guard page.
 //
 // What it proves: each kernel's indexing, tiling, masking, barriers, shuffles, shared-memory
