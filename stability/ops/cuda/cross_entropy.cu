@@ -66,7 +66,7 @@ struct Pack {
   __device__ static Pack LoadFrom(const T* at) {  // at: 16-byte aligned
     const uint4 bits = *reinterpret_cast<const uint4*>(at);
     Pack p;
-    memcpy(p.values, &bits, sizeof(bits));
+    memcpy(static_cast<void*>(p.values), &bits, sizeof(bits));
     return p;
   }
   __device__ void StoreTo(T* at) const {

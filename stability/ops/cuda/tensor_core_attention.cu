@@ -204,8 +204,10 @@ __global__ void __launch_bounds__(kThreads)
       if (w0 >= t) continue;  // the warp has no query (T not a multiple of 64)
       float s[kBlocks][4];
       RowsTimesRowsT<HD>(qs + 16 * warp * kL, ks, s);  // S = Q Kᵀ
-      // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2.
-      const auto valid = [&](int nb, int i) { return s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]; };
+      // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2. A tile
+      // wholly at or before every row's diagonal (most of them) masks nothing: no compares.
+      const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;
+      const auto valid = [&](int nb, int i) { return whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]; };
       float alpha[2] = {1.0f, 1.0f};
       if (!exact) {  // online max and sums
         float tmax[2] = {-INFINITY, -INFINITY};
@@ -216,7 +218,8 @@ __global__ void __launch_bounds__(kThreads)
             if (!valid(nb, i)) continue;
             const float a = s[nb][i] * sm.o.scale;
             amax[i / 2] = fmaxf(amax[i / 2], a);
-            tmax[i / 2] = fmaxf(tmax[i / 2], sm.Z(a));
+            s[nb][i] = sm.Z(a);  // z, computed once (the cap's tanhf, the temperature's division)
+            tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
           }
         }
         float sum[2] = {0.0f, 0.0f}, sz[2] = {0.0f, 0.0f}, m_new[2];
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int i = 0; i < 4; ++i) {
             float e = 0.0f;
             if (valid(nb, i)) {
-              const float z = sm.Z(s[nb][i] * sm.o.scale);
+              const float z = s[nb][i];
               e = expf(z - m_new[i / 2]);
               sum[i / 2] += e;
               sz[i / 2] += e * z;
@@ -345,12 +348,13 @@ __global__ void __launch_bounds__(kThreads)
       float s[kBlocks][4], dp[kBlocks][4];
       RowsTimesRowsT<HD>(qs + 16 * warp * kL, ks, s);    // S
       RowsTimesRowsT<HD>(dos + 16 * warp * kL, vs, dp);  // dP' = dO Vᵀ
+      const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;  // no key of the tile masked
 #pragma unroll
       for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           float dz = 0.0f;
-          if (s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
+          if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
             const float z = sm.Z(s[nb][i] * sm.o.scale);
             const float p = expf(z - row_lse[i / 2]);
             const float dpc = sm.ClipSlope(p) * dp[nb][i];
@@ -412,6 +416,7 @@ __global__ void __launch_bounds__(kThreads)
     RowsTimesRowsT<HD>(vs + 16 * warp * kL, dos, dp);  // dP'ᵀ = V dOᵀ
     // Value i of column block nb: key row sk[i / 2], query t0 + j with j = 8·nb + 2·quad + i % 2.
     // dZᵀ replaces Sᵀ, and P'ᵀ dP'ᵀ (each value read before it is replaced).
+    const bool whole = t0 >= w0 + 15 && t0 + kRows - 1 < t && w0 + 15 < t;  // every query sees every key
 #pragma unroll
     for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
@@ -419,7 +424,7 @@ __global__ void __launch_bounds__(kThreads)
         const int j = 8 * nb + 2 * quad + i % 2;
         const int64_t tq = t0 + j, key = sk[i / 2];
         float dz = 0.0f, clipped = 0.0f;
-        if (key < t && tq >= key && tq < t) {
+        if (whole || (key < t && tq >= key && tq < t)) {
           const float z = sm.Z(s[nb][i] * sm.o.scale);
           const float p = expf(z - lses[j]);
           const float dpc = sm.ClipSlope(p) * dp[nb][i];
