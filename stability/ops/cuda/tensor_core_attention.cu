@@ -174,7 +174,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* vs = reinterpret_cast<bf16*>(smem + 2 * Lay::kTileBytes);
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
   q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
-  const int64_t q0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
+  // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
+  const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t tq[2] = {w0 + g, w0 + g + 8};
   const int64_t row_last[2] = {tq[0] < t ? tq[0] : -1, tq[1] < t ? tq[1] : -1};  // keys s ≤ it count
@@ -311,7 +312,8 @@ __global__ void __launch_bounds__(kThreads)
   bf16* vs = reinterpret_cast<bf16*>(smem + 3 * Lay::kTileBytes);
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
   q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
-  const int64_t q0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
+  // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
+  const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t tq[2] = {w0 + g, w0 + g + 8};
   const int64_t row_last[2] = {tq[0] < t ? tq[0] : -1, tq[1] < t ? tq[1] : -1};
@@ -393,6 +395,7 @@ __global__ void __launch_bounds__(kThreads)
   float* ds = lses + kRows;
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
   q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  // Key block 0 (every query tile) first: the blocks run heaviest first, as the query kernels'.
   const int64_t k0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = k0 + 16 * warp;
   const int64_t sk[2] = {w0 + g, w0 + g + 8};
   LoadTile<HD>(k, k0, t, ld.k, ks);
