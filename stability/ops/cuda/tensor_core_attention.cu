@@ -11,7 +11,8 @@
 // shuffles across its quad, and the accumulators of one product, rounded to bf16 in pairs,
 // are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory. Softmax,
 // statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as
-// FlashAttention does. (The first version stored each WMMA product to shared memory and read
+// FlashAttention does, and the exponentials are __expf (ex2.approx, ~1e-6 relative: far under
+// that rounding; fused_attention.cu, the fp32 parity kernel, keeps expf). (The first version stored each WMMA product to shared memory and read
 // it back a value at a time: 43 ms of a GPT-2 124M step on an H200, 3–4% of its tensor cores.)
 //
 // Forward, per key tile: S = Q Kᵀ, z = cap(scale·S/τ), keys s > t masked.
@@ -188,6 +189,7 @@ __global__ void __launch_bounds__(kThreads)
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, ez[2] = {0.0f, 0.0f};
   float amax[2] = {-INFINITY, -INFINITY}, row_lse[2] = {0.0f, 0.0f};
   const bool clip = sm.o.clip;
+  const float z_scale = sm.o.scale * (1.0f / sm.o.temperature);  // z = cap(S·z_scale), as the backward
   for (int sweep = clip ? 0 : 1; sweep < 2; ++sweep) {
     const bool exact = clip && sweep == 1;  // p from the row's known lse
     if (exact) {
@@ -217,9 +219,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             if (!valid(nb, i)) continue;
-            const float a = s[nb][i] * sm.o.scale;
-            amax[i / 2] = fmaxf(amax[i / 2], a);
-            s[nb][i] = sm.Z(a);  // z, computed once (the cap's tanhf, the temperature's division)
+            amax[i / 2] = fmaxf(amax[i / 2], s[nb][i] * sm.o.scale);
+            s[nb][i] = sm.Capped(s[nb][i] * z_scale);  // z, computed once (the cap's tanhf)
             tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
           }
         }
@@ -227,7 +228,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           m_new[r] = fmaxf(m[r], QuadMax(tmax[r]));
-          alpha[r] = m_new[r] == -INFINITY ? 1.0f : expf(m[r] - m_new[r]);
+          alpha[r] = m_new[r] == -INFINITY ? 1.0f : __expf(m[r] - m_new[r]);
         }
 #pragma unroll
         for (int nb = 0; nb < kBlocks; ++nb) {
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
             float e = 0.0f;
             if (valid(nb, i)) {
               const float z = s[nb][i];
-              e = expf(z - m_new[i / 2]);
+              e = __expf(z - m_new[i / 2]);
               sum[i / 2] += e;
               sz[i / 2] += e * z;
             }
@@ -256,8 +257,8 @@ __global__ void __launch_bounds__(kThreads)
           for (int i = 0; i < 4; ++i) {
             float pc = 0.0f;
             if (valid(nb, i)) {
-              const float z = sm.Z(s[nb][i] * sm.o.scale);
-              const float p = expf(z - row_lse[i / 2]);
+              const float z = sm.Capped(s[nb][i] * z_scale);
+              const float p = __expf(z - row_lse[i / 2]);
               ez[i / 2] += p * z;
               pc = sm.Clip(p);
             }
@@ -322,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
   float row_lse[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) row_lse[r] = tq[r] < t ? lse[bh * t + tq[r]] : 0.0f;
-  const float inv_temp = 1.0f / sm.o.temperature;
+  const float inv_temp = 1.0f / sm.o.temperature, z_scale = sm.o.scale * inv_temp;
   float acc[HD / 8][4];
   Zero<HD>(acc);
   float d_part[2] = {0.0f, 0.0f}, d_row[2] = {0.0f, 0.0f};
@@ -357,8 +358,8 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < 4; ++i) {
           float dz = 0.0f;
           if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
-            const float z = sm.Z(s[nb][i] * sm.o.scale);
-            const float p = expf(z - row_lse[i / 2]);
+            const float z = sm.Capped(s[nb][i] * z_scale);
+            const float p = __expf(z - row_lse[i / 2]);
             const float dpc = sm.ClipSlope(p) * dp[nb][i];
             if (sweep == 0)
               d_part[i / 2] += p * dpc;
@@ -400,7 +401,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t sk[2] = {w0 + g, w0 + g + 8};
   LoadTile<HD>(k, k0, t, ld.k, ks);
   LoadTile<HD>(v, k0, t, ld.v, vs);
-  const float inv_temp = 1.0f / sm.o.temperature;
+  const float inv_temp = 1.0f / sm.o.temperature, z_scale = sm.o.scale * inv_temp;
   float acc_dk[HD / 8][4], acc_dv[HD / 8][4];
   Zero<HD>(acc_dk);
   Zero<HD>(acc_dv);
@@ -428,8 +429,8 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t tq = t0 + j, key = sk[i / 2];
         float dz = 0.0f, clipped = 0.0f;
         if (whole || (key < t && tq >= key && tq < t)) {
-          const float z = sm.Z(s[nb][i] * sm.o.scale);
-          const float p = expf(z - lses[j]);
+          const float z = sm.Capped(s[nb][i] * z_scale);
+          const float p = __expf(z - lses[j]);
           const float dpc = sm.ClipSlope(p) * dp[nb][i];
           dz = p * (dpc - ds[j]) * sm.CapSlope(z) * inv_temp;
           clipped = sm.Clip(p);

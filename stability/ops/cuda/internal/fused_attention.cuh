@@ -13,10 +13,8 @@ namespace stability::ops::cuda::internal {
 
 struct Softmax {
   AttentionOptions o;
-  __device__ float Z(float a) const {  // a → z: temperature, then the cap
-    const float u = a / o.temperature;
-    return o.soft_cap > 0 ? o.soft_cap * tanhf(u * (1.0f / o.soft_cap)) : u;
-  }
+  __device__ float Z(float a) const { return Capped(a / o.temperature); }  // a → z: temperature, then the cap
+  __device__ float Capped(float u) const { return o.soft_cap > 0 ? o.soft_cap * tanhf(u * (1.0f / o.soft_cap)) : u; }
   __device__ float CapSlope(float z) const {  // dz/du
     if (o.soft_cap <= 0) return 1.0f;
     const float th = z / o.soft_cap;
