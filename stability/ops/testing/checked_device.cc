@@ -198,8 +198,11 @@ std::vector<float> Widen(const void* x16, int64_t n) {
 // the first v values of each row of into (the padding left as it was: NaN, as new device
 // memory here, so that a reader of the padding shows); and back.
 std::vector<float> RoundRows(const float* x, int64_t n, int64_t v, int64_t stride, void* into) {
-  std::vector<float> r = Round(x, n * v, nullptr);
-  for (int64_t i = 0; into && i < n; ++i) Round(r.data() + i * v, v, static_cast<uint16_t*>(into) + i * stride);
+  std::vector<float> r(n * v);
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<float> row = Round(x + i * v, v, into ? static_cast<uint16_t*>(into) + i * stride : nullptr);
+    std::copy(row.begin(), row.end(), r.begin() + i * v);
+  }
   return r;
 }
 std::vector<float> WidenRows(const void* x16, int64_t n, int64_t v, int64_t stride) {
