@@ -183,10 +183,11 @@ TEST_F(CudaBackendTest, Embedding) {
 
 TEST_F(CudaBackendTest, Norms) {
   for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
-    // A per-head width, a wider row over three uneven row chunks of the backward, one whose
-    // backward accumulators (16 bytes a column) pass the default 48 KB of shared memory, and
-    // 34 chunks: more than the column totals' warps, so that each warp adds several.
-    for (auto [rows, d] : {std::pair<int64_t, int64_t>{48, 64}, {100, 200}, {70, 3500}, {1100, 40}}) {
+    // A per-head width, a wider row over three uneven row chunks of the backward (8 warps a
+    // block, 4 or 5 rows each), 6 warps (the 830M shape's width, 1,024), one warp a block whose
+    // column sums (8 bytes a column) pass the default 48 KB of shared memory, and 34 chunks:
+    // more than the column totals' warps, so that each warp adds several.
+    for (auto [rows, d] : {std::pair<int64_t, int64_t>{48, 64}, {100, 200}, {64, 1024}, {70, 7000}, {1100, 40}}) {
       SCOPED_TRACE(testing::Message() << "rows " << rows << ", d " << d);
       std::vector<float> x = Random(rows * d, 2.0), g = Random(d), b = Random(d), dy = Random(rows * d);
       std::vector<float> y(rows * d), mean(rows), rstd(rows), dx(rows * d), dg(d, 0.0f), db(d, 0.0f);
