@@ -71,8 +71,8 @@ int NormBackwardWarps(int64_t d) {
 // (accumulate: dx += , the residual stream's gradient; dx laid out as x; dy and dx fp32 or
 // bf16, the math fp32 either way, the row sums in double; dx16 nullable: the stored dx rounded
 // to bf16, contiguous rows — the next product's operand). Each lane adds its columns' dy·x̂ and
-// dy into its warp's own shared slots (float, the warp's rows in order: a few rows, ≤ 12 at
-// 2,048 chunks of 196,608), and the block writes partials_g/partials_b[chunk, j] (double: the
+// dy into its warp's own shared slots (float, the warp's rows in order: a few — 4 of a GPT-2
+// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes partials_g/partials_b[chunk, j] (double: the
 // warps' slots in warp order; partials_b nullable) for AddColumnTotals. The second pass over
 // the row reads what the first just loaded (L1), so x and dy come from memory once.
 template <typename DY, typename DX>
