@@ -46,7 +46,7 @@ const std::map<std::string, std::string>& FieldHelp() {
       {"telemetry_interval", "record telemetry every N steps"},
       {"profile_step", "break step N's time down by kernel (GPU) or op (CPU) into <out>/kernel_profile.md (0 = off)"},
       {"checkpoint_interval", "checkpoint every N steps (and at the end); 0 = only at the end"},
-      {"keep_checkpoints", "checkpoints kept"},
+      {"keep_checkpoints", "checkpoints kept; 0 = write none (a benchmark's run: it cannot be resumed)"},
       {"divergence_factor",
        "diverged when loss > factor x loss at init for --divergence_patience steps after warmup; 0 = off"},
       {"divergence_patience", "steps above the threshold before a run counts as diverged"},

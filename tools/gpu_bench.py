@@ -82,9 +82,9 @@ def matmul_parameters(total, model):
 
 
 def run(binary, work, data, device, preset, precision, attention, method, batch, seq, steps, profile=False):
-    """One training run → ((tokens/s, flops a token, last loss, wall s), None) or (None, why). Its
-    output folder is removed when read: an 830M run's checkpoint is ~10 GB, and the first GPU
-    check ran out of disk after three of them."""
+    """One training run → ((tokens/s, flops a token, last loss, wall s), None) or (None, why). It
+    writes no checkpoint (--keep_checkpoints=0: an 830M run's is ~10 GB, seconds of writing, and
+    the first GPU check ran out of disk after three of them); its folder is removed when read."""
     out = os.path.join(work, f"{preset}-{precision}-{attention}-{method}-{batch}")
     try:
         return run_in(out, binary, data, device, preset, precision, attention, method, batch, seq, steps, profile, work)
@@ -96,7 +96,7 @@ def run_in(out, binary, data, device, preset, precision, attention, method, batc
     args = [binary, "train", f"--device={device}", f"--precision={precision}", f"--attention={attention}",
             f"--preset={preset}", f"--variant={method}", f"--data={data}",
             f"--out={out}", f"--steps={steps}", f"--batch={batch}", f"--seq={seq}", "--eval_interval=0",
-            "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--checkpoint_interval=0", "--warmup=2",
+            "--eval_batches=1", f"--telemetry_interval={steps + 10}", "--keep_checkpoints=0", "--warmup=2",
             "--lr=3e-4", f"--profile_step={3 if profile else 0}"]
     t0 = time.time()
     try:

@@ -51,10 +51,13 @@ const JsonFields<TrainConfig>& Fields() {
 
 absl::Status TrainConfig::Validate() const {
   const auto bad = [](const std::string& m) { return absl::InvalidArgumentError("invalid training config: " + m); };
-  const std::pair<const char*, int64_t> positive[] = {
-      {"steps", steps}, {"batch", batch}, {"grad_accum", grad_accum}, {"eval_batches", eval_batches},
-      {"telemetry_interval", telemetry_interval}, {"keep_checkpoints", keep_checkpoints},
-      {"divergence_patience", divergence_patience}, {"spike_window", spike_window}};
+  const std::pair<const char*, int64_t> positive[] = {{"steps", steps},
+                                                      {"batch", batch},
+                                                      {"grad_accum", grad_accum},
+                                                      {"eval_batches", eval_batches},
+                                                      {"telemetry_interval", telemetry_interval},
+                                                      {"divergence_patience", divergence_patience},
+                                                      {"spike_window", spike_window}};
   for (const auto& [name, v] : positive)
     if (v < 1) return bad(absl::StrCat("--", name, "=", v, " must be at least 1"));
   const std::pair<const char*, int64_t> non_negative[] = {{"seq", seq},
@@ -62,6 +65,7 @@ absl::Status TrainConfig::Validate() const {
                                                           {"warmup", warmup},
                                                           {"eval_interval", eval_interval},
                                                           {"checkpoint_interval", checkpoint_interval},
+                                                          {"keep_checkpoints", keep_checkpoints},
                                                           {"profile_step", profile_step}};
   for (const auto& [name, v] : non_negative)
     if (v < 0) return bad(absl::StrCat("--", name, "=", v, " must be >= 0"));

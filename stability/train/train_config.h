@@ -47,7 +47,7 @@ struct TrainConfig {
   int64_t eval_batches = 8;
   int64_t telemetry_interval = 1;
   int64_t checkpoint_interval = 100;  // 0 = only at the end
-  int64_t keep_checkpoints = 2;
+  int64_t keep_checkpoints = 2;       // 0 = none written: a run that cannot be resumed (benchmarks)
   // Step (from 1) whose time is broken down by kernel (GPU) or op (CPU) into
   // <out>/kernel_profile.md (Backend::StartKernelProfile); 0 = none.
   int64_t profile_step = 0;

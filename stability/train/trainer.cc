@@ -357,8 +357,10 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
     std::fprintf(out, "no checkpoint in %s yet: starting it from step 0\n", tc.out.c_str());
   }
   // Checkpoints hold parameters, buffers and two Adam moments: refuse to start a run whose
-  // checkpoints cannot fit, rather than fail hours in.
-  if (root) {
+  // checkpoints cannot fit, rather than fail hours in. --keep_checkpoints=0 writes none (an
+  // 830M benchmark run would write ~10 GB at its end).
+  const bool checkpoints = tc.keep_checkpoints > 0;
+  if (root && checkpoints) {
     struct statvfs fs_info;
     if (::statvfs(tc.out.c_str(), &fs_info) == 0) {
       const double free_bytes = static_cast<double>(fs_info.f_bavail) * fs_info.f_frsize;
@@ -539,7 +541,7 @@ absl::StatusOr<nlohmann::json> RunTrainingOrThrow(RunConfig config, const TrainO
                             : 0.0;
     STABILITY_RETURN_IF_ERROR(comm->AllReduceSum(&stop_votes, 1));  // every rank stops at the same step
     const bool stop_now = (options.stop_after > 0 && step >= options.stop_after) || stop_votes > 0;
-    if (is_last || stop_now || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0)) {
+    if (checkpoints && (is_last || stop_now || (tc.checkpoint_interval > 0 && step % tc.checkpoint_interval == 0))) {
       STABILITY_RETURN_IF_ERROR(checkpoint(step, prior_wall + elapsed));
     }
     if (!diverged_reason.empty()) break;

@@ -100,6 +100,27 @@ TEST(TrainerTest, ResumeIsBitwiseIdentical) {
   EXPECT_EQ(a.state["model_checksum_fnv1a64"], b.state["model_checksum_fnv1a64"]);  // weights and Adam state
 }
 
+// --keep_checkpoints=0 (a benchmark's run): the run finishes and writes no checkpoint, not even
+// at the end or when stopped; a negative count is refused before anything is written.
+TEST(TrainerTest, KeepingNoCheckpointsWritesNone) {
+  RunConfig rc = SmallRun("no_checkpoints", 12);
+  rc.train.keep_checkpoints = 0;
+  absl::StatusOr<nlohmann::json> s = RunTraining(rc, {});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE((*s)["finished"].get<bool>());
+  EXPECT_EQ(Losses(rc.train.out).size(), 12u);
+  EXPECT_FALSE(fs::exists(rc.train.out + "/checkpoints"));
+  RunConfig stopped = SmallRun("no_checkpoints_stopped", 12);
+  stopped.train.keep_checkpoints = 0;
+  ASSERT_TRUE(RunTraining(stopped, {.stop_after = 5}).ok());
+  EXPECT_FALSE(fs::exists(stopped.train.out + "/checkpoints"));
+
+  RunConfig bad = SmallRun("negative_keep", 3);
+  bad.train.keep_checkpoints = -1;
+  EXPECT_NE(RunTraining(bad, {}).status().message().find("--keep_checkpoints=-1 must be >= 0"), std::string::npos);
+  EXPECT_FALSE(fs::exists(bad.train.out));
+}
+
 TEST(TrainerTest, DivergenceEndsTheRunEarlyAndSaysWhy) {
   RunConfig rc = SmallRun("diverges", 200);
   rc.model = *model::MakeConfig("tiny", "baseline", {{"vocab_size", 257}, {"n_embd", 32}, {"seq_len", 32}});
