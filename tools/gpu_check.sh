@@ -9,8 +9,9 @@
 # variant, 20 training steps, determinism, the NCCL communicator of size 1), the training
 # benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M
 # shape, baseline and methods), the op tests again under compute-sanitizer's memcheck,
-# then the op benchmarks (//stability/ops/cuda:benchmarks) and, in the time left,
-# compute-sanitizer's racecheck of the attention kernels, and writes one Markdown report to
+# then Nsight Compute's view of the largest kernels (where the image has ncu), the op
+# benchmarks (//stability/ops/cuda:benchmarks) and, in the time left, compute-sanitizer's
+# racecheck of the attention kernels, and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
 # GPU_CHECK_BUDGET_S (500 s), so the device call (timeout_s=540) returns a report.
 set -uo pipefail
@@ -129,6 +130,34 @@ run_alone() {  # name, binary
     "$work/bin/cuda_backend_test" --gtest_filter='-*Bf16*' > "$work/memcheck.log" 2>&1
   echo "exit $? (0: clean, 9: errors found, 124: out of time)"
   grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at 0x|by thread|\[  (PASSED|FAILED) " "$work/memcheck.log" | head -30
+  echo '```'
+  echo
+  # Why the largest kernels take the time they do (the first check could only say how long
+  # they took): Nsight Compute, where the image has it, on one launch of each — compute and
+  # memory throughput against the card's peaks, the pipes, occupancy, stalls, and its rules'
+  # advice. The summary lines here; each kernel's whole report comes back as ncu-*.log.
+  echo "## Nsight Compute: the largest kernels, one launch each"
+  echo '```'
+  ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
+  if [ ! -x "$ncu" ]; then
+    echo "(skipped: no ncu in this image)"
+  else
+    n=0
+    # benchmark filter ; kernel-name regex ; launches
+    for spec in "BM_Attention/shape:0/backward:0/cap:0/fused:1/bf16:1/;ForwardKernel;1" \
+        "BM_Attention/shape:0/backward:1/cap:0/fused:1/bf16:1/;Backward(Query|Key)Kernel;2" \
+        "BM_LossHead/shape:0/fused:1/;CrossEntropyFusedKernel;1" \
+        "BM_LayerNorm/shape:0/per_head:0/;Norm(Forward|Backward)Kernel;2" \
+        "BM_Attention/shape:0/backward:0/cap:1/fused:1/bf16:1/;ForwardKernel;1"; do
+      IFS=';' read -r filter kernels count <<< "$spec"
+      n=$((n + 1))
+      if [ $((deadline - SECONDS)) -lt 75 ]; then echo "$filter: not profiled (out of time)"; continue; fi
+      timeout "$(left 60)" "$ncu" --set full --kernel-name "regex:$kernels" --launch-count "$count" \
+        "$work/bin/benchmarks" --benchmark_filter="$filter" --benchmark_min_time=0.01 > "$work/ncu-$n.log" 2>&1
+      echo "== $filter ($kernels): exit $? (full report: ncu-$n.log)"
+      grep -E "^  [A-Za-z_].*\(|==PROF==|==ERROR==|ERR_NVGPUCTRPERM|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Executed Ipc Active|Issue Slots Busy|Warp Cycles Per Issued|Shared Memory Configuration Size|Est\. (Local )?Speedup|^ *(OPT|WRN) " "$work/ncu-$n.log" | head -60
+    done
+  fi
   echo '```'
   echo
   echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
