@@ -12,7 +12,8 @@
 // are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory. Softmax,
 // statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as
 // FlashAttention does, and the exponentials are __expf (ex2.approx, ~1e-6 relative: far under
-// that rounding; fused_attention.cu, the fp32 parity kernel, keeps expf). (The first version stored each WMMA product to shared memory and read
+// that rounding; the soft cap's tanh is made of them too, Softmax::CappedFast; fused_attention.cu, the fp32
+// parity kernel, keeps expf and tanhf). (The first version stored each WMMA product to shared memory and read
 // it back a value at a time: 43 ms of a GPT-2 124M step on an H200, 3–4% of its tensor cores.)
 //
 // Forward, per key tile: S = Q Kᵀ, z = cap(scale·S/τ), keys s > t masked.
@@ -220,7 +221,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int i = 0; i < 4; ++i) {
             if (!valid(nb, i)) continue;
             amax[i / 2] = fmaxf(amax[i / 2], s[nb][i] * sm.o.scale);
-            s[nb][i] = sm.Capped(s[nb][i] * z_scale);  // z, computed once (the cap's tanhf)
+            s[nb][i] = sm.CappedFast(s[nb][i] * z_scale);  // z, computed once
             tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
           }
         }
@@ -257,7 +258,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int i = 0; i < 4; ++i) {
             float pc = 0.0f;
             if (valid(nb, i)) {
-              const float z = sm.Capped(s[nb][i] * z_scale);
+              const float z = sm.CappedFast(s[nb][i] * z_scale);
               const float p = __expf(z - row_lse[i / 2]);
               ez[i / 2] += p * z;
               pc = sm.Clip(p);
@@ -358,7 +359,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int i = 0; i < 4; ++i) {
           float dz = 0.0f;
           if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
-            const float z = sm.Capped(s[nb][i] * z_scale);
+            const float z = sm.CappedFast(s[nb][i] * z_scale);
             const float p = __expf(z - row_lse[i / 2]);
             const float dpc = sm.ClipSlope(p) * dp[nb][i];
             if (sweep == 0)
@@ -429,7 +430,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t tq = t0 + j, key = sk[i / 2];
         float dz = 0.0f, clipped = 0.0f;
         if (whole || (key < t && tq >= key && tq < t)) {
-          const float z = sm.Capped(s[nb][i] * z_scale);
+          const float z = sm.CappedFast(s[nb][i] * z_scale);
           const float p = __expf(z - lses[j]);
           const float dpc = sm.ClipSlope(p) * dp[nb][i];
           dz = p * (dpc - ds[j]) * sm.CapSlope(z) * inv_temp;

@@ -214,6 +214,7 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 inline float __expf(float a) { return std::exp(a); }
+inline float __fdividef(float a, float b) { return a / b; }
 inline float __logf(float a) { return std::log(a); }
 
 // WMMA with whole-tile fragments: each lane holds the whole tile (the GPU spreads it over
