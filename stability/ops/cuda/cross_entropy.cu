@@ -24,20 +24,42 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
-__device__ inline float Cap(float l, float cap) { return cap > 0 ? cap * tanhf(l * (1.0f / cap)) : l; }
+// The elementwise math for logits of type In: fp32 logits (the parity mode) with expf and
+// tanhf, as the CPU; bf16 logits (training) with __expf and FastTanh — their ~1e-6 relative
+// and 7e-7 absolute errors far under the logits' own 2⁻⁹ rounding, for a fraction of the
+// instructions a logit (the loss kernel ran compute-bound on the H200: ~240 G logits/s at
+// both GPT-2's and the 830M shape's vocabulary, whether its second pass hit the caches or not).
+template <typename In>
+struct LossMath {
+  __device__ static float Exp(float x) { return expf(x); }
+  __device__ static float Tanh(float x) { return tanhf(x); }
+};
+template <>
+struct LossMath<__nv_bfloat16> {
+  __device__ static float Exp(float x) { return __expf(x); }
+  __device__ static float Tanh(float x) { return FastTanh(x); }
+};
+
+template <typename In>
+__device__ inline float Cap(float l, float cap) {
+  return cap > 0 ? cap * LossMath<In>::Tanh(l * (1.0f / cap)) : l;
+}
 
 // A running softmax denominator: Σ exp(z − m) over what was seen, m its largest z. A plain
 // aggregate (no initialisers), so that it may live in shared memory; Empty() starts one.
 struct MaxSum {
   float m, s;
   __device__ static MaxSum Empty() { return {-INFINITY, 0.0f}; }
-  __device__ void Add(float z) {
-    if (z > m) {
-      s = s * expf(m - z) + 1.0f;  // m = −∞ at first: 0 · 0 + 1
-      m = z;
-    } else {
-      s += expf(z - m);
+  // K values z at once, zmax their largest: one rescale and K independent exponentials, not a
+  // compare and a branch a value.
+  template <typename In, int K>
+  __device__ void Add(const float (&z)[K], float zmax) {
+    if (zmax > m) {
+      s *= LossMath<In>::Exp(m - zmax);  // m = −∞ at first: 0 · 0
+      m = zmax;
     }
+#pragma unroll
+    for (int i = 0; i < K; ++i) s += LossMath<In>::Exp(z[i] - m);
   }
   __device__ static MaxSum Merge(MaxSum a, MaxSum b) {
     MaxSum r = Empty();
@@ -86,28 +108,36 @@ __device__ inline int64_t PackedEnd(const T* row, int64_t v) {
   return v / Pack<T>::kValues * Pack<T>::kValues;
 }
 
-// f(j, value) for each of a row's v values, a thread every blockDim.x-th 16-byte pack (a
+// f(values) for each of a row's v values, a thread every blockDim.x-th 16-byte pack (a
 // memory transaction 16 bytes a thread, not 2: the loss kernels ran at ~1 TB/s of an H200's
-// 4.8 reading a bf16 at a time), then the values past the packs one at a time.
+// 4.8 reading a bf16 at a time) — values a float[8] (bf16) or float[4] (fp32) —, then the
+// values past the packs one at a time (a float[1]).
 template <typename T, typename F>
 __device__ inline void ForEachInRow(const T* row, int64_t v, F f) {
   constexpr int kValues = Pack<T>::kValues;
   const int64_t packed = PackedEnd(row, v);
   for (int64_t p = threadIdx.x; p < packed / kValues; p += blockDim.x) {
     const Pack<T> pack = Pack<T>::LoadFrom(row + p * kValues);
-    for (int i = 0; i < kValues; ++i) f(p * kValues + i, pack.Get(i));
+    float x[kValues];
+#pragma unroll
+    for (int i = 0; i < kValues; ++i) x[i] = pack.Get(i);
+    f(x);
   }
-  for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) f(j, Load(row + j));
+  for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) {
+    const float x[1] = {Load(row + j)};
+    f(x);
+  }
 }
 
-// row[j] = f(j, row[j]) for each j < v, as ForEachInRow visits them (each value read and
-// written by one thread).
+// row[j] = f(j, row[j]) for each j < v, a thread every blockDim.x-th 16-byte pack as
+// ForEachInRow (each value read and written by one thread).
 template <typename T, typename F>
 __device__ inline void UpdateRow(T* row, int64_t v, F f) {
   constexpr int kValues = Pack<T>::kValues;
   const int64_t packed = PackedEnd(row, v);
   for (int64_t p = threadIdx.x; p < packed / kValues; p += blockDim.x) {
     Pack<T> pack = Pack<T>::LoadFrom(row + p * kValues);
+#pragma unroll
     for (int i = 0; i < kValues; ++i) pack.Set(i, f(p * kValues + i, pack.Get(i)));
     pack.StoreTo(row + p * kValues);
   }
@@ -120,9 +150,16 @@ template <typename In>
 __device__ inline void RowLogSumExp(const In* l, int64_t v, float cap, float* row_lse, float* row_max) {
   float lmax = -INFINITY;
   MaxSum acc = MaxSum::Empty();
-  ForEachInRow(l, v, [&](int64_t, float x) {
-    lmax = fmaxf(lmax, x);
-    acc.Add(Cap(x, cap));
+  ForEachInRow(l, v, [&](const auto& x) {
+    constexpr int kCount = sizeof(x) / sizeof(float);
+    float z[kCount], zmax = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) {
+      lmax = fmaxf(lmax, x[i]);
+      z[i] = Cap<In>(x[i], cap);
+      zmax = fmaxf(zmax, z[i]);
+    }
+    acc.Add<In>(z, zmax);
   });
   *row_max = BlockMax(lmax);
   acc = BlockReduce(acc, MaxSum::Empty(), MergeOp{});
@@ -132,10 +169,11 @@ __device__ inline void RowLogSumExp(const In* l, int64_t v, float cap, float* ro
 // dz_j = (softmax_j·(1 + 2·z_loss·lse) − [j = target]) · dloss / N;  dl = dz·(1 − tanh²(l/cap))
 // (inv_n = dloss / N, scale = 1 + 2·z_loss·lse), one expression for both kernels that write
 // it: the same bits from either.
+template <typename In>
 __device__ inline float LogitGradient(float l, bool target, float row_lse, float scale, float cap, float inv_n) {
-  const float th = cap > 0 ? tanhf(l * (1.0f / cap)) : 0.0f;
+  const float th = cap > 0 ? LossMath<In>::Tanh(l * (1.0f / cap)) : 0.0f;
   const float z = cap > 0 ? cap * th : l;
-  float dz = (expf(z - row_lse) * scale - (target ? 1.0f : 0.0f)) * inv_n;
+  float dz = (LossMath<In>::Exp(z - row_lse) * scale - (target ? 1.0f : 0.0f)) * inv_n;
   if (cap > 0) dz *= 1.0f - th * th;
   return dz;
 }
@@ -151,7 +189,7 @@ __global__ void CrossEntropyForwardKernel(const In* logits, const int32_t* targe
   if (threadIdx.x == 0) {
     lse[row] = row_lse;
     row_max[row] = lmax;
-    target_z[row] = Cap(Load(l + targets[row]), cap);
+    target_z[row] = Cap<In>(Load(l + targets[row]), cap);
   }
 }
 
@@ -173,10 +211,10 @@ __global__ void CrossEntropyFusedKernel(T* logits, const int32_t* targets, int64
   if (threadIdx.x == 0) {
     lse[row] = row_lse;
     row_max[row] = lmax;
-    target_z[row] = Cap(target_logit, cap);
+    target_z[row] = Cap<T>(target_logit, cap);
   }
   const float scale = 1.0f + 2.0f * z_loss * row_lse;
-  UpdateRow(l, v, [&](int64_t j, float x) { return LogitGradient(x, j == target, row_lse, scale, cap, inv_n); });
+  UpdateRow(l, v, [&](int64_t j, float x) { return LogitGradient<T>(x, j == target, row_lse, scale, cap, inv_n); });
 }
 
 // Out: float, or bf16 when the gradient only feeds bf16 products. Block (row, y) covers
@@ -195,7 +233,8 @@ __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targ
                           ? (blockIdx.y + 1) * static_cast<int64_t>(kBackwardColumns)
                           : v;
   for (int64_t j = blockIdx.y * static_cast<int64_t>(kBackwardColumns) + threadIdx.x; j < end; j += blockDim.x) {
-    Store(LogitGradient(Load(logits + row * ld + j), j == target, row_lse, scale, cap, inv_n), dlogits + row * ld + j);
+    Store(LogitGradient<In>(Load(logits + row * ld + j), j == target, row_lse, scale, cap, inv_n),
+          dlogits + row * ld + j);
   }
 }
 dim3 BackwardGrid(int64_t n, int64_t v) { return dim3(static_cast<unsigned>(n), Blocks(v, kBackwardColumns)); }

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "stability/ops/backend.h"
+#include "stability/ops/cuda/internal/common.cuh"
 
 namespace stability::ops::cuda::internal {
 
@@ -15,16 +16,11 @@ struct Softmax {
   AttentionOptions o;
   __device__ float Z(float a) const { return Capped(a / o.temperature); }  // a → z: temperature, then the cap
   __device__ float Capped(float u) const { return o.soft_cap > 0 ? o.soft_cap * tanhf(u * (1.0f / o.soft_cap)) : u; }
-  // Capped for the bf16 kernels: tanh(x) = 1 − 2/(e^(2x) + 1) on the fast exponential and
-  // division (e^(2x) = ∞ gives 1, 0 gives −1). Its error in z is at most cap·7e-7 absolute by
-  // the two intrinsics' documented bounds (worst near x = −4.3) — absolute error is what the
-  // softmax sees, being shift-invariant — against bf16's 2⁻⁹ rounding of P; tanhf's accurate
-  // polynomial and the branch between its two ranges cost those kernels more than their own
-  // exponentials.
+  // Capped for the bf16 kernels (FastTanh): at most cap·7e-7 off in z, absolute — what the
+  // softmax sees, being shift-invariant — against bf16's 2⁻⁹ rounding of P; tanhf cost those
+  // kernels more than their own exponentials.
   __device__ float CappedFast(float u) const {
-    if (o.soft_cap <= 0) return u;
-    const float e = __expf(u * (2.0f / o.soft_cap));
-    return o.soft_cap * (1.0f - __fdividef(2.0f, e + 1.0f));
+    return o.soft_cap > 0 ? o.soft_cap * FastTanh(u * (1.0f / o.soft_cap)) : u;
   }
   __device__ float CapSlope(float z) const {  // dz/du
     if (o.soft_cap <= 0) return 1.0f;
