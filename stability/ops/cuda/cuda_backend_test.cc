@@ -184,10 +184,12 @@ TEST_F(CudaBackendTest, Embedding) {
 TEST_F(CudaBackendTest, Norms) {
   for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
     // A per-head width, a wider row over three uneven row chunks of the backward (8 warps a
-    // block, 4 or 5 rows each), 6 warps (the 830M shape's width, 1,024), one warp a block whose
-    // column sums (8 bytes a column) pass the default 48 KB of shared memory, and 34 chunks:
-    // more than the column totals' warps, so that each warp adds several.
-    for (auto [rows, d] : {std::pair<int64_t, int64_t>{48, 64}, {100, 200}, {64, 1024}, {70, 7000}, {1100, 40}}) {
+    // block, 4 or 5 rows each), GPT-2's width and the 830M shape's (6 warps; 24 and 32 columns
+    // a lane in registers), one of 16 a lane, one warp a block whose column sums (8 bytes a
+    // column) pass the default 48 KB of shared memory (its rows streamed: past 1,024), and 34
+    // chunks: more than the column totals' warps, so that each warp adds several.
+    for (auto [rows, d] :
+         {std::pair<int64_t, int64_t>{48, 64}, {100, 200}, {40, 768}, {64, 1024}, {20, 500}, {70, 7000}, {1100, 40}}) {
       SCOPED_TRACE(testing::Message() << "rows " << rows << ", d " << d);
       std::vector<float> x = Random(rows * d, 2.0), g = Random(d), b = Random(d), dy = Random(rows * d);
       std::vector<float> y(rows * d), mean(rows), rstd(rows), dx(rows * d), dg(d, 0.0f), db(d, 0.0f);

@@ -1,7 +1,16 @@
 // LayerNorm and RMSNorm on the GPU: statistics in double through a fixed reduction tree;
 // one warp a row both ways, the backward's blocks a chunk of rows each with dx and the
 // parameter gradients' deterministic column sums in one pass over x and dy.
+//
+// A lane's columns of a row (l, l + 32, …) are read into registers all at once, before the
+// first is used and before the row's first store (LanePart; rows up to 1,024 wide): a loop
+// that stores as it goes cannot have its next loads moved above the store (as far as the
+// compiler knows they may alias), so it waits out one memory latency a column — which is
+// what the first GPU report's rates say the norms did (the residual add + norm at ~2.5 TB/s of
+// the H200's 4.8, 70 µs a GPT-2 norm). Wider rows are streamed, each value read again from the
+// caches at each use (LanePart 0).
 #include <type_traits>
+#include <utility>
 
 #include "stability/ops/cuda/internal/common.cuh"
 
@@ -10,12 +19,51 @@ namespace {
 
 constexpr int kForwardWarps = 4;  // rows a block of the forward
 
+// Columns a lane holds in registers: ⌈d / 32⌉ rounded up to 2, 4, 8, 16, 24 or 32, or 0 past
+// 1,024 (streamed). A per-head row (64) is 2, GPT-2's 768 24, the 830M shape's 1,024 32.
+int LanePart(int64_t d) {
+  const int64_t need = (d + 31) / 32;
+  for (int p : {2, 4, 8, 16, 24, 32}) {
+    if (need <= p) return p;
+  }
+  return 0;
+}
+// f(std::integral_constant<int, LanePart(d)>): the kernel instantiation for the width.
+template <typename F>
+void WithLanePart(int64_t d, F f) {
+  switch (LanePart(d)) {
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 24:
+      return f(std::integral_constant<int, 24>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    default:
+      return f(std::integral_constant<int, 0>{});
+  }
+}
+
+// v[i] = row[lane + 32·i] for the lane's columns below d (0 past it), all P loads issued
+// before any is used.
+template <int P, typename T>
+__device__ inline void ReadLane(const T* row, int64_t d, int lane, float (&v)[P]) {
+#pragma unroll
+  for (int i = 0; i < P; ++i) v[i] = lane + 32 * i < d ? Load(row + lane + 32 * i) : 0.0f;
+}
+
 // One warp a row (lane l: columns l, l + 32, …), the statistics by shuffles alone: no block
 // barrier, and a per-head row (64 wide) keeps every lane busy. With a (AddNormForward; x
 // contiguous): the row of x + a ⊙ s (s nullable) is written to sum and normalised from there;
 // each lane reads back only what it wrote. __fmul_rn: a·s rounded on its own, as
 // ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next product's operand), y
-// then nullable.
+// then nullable. P: LanePart(d) — the same expressions in the same order either way.
+template <int P>
 __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
                                   const float* g, const float* b, int64_t rows, int64_t d, float eps, float* sum,
                                   float* y, __nv_bfloat16* y16, float* mean, float* rstd) {
@@ -23,6 +71,53 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
   if (r >= rows) return;
   const int lane = threadIdx.x & 31;
   const float* xr = x + x_rows.Offset(r, d);
+  if constexpr (P > 0) {
+    float v[P], gv[P], bv[P];  // g and b read after the sum is stored: 3·P values live at most
+    ReadLane(xr, d, lane, v);
+    if (a) {
+      float av[P], sv[P];
+      ReadLane(a + r * d, d, lane, av);
+      if (s) ReadLane(s, d, lane, sv);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        if (lane + 32 * i >= d) continue;
+        v[i] = v[i] + (s ? __fmul_rn(av[i], sv[i]) : av[i]);
+        sum[r * d + lane + 32 * i] = v[i];
+      }
+    }
+    ReadLane(g, d, lane, gv);
+    if (b) ReadLane(b, d, lane, bv);
+    double mu = 0;
+    if (layer) {
+      double t = 0;
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        if (lane + 32 * i < d) t += v[i];
+      }
+      mu = WarpAllSum(t) / d;
+    }
+    double s2 = 0;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      if (lane + 32 * i < d) s2 += (v[i] - mu) * (v[i] - mu);
+    }
+    const double var = WarpAllSum(s2) / d;
+    const float rs = static_cast<float>(1.0 / sqrt(var + eps));
+    const float m = static_cast<float>(mu);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int64_t j = lane + 32 * i;
+      if (j >= d) continue;
+      const float out = (v[i] - m) * rs * gv[i] + (b ? bv[i] : 0.0f);
+      if (y) y[r * d + j] = out;
+      if (y16) y16[r * d + j] = __float2bfloat16_rn(out);
+    }
+    if (lane == 0) {
+      if (mean) mean[r] = m;
+      rstd[r] = rs;
+    }
+    return;
+  }
   if (a) {
     const float* ar = a + r * d;
     float* sr = sum + r * d;
@@ -56,10 +151,13 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
 // column totals to add up.
 int NormChunks(int64_t rows) { return static_cast<int>(rows < 32 ? 1 : rows / 32 < 2048 ? rows / 32 : 2048); }
 // Warps a block of the backward: as many (up to 8) as keep their column sums (8 bytes a column
-// each) within the default 48 KB of shared memory — 8 to d = 768, 6 at 1,024, 1 from 6,144.
+// each) within the default 48 KB of shared memory — 8 to d = 768, 6 at 1,024, 1 from 6,144 —
+// and 4 at most where a lane holds 16 or more columns (~140–200 registers: two or three blocks
+// an SM, not one with a quarter of the grid left for a last wave).
 int NormBackwardWarps(int64_t d) {
   const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)));
-  return static_cast<int>(fit < 1 ? 1 : fit > 8 ? 8 : fit);
+  const int64_t most = LanePart(d) >= 16 ? 4 : 8;
+  return static_cast<int>(fit < 1 ? 1 : fit > most ? most : fit);
 }
 
 // dx and the parameter gradients' partials in one pass over x and dy: block `chunk` (of
@@ -72,10 +170,11 @@ int NormBackwardWarps(int64_t d) {
 // bf16, the math fp32 either way, the row sums in double; dx16 nullable: the stored dx rounded
 // to bf16, contiguous rows — the next product's operand). Each lane adds its columns' dy·x̂ and
 // dy into its warp's own shared slots (float, the warp's rows in order: a few — 4 of a GPT-2
-// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes partials_g/partials_b[chunk, j] (double: the
-// warps' slots in warp order; partials_b nullable) for AddColumnTotals. The second pass over
-// the row reads what the first just loaded (L1), so x and dy come from memory once.
-template <typename DY, typename DX>
+// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes partials_g/partials_b[chunk, j]
+// (double: the warps' slots in warp order; partials_b nullable) for AddColumnTotals. The second pass over the row reads
+// what the first just loaded (L1), so x and dy come from memory once. P: LanePart(d) — the same expressions in the same
+// order either way.
+template <int P, typename DY, typename DX>
 __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                                    const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
                                    __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
@@ -91,6 +190,36 @@ __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows,
     const DY* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
     double sg = 0, sgx = 0;
+    if constexpr (P > 0) {
+      float dyv[P], xm[P], gv[P], prior[P];  // xm: x − μ
+      ReadLane(dyr, d, lane, dyv);
+      ReadLane(xr, d, lane, xm);
+      ReadLane(g, d, lane, gv);
+      if (accumulate) ReadLane(dxr, d, lane, prior);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        if (lane + 32 * i >= d) continue;
+        xm[i] = xm[i] - m;
+        const double gh = dyv[i] * gv[i];
+        sg += gh;
+        sgx += gh * xm[i] * rs;
+      }
+      const float mg = layer ? static_cast<float>(WarpAllSum(sg) / d) : 0.0f;
+      const float mgx = static_cast<float>(WarpAllSum(sgx) / d);
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const int64_t j = lane + 32 * i;
+        if (j >= d) continue;
+        const float xh = xm[i] * rs;
+        const float v = rs * (dyv[i] * gv[i] - mg - xh * mgx);
+        const float stored = accumulate ? __fadd_rn(prior[i], v) : v;
+        Store(stored, dxr + j);
+        if (dx16) dx16[r * d + j] = __float2bfloat16_rn(stored);
+        sum_g[j] += dyv[i] * xh;
+        sum_b[j] += dyv[i];
+      }
+      continue;
+    }
     for (int64_t j = lane; j < d; j += 32) {
       const double gh = Load(dyr + j) * g[j];
       sg += gh;
@@ -138,18 +267,22 @@ __nv_bfloat16* CudaBackend::NextGradient(Bf16Operands* next) {
 void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
                               int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                               Bf16Operands* next) {
-  NormForwardKernel<<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(kind == NormKind::kLayerNorm, x, x_rows,
-                                                                         nullptr, nullptr, g, b, rows, d, eps, nullptr,
-                                                                         y, NextOperand(next), mean, rstd);
+  __nv_bfloat16* y16 = NextOperand(next);
+  WithLanePart(d, [&](auto part) {
+    NormForwardKernel<decltype(part)::value><<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(
+        kind == NormKind::kLayerNorm, x, x_rows, nullptr, nullptr, g, b, rows, d, eps, nullptr, y, y16, mean, rstd);
+  });
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
 
 void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, const float* s, const float* g,
                                  const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                                  float* rstd, Bf16Operands* next) {
-  NormForwardKernel<<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(kind == NormKind::kLayerNorm, x,
-                                                                         RowLayout::Contiguous(d), a, s, g, b, rows, d,
-                                                                         eps, sum, y, NextOperand(next), mean, rstd);
+  __nv_bfloat16* y16 = NextOperand(next);
+  WithLanePart(d, [&](auto part) {
+    NormForwardKernel<decltype(part)::value><<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(
+        kind == NormKind::kLayerNorm, x, RowLayout::Contiguous(d), a, s, g, b, rows, d, eps, sum, y, y16, mean, rstd);
+  });
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
 
@@ -162,11 +295,15 @@ void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayou
   double* partials_b = db ? partials_g + chunks * d : nullptr;
   const int warps = NormBackwardWarps(d);
   const size_t shared = 2 * d * warps * sizeof(float);  // past the default 48 KB from d = 6,145
-  if (shared > 48 * 1024) {
-    AllowSharedBytes(NormBackwardKernel<DY, DX>, shared, "NormBackwardKernel (the norm's width)");
-  }
-  NormBackwardKernel<DY, DX><<<chunks, 32 * warps, shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd, dy,
-                                                             rows, d, accumulate, dx, dx16, partials_g, partials_b);
+  WithLanePart(d, [&](auto part) {
+    constexpr int kPart = decltype(part)::value;
+    if (shared > 48 * 1024) {
+      AllowSharedBytes(NormBackwardKernel<kPart, DY, DX>, shared, "NormBackwardKernel (the norm's width)");
+    }
+    NormBackwardKernel<kPart, DY, DX><<<chunks, 32 * warps, shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean,
+                                                                      rstd, dy, rows, d, accumulate, dx, dx16,
+                                                                      partials_g, partials_b);
+  });
   STABILITY_CUDA_LAUNCHED((std::is_same_v<DX, float> ? "NormBackwardKernel" : "NormBackwardKernel (bf16)"));
   AddColumnTotals(partials_g, chunks, d, dg);
   if (db) AddColumnTotals(partials_b, chunks, d, db);
