@@ -842,8 +842,10 @@ TEST_F(CudaBackendTest, LossHeadMatchesTheCpu) {
 
 // In bf16 the logits' rows are 64 values apart (128 bytes: cuBLAS's aligned kernels, the loss
 // kernels' 16-byte loads) and the head's products split the vocabulary into whole 64s and the
-// rest: for a vocabulary under 64 (the rest alone), a multiple of 64 (no rest) and one between
-// (both), the loss and the gradients are the CPU's at the bf16 bars of LossHeadMatchesTheCpu,
+// rest: for a vocabulary under 64 (the rest alone), a multiple of 64 (no rest), one between
+// (both) and one of more than four 16-byte packs a thread (9,001: the loss kernels' batches of
+// four packs, then single packs, then a value past them), the loss and the gradients are the
+// CPU's at the bf16 bars of LossHeadMatchesTheCpu,
 // and no op writes the padding (its bits after the forward, the fused forward and the backward
 // are what was there before). fp32 keeps the CPU's rows.
 TEST_F(CudaBackendTest, LossHeadPadsTheLogitsRowsInBf16) {
@@ -854,7 +856,7 @@ TEST_F(CudaBackendTest, LossHeadPadsTheLogitsRowsInBf16) {
   EXPECT_EQ(gpu_->LogitsRowStride(256000), 256000);
   const int64_t n = 24, c = 64;
   const CrossEntropyOptions opt{.soft_cap = 15.0f, .z_loss = 1e-4f};
-  for (int64_t v : {40, 1024, 1031}) {
+  for (int64_t v : {40, 1024, 1031, 9001}) {
     SCOPED_TRACE(v);
     const int64_t ld = gpu_->LogitsRowStride(v);
     ASSERT_EQ(ld % 64, 0);
