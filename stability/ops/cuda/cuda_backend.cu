@@ -299,7 +299,9 @@ __global__ void ChannelScaleKernel(const float* x, const float* s, int64_t n, in
 // Layer scale's backward in one pass: dx = dy·s and the partials of ds = Σ_rows dy·x (in
 // double, as the CPU), a fixed grid of row chunks per column like ColumnPartialsKernel. Each
 // element is read before it is written by the same thread, so dx may alias dy. dx16
-// (nullable): dx rounded to bf16 too (the next product's dy).
+// (nullable): dx rounded to bf16 too (the next product's dy). Rows four at a time, their loads
+// before their stores: with dx possibly dy, a load after a store waits for it (one memory
+// latency a row); the sums still run in row order.
 __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const float* dy, int64_t rows, int64_t cols,
                                            float* dx, __nv_bfloat16* dx16, double* partials) {
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -307,14 +309,26 @@ __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const
   if (j >= cols) return;
   const float sj = s[j];
   double acc = 0;
-#pragma unroll 4
-  for (int64_t r = rows * chunk / chunks; r < rows * (chunk + 1) / chunks; ++r) {
-    const float g = dy[r * cols + j];
-    acc += static_cast<double>(g) * x[r * cols + j];
+  const auto step = [&](int64_t r, float g, float xv) {
+    acc += static_cast<double>(g) * xv;
     const float d = g * sj;
     dx[r * cols + j] = d;
     if (dx16) dx16[r * cols + j] = __float2bfloat16_rn(d);
+  };
+  constexpr int kBatch = 4;
+  const int64_t end = rows * (chunk + 1) / chunks;
+  int64_t r = rows * chunk / chunks;
+  for (; r + kBatch <= end; r += kBatch) {
+    float g[kBatch], xv[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      g[b] = dy[(r + b) * cols + j];
+      xv[b] = x[(r + b) * cols + j];
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) step(r + b, g[b], xv[b]);
   }
+  for (; r < end; ++r) step(r, dy[r * cols + j], x[r * cols + j]);
   partials[chunk * cols + j] = acc;
 }
 
@@ -325,18 +339,25 @@ __global__ void ScaleKernel(float* x, int64_t n, float s) {
 
 __global__ void FloatToDoubleKernel(const float* x, double* y) { *y = *x; }
 
-// Rounded operations in the CPU's order (no FMA contraction), so an update matches the
-// CPU backend's bit for bit on the same inputs.
+// One element's update on its values (p, m, v updated in place): rounded operations in the
+// CPU's order (no FMA contraction), so an update matches the CPU backend's bit for bit on the
+// same inputs.
+__device__ inline void AdamWStep(float& p, float grad, float& m, float& v, float beta1, float beta2, float eps,
+                                 float step_size, float sqrt_bc2, float decay, float grad_scale) {
+  const float g = __fmul_rn(grad, grad_scale);
+  m = __fadd_rn(__fmul_rn(beta1, m), __fmul_rn(__fsub_rn(1.0f, beta1), g));
+  v = __fadd_rn(__fmul_rn(beta2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), sqrt_bc2), eps);
+  p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(step_size, m), denom));
+}
+
 __device__ inline float AdamWUpdate(float* p, const float* grad, float* m, float* v, int64_t i, float beta1,
                                     float beta2, float eps, float step_size, float sqrt_bc2, float decay,
                                     float grad_scale) {
-  const float g = __fmul_rn(grad[i], grad_scale);
-  const float mi = __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
-  const float vi = __fadd_rn(__fmul_rn(beta2, v[i]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  float pi = p[i], mi = m[i], vi = v[i];
+  AdamWStep(pi, grad[i], mi, vi, beta1, beta2, eps, step_size, sqrt_bc2, decay, grad_scale);
   m[i] = mi;
   v[i] = vi;
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), sqrt_bc2), eps);
-  const float pi = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, mi), denom));
   p[i] = pi;
   return pi;
 }
@@ -365,14 +386,30 @@ struct AdamWBatch {
 };
 static_assert(sizeof(AdamWBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
+// A thread's kAdamWPerBlock / blockDim.x elements: every load before the first store (a load
+// after a store that may alias it waits for it: one memory latency an element).
 __global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size,
                                 float sqrt_bc2, float grad_scale) {
+  constexpr int kPerThread = kAdamWPerBlock / kThreads;
   const int k = BufferOfBlock(batch.first_block, batch.count, blockIdx.x);
-  const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock);
-  for (int64_t i = base + threadIdx.x; i < base + kAdamWPerBlock && i < batch.n[k]; i += blockDim.x) {
-    const float p = AdamWUpdate(batch.p[k], batch.grad[k], batch.m[k], batch.v[k], i, beta1, beta2, eps, step_size,
-                                sqrt_bc2, batch.decay[k], grad_scale);
-    if (batch.p16[k]) batch.p16[k][i] = __float2bfloat16_rn(p);
+  const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock) + threadIdx.x;
+  const int64_t n = batch.n[k];
+  float p[kPerThread], g[kPerThread], m[kPerThread], v[kPerThread];
+#pragma unroll
+  for (int e = 0; e < kPerThread; ++e) {
+    const int64_t i = base + e * kThreads;
+    if (i >= n) continue;
+    p[e] = batch.p[k][i], g[e] = batch.grad[k][i], m[e] = batch.m[k][i], v[e] = batch.v[k][i];
+  }
+#pragma unroll
+  for (int e = 0; e < kPerThread; ++e) {
+    const int64_t i = base + e * kThreads;
+    if (i >= n) continue;
+    AdamWStep(p[e], g[e], m[e], v[e], beta1, beta2, eps, step_size, sqrt_bc2, batch.decay[k], grad_scale);
+    batch.m[k][i] = m[e];
+    batch.v[k][i] = v[e];
+    batch.p[k][i] = p[e];
+    if (batch.p16[k]) batch.p16[k][i] = __float2bfloat16_rn(p[e]);
   }
 }
 
