@@ -259,9 +259,20 @@ __global__ void CrossEntropyBackwardKernel(const In* logits, const int32_t* targ
   const int64_t end = (blockIdx.y + 1) * static_cast<int64_t>(kBackwardColumns) < v
                           ? (blockIdx.y + 1) * static_cast<int64_t>(kBackwardColumns)
                           : v;
-  for (int64_t j = blockIdx.y * static_cast<int64_t>(kBackwardColumns) + threadIdx.x; j < end; j += blockDim.x) {
-    Store(LogitGradient<In>(Load(logits + row * ld + j), j == target, row_lse, scale, cap, inv_n),
-          dlogits + row * ld + j);
+  // The thread's 8 logits loaded before the first gradient is stored (dlogits may be the
+  // logits: a load after a store waits for it).
+  const int64_t j0 = blockIdx.y * static_cast<int64_t>(kBackwardColumns) + threadIdx.x;
+  constexpr int kPerThread = kBackwardColumns / kBackwardThreads;
+  float l[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t j = j0 + k * kBackwardThreads;
+    l[k] = j < end ? Load(logits + row * ld + j) : 0.0f;
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int64_t j = j0 + k * kBackwardThreads;
+    if (j < end) Store(LogitGradient<In>(l[k], j == target, row_lse, scale, cap, inv_n), dlogits + row * ld + j);
   }
 }
 dim3 BackwardGrid(int64_t n, int64_t v) { return dim3(static_cast<unsigned>(n), Blocks(v, kBackwardColumns)); }
