@@ -416,19 +416,12 @@ __global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, floa
 cublasOperation_t Op(Trans t) { return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 // About four values a thread, the grid's threads side by side at each step (coalesced), the
-// four loaded before the first store (a load after a store that may alias it waits for it).
+// four loaded before the first store.
 constexpr int kToBf16PerThread = 4;
 __global__ void ToBf16Kernel(const float* x, int64_t n, __nv_bfloat16* y) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += kToBf16PerThread * stride) {
-    float v[kToBf16PerThread];
-#pragma unroll
-    for (int k = 0; k < kToBf16PerThread; ++k) v[k] = i + k * stride < n ? x[i + k * stride] : 0.0f;
-#pragma unroll
-    for (int k = 0; k < kToBf16PerThread; ++k) {
-      if (i + k * stride < n) y[i + k * stride] = __float2bfloat16_rn(v[k]);
-    }
-  }
+  GridStrideBatched<kToBf16PerThread>(
+      blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, static_cast<int64_t>(gridDim.x) * blockDim.x, n,
+      [&](int64_t i) { return x[i]; }, [&](int64_t i, float v) { y[i] = __float2bfloat16_rn(v); });
 }
 
 // Elements from a matrix's first to its last, over `batch` matrices `stride` apart:

@@ -643,13 +643,14 @@ TEST_F(CudaBackendTest, SigmaReparam) {
 }
 
 // The batched σ-reparam (every layer of a model in a few launches) against the CPU's
-// single-layer ops, layer by layer: three shapes (out > in, out < in, odd sizes), the
+// single-layer ops, layer by layer: four shapes (out > in, out < in, odd sizes, and one of more
+// than 4 elements a thread of the elementwise kernels: two of their batches of 4), the
 // power-iteration update and without it, then the backward (dw and dg accumulated).
 TEST_F(CudaBackendTest, SigmaReparamEachIsEachLayersOp) {
   struct Shape {
     int64_t out, in;
   };
-  const std::vector<Shape> shapes = {{96, 32}, {32, 130}, {67, 17}};
+  const std::vector<Shape> shapes = {{96, 32}, {32, 130}, {67, 17}, {300, 290}};
   struct Host {
     std::vector<float> w, g, u, v, sigma, w_eff, g_eff, dw, dg;
   };

@@ -41,7 +41,7 @@ struct SigmaBatch {
 static_assert(sizeof(SigmaBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
 constexpr int kThreads = 256;
-constexpr int kScaleChunks = 64;  // blocks a layer of the elementwise kernels (grid-stride within)
+constexpr int kScaleChunks = 64;  // blocks a layer of the elementwise kernels (grid-stride within, 4 at a time)
 
 // v[j] = Σ_i w[i, j]·u[i]: a thread a column, rows in order (consecutive threads read
 // consecutive columns of a row).
@@ -109,10 +109,9 @@ __global__ void SigmaScaleKernel(SigmaBatch b, const double* sigma_d) {
   const float scale = static_cast<float>(*b.g[k] / sigma_d[k]);
   const float* w = b.w[k];
   float* w_eff = b.w_eff[k];
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    w_eff[i] = scale * w[i];
-  }
+  GridStrideBatched<4>(
+      blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, static_cast<int64_t>(gridDim.x) * blockDim.x, n,
+      [&](int64_t i) { return scale * w[i]; }, [&](int64_t i, float v) { w_eff[i] = v; });
 }
 
 // partials[block] of ⟨G, w⟩ (DotPartialsKernel's grid and tree, per layer).
@@ -138,10 +137,10 @@ __global__ void SigmaGradKernel(SigmaBatch b, const double* partials) {
   const float* u = b.u[k];
   const float* v = b.v[k];
   float* dw = b.dw[k];
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dw[i] += a * G[i] - c * u[i / in] * v[i % in];
-  }
+  GridStrideBatched<4>(
+      blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, static_cast<int64_t>(gridDim.x) * blockDim.x, n,
+      [&](int64_t i) { return dw[i] + (a * G[i] - c * u[i / in] * v[i % in]); },
+      [&](int64_t i, float value) { dw[i] = value; });
 }
 
 // Layers [first, first + count) as a batch; the largest out and in, and Σ out (wv's size).
