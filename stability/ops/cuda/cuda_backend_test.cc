@@ -184,7 +184,7 @@ TEST_F(CudaBackendTest, Embedding) {
 TEST_F(CudaBackendTest, Norms) {
   for (NormKind kind : {NormKind::kLayerNorm, NormKind::kRMSNorm}) {
     // A per-head width, a wider row over three uneven row chunks of the backward (8 warps a
-    // block, 4 or 5 rows each), GPT-2's width and the 830M shape's (6 warps; 24 and 32 columns
+    // block, 4 or 5 rows each), GPT-2's width and the 830M shape's (4 warps; 24 and 32 columns
     // a lane in registers), one of 16 a lane, one warp a block whose column sums (8 bytes a
     // column) pass the default 48 KB of shared memory (its rows streamed: past 1,024), and 34
     // chunks: more than the column totals' warps, so that each warp adds several.

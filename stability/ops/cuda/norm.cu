@@ -150,10 +150,11 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
 // blocks and a per-head one (196,608 rows × 64) 2,048, and at most 2,048 partial rows for the
 // column totals to add up.
 int NormChunks(int64_t rows) { return static_cast<int>(rows < 32 ? 1 : rows / 32 < 2048 ? rows / 32 : 2048); }
-// Warps a block of the backward: as many (up to 8) as keep their column sums (8 bytes a column
-// each) within the default 48 KB of shared memory — 8 to d = 768, 6 at 1,024, 1 from 6,144 —
-// and 4 at most where a lane holds 16 or more columns (~140–200 registers: two or three blocks
-// an SM, not one with a quarter of the grid left for a last wave).
+// Warps a block of the backward: as many as keep their column sums (8 bytes a column each)
+// within the default 48 KB of shared memory (1 from d = 6,144), at most 8, and at most 4 where a
+// lane holds 16 or more columns (d > 256: ~140–200 registers, so two or three blocks share an
+// SM, not one with a quarter of the grid left for a last wave) — 8 at a per-head width, 4 at
+// GPT-2's and the 830M shape's.
 int NormBackwardWarps(int64_t d) {
   const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)));
   const int64_t most = LanePart(d) >= 16 ? 4 : 8;
