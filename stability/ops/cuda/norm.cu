@@ -8,7 +8,8 @@
 // compiler knows they may alias), so it waits out one memory latency a column — which is
 // what the first GPU report's rates say the norms did (the residual add + norm at ~2.5 TB/s of
 // the H200's 4.8, 70 µs a GPT-2 norm). Wider rows are streamed, each value read again from the
-// caches at each use (LanePart 0).
+// caches at each use (LanePart 0). One code path either way: LaneRow holds or reads a lane's
+// values, ForLane walks its columns.
 #include <type_traits>
 #include <utility>
 
@@ -49,12 +50,41 @@ void WithLanePart(int64_t d, F f) {
   }
 }
 
-// v[i] = row[lane + 32·i] for the lane's columns below d (0 past it), all P loads issued
-// before any is used.
+// The values of a row that a lane owns — columns j = lane + 32·i < d, in order of i —: for
+// P > 0 (LanePart) read into registers at once when constructed (every load issued before any
+// is used, and before the row's first store); for P = 0 read from row at each use. read false:
+// an absent operand (a null row), never used.
 template <int P, typename T>
-__device__ inline void ReadLane(const T* row, int64_t d, int lane, float (&v)[P]) {
+struct LaneRow {
+  const T* row;
+  float v[P > 0 ? P : 1];
+  __device__ LaneRow(const T* row, int64_t d, int lane, bool read = true) : row(row) {
+    if constexpr (P > 0) {
+      if (!read) return;
 #pragma unroll
-  for (int i = 0; i < P; ++i) v[i] = lane + 32 * i < d ? Load(row + lane + 32 * i) : 0.0f;
+      for (int i = 0; i < P; ++i) v[i] = lane + 32 * i < d ? Load(row + lane + 32 * i) : 0.0f;
+    }
+  }
+  __device__ float operator()(int i, int64_t j) const {
+    if constexpr (P > 0) {
+      return v[i];
+    } else {
+      return Load(row + j);
+    }
+  }
+};
+
+// f(i, j) for a lane's columns j = lane + 32·i < d, in order.
+template <int P, typename F>
+__device__ inline void ForLane(int64_t d, int lane, F f) {
+  if constexpr (P > 0) {
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      if (lane + 32 * i < d) f(i, lane + 32 * i);
+    }
+  } else {
+    for (int64_t j = lane; j < d; j += 32) f(0, j);
+  }
 }
 
 // One warp a row (lane l: columns l, l + 32, …), the statistics by shuffles alone: no block
@@ -62,7 +92,7 @@ __device__ inline void ReadLane(const T* row, int64_t d, int lane, float (&v)[P]
 // contiguous): the row of x + a ⊙ s (s nullable) is written to sum and normalised from there;
 // each lane reads back only what it wrote. __fmul_rn: a·s rounded on its own, as
 // ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next product's operand), y
-// then nullable. P: LanePart(d) — the same expressions in the same order either way.
+// then nullable. P: LanePart(d).
 template <int P>
 __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
                                   const float* g, const float* b, int64_t rows, int64_t d, float eps, float* sum,
@@ -70,76 +100,35 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
   const int64_t r = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
   if (r >= rows) return;
   const int lane = threadIdx.x & 31;
-  const float* xr = x + x_rows.Offset(r, d);
-  if constexpr (P > 0) {
-    float v[P], gv[P], bv[P];  // g and b read after the sum is stored: 3·P values live at most
-    ReadLane(xr, d, lane, v);
-    if (a) {
-      float av[P], sv[P];
-      ReadLane(a + r * d, d, lane, av);
-      if (s) ReadLane(s, d, lane, sv);
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        if (lane + 32 * i >= d) continue;
-        v[i] = v[i] + (s ? __fmul_rn(av[i], sv[i]) : av[i]);
-        sum[r * d + lane + 32 * i] = v[i];
-      }
-    }
-    ReadLane(g, d, lane, gv);
-    if (b) ReadLane(b, d, lane, bv);
-    double mu = 0;
-    if (layer) {
-      double t = 0;
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        if (lane + 32 * i < d) t += v[i];
-      }
-      mu = WarpAllSum(t) / d;
-    }
-    double s2 = 0;
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      if (lane + 32 * i < d) s2 += (v[i] - mu) * (v[i] - mu);
-    }
-    const double var = WarpAllSum(s2) / d;
-    const float rs = static_cast<float>(1.0 / sqrt(var + eps));
-    const float m = static_cast<float>(mu);
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int64_t j = lane + 32 * i;
-      if (j >= d) continue;
-      const float out = (v[i] - m) * rs * gv[i] + (b ? bv[i] : 0.0f);
-      if (y) y[r * d + j] = out;
-      if (y16) y16[r * d + j] = __float2bfloat16_rn(out);
-    }
-    if (lane == 0) {
-      if (mean) mean[r] = m;
-      rstd[r] = rs;
-    }
-    return;
-  }
+  LaneRow<P, float> xv(x + x_rows.Offset(r, d), d, lane);
   if (a) {
-    const float* ar = a + r * d;
+    const LaneRow<P, float> av(a + r * d, d, lane), sv(s, d, lane, s != nullptr);
     float* sr = sum + r * d;
-    for (int64_t j = lane; j < d; j += 32) sr[j] = xr[j] + (s ? __fmul_rn(ar[j], s[j]) : ar[j]);
-    xr = sr;
+    ForLane<P>(d, lane, [&](int i, int64_t j) {
+      const float v = xv(i, j) + (s ? __fmul_rn(av(i, j), sv(i, j)) : av(i, j));
+      sr[j] = v;
+      if constexpr (P > 0) xv.v[i] = v;
+    });
+    xv.row = sr;  // streamed: normalised from the stored sum
   }
+  // g and b read after the sum is stored: 3·P values live at most.
+  const LaneRow<P, float> gv(g, d, lane), bv(b, d, lane, b != nullptr);
   double mu = 0;
   if (layer) {
-    double s = 0;
-    for (int64_t j = lane; j < d; j += 32) s += xr[j];
-    mu = WarpAllSum(s) / d;
+    double t = 0;
+    ForLane<P>(d, lane, [&](int i, int64_t j) { t += xv(i, j); });
+    mu = WarpAllSum(t) / d;
   }
   double s2 = 0;
-  for (int64_t j = lane; j < d; j += 32) s2 += (xr[j] - mu) * (xr[j] - mu);
+  ForLane<P>(d, lane, [&](int i, int64_t j) { s2 += (xv(i, j) - mu) * (xv(i, j) - mu); });
   const double var = WarpAllSum(s2) / d;
   const float rs = static_cast<float>(1.0 / sqrt(var + eps));
   const float m = static_cast<float>(mu);
-  for (int64_t j = lane; j < d; j += 32) {
-    const float v = (xr[j] - m) * rs * g[j] + (b ? b[j] : 0.0f);
+  ForLane<P>(d, lane, [&](int i, int64_t j) {
+    const float v = (xv(i, j) - m) * rs * gv(i, j) + (b ? bv(i, j) : 0.0f);
     if (y) y[r * d + j] = v;
     if (y16) y16[r * d + j] = __float2bfloat16_rn(v);
-  }
+  });
   if (lane == 0) {
     if (mean) mean[r] = m;
     rstd[r] = rs;
@@ -170,11 +159,11 @@ int NormBackwardWarps(int64_t d) {
 // (accumulate: dx += , the residual stream's gradient; dx laid out as x; dy and dx fp32 or
 // bf16, the math fp32 either way, the row sums in double; dx16 nullable: the stored dx rounded
 // to bf16, contiguous rows — the next product's operand). Each lane adds its columns' dy·x̂ and
-// dy into its warp's own shared slots (float, the warp's rows in order: a few — 4 of a GPT-2
-// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes partials_g/partials_b[chunk, j]
-// (double: the warps' slots in warp order; partials_b nullable) for AddColumnTotals. The second pass over the row reads
-// what the first just loaded (L1), so x and dy come from memory once. P: LanePart(d) — the same expressions in the same
-// order either way.
+// dy into its warp's own shared slots (float, the warp's rows in order: a few — 8 of a GPT-2
+// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes
+// partials_g/partials_b[chunk, j] (double: the warps' slots in warp order; partials_b nullable)
+// for AddColumnTotals. x and dy come from memory once (streamed rows: the second pass reads
+// what the first just loaded, from L1). P: LanePart(d).
 template <int P, typename DY, typename DX>
 __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                                    const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
@@ -190,53 +179,26 @@ __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows,
     DX* dxr = dx + x_rows.Offset(r, d);
     const DY* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
+    const LaneRow<P, DY> dyv(dyr, d, lane);
+    const LaneRow<P, float> xv(xr, d, lane), gv(g, d, lane);
+    const LaneRow<P, DX> prior(dxr, d, lane, accumulate);
     double sg = 0, sgx = 0;
-    if constexpr (P > 0) {
-      float dyv[P], xm[P], gv[P], prior[P];  // xm: x − μ
-      ReadLane(dyr, d, lane, dyv);
-      ReadLane(xr, d, lane, xm);
-      ReadLane(g, d, lane, gv);
-      if (accumulate) ReadLane(dxr, d, lane, prior);
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        if (lane + 32 * i >= d) continue;
-        xm[i] = xm[i] - m;
-        const double gh = dyv[i] * gv[i];
-        sg += gh;
-        sgx += gh * xm[i] * rs;
-      }
-      const float mg = layer ? static_cast<float>(WarpAllSum(sg) / d) : 0.0f;
-      const float mgx = static_cast<float>(WarpAllSum(sgx) / d);
-#pragma unroll
-      for (int i = 0; i < P; ++i) {
-        const int64_t j = lane + 32 * i;
-        if (j >= d) continue;
-        const float xh = xm[i] * rs;
-        const float v = rs * (dyv[i] * gv[i] - mg - xh * mgx);
-        const float stored = accumulate ? __fadd_rn(prior[i], v) : v;
-        Store(stored, dxr + j);
-        if (dx16) dx16[r * d + j] = __float2bfloat16_rn(stored);
-        sum_g[j] += dyv[i] * xh;
-        sum_b[j] += dyv[i];
-      }
-      continue;
-    }
-    for (int64_t j = lane; j < d; j += 32) {
-      const double gh = Load(dyr + j) * g[j];
+    ForLane<P>(d, lane, [&](int i, int64_t j) {
+      const double gh = dyv(i, j) * gv(i, j);
       sg += gh;
-      sgx += gh * (xr[j] - m) * rs;
-    }
+      sgx += gh * (xv(i, j) - m) * rs;
+    });
     const float mg = layer ? static_cast<float>(WarpAllSum(sg) / d) : 0.0f;
     const float mgx = static_cast<float>(WarpAllSum(sgx) / d);
-    for (int64_t j = lane; j < d; j += 32) {
-      const float xh = (xr[j] - m) * rs, dyj = Load(dyr + j);
-      const float v = rs * (dyj * g[j] - mg - xh * mgx);
-      const float stored = accumulate ? __fadd_rn(Load(dxr + j), v) : v;  // never an FMA: the bits of Add's
+    ForLane<P>(d, lane, [&](int i, int64_t j) {
+      const float xh = (xv(i, j) - m) * rs, dyj = dyv(i, j);
+      const float v = rs * (dyj * gv(i, j) - mg - xh * mgx);
+      const float stored = accumulate ? __fadd_rn(prior(i, j), v) : v;  // never an FMA: the bits of Add's
       Store(stored, dxr + j);
       if (dx16) dx16[r * d + j] = __float2bfloat16_rn(stored);
       sum_g[j] += dyj * xh;
       sum_b[j] += dyj;
-    }
+    });
   }
   __syncthreads();
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
