@@ -148,7 +148,8 @@ run_alone() {  # name, binary
         "BM_Attention/shape:0/backward:1/cap:0/fused:1/bf16:1/;Backward(Query|Key)Kernel;2" \
         "BM_LossHead/shape:0/fused:1/;CrossEntropyFusedKernel;1" \
         "BM_LayerNorm/shape:0/per_head:0/;Norm(Forward|Backward)Kernel;2" \
-        "BM_Attention/shape:0/backward:0/cap:1/fused:1/bf16:1/;ForwardKernel;1"; do
+        "BM_Attention/shape:0/backward:0/cap:1/fused:1/bf16:1/;ForwardKernel;1" \
+        "BM_AdamW/params:124000000/each:1/;AdamWEachKernel;1"; do
       IFS=';' read -r filter kernels count <<< "$spec"
       n=$((n + 1))
       if [ $((deadline - SECONDS)) -lt 75 ]; then echo "$filter: not profiled (out of time)"; continue; fi
