@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
-#include <type_traits>
 #include <vector>
 
 #include "stability/ops/cuda/internal/common.cuh"
@@ -109,49 +108,22 @@ __device__ inline int64_t PackedEnd(const T* row, int64_t v) {
   return v / Pack<T>::kValues * Pack<T>::kValues;
 }
 
-// f(p, pack) for the 16-byte packs p < packs of a row that this thread takes — threadIdx.x,
-// + blockDim.x, … in order — four at a time, each four's loads issued before any of them is
-// used (or stored back: kWrite): a load after a store that may alias it (as far as the compiler
-// knows) cannot be issued before it, so a loop that stores as it goes waits out one memory
-// latency a pack.
-template <bool kWrite, typename T, typename F>
-__device__ inline void ForEachPack(T* row, int64_t packs, F f) {
-  using P = Pack<std::remove_const_t<T>>;
-  constexpr int kBatch = 4;
-  const int64_t stride = blockDim.x;
-  int64_t p = threadIdx.x;
-  for (; p + (kBatch - 1) * stride < packs; p += kBatch * stride) {
-    P batch[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) batch[b] = P::LoadFrom(row + (p + b * stride) * P::kValues);
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) f(p + b * stride, batch[b]);
-    if constexpr (kWrite) {
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) batch[b].StoreTo(row + (p + b * stride) * P::kValues);
-    }
-  }
-  for (; p < packs; p += stride) {
-    P pack = P::LoadFrom(row + p * P::kValues);
-    f(p, pack);
-    if constexpr (kWrite) pack.StoreTo(row + p * P::kValues);
-  }
-}
-
-// f(values) for each of a row's v values, 16-byte packs (ForEachPack: a memory transaction 16
-// bytes a thread, not 2 — the loss kernels ran at ~1 TB/s of an H200's 4.8 reading a bf16 at
-// a time) — values a float[8] (bf16) or float[4] (fp32) —, then the values past the packs one
-// at a time (a float[1]).
+// f(values) for each of a row's v values, a thread every blockDim.x-th 16-byte pack, four
+// packs' loads at a time (GridStrideBatched) — a memory transaction 16 bytes a thread, not 2:
+// the loss kernels ran at ~1 TB/s of an H200's 4.8 reading a bf16 at a time; values a float[8]
+// (bf16) or float[4] (fp32) —, then the values past the packs one at a time (a float[1]).
 template <typename T, typename F>
 __device__ inline void ForEachInRow(const T* row, int64_t v, F f) {
   constexpr int kValues = Pack<T>::kValues;
   const int64_t packed = PackedEnd(row, v);
-  ForEachPack<false>(row, packed / kValues, [&](int64_t, const Pack<T>& pack) {
-    float x[kValues];
+  GridStrideBatched<4>(
+      threadIdx.x, blockDim.x, packed / kValues, [&](int64_t p) { return Pack<T>::LoadFrom(row + p * kValues); },
+      [&](int64_t, const Pack<T>& pack) {
+        float x[kValues];
 #pragma unroll
-    for (int i = 0; i < kValues; ++i) x[i] = pack.Get(i);
-    f(x);
-  });
+        for (int i = 0; i < kValues; ++i) x[i] = pack.Get(i);
+        f(x);
+      });
   for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) {
     const float x[1] = {Load(row + j)};
     f(x);
@@ -159,15 +131,20 @@ __device__ inline void ForEachInRow(const T* row, int64_t v, F f) {
 }
 
 // row[j] = f(j, row[j]) for each j < v, as ForEachInRow visits them (each value read and
-// written by one thread).
+// written by one thread; a batch's four packs loaded before the first is stored back).
 template <typename T, typename F>
 __device__ inline void UpdateRow(T* row, int64_t v, F f) {
   constexpr int kValues = Pack<T>::kValues;
   const int64_t packed = PackedEnd(row, v);
-  ForEachPack<true>(row, packed / kValues, [&](int64_t p, Pack<T>& pack) {
+  GridStrideBatched<4>(
+      threadIdx.x, blockDim.x, packed / kValues,
+      [&](int64_t p) {
+        Pack<T> pack = Pack<T>::LoadFrom(row + p * kValues);
 #pragma unroll
-    for (int i = 0; i < kValues; ++i) pack.Set(i, f(p * kValues + i, pack.Get(i)));
-  });
+        for (int i = 0; i < kValues; ++i) pack.Set(i, f(p * kValues + i, pack.Get(i)));
+        return pack;
+      },
+      [&](int64_t p, const Pack<T>& pack) { pack.StoreTo(row + p * kValues); });
   for (int64_t j = packed + threadIdx.x; j < v; j += blockDim.x) Store(f(j, Load(row + j)), row + j);
 }
 
