@@ -309,26 +309,15 @@ __global__ void ChannelScaleBackwardKernel(const float* x, const float* s, const
   if (j >= cols) return;
   const float sj = s[j];
   double acc = 0;
-  const auto step = [&](int64_t r, float g, float xv) {
-    acc += static_cast<double>(g) * xv;
-    const float d = g * sj;
-    dx[r * cols + j] = d;
-    if (dx16) dx16[r * cols + j] = __float2bfloat16_rn(d);
-  };
-  constexpr int kBatch = 4;
-  const int64_t end = rows * (chunk + 1) / chunks;
-  int64_t r = rows * chunk / chunks;
-  for (; r + kBatch <= end; r += kBatch) {
-    float g[kBatch], xv[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      g[b] = dy[(r + b) * cols + j];
-      xv[b] = x[(r + b) * cols + j];
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) step(r + b, g[b], xv[b]);
-  }
-  for (; r < end; ++r) step(r, dy[r * cols + j], x[r * cols + j]);
+  GridStrideBatched<4>(
+      rows * chunk / chunks, 1, rows * (chunk + 1) / chunks,
+      [&](int64_t r) { return make_float2(dy[r * cols + j], x[r * cols + j]); },
+      [&](int64_t r, float2 gx) {
+        acc += static_cast<double>(gx.x) * gx.y;
+        const float d = gx.x * sj;
+        dx[r * cols + j] = d;
+        if (dx16) dx16[r * cols + j] = __float2bfloat16_rn(d);
+      });
   partials[chunk * cols + j] = acc;
 }
 
@@ -386,31 +375,23 @@ struct AdamWBatch {
 };
 static_assert(sizeof(AdamWBatch) <= 4096, "kernel parameters are at most 4 KB before CUDA 12.1 / Volta");
 
-// A thread's kAdamWPerBlock / blockDim.x elements: every load before the first store (a load
-// after a store that may alias it waits for it: one memory latency an element).
-__global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size,
-                                float sqrt_bc2, float grad_scale) {
-  constexpr int kPerThread = kAdamWPerBlock / kThreads;
+// A thread's kAdamWPerBlock / blockDim.x elements, all loaded before the first store
+// (GridStrideBatched: one batch).
+__global__ void AdamWEachKernel(AdamWBatch batch, float beta1, float beta2, float eps, float step_size, float sqrt_bc2,
+                                float grad_scale) {
   const int k = BufferOfBlock(batch.first_block, batch.count, blockIdx.x);
-  const int64_t base = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock) + threadIdx.x;
-  const int64_t n = batch.n[k];
-  float p[kPerThread], g[kPerThread], m[kPerThread], v[kPerThread];
-#pragma unroll
-  for (int e = 0; e < kPerThread; ++e) {
-    const int64_t i = base + e * kThreads;
-    if (i >= n) continue;
-    p[e] = batch.p[k][i], g[e] = batch.grad[k][i], m[e] = batch.m[k][i], v[e] = batch.v[k][i];
-  }
-#pragma unroll
-  for (int e = 0; e < kPerThread; ++e) {
-    const int64_t i = base + e * kThreads;
-    if (i >= n) continue;
-    AdamWStep(p[e], g[e], m[e], v[e], beta1, beta2, eps, step_size, sqrt_bc2, batch.decay[k], grad_scale);
-    batch.m[k][i] = m[e];
-    batch.v[k][i] = v[e];
-    batch.p[k][i] = p[e];
-    if (batch.p16[k]) batch.p16[k][i] = __float2bfloat16_rn(p[e]);
-  }
+  const int64_t first = (blockIdx.x - batch.first_block[k]) * static_cast<int64_t>(kAdamWPerBlock);
+  const int64_t end = first + kAdamWPerBlock < batch.n[k] ? first + kAdamWPerBlock : batch.n[k];
+  GridStrideBatched<kAdamWPerBlock / kThreads>(
+      first + threadIdx.x, kThreads, end,
+      [&](int64_t i) { return make_float4(batch.p[k][i], batch.grad[k][i], batch.m[k][i], batch.v[k][i]); },
+      [&](int64_t i, float4 e) {  // e: p, grad, m, v
+        AdamWStep(e.x, e.y, e.z, e.w, beta1, beta2, eps, step_size, sqrt_bc2, batch.decay[k], grad_scale);
+        batch.m[k][i] = e.z;
+        batch.v[k][i] = e.w;
+        batch.p[k][i] = e.x;
+        if (batch.p16[k]) batch.p16[k][i] = __float2bfloat16_rn(e.x);
+      });
 }
 
 cublasOperation_t Op(Trans t) { return t == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N; }
