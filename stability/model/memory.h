@@ -23,7 +23,7 @@ struct TrainingMemory {
   int64_t activations = 0;  // what Forward keeps for Backward, and Backward's own buffers
   int64_t logits = 0;       // the logits [B·T, V] (rows Backend::LogitsRowStride apart), their gradient in place
   int64_t bf16 = 0;         // the bf16 operands the linear layers keep (backends that keep them)
-  int64_t scratch = 0;      // the backend's: the attention's T×T tiles where it stores them, and slack
+  int64_t scratch = 0;      // the backend's: the attention's T×T tiles or bf16 heads, and slack
   int64_t total() const { return parameters + optimizer + activations + logits + bf16 + scratch; }
   std::string ToString() const;  // "12.3 GiB: activations 8.1, logits 2.0, ..."
 };

@@ -4,13 +4,15 @@
 // FlashAttention-2 (internal/warp_mma.cuh has the instructions and their register layouts).
 //
 // A block owns 64 rows (queries in the forward and dQ kernels, keys in the dK/dV kernel),
-// 4 warps of 16; the other side streams through shared memory in tiles of 64 rows, rounded
-// to bf16 as they load. A warp's products stay in its registers: each lane holds rows g and
-// g + 8 of the warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns
-// 2q and 2q + 1 (q = lane % 4) — so a row's reduction is the lane's 16 values a tile and two
-// shuffles across its quad, and the accumulators of one product, rounded to bf16 in pairs,
-// are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory. Softmax,
-// statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as
+// 4 warps of 16; the other side streams through shared memory in tiles of 64 rows, two
+// buffers each: while the warps compute on tile i, tile i + 1's cp.async copies are in
+// flight (internal/cp_async.cuh), as FlashAttention-2. Q, K, V and dO are read in bf16, each
+// head's rows contiguous, rounded once by HeadsToBf16Kernel (the values the kernels rounded
+// as they loaded each tile before: the same bits out). A warp's products stay in its registers: each lane holds rows g
+// and g + 8 of the warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q = lane
+// % 4) — so a row's reduction is the lane's 16 values a tile and two shuffles across its quad, and the accumulators of
+// one product, rounded to bf16 in pairs, are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared
+// memory. Softmax, statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as
 // FlashAttention does, and the exponentials are __expf (ex2.approx, ~1e-6 relative: far under
 // that rounding; the soft cap's tanh is made of them too, Softmax::CappedFast; fused_attention.cu, the fp32
 // parity kernel, keeps expf and tanhf). (The first version stored each WMMA product to shared memory and read
@@ -36,6 +38,7 @@
 #include <initializer_list>
 
 #include "stability/ops/cuda/internal/common.cuh"
+#include "stability/ops/cuda/internal/cp_async.cuh"
 #include "stability/ops/cuda/internal/fused_attention.cuh"
 #include "stability/ops/cuda/internal/warp_mma.cuh"
 
@@ -50,27 +53,41 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kBlocks = kRows / 8;  // 8-column blocks of a [16 × 64] product
 
 // Shared memory: bf16 row tiles [64 × HD], rows HD + 8 values apart (16-byte aligned rows for
-// ldmatrix, and the 8 rows of one of its matrices in different banks).
+// ldmatrix and cp.async, and the 8 rows of one of ldmatrix's matrices in different banks);
+// tile j at smem + j·kTile values. The streamed side's tiles (and the key kernel's lse and D
+// rows, 64 floats each) two of each: tile i in buffer i % 2.
 template <int HD>
 struct Layout {
   static constexpr int kL = HD + 8;
-  static constexpr int kTileBytes = kRows * kL * 2;
-  static constexpr int kForwardBytes = 3 * kTileBytes;              // Q, K, V
-  static constexpr int kQueryBytes = 4 * kTileBytes;                // Q, dO, K, V
-  static constexpr int kKeyBytes = 4 * kTileBytes + 2 * kRows * 4;  // K, V, Q, dO; lse, D
+  static constexpr int kTile = kRows * kL;
+  static constexpr int kTileBytes = kTile * 2;
+  static constexpr int kForwardBytes = 5 * kTileBytes;                  // Q; K, V ×2
+  static constexpr int kQueryBytes = 6 * kTileBytes;                    // Q, dO; K, V ×2
+  static constexpr int kKeyBytes = 6 * kTileBytes + 2 * 2 * kRows * 4;  // K, V; Q, dO ×2; lse, D ×2
 };
 
-// Rows [row0, row0 + 64) of x (row stride c; rows at or past t read as 0) into a bf16 tile.
+// The kernels' inputs in bf16, each head's rows contiguous: x[(bh·T + t)·HD + d] for head
+// bh = b·H + h (HeadsToBf16Kernel).
+struct Heads16 {
+  const bf16 *q, *k, *v, *dout;
+};
+
+// Rows [row0, row0 + 64) of a head (x: its row 0; rows at or past t as zeros) into a shared
+// tile by cp.async, 16 bytes a copy; the caller commits and waits.
 template <int HD>
-__device__ void LoadTile(const float* x, int64_t row0, int64_t t, int64_t c, bf16* tile) {
-  constexpr int kQuads = HD / 4;
-  for (int i = threadIdx.x; i < kRows * kQuads; i += kThreads) {
-    const int r = i / kQuads, d = (i % kQuads) * 4;
-    const float4 f = row0 + r < t ? *reinterpret_cast<const float4*>(x + (row0 + r) * c + d)
-                                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    auto* dst = reinterpret_cast<__nv_bfloat162*>(tile + r * Layout<HD>::kL + d);
-    dst[0] = __floats2bfloat162_rn(f.x, f.y);
-    dst[1] = __floats2bfloat162_rn(f.z, f.w);
+__device__ void CopyTile(const bf16* x, int64_t row0, int64_t t, bf16* tile) {
+  constexpr int kChunks = HD / 8;
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+    const int r = i / kChunks, d = (i % kChunks) * 8;
+    const bool in = row0 + r < t;
+    CpAsync<16>(tile + r * Layout<HD>::kL + d, x + (in ? (row0 + r) * HD + d : 0), in);
+  }
+}
+// Values [i0, i0 + 64) of a row statistic (rows at or past t as zeros) into shared memory.
+__device__ inline void CopyRowValues(const float* x, int64_t i0, int64_t t, float* dst) {
+  for (int i = threadIdx.x; i < kRows; i += kThreads) {
+    const bool in = i0 + i < t;
+    CpAsync<4>(dst + i, x + (in ? i0 + i : 0), in);
   }
 }
 
@@ -165,23 +182,22 @@ __device__ inline float QuadMax(float x) {
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm, AttentionStrides ld,
-                  float* out, bf16* out16, float* lse, float* row_max, double* row_entropy) {
+    ForwardKernel(Heads16 x, int64_t t, int64_t h, Softmax sm, float* out, bf16* out16, float* lse, float* row_max,
+                  double* row_entropy) {
   using Lay = Layout<HD>;
-  constexpr int kL = Lay::kL;
+  constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, quad = lane % 4;
   bf16* qs = reinterpret_cast<bf16*>(smem);
-  bf16* ks = reinterpret_cast<bf16*>(smem + Lay::kTileBytes);
-  bf16* vs = reinterpret_cast<bf16*>(smem + 2 * Lay::kTileBytes);
+  bf16* ks = qs + kTile;      // key tile i at ks + (i % 2)·kTile
+  bf16* vs = qs + 3 * kTile;  // value tile i at vs + (i % 2)·kTile
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
-  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  const bf16 *qh = x.q + bh * t * HD, *kh = x.k + bh * t * HD, *vh = x.v + bh * t * HD;
   // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
   const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t tq[2] = {w0 + g, w0 + g + 8};
   const int64_t row_last[2] = {tq[0] < t ? tq[0] : -1, tq[1] < t ? tq[1] : -1};  // keys s ≤ it count
-  LoadTile<HD>(q, q0, t, ld.q, qs);
 
   float o[HD / 8][4];
   Zero<HD>(o);
@@ -191,90 +207,105 @@ __global__ void __launch_bounds__(kThreads)
   float amax[2] = {-INFINITY, -INFINITY}, row_lse[2] = {0.0f, 0.0f};
   const bool clip = sm.o.clip;
   const float z_scale = sm.o.scale * (1.0f / sm.o.temperature);  // z = cap(S·z_scale), as the backward
-  for (int sweep = clip ? 0 : 1; sweep < 2; ++sweep) {
-    const bool exact = clip && sweep == 1;  // p from the row's known lse
-    if (exact) {
+  // The key tiles of each sweep in turn (the clip's first sweep reads no V): item i is key
+  // tile i % tiles of sweep i / tiles.
+  const int64_t tiles = last_key / kRows + 1, items = (clip ? 2 : 1) * tiles;
+  const auto issue = [&](int64_t i) {
+    CopyTile<HD>(kh, i % tiles * kRows, t, ks + i % 2 * kTile);
+    if (!clip || i >= tiles) CopyTile<HD>(vh, i % tiles * kRows, t, vs + i % 2 * kTile);
+    CpAsyncCommit();
+  };
+  CopyTile<HD>(qh, q0, t, qs);  // with item 0's group
+  issue(0);
+  for (int64_t it = 0; it < items; ++it) {
+    const bool exact = clip && it >= tiles;  // p from the row's known lse
+    const bool with_v = !clip || exact;
+    const int64_t s0 = it % tiles * kRows;
+    if (clip && it == tiles) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         row_lse[r] = m[r] + logf(QuadSum(l[r]));
         ez[r] = 0.0f;
       }
     }
-    for (int64_t s0 = 0; s0 <= last_key; s0 += kRows) {
-      __syncthreads();  // the previous tile is read (and Q is loaded)
-      LoadTile<HD>(k, s0, t, ld.k, ks);
-      if (sweep == 1) LoadTile<HD>(v, s0, t, ld.v, vs);
-      __syncthreads();
-      if (w0 >= t) continue;  // the warp has no query (T not a multiple of 64)
-      float s[kBlocks][4];
-      RowsTimesRowsT<HD>(qs + 16 * warp * kL, ks, s);  // S = Q Kᵀ
-      // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2. A tile
-      // wholly at or before every row's diagonal (most of them) masks nothing: no compares.
-      const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;
-      const auto valid = [&](int nb, int i) { return whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]; };
-      float alpha[2] = {1.0f, 1.0f};
-      if (!exact) {  // online max and sums
-        float tmax[2] = {-INFINITY, -INFINITY};
+    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
+    if (it + 1 < items) {
+      issue(it + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();        // item it (and Q) landed: every thread's copies
+    if (w0 >= t) continue;  // the warp has no query (T not a multiple of 64)
+    const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
+    float s[kBlocks][4];
+    RowsTimesRowsT<HD>(qs + 16 * warp * kL, kt, s);  // S = Q Kᵀ
+    // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2. A tile
+    // wholly at or before every row's diagonal (most of them) masks nothing: no compares.
+    const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;
+    const auto valid = [&](int nb, int i) { return whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]; };
+    float alpha[2] = {1.0f, 1.0f};
+    if (!exact) {  // online max and sums
+      float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int nb = 0; nb < kBlocks; ++nb) {
+      for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            if (!valid(nb, i)) continue;
-            amax[i / 2] = fmaxf(amax[i / 2], s[nb][i] * sm.o.scale);
-            s[nb][i] = sm.CappedFast(s[nb][i] * z_scale);  // z, computed once
-            tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
-          }
-        }
-        float sum[2] = {0.0f, 0.0f}, sz[2] = {0.0f, 0.0f}, m_new[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          m_new[r] = fmaxf(m[r], QuadMax(tmax[r]));
-          alpha[r] = m_new[r] == -INFINITY ? 1.0f : __expf(m[r] - m_new[r]);
-        }
-#pragma unroll
-        for (int nb = 0; nb < kBlocks; ++nb) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            float e = 0.0f;
-            if (valid(nb, i)) {
-              const float z = s[nb][i];
-              e = __expf(z - m_new[i / 2]);
-              sum[i / 2] += e;
-              sz[i / 2] += e * z;
-            }
-            s[nb][i] = e;  // P, unnormalised
-          }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          l[r] = alpha[r] * l[r] + sum[r];
-          ez[r] = alpha[r] * ez[r] + sz[r];
-          m[r] = m_new[r];
-        }
-      } else {  // the exact p, clipped
-#pragma unroll
-        for (int nb = 0; nb < kBlocks; ++nb) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            float pc = 0.0f;
-            if (valid(nb, i)) {
-              const float z = sm.CappedFast(s[nb][i] * z_scale);
-              const float p = __expf(z - row_lse[i / 2]);
-              ez[i / 2] += p * z;
-              pc = sm.Clip(p);
-            }
-            s[nb][i] = pc;
-          }
+        for (int i = 0; i < 4; ++i) {
+          if (!valid(nb, i)) continue;
+          amax[i / 2] = fmaxf(amax[i / 2], s[nb][i] * sm.o.scale);
+          s[nb][i] = sm.CappedFast(s[nb][i] * z_scale);  // z, computed once
+          tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
         }
       }
-      if (sweep == 1) {
+      float sum[2] = {0.0f, 0.0f}, sz[2] = {0.0f, 0.0f}, m_new[2];
 #pragma unroll
-        for (int db = 0; db < HD / 8; ++db) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) o[db][i] *= alpha[i / 2];
-        }
-        AccumulateTimesRows<HD>(s, vs, o);  // O += P V
+      for (int r = 0; r < 2; ++r) {
+        m_new[r] = fmaxf(m[r], QuadMax(tmax[r]));
+        alpha[r] = m_new[r] == -INFINITY ? 1.0f : __expf(m[r] - m_new[r]);
       }
+#pragma unroll
+      for (int nb = 0; nb < kBlocks; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float e = 0.0f;
+          if (valid(nb, i)) {
+            const float z = s[nb][i];
+            e = __expf(z - m_new[i / 2]);
+            sum[i / 2] += e;
+            sz[i / 2] += e * z;
+          }
+          s[nb][i] = e;  // P, unnormalised
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        l[r] = alpha[r] * l[r] + sum[r];
+        ez[r] = alpha[r] * ez[r] + sz[r];
+        m[r] = m_new[r];
+      }
+    } else {  // the exact p, clipped
+#pragma unroll
+      for (int nb = 0; nb < kBlocks; ++nb) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float pc = 0.0f;
+          if (valid(nb, i)) {
+            const float z = sm.CappedFast(s[nb][i] * z_scale);
+            const float p = __expf(z - row_lse[i / 2]);
+            ez[i / 2] += p * z;
+            pc = sm.Clip(p);
+          }
+          s[nb][i] = pc;
+        }
+      }
+    }
+    if (with_v) {
+#pragma unroll
+      for (int db = 0; db < HD / 8; ++db) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[db][i] *= alpha[i / 2];
+      }
+      AccumulateTimesRows<HD>(s, vt, o);  // O += P V
     }
   }
   float inv[2];
@@ -300,27 +331,38 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Per query row: D (from dO·O, or a first sweep under the clip), then dQ (G: fp32 or bf16).
+// out and dout fp32 for D = dO·O.
 template <int HD, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardQueryKernel(const float* q, const float* k, const float* v, const float* out, const float* lse,
-                        const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, G* dq, float* rowd) {
+    BackwardQueryKernel(Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
+                        Softmax sm, int64_t ld_dq, G* dq, float* rowd) {
   using Lay = Layout<HD>;
-  constexpr int kL = Lay::kL;
+  constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, quad = lane % 4;
   bf16* qs = reinterpret_cast<bf16*>(smem);
-  bf16* dos = reinterpret_cast<bf16*>(smem + Lay::kTileBytes);
-  bf16* ks = reinterpret_cast<bf16*>(smem + 2 * Lay::kTileBytes);
-  bf16* vs = reinterpret_cast<bf16*>(smem + 3 * Lay::kTileBytes);
+  bf16* dos = qs + kTile;
+  bf16* ks = qs + 2 * kTile;  // key tile i at ks + (i % 2)·kTile
+  bf16* vs = qs + 4 * kTile;  // value tile i at vs + (i % 2)·kTile
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
-  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  const bf16 *kh = x.k + bh * t * HD, *vh = x.v + bh * t * HD;
   // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
   const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t tq[2] = {w0 + g, w0 + g + 8};
   const int64_t row_last[2] = {tq[0] < t ? tq[0] : -1, tq[1] < t ? tq[1] : -1};
-  LoadTile<HD>(q, q0, t, ld.q, qs);
-  LoadTile<HD>(dout + off, q0, t, c, dos);
+  const bool d_from_out = out != nullptr && !sm.o.clip;
+  // The key tiles of each sweep in turn: item i is key tile i % tiles of sweep
+  // i / tiles + (d_from_out ? 1 : 0); every item reads K and V.
+  const int64_t tiles = last_key / kRows + 1, items = (d_from_out ? 1 : 2) * tiles, dq_from = d_from_out ? 0 : tiles;
+  const auto issue = [&](int64_t i) {
+    CopyTile<HD>(kh, i % tiles * kRows, t, ks + i % 2 * kTile);
+    CopyTile<HD>(vh, i % tiles * kRows, t, vs + i % 2 * kTile);
+    CpAsyncCommit();
+  };
+  CopyTile<HD>(x.q + bh * t * HD, q0, t, qs);  // with item 0's group
+  CopyTile<HD>(x.dout + bh * t * HD, q0, t, dos);
+  issue(0);
   float row_lse[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) row_lse[r] = tq[r] < t ? lse[bh * t + tq[r]] : 0.0f;
@@ -328,7 +370,6 @@ __global__ void __launch_bounds__(kThreads)
   float acc[HD / 8][4];
   Zero<HD>(acc);
   float d_part[2] = {0.0f, 0.0f}, d_row[2] = {0.0f, 0.0f};
-  const bool d_from_out = out != nullptr && !sm.o.clip;
   if (d_from_out) {  // each lane of the quad a quarter of the row's dims, fp32
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -338,42 +379,47 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = 0; i < HD / 4; ++i) d_part[r] += dorow[i] * orow[i];
     }
   }
-  for (int sweep = d_from_out ? 1 : 0; sweep < 2; ++sweep) {
-    if (sweep == 1) {
+  for (int64_t it = 0; it < items; ++it) {
+    const bool dq_sweep = it >= dq_from;  // else D's sweep
+    const int64_t s0 = it % tiles * kRows;
+    if (it == dq_from) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) d_row[r] = QuadSum(d_part[r]);
     }
-    for (int64_t s0 = 0; s0 <= last_key; s0 += kRows) {
-      __syncthreads();
-      LoadTile<HD>(k, s0, t, ld.k, ks);
-      LoadTile<HD>(v, s0, t, ld.v, vs);
-      __syncthreads();
-      if (w0 >= t) continue;
-      float s[kBlocks][4], dp[kBlocks][4];
-      RowsTimesRowsT<HD>(qs + 16 * warp * kL, ks, s);    // S
-      RowsTimesRowsT<HD>(dos + 16 * warp * kL, vs, dp);  // dP' = dO Vᵀ
-      const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;  // no key of the tile masked
-#pragma unroll
-      for (int nb = 0; nb < kBlocks; ++nb) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float dz = 0.0f;
-          if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
-            const float z = sm.CappedFast(s[nb][i] * z_scale);
-            const float p = __expf(z - row_lse[i / 2]);
-            const float dpc = sm.ClipSlope(p) * dp[nb][i];
-            if (sweep == 0)
-              d_part[i / 2] += p * dpc;
-            else
-              dz = p * (dpc - d_row[i / 2]) * sm.CapSlope(z) * inv_temp;
-          }
-          s[nb][i] = dz;
-        }
-      }
-      if (sweep == 1) AccumulateTimesRows<HD>(s, ks, acc);  // dQ += dZ K
+    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
+    if (it + 1 < items) {
+      issue(it + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
     }
+    __syncthreads();  // item it (and Q, dO) landed: every thread's copies
+    if (w0 >= t) continue;
+    const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
+    float s[kBlocks][4], dp[kBlocks][4];
+    RowsTimesRowsT<HD>(qs + 16 * warp * kL, kt, s);          // S
+    RowsTimesRowsT<HD>(dos + 16 * warp * kL, vt, dp);        // dP' = dO Vᵀ
+    const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;  // no key of the tile masked
+#pragma unroll
+    for (int nb = 0; nb < kBlocks; ++nb) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float dz = 0.0f;
+        if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
+          const float z = sm.CappedFast(s[nb][i] * z_scale);
+          const float p = __expf(z - row_lse[i / 2]);
+          const float dpc = sm.ClipSlope(p) * dp[nb][i];
+          if (!dq_sweep)
+            d_part[i / 2] += p * dpc;
+          else
+            dz = p * (dpc - d_row[i / 2]) * sm.CapSlope(z) * inv_temp;
+        }
+        s[nb][i] = dz;
+      }
+    }
+    if (dq_sweep) AccumulateTimesRows<HD>(s, kt, acc);  // dQ += dZ K
   }
-  WriteRows<HD>(acc, w0, t, ld.dq, sm.o.scale, dq + HeadOffset(bi, hi, t, ld.dq, HD));
+  WriteRows<HD>(acc, w0, t, ld_dq, sm.o.scale, dq + HeadOffset(bi, hi, t, ld_dq, HD));
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (tq[r] < t && quad == 0) rowd[bh * t + tq[r]] = d_row[r];
@@ -383,42 +429,56 @@ __global__ void __launch_bounds__(kThreads)
 // Per key row s: dK and dV over the queries t ≥ s (G: fp32 or bf16).
 template <int HD, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardKeyKernel(const float* q, const float* k, const float* v, const float* lse, const float* rowd,
-                      const float* dout, int64_t t, int64_t h, Softmax sm, AttentionStrides ld, G* dk, G* dv) {
+    BackwardKeyKernel(Heads16 x, const float* lse, const float* rowd, int64_t t, int64_t h, Softmax sm, int64_t ld_dk,
+                      int64_t ld_dv, G* dk, G* dv) {
   using Lay = Layout<HD>;
-  constexpr int kL = Lay::kL;
+  constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, quad = lane % 4;
   bf16* ks = reinterpret_cast<bf16*>(smem);
-  bf16* vs = reinterpret_cast<bf16*>(smem + Lay::kTileBytes);
-  bf16* qs = reinterpret_cast<bf16*>(smem + 2 * Lay::kTileBytes);
-  bf16* dos = reinterpret_cast<bf16*>(smem + 3 * Lay::kTileBytes);
-  float* lses = reinterpret_cast<float*>(smem + 4 * Lay::kTileBytes);
-  float* ds = lses + kRows;
-  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
-  q += HeadOffset(bi, hi, t, ld.q, HD), k += HeadOffset(bi, hi, t, ld.k, HD), v += HeadOffset(bi, hi, t, ld.v, HD);
+  bf16* vs = ks + kTile;
+  bf16* qs = ks + 2 * kTile;                                           // query tile i at qs + (i % 2)·kTile
+  bf16* dos = ks + 4 * kTile;                                          // its dO at dos + (i % 2)·kTile
+  float* lses = reinterpret_cast<float*>(smem + 6 * Lay::kTileBytes);  // its lse at lses + (i % 2)·64
+  float* ds = lses + 2 * kRows;                                        // its D at ds + (i % 2)·64
+  const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h;
+  const bf16 *qh = x.q + bh * t * HD, *doh = x.dout + bh * t * HD;
   // Key block 0 (every query tile) first: the blocks run heaviest first, as the query kernels'.
   const int64_t k0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = k0 + 16 * warp;
   const int64_t sk[2] = {w0 + g, w0 + g + 8};
-  LoadTile<HD>(k, k0, t, ld.k, ks);
-  LoadTile<HD>(v, k0, t, ld.v, vs);
+  // The query tiles from k0 (queries before it see no key of this block): item i at k0 + 64·i.
+  const int64_t items = (t - k0 + kRows - 1) / kRows;
+  const auto issue = [&](int64_t i) {
+    const int64_t t0 = k0 + i * kRows;
+    CopyTile<HD>(qh, t0, t, qs + i % 2 * kTile);
+    CopyTile<HD>(doh, t0, t, dos + i % 2 * kTile);
+    CopyRowValues(lse + bh * t, t0, t, lses + i % 2 * kRows);
+    CopyRowValues(rowd + bh * t, t0, t, ds + i % 2 * kRows);
+    CpAsyncCommit();
+  };
+  CopyTile<HD>(x.k + bh * t * HD, k0, t, ks);  // with item 0's group
+  CopyTile<HD>(x.v + bh * t * HD, k0, t, vs);
+  issue(0);
   const float inv_temp = 1.0f / sm.o.temperature, z_scale = sm.o.scale * inv_temp;
   float acc_dk[HD / 8][4], acc_dv[HD / 8][4];
   Zero<HD>(acc_dk);
   Zero<HD>(acc_dv);
-  for (int64_t t0 = k0; t0 < t; t0 += kRows) {  // queries before k0 see no key of this block
-    __syncthreads();
-    LoadTile<HD>(q, t0, t, ld.q, qs);
-    LoadTile<HD>(dout + off, t0, t, c, dos);
-    for (int i = threadIdx.x; i < kRows; i += kThreads) {
-      lses[i] = t0 + i < t ? lse[bh * t + t0 + i] : 0.0f;
-      ds[i] = t0 + i < t ? rowd[bh * t + t0 + i] : 0.0f;
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t t0 = k0 + it * kRows;
+    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
+    if (it + 1 < items) {
+      issue(it + 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
     }
-    __syncthreads();
+    __syncthreads();  // item it (and K, V) landed: every thread's copies
     if (w0 >= t) continue;
+    const bf16 *qt = qs + it % 2 * kTile, *dot = dos + it % 2 * kTile;
+    const float *lset = lses + it % 2 * kRows, *dt = ds + it % 2 * kRows;
     float s[kBlocks][4], dp[kBlocks][4];
-    RowsTimesRowsT<HD>(ks + 16 * warp * kL, qs, s);    // Sᵀ = K Qᵀ
-    RowsTimesRowsT<HD>(vs + 16 * warp * kL, dos, dp);  // dP'ᵀ = V dOᵀ
+    RowsTimesRowsT<HD>(ks + 16 * warp * kL, qt, s);    // Sᵀ = K Qᵀ
+    RowsTimesRowsT<HD>(vs + 16 * warp * kL, dot, dp);  // dP'ᵀ = V dOᵀ
     // Value i of column block nb: key row sk[i / 2], query t0 + j with j = 8·nb + 2·quad + i % 2.
     // dZᵀ replaces Sᵀ, and P'ᵀ dP'ᵀ (each value read before it is replaced).
     const bool whole = t0 >= w0 + 15 && t0 + kRows - 1 < t && w0 + 15 < t;  // every query sees every key
@@ -431,48 +491,87 @@ __global__ void __launch_bounds__(kThreads)
         float dz = 0.0f, clipped = 0.0f;
         if (whole || (key < t && tq >= key && tq < t)) {
           const float z = sm.CappedFast(s[nb][i] * z_scale);
-          const float p = __expf(z - lses[j]);
+          const float p = __expf(z - lset[j]);
           const float dpc = sm.ClipSlope(p) * dp[nb][i];
-          dz = p * (dpc - ds[j]) * sm.CapSlope(z) * inv_temp;
+          dz = p * (dpc - dt[j]) * sm.CapSlope(z) * inv_temp;
           clipped = sm.Clip(p);
         }
         s[nb][i] = dz;
         dp[nb][i] = clipped;
       }
     }
-    AccumulateTimesRows<HD>(s, qs, acc_dk);    // dK += dZᵀ Q
-    AccumulateTimesRows<HD>(dp, dos, acc_dv);  // dV += P'ᵀ dO
+    AccumulateTimesRows<HD>(s, qt, acc_dk);    // dK += dZᵀ Q
+    AccumulateTimesRows<HD>(dp, dot, acc_dv);  // dV += P'ᵀ dO
   }
-  WriteRows<HD>(acc_dk, w0, t, ld.dk, sm.o.scale, dk + HeadOffset(bi, hi, t, ld.dk, HD));
-  WriteRows<HD>(acc_dv, w0, t, ld.dv, 1.0f, dv + HeadOffset(bi, hi, t, ld.dv, HD));
+  WriteRows<HD>(acc_dk, w0, t, ld_dk, sm.o.scale, dk + HeadOffset(bi, hi, t, ld_dk, HD));
+  WriteRows<HD>(acc_dv, w0, t, ld_dv, 1.0f, dv + HeadOffset(bi, hi, t, ld_dv, HD));
+}
+
+// q, k, v (and dout: rows c = H·HD apart) rounded to bf16 into the heads layout (Heads16) at
+// heads, each [B·H·T·HD] after the one before: 8 values at a time, two 16-byte loads and one
+// 16-byte store, two such in flight a thread.
+struct HeadSources {
+  const float* x[4];
+  int64_t ld[4];
+};
+__global__ void HeadsToBf16Kernel(HeadSources src, int64_t rows, int64_t t, int64_t h, int hd, bf16* heads) {
+  // Selected, not indexed: a kernel parameter's array indexed at run time is copied to the stack.
+  const unsigned w = blockIdx.y;
+  const float* x = w == 0 ? src.x[0] : w == 1 ? src.x[1] : w == 2 ? src.x[2] : src.x[3];
+  const int64_t ld = w == 0 ? src.ld[0] : w == 1 ? src.ld[1] : w == 2 ? src.ld[2] : src.ld[3];
+  const int64_t c = h * hd, chunks = c / 8;
+  bf16* y = heads + blockIdx.y * rows * c;
+  GridStrideBatched<2>(
+      blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, static_cast<int64_t>(gridDim.x) * blockDim.x,
+      rows * chunks,
+      [&](int64_t i) {
+        const float* p = x + i / chunks * ld + i % chunks * 8;
+        const float4 lo = *reinterpret_cast<const float4*>(p), hi = *reinterpret_cast<const float4*>(p + 4);
+        return uint4{PackBf16x2(lo.x, lo.y), PackBf16x2(lo.z, lo.w), PackBf16x2(hi.x, hi.y), PackBf16x2(hi.z, hi.w)};
+      },
+      [&](int64_t i, uint4 packed) {
+        const int64_t row = i / chunks, col = i % chunks * 8, bi = row / t, ti = row % t;
+        *reinterpret_cast<uint4*>(y + ((bi * h + col / hd) * t + ti) * hd + col % hd) = packed;
+      });
+}
+
+Heads16 ToHeads(const float* q, const float* k, const float* v, const float* dout, const AttentionStrides& ld,
+                int64_t b, int64_t t, int64_t h, int64_t hd, bf16* heads) {
+  const int64_t rows = b * t, n = rows * h * hd;
+  const HeadSources src{{q, k, v, dout}, {ld.q, ld.k, ld.v, h * hd}};
+  constexpr int kThreadsPerBlock = 256;
+  const int64_t blocks = std::min<int64_t>((n / 8 + 2 * kThreadsPerBlock - 1) / (2 * kThreadsPerBlock), 8192);
+  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)), dout ? 4u : 3u);
+  HeadsToBf16Kernel<<<grid, kThreadsPerBlock>>>(src, rows, t, h, static_cast<int>(hd), heads);
+  STABILITY_CUDA_LAUNCHED("HeadsToBf16Kernel");
+  return {heads, heads + n, heads + 2 * n, dout ? heads + 3 * n : nullptr};
 }
 
 template <int HD>
 struct LaunchForward {
-  static void Run(dim3 grid, const float* q, const float* k, const float* v, int64_t t, int64_t h, Softmax sm,
-                  const AttentionStrides& ld, float* out, bf16* out16, float* lse, float* row_max,
-                  double* row_entropy) {
+  static void Run(dim3 grid, Heads16 x, int64_t t, int64_t h, Softmax sm, float* out, bf16* out16, float* lse,
+                  float* row_max, double* row_entropy) {
     AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes, "tensor-core attention");
     ForwardKernel<HD>
-        <<<grid, kThreads, Layout<HD>::kForwardBytes>>>(q, k, v, t, h, sm, ld, out, out16, lse, row_max, row_entropy);
+        <<<grid, kThreads, Layout<HD>::kForwardBytes>>>(x, t, h, sm, out, out16, lse, row_max, row_entropy);
   }
 };
 template <int HD>
 struct LaunchBackward {
   template <typename G>
-  static void Run(dim3 grid, const float* q, const float* k, const float* v, const float* out, const float* lse,
-                  const float* dout, int64_t t, int64_t h, Softmax sm, const AttentionStrides& ld, G* dq, G* dk, G* dv,
-                  float* rowd) {
+  static void Run(dim3 grid, Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
+                  Softmax sm, const AttentionStrides& ld, G* dq, G* dk, G* dv, float* rowd) {
     AllowSharedBytes(BackwardQueryKernel<HD, G>, Layout<HD>::kQueryBytes, "tensor-core attention");
     AllowSharedBytes(BackwardKeyKernel<HD, G>, Layout<HD>::kKeyBytes, "tensor-core attention");
     BackwardQueryKernel<HD, G>
-        <<<grid, kThreads, Layout<HD>::kQueryBytes>>>(q, k, v, out, lse, dout, t, h, sm, ld, dq, rowd);
-    BackwardKeyKernel<HD, G><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(q, k, v, lse, rowd, dout, t, h, sm, ld, dk, dv);
+        <<<grid, kThreads, Layout<HD>::kQueryBytes>>>(x, out, lse, dout, t, h, sm, ld.dq, dq, rowd);
+    BackwardKeyKernel<HD, G><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(x, lse, rowd, t, h, sm, ld.dk, ld.dv, dk, dv);
   }
 };
 
-// float4 loads need 16-byte aligned rows: every pointer read, and row strides of whole float4s
-// (heads start HD % 16 == 0 floats apart). The gradients are written a value at a time.
+// HeadsToBf16Kernel's float4 loads need 16-byte aligned rows: every pointer read, and row
+// strides of whole float4s (heads start HD % 16 == 0 floats apart). The gradients are
+// written a value at a time.
 bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
   for (const void* p : ptrs) {
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
@@ -485,15 +584,17 @@ bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int6
 
 }  // namespace
 
+// The heads' bf16 copies live in one scratch slot sized for four (q, k, v, dout), so that the
+// forward's three and the backward's four share it without regrowing.
 bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
                                              int64_t h, int64_t hd, const AttentionOptions& opt,
                                              const AttentionStrides& ld, float* out, bf16* out16, float* lse,
                                              float* row_max, double* row_entropy) {
-  if (!Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
+  if (!FusedAttentionSupports(hd) || !Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
+  auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
+  const Heads16 x = ToHeads(q, k, v, nullptr, ld, b, t, h, hd, heads);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, out16, lse, row_max, row_entropy)) {
-    return false;
-  }
+  ForHeadDim<LaunchForward>(hd, grid, x, t, h, Softmax{opt}, out, out16, lse, row_max, row_entropy);
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");
   return true;
 }
@@ -503,11 +604,11 @@ bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, co
                                               const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
                                               int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
                                               G* dq, G* dk, G* dv, float* rowd) {
-  if (!Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
+  if (!FusedAttentionSupports(hd) || !Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
+  auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
+  const Heads16 x = ToHeads(q, k, v, dout, ld, b, t, h, hd, heads);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, out, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd)) {
-    return false;
-  }
+  ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd);
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
   return true;
 }

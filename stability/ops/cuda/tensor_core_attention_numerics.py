@@ -1,7 +1,7 @@
 """The bf16 numerics of tensor_core_attention.cu, emulated in PyTorch on the CPU, to size the
 tolerances of cuda_backend_test's TensorCoreAttentionWithEveryOption before a GPU runs it.
 
-The emulation rounds what the kernel rounds — q, k, v, dO to bf16 as they load, P (or the
+The emulation rounds what the kernel rounds — q, k, v, dO to bf16 once, P (or the
 clipped P') and dZ to bf16 for their products — accumulates in fp32, and runs the forward's
 online softmax over 64-key tiles; it is compared with a float64 reference at the test's
 shapes (T = 100, unit-normal inputs, every head dim and option).

@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "stability/ops/cuda/internal/cp_async.cuh"
 #include "stability/ops/cuda/internal/warp_mma.cuh"
 #include "stability/ops/cuda/warp_mma_probe.h"
 
@@ -38,6 +39,25 @@ __global__ void WarpMmaProbeKernel(const uint16_t* a, const uint16_t* b, float* 
   for (int j = 0; j < 4; ++j) af_out[lane * 4 + j] = af[j];
 }
 
+__global__ void CpAsyncProbeKernel(const uint32_t* src, uint32_t* group0, uint32_t* word, uint32_t* zeros,
+                                   uint32_t* early) {
+  __shared__ __align__(16) uint32_t a[256], b[64], c[256];
+  const int i = threadIdx.x, next = (i + 1) % 64;
+  internal::CpAsync<16>(a + 4 * i, src + 4 * i, true);
+  internal::CpAsyncCommit();
+  internal::CpAsync<4>(b + i, src + i, true);
+  internal::CpAsync<16>(c + 4 * i, src + 4 * i, false);
+  internal::CpAsyncCommit();
+  for (int j = 0; j < 4; ++j) early[4 * i + j] = a[4 * i + j];
+  internal::CpAsyncWait<1>();
+  __syncthreads();
+  for (int j = 0; j < 4; ++j) group0[4 * i + j] = a[4 * next + j];
+  internal::CpAsyncWait<0>();
+  __syncthreads();
+  word[i] = b[next];
+  for (int j = 0; j < 4; ++j) zeros[4 * i + j] = c[4 * next + j];
+}
+
 template <typename T>
 T* Device(size_t n, const T* from = nullptr) {
   void* p = nullptr;
@@ -72,6 +92,35 @@ bool RunWarpMmaProbe(const std::vector<uint16_t>& a, const std::vector<uint16_t>
                   static_cast<void*>(dl), static_cast<void*>(dlt)}) {
     cudaFree(p);
   }
+  if (launched != cudaSuccess || copied != cudaSuccess) {
+    *why = cudaGetErrorString(launched != cudaSuccess ? launched : copied);
+    return false;
+  }
+  return true;
+}
+
+bool RunCpAsyncProbe(const std::vector<uint32_t>& src, CpAsyncProbe* out, std::string* why) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    *why = "no CUDA device";
+    return false;
+  }
+  uint32_t *dsrc = Device(src.size(), src.data()), *d0 = Device<uint32_t>(256), *dw = Device<uint32_t>(64),
+           *dz = Device<uint32_t>(256), *de = Device<uint32_t>(256);
+  CpAsyncProbeKernel<<<1, 64>>>(dsrc, d0, dw, dz, de);
+  const cudaError_t launched = cudaGetLastError();
+  out->group0.resize(256);
+  out->word.resize(64);
+  out->zeros.resize(256);
+  out->early.resize(256);
+  cudaMemcpy(out->group0.data(), d0, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  cudaMemcpy(out->word.data(), dw, 64 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  cudaMemcpy(out->zeros.data(), dz, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  const cudaError_t copied = cudaMemcpy(out->early.data(), de, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  for (uint32_t* p : {dsrc, d0, dw, dz, de}) cudaFree(p);
+#if defined(STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_)
+  out->emulated = true;
+#endif
   if (launched != cudaSuccess || copied != cudaSuccess) {
     *why = cudaGetErrorString(launched != cudaSuccess ? launched : copied);
     return false;

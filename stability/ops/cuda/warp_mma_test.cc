@@ -54,5 +54,26 @@ TEST(WarpMmaTest, FragmentsHaveThePtxLayouts) {
   }
 }
 
+// cp.async (internal/cp_async.cuh): a wait for all but the newest group lands the older one,
+// for every thread after a barrier; a wait for all lands the rest, the zero-filled copy as
+// zeros. On the emulator a copy lands only at its wait (its bytes poisoned until then), which is
+// what makes the attention tests fail when a kernel reads a tile too early.
+TEST(CpAsyncTest, GroupsLandAtTheirWaits) {
+  std::vector<uint32_t> src(256);
+  for (int i = 0; i < 256; ++i) src[i] = 0x01000000u * (i % 7 + 1) + static_cast<uint32_t>(i);
+  CpAsyncProbe probe;
+  std::string why;
+  if (!RunCpAsyncProbe(src, &probe, &why)) GTEST_SKIP() << why;
+  for (int i = 0; i < 64; ++i) {
+    const int next = (i + 1) % 64;
+    for (int j = 0; j < 4; ++j) {
+      EXPECT_EQ(probe.group0[4 * i + j], src[4 * next + j]) << "thread " << i << ", word " << j;
+      EXPECT_EQ(probe.zeros[4 * i + j], 0u) << "thread " << i << ", word " << j;
+      if (probe.emulated) EXPECT_EQ(probe.early[4 * i + j], 0xffffffffu) << "read before its wait";
+    }
+    EXPECT_EQ(probe.word[i], src[next]) << "thread " << i;
+  }
+}
+
 }  // namespace
 }  // namespace stability::ops::cuda

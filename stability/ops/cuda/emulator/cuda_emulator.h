@@ -11,7 +11,9 @@
 // last block and last thread first, so that a result that depends on the order changes
 // between two runs of the same op. Shared memory is poisoned (0xff) before each block. WMMA
 // is emulated with whole-tile fragments; mma.sync and ldmatrix (internal/warp_mma.cuh) by a
-// gather of the warp's registers at one warp barrier (WarpAllGather); cuBLAS and cuBLASLt by products on the CPU
+// gather of the warp's registers at one warp barrier (WarpAllGather); cp.async copies land at
+// the wait that completes them, their bytes poisoned from issue until then (internal/cp_async.cuh,
+// AsyncCopies; a thread that exits with copies it never waited for faults); cuBLAS and cuBLASLt by products on the CPU
 // (cublas.cc); device memory is host memory, NaN-filled, each block ending at a guard page.
 //
 // What it proves: each kernel's indexing, tiling, masking, barriers, shuffles, shared-memory
@@ -37,6 +39,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 // nvcc's keywords as host C++. __shared__ variables are static (a block's threads share
 // them, and blocks run one at a time); to_host_cpp.py registers each with RegisterShared,
@@ -165,6 +168,22 @@ T Shuffle(unsigned mask, T v, int lane_mask_or_delta, bool is_xor, int width) {
   ++*internal::coords.shuffles;
   return r;
 }
+
+// cp.async (internal/cp_async.cuh): the running thread's asynchronous copies to shared memory
+// that no cp.async.wait_group has completed yet, in issue order, and its committed groups. The
+// copies themselves run in the kernel's own (instrumented) code, at the wait: the latest a GPU
+// may complete them, so that a read before the wait sees the poison written at issue.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  uint32_t bytes, src_bytes;  // bytes past src_bytes are zeros
+  int group;                  // the committed group it belongs to (committed: not yet)
+};
+struct AsyncCopies {
+  std::vector<AsyncCopy> pending;
+  int committed = 0;
+};
+AsyncCopies& RunningAsyncCopies();
 
 // Every lane's `mine` into all[lane], one warp barrier (as a shuffle: no ordering of memory):
 // the emulation of the warp-collective PTX instructions (mma.sync, ldmatrix; warp_mma.cuh),

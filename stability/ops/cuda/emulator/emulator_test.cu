@@ -201,6 +201,20 @@ TEST(EmulatorDeathTest, DeviceMemoryEndsAtAGuardPage) {
   EXPECT_DEATH((WritePastTheEndKernel<<<1, 1>>>(x, 100)), "");
 }
 
+// A cp.async copy issued and never waited for (what internal/cp_async.cuh's CpAsync records):
+// it would land in shared memory that is another block's, or nobody's, by then.
+__global__ void ExitWithACopyInFlightKernel(int* x) {
+  __shared__ int slot[1];
+  ::emu::RunningAsyncCopies().pending.push_back({slot, x, 4, 4, 0});
+}
+
+TEST(EmulatorDeathTest, AThreadMustWaitForItsAsyncCopies) {
+  int* x = DeviceCopy(std::vector<int>(1, 0));
+  EXPECT_DEATH((ExitWithACopyInFlightKernel<<<1, 1>>>(x)),
+               "kernel ExitWithACopyInFlightKernel.*exited with cp.async copies it never waited for");
+  cudaFree(x);
+}
+
 // The two halves of the block wait at different __syncthreads.
 __global__ void DivergentBarrierKernel(int* out) {
   if (threadIdx.x < 32) {

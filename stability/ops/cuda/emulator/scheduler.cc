@@ -75,6 +75,7 @@ struct Fiber {
   int shuffles = 0;                // selects the lane's exchange slot (internal::Coordinates)
   uint32_t block_epoch = 0, warp_epoch = 0;  // barriers passed (internal::Accessor)
   int memos = 0;                             // WarpMemo calls since its last barrier
+  AsyncCopies async_copies;                  // cp.async's, not yet waited for
   unsigned char* stack = nullptr;  // kStackBytes, a guard page below
 };
 
@@ -321,6 +322,8 @@ void Yield(State state) {
   running->body(running->ctx);
   Block& b = *running;
   Fiber& f = Current();
+  // Its shared memory may be the next block's by the time they land (and nothing can read them).
+  if (!f.async_copies.pending.empty()) Fault("the thread exited with cp.async copies it never waited for");
   f.state = State::kDone;
   --b.alive;
   ++b.warp_exited[f.linear / 32];
@@ -396,6 +399,7 @@ void RunBlock(Block& b) {
 }  // namespace
 
 void* DynamicShared() { return running->shared; }
+AsyncCopies& RunningAsyncCopies() { return Current().async_copies; }
 void* WarpMemo(size_t bytes, bool* fresh) {
   Block& b = *running;
   Fiber& f = Current();

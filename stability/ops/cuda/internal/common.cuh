@@ -447,7 +447,7 @@ class CudaBackend final : public Backend {
   std::vector<double> queue_divisors_;         // one per queued value
   std::vector<double> queue_read_;             // values already copied back (a full batch)
   double* NextQueueSlot(double divisor);
-  static constexpr int kSlots = 16;
+  static constexpr int kSlots = 17;
   void* scratch_[kSlots] = {};
   size_t scratch_bytes_[kSlots] = {};
 };
@@ -462,14 +462,15 @@ enum ScratchSlot {
   kVector = 5,  // σ-reparam's w v of a batch of layers
   kBf16A = 6,   // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
-  kLtWorkspace = 8,     // cuBLASLt's
-  kSigma = 9,           // σ-reparam's σ of a batch of layers, in double
-  kBf16C = 10,          // a third bf16 operand (LinearBackward's dy, shared by its two products)
-  kTokenOrder = 11,     // EmbeddingBackward's positions sorted by token id
-  kEachPartials = 12,   // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
-  kPreActivation = 13,  // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
-  kBf16Bias = 14,       // FC1's bias rounded to bf16 (the type of its bf16 output)
-  kBiasGradient = 15,   // a bias gradient from cuBLASLt's BGRADB epilogue (which overwrites), to add
+  kLtWorkspace = 8,      // cuBLASLt's
+  kSigma = 9,            // σ-reparam's σ of a batch of layers, in double
+  kBf16C = 10,           // a third bf16 operand (LinearBackward's dy, shared by its two products)
+  kTokenOrder = 11,      // EmbeddingBackward's positions sorted by token id
+  kEachPartials = 12,    // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
+  kPreActivation = 13,   // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
+  kBf16Bias = 14,        // FC1's bias rounded to bf16 (the type of its bf16 output)
+  kBiasGradient = 15,    // a bias gradient from cuBLASLt's BGRADB epilogue (which overwrites), to add
+  kAttentionHeads = 16,  // the tensor-core attention's q, k, v and dO in bf16 (tensor_core_attention.cu)
 };
 
 }  // namespace stability::ops::cuda::internal
