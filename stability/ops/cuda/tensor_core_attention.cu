@@ -228,14 +228,7 @@ __global__ void __launch_bounds__(kThreads)
         ez[r] = 0.0f;
       }
     }
-    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
-    if (it + 1 < items) {
-      issue(it + 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();        // item it (and Q) landed: every thread's copies
+    DoubleBufferedNext(it, items, issue);  // item it (and Q) landed, item it + 1 in flight
     if (w0 >= t) continue;  // the warp has no query (T not a multiple of 64)
     const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
     float s[kBlocks][4];
@@ -386,14 +379,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int r = 0; r < 2; ++r) d_row[r] = QuadSum(d_part[r]);
     }
-    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
-    if (it + 1 < items) {
-      issue(it + 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();  // item it (and Q, dO) landed: every thread's copies
+    DoubleBufferedNext(it, items, issue);  // item it (and Q, dO) landed, item it + 1 in flight
     if (w0 >= t) continue;
     const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
     float s[kBlocks][4], dp[kBlocks][4];
@@ -465,14 +451,7 @@ __global__ void __launch_bounds__(kThreads)
   Zero<HD>(acc_dv);
   for (int64_t it = 0; it < items; ++it) {
     const int64_t t0 = k0 + it * kRows;
-    __syncthreads();  // item it − 1 is read: its buffers take item it + 1
-    if (it + 1 < items) {
-      issue(it + 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
-    __syncthreads();  // item it (and K, V) landed: every thread's copies
+    DoubleBufferedNext(it, items, issue);  // item it (and K, V) landed, item it + 1 in flight
     if (w0 >= t) continue;
     const bf16 *qt = qs + it % 2 * kTile, *dot = dos + it % 2 * kTile;
     const float *lset = lses + it % 2 * kRows, *dt = ds + it % 2 * kRows;

@@ -75,6 +75,22 @@ __device__ inline void CpAsyncWait() {
 #endif
 }
 
+// One step of a block's double-buffered stream of items (item i in buffer i % 2; issue(i)
+// copies it there and commits), before item `it` is used: once every thread is done with item
+// it − 1, its buffer takes item it + 1; then item it's copies are waited for and, after the
+// barrier, every thread's. Item 0 is issued before the first step.
+template <typename Issue>
+__device__ inline void DoubleBufferedNext(int64_t it, int64_t items, const Issue& issue) {
+  __syncthreads();
+  if (it + 1 < items) {
+    issue(it + 1);
+    CpAsyncWait<1>();
+  } else {
+    CpAsyncWait<0>();
+  }
+  __syncthreads();
+}
+
 }  // namespace stability::ops::cuda::internal
 
 #endif  // STABILITY_OPS_CUDA_INTERNAL_CP_ASYNC_CUH_
