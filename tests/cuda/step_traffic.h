@@ -44,7 +44,7 @@ absl::StatusOr<std::vector<LaunchCost>> ReadLaunchCosts(const std::string& path)
 
 // A GPU by its bf16 dense peak, its memory bandwidth and the efficiencies the projection
 // assumes (defaults: H100 SXM; products at cuBLAS's typical share of peak on these shapes,
-// memory-bound kernels at a typical share of the bandwidth, our WMMA attention at a guess to
+// memory-bound kernels at a typical share of the bandwidth, our tensor-core attention at a guess to
 // be replaced by the first GPU report's BM_Attention rows, and a launch's least time).
 struct Gpu {
   std::string name = "H100 SXM";

@@ -119,7 +119,7 @@ Flags Parse(int argc, char** argv) {
 }
 
 struct Row {         // launches of one name
-  std::string part;  // "matrix products" (cuBLAS), "attention" (our kernels with WMMA flops), "other"
+  std::string part;  // "matrix products" (cuBLAS), "attention" (our kernels with tensor-core flops), "other"
   int64_t launches = 0;
   double bytes_read = 0, bytes_written = 0, flops = 0, us = 0;
   std::map<std::string, int> bounds;
@@ -234,10 +234,11 @@ int Main(int argc, char** argv) {
       "# Projected bf16 training step: %s, batch %d × %d, on an %s\n\n"
       "Not a measurement of time: every launch of one training step (forward, backward, AdamW with clipping; "
       "telemetry off; the tensor-core attention) ran on the CUDA emulator with its device-memory traffic counted "
-      "(`tests/cuda:step_traffic`; each kernel's 32-byte sectors read and written, counted once a launch; WMMA and "
+      "(`tests/cuda:step_traffic`; each kernel's 32-byte sectors read and written, counted once a launch; tensor-core "
+      "(mma.sync, WMMA) and "
       "cuBLAS flops; counted at batches 1 and 2 and extrapolated launch by launch%s). Each launch is then timed "
       "by its roofline on the GPU: the larger of its bytes at %.0f%% of %.2f TB/s and its flops at %.0f%% "
-      "(cuBLAS) or %.0f%% (our WMMA attention) of %.1f TFLOP/s, and at least %.1f µs; launches one after "
+      "(cuBLAS) or %.0f%% (our tensor-core attention) of %.1f TFLOP/s, and at least %.1f µs; launches one after "
       "another. MFU counts 6N + 6·L·C·T FLOPs a token (N = %.1fM parameters in matrix products), as "
       "tools/gpu_bench.py does.\n\n"
       "| method | step ms | tokens/s | MFU | vs baseline | products ms | attention ms | other ms | GB moved |\n"
@@ -260,7 +261,8 @@ int Main(int argc, char** argv) {
   }
   md +=
       "\n\"vs baseline\": the method's tokens/s against the baseline's. \"attention\": the tensor-core attention's "
-      "kernels (our kernels with WMMA flops). \"other\": every kernel that is neither a product nor the attention "
+      "kernels (our kernels with tensor-core flops). \"other\": every kernel that is neither a product nor the "
+      "attention "
       "(norms, elementwise passes, cross-entropy, AdamW, reductions, copies and sets).\n";
 
   const MethodResult& base = results.front();

@@ -9,7 +9,7 @@
 // each counted once a launch (the DRAM traffic of a launch whose data the L2 keeps while it
 // runs, and which finds nothing of its inputs there when it starts: an upper bound across
 // launches, a lower one within; a sector read after the launch wrote it is the L2's, not a
-// read), and the flops of its WMMA products. cuBLAS products, copies
+// read), and the flops of its tensor-core products (WMMA, mma.sync). cuBLAS products, copies
 // and sets count what their arguments say they read and write, and the product's flops.
 // What this gives is the roofline of every launch of a training step, measured on its real
 // kernels (tests/cuda/step_traffic.cc projects a step's time on a GPU from it).
@@ -25,7 +25,7 @@ struct WorkTraffic {
   std::string name;      // the kernel, or the library call with its shape
   bool library = false;  // a cuBLAS product, a copy or a set: not one of our kernels
   double bytes_read = 0, bytes_written = 0;
-  double flops = 0;  // tensor-core flops (WMMA; cuBLAS's products)
+  double flops = 0;  // tensor-core flops (WMMA, mma.sync; cuBLAS's products)
 };
 
 // Counts from now on (what was counted before is dropped).
