@@ -17,7 +17,7 @@
 //   attention, AttentionKernel::kGemm (the default): per (batch, head) strided-batched GEMMs
 //   around a row-softmax kernel with the temperature, cap and clip, as the CPU's;
 //   kFused: FlashAttention-style tiles, nothing T×T stored (`probs` left unwritten) —
-//   fused_attention.cu in fp32, tensor_core_attention.cu (WMMA) in bf16 — for head dims
+//   fused_attention.cu in fp32, tensor_core_attention.cu (mma.sync, cp.async) in bf16 — for head dims
 //   16/32/64/96/128 (others take kGemm);
 //   norms, cross-entropy, AdamW, RoPE: one kernel each; reductions: a fixed grid,
 //   warp-shuffle trees and a fixed-order second pass, in double — the same bits every run.
