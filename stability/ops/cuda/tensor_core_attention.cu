@@ -3,20 +3,21 @@
 // mma.sync m16n8k16 (bf16 operands, fp32 accumulation) from ldmatrix fragments, as
 // FlashAttention-2 (internal/warp_mma.cuh has the instructions and their register layouts).
 //
-// A block owns 64 rows (queries in the forward and dQ kernels, keys in the dK/dV kernel),
-// 4 warps of 16; the other side streams through shared memory in tiles of 64 rows, two
-// buffers each: while the warps compute on tile i, tile i + 1's cp.async copies are in
-// flight (internal/cp_async.cuh), as FlashAttention-2. Q, K, V and dO are read in bf16, each
-// head's rows contiguous, rounded once by HeadsToBf16Kernel (the values the kernels rounded
-// as they loaded each tile before: the same bits out). A warp's products stay in its registers: each lane holds rows g
-// and g + 8 of the warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q = lane
-// % 4) — so a row's reduction is the lane's 16 values a tile and two shuffles across its quad, and the accumulators of
-// one product, rounded to bf16 in pairs, are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared
-// memory. Softmax, statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as
-// FlashAttention does, and the exponentials are __expf (ex2.approx, ~1e-6 relative: far under
-// that rounding; the soft cap's tanh is made of them too, Softmax::CappedFast; fused_attention.cu, the fp32
-// parity kernel, keeps expf and tanhf). (The first version stored each WMMA product to shared memory and read
-// it back a value at a time: 43 ms of a GPT-2 124M step on an H200, 3–4% of its tensor cores.)
+// A block owns 64 rows (queries in the forward and dQ kernels, keys in the dK/dV kernel), 4 warps
+// of 16; the other side streams through shared memory in tiles of 64 rows, two buffers each: while
+// the warps compute on tile i, tile i + 1's cp.async copies are in flight (internal/cp_async.cuh),
+// as FlashAttention-2. Q, K, V and dO are read in bf16, each head's rows contiguous, rounded once
+// by HeadsToBf16Kernel (the values the kernels rounded as they loaded each tile before: the same
+// bits out). A warp's products stay in its registers: each lane holds rows g and g + 8 of the
+// warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q =
+// lane % 4) — so a row's reduction is the lane's 16 values a tile and two shuffles across its quad,
+// and the accumulators of one product, rounded to bf16 in pairs, are the A fragments of the next (P
+// V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory. Softmax, statistics and accumulators are fp32; P
+// and dZ are rounded to bf16 for their products, as FlashAttention does, and the exponentials are
+// __expf (ex2.approx, ~1e-6 relative: far under that rounding; the soft cap's tanh is made of them
+// too, Softmax::CappedFast; fused_attention.cu, the fp32 parity kernel, keeps expf and tanhf). (The
+// first version stored each WMMA product to shared memory and read it back a value at a time: 43 ms
+// of a GPT-2 124M step on an H200, 3–4% of its tensor cores.)
 //
 // Forward, per key tile: S = Q Kᵀ, z = cap(scale·S/τ), keys s > t masked.
 //   no clip, one sweep (online softmax): m' = max(m, max z), α = e^(m−m'), E = e^(z−m'),
