@@ -66,28 +66,34 @@ T* Device(size_t n, const T* from = nullptr) {
   return static_cast<T*>(p);
 }
 
+bool NoDevice(std::string* why) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0) return false;
+  *why = "no CUDA device";
+  return true;
+}
+
+// n values of a probe's device output into *to; the copy's error.
+template <typename T>
+cudaError_t CopyBack(const T* from, size_t n, std::vector<T>* to) {
+  to->resize(n);
+  return cudaMemcpy(to->data(), from, n * sizeof(T), cudaMemcpyDeviceToHost);
+}
+
 }  // namespace
 
 bool RunWarpMmaProbe(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, WarpMmaProbe* out,
                      std::string* why) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    *why = "no CUDA device";
-    return false;
-  }
+  if (NoDevice(why)) return false;
   uint16_t *da = Device(a.size(), a.data()), *db = Device(b.size(), b.data());
   float* dd = Device<float>(128);
   uint32_t *daf = Device<uint32_t>(128), *dl = Device<uint32_t>(128), *dlt = Device<uint32_t>(128);
   WarpMmaProbeKernel<<<1, 32>>>(da, db, dd, daf, dl, dlt);
   const cudaError_t launched = cudaGetLastError();
-  out->d.resize(128);
-  out->a.resize(128);
-  out->ldm.resize(128);
-  out->ldm_t.resize(128);
-  cudaMemcpy(out->d.data(), dd, 128 * sizeof(float), cudaMemcpyDeviceToHost);
-  cudaMemcpy(out->a.data(), daf, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
-  cudaMemcpy(out->ldm.data(), dl, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
-  const cudaError_t copied = cudaMemcpy(out->ldm_t.data(), dlt, 128 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  CopyBack(dd, 128, &out->d);
+  CopyBack(daf, 128, &out->a);
+  CopyBack(dl, 128, &out->ldm);
+  const cudaError_t copied = CopyBack(dlt, 128, &out->ldm_t);
   for (void* p : {static_cast<void*>(da), static_cast<void*>(db), static_cast<void*>(dd), static_cast<void*>(daf),
                   static_cast<void*>(dl), static_cast<void*>(dlt)}) {
     cudaFree(p);
@@ -100,23 +106,15 @@ bool RunWarpMmaProbe(const std::vector<uint16_t>& a, const std::vector<uint16_t>
 }
 
 bool RunCpAsyncProbe(const std::vector<uint32_t>& src, CpAsyncProbe* out, std::string* why) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    *why = "no CUDA device";
-    return false;
-  }
+  if (NoDevice(why)) return false;
   uint32_t *dsrc = Device(src.size(), src.data()), *d0 = Device<uint32_t>(256), *dw = Device<uint32_t>(64),
            *dz = Device<uint32_t>(256), *de = Device<uint32_t>(256);
   CpAsyncProbeKernel<<<1, 64>>>(dsrc, d0, dw, dz, de);
   const cudaError_t launched = cudaGetLastError();
-  out->group0.resize(256);
-  out->word.resize(64);
-  out->zeros.resize(256);
-  out->early.resize(256);
-  cudaMemcpy(out->group0.data(), d0, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
-  cudaMemcpy(out->word.data(), dw, 64 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
-  cudaMemcpy(out->zeros.data(), dz, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
-  const cudaError_t copied = cudaMemcpy(out->early.data(), de, 256 * sizeof(uint32_t), cudaMemcpyDeviceToHost);
+  CopyBack(d0, 256, &out->group0);
+  CopyBack(dw, 64, &out->word);
+  CopyBack(dz, 256, &out->zeros);
+  const cudaError_t copied = CopyBack(de, 256, &out->early);
   for (uint32_t* p : {dsrc, d0, dw, dz, de}) cudaFree(p);
 #if defined(STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_)
   out->emulated = true;
