@@ -38,7 +38,7 @@ METHODS = ["baseline", "qk_norm", "qkv_norm", "qk_fc_norm", "soft_cap", "qk_norm
 PLAN = [
     ("gpt2_124m", "bf16", "auto", METHODS, 16, 1024, 12),
     ("paper_830m", "bf16", "auto", METHODS, 16, 1024, 6),
-    ("tiny", "fp32", "auto", METHODS, 16, 256, 30),
+    ("tiny", "fp32", "auto", METHODS, 64, 64, 30),  # the preset's seq_len is 64
     ("gpt2_124m", "bf16", "gemm", ["baseline"], 16, 1024, 12),
     ("gpt2_124m", "fp32", "auto", ["baseline"], 16, 1024, 12),
     ("paper_830m", "fp32", "auto", ["baseline"], 8, 1024, 6),
@@ -46,6 +46,8 @@ PLAN = [
 # A few seconds on the CPU: the script's plumbing (flags, metrics files, the table), which
 # tools/gpu_bench_test.py checks in CI so that a lent GPU's minutes are not spent on it.
 SMOKE_PLAN = [("tiny", "fp32", "auto", ["baseline", "qk_norm"], 2, 64, 4)]
+# The targets' rows alone, for a device call with little time left (gpu_check.sh GPU_CHECK_QUICK=1).
+QUICK_PLAN = PLAN[:2]
 # Runs whose third step is broken down by kernel (--profile_step): the baseline and the two
 # methods most likely over 5% (two more norms a layer; σ-reparam's power iteration), in bf16.
 PROFILED = {"baseline", "qk_norm", "sigma_reparam"}
@@ -150,7 +152,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--device", default="cuda", help="cpu: the smoke plan's plumbing check")
-    ap.add_argument("--plan", choices=["full", "smoke"], default="full")
+    ap.add_argument("--plan", choices=["full", "quick", "smoke"], default="full")
     a = ap.parse_args()
     name = gpu_name()
     fp32, bf16 = next((v for k, v in PEAKS_TFLOPS.items() if k in name), (0.0, 0.0))
@@ -163,7 +165,7 @@ def main():
     print("| preset | precision | attention | method | batch × seq | tokens/s | MFU | vs baseline | last loss | wall |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|")
     sys.stdout.flush()
-    for preset, precision, attention, methods, batch, seq, steps in (PLAN if a.plan == "full" else SMOKE_PLAN):
+    for preset, precision, attention, methods, batch, seq, steps in {"full": PLAN, "quick": QUICK_PLAN, "smoke": SMOKE_PLAN}[a.plan]:
         base = None
         peak = fp32 if precision == "fp32" else bf16
         kernel = attention if attention != "auto" else ("fused" if precision == "bf16" else "gemm")

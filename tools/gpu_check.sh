@@ -14,6 +14,10 @@
 # racecheck of the attention kernels, and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
 # GPU_CHECK_BUDGET_S (500 s), so the device call (timeout_s=540) returns a report.
+# GPU_CHECK_QUICK=1 keeps to what a short call can hold (a rerun after a kernel change): the
+# op and model tests, the targets' training rows (gpu_bench.py --plan quick), the attention's
+# Nsight Compute profiles and benchmarks —
+#   run(carry=[".gpu"], command="GPU_CHECK_QUICK=1 GPU_CHECK_BUDGET_S=220 bash tools/gpu_check.sh", timeout_s=250)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out_dir="${OUT:-docs/gpu}"
@@ -52,6 +56,7 @@ fi
 # One deadline for the whole check (the device tool allows 600 s a call): each stage gets
 # at most its own limit and never more than what is left.
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
+quick="${GPU_CHECK_QUICK:-0}"
 left() {  # stage limit in seconds → what this stage may use
   local rest=$((deadline - SECONDS))
   [ "$rest" -lt 5 ] && rest=5
@@ -112,11 +117,12 @@ run_alone() {  # name, binary
   run_test warp_mma warp_mma_test 30  # the PTX layouts the tensor-core attention is built on
   run_test cuda_backend cuda_backend_test 120
   run_test model_cuda model_cuda_test 240
-  run_test nccl_communicator nccl_communicator_test 60
+  [ "$quick" = 1 ] || run_test nccl_communicator nccl_communicator_test 60
   echo
   echo "## Training throughput"
   echo
-  timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" 2>&1
+  timeout "$(left 240)" python3 tools/gpu_bench.py --bin "$work/bin/stability" --work "$work/bench" \
+    --plan "$([ "$quick" = 1 ] && echo quick || echo full)" 2>&1
   echo
   echo "## Kernel profiles (one step of each profiled bench run: --profile_step)"
   cat "$work/bench/kernel_profiles.md" 2>/dev/null || echo "(none: no profiled run finished)"
@@ -126,10 +132,14 @@ run_alone() {  # name, binary
   echo "## compute-sanitizer memcheck of the op tests"
   sanitizer="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   echo '```'
-  timeout "$(left 120)" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 9 \
-    "$work/bin/cuda_backend_test" --gtest_filter='-*Bf16*' > "$work/memcheck.log" 2>&1
-  echo "exit $? (0: clean, 9: errors found, 124: out of time)"
-  grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at 0x|by thread|\[  (PASSED|FAILED) " "$work/memcheck.log" | head -30
+  if [ "$quick" = 1 ]; then
+    echo "(skipped: quick check)"
+  else
+    timeout "$(left 120)" "$sanitizer" --tool memcheck --leak-check no --error-exitcode 9 \
+      "$work/bin/cuda_backend_test" --gtest_filter='-*Bf16*' > "$work/memcheck.log" 2>&1
+    echo "exit $? (0: clean, 9: errors found, 124: out of time)"
+    grep -E "ERROR SUMMARY|Invalid|out of bounds|Address|at 0x|by thread|\[  (PASSED|FAILED) " "$work/memcheck.log" | head -30
+  fi
   echo '```'
   echo
   # Why the largest kernels take the time they do (the first check could only say how long
@@ -152,6 +162,7 @@ run_alone() {  # name, binary
         "BM_AdamW/params:124000000/each:1/;AdamWEachKernel;1"; do
       IFS=';' read -r filter kernels count <<< "$spec"
       n=$((n + 1))
+      [ "$quick" = 1 ] && [ "$n" -gt 2 ] && continue
       if [ $((deadline - SECONDS)) -lt 75 ]; then echo "$filter: not profiled (out of time)"; continue; fi
       timeout "$(left 60)" "$ncu" --set full --kernel-name "regex:$kernels" --launch-count "$count" \
         "$work/bin/benchmarks" --benchmark_filter="$filter" --benchmark_min_time=0.01 > "$work/ncu-$n.log" 2>&1
@@ -163,14 +174,17 @@ run_alone() {  # name, binary
   echo
   echo "## Op benchmarks (//stability/ops/cuda:benchmarks)"
   echo '```'
-  timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 2>&1 | grep -E "^BM_|ERROR" | head -140
+  timeout "$(left 120)" "$work/bin/benchmarks" --benchmark_min_time=0.05 \
+    --benchmark_filter="$([ "$quick" = 1 ] && echo 'BM_Attention/.*bf16:1' || echo .)" 2>&1 | grep -E "^BM_|ERROR" | head -140
   echo '```'
   echo
   # The GPU's own word on what the emulator's race checker found clean (shared-memory
   # hazards of the attention kernels), in whatever time is left.
   echo "## compute-sanitizer racecheck of the attention kernels"
   echo '```'
-  if [ $((deadline - SECONDS)) -ge 45 ]; then
+  if [ "$quick" = 1 ]; then
+    echo "(skipped: quick check)"
+  elif [ $((deadline - SECONDS)) -ge 45 ]; then
     timeout "$(left 90)" "$sanitizer" --tool racecheck --racecheck-report hazard --error-exitcode 9 \
       "$work/bin/cuda_backend_test" --gtest_filter='*TensorCoreAttention*:*FusedAttention*' > "$work/racecheck.log" 2>&1
     echo "exit $? (0: clean, 9: hazards found, 124: out of time)"
@@ -182,6 +196,11 @@ run_alone() {  # name, binary
   echo
   echo "(check took ${SECONDS} s)"
 } > "$report" 2>&1
-cp "$work"/*.log "$out_dir/" 2>/dev/null
+# The device tool brings back only a few files: the logs travel as one archive there.
+if [ -n "${OUT:-}" ]; then
+  (cd "$work" && tar -czf "$out_dir/logs.tar.gz" ./*.log)
+else
+  cp "$work"/*.log "$out_dir/" 2>/dev/null
+fi
 echo "wrote $report"
 cat "$report"

@@ -37,6 +37,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "stability/ops/cuda/internal/common.cuh"
 #include "stability/ops/cuda/internal/cp_async.cuh"
@@ -52,6 +53,7 @@ constexpr int kRows = 64;  // rows a block owns, and rows of the other side per 
 constexpr int kWarps = 4;  // 16 rows each
 constexpr int kThreads = 32 * kWarps;
 constexpr int kBlocks = kRows / 8;  // 8-column blocks of a [16 × 64] product
+constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
 
 // Shared memory: bf16 row tiles [64 × HD], rows HD + 8 values apart (16-byte aligned rows for
 // ldmatrix and cp.async, and the 8 rows of one of ldmatrix's matrices in different banks);
@@ -181,9 +183,72 @@ __device__ inline float QuadMax(float x) {
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-template <int HD>
+// The softmax's elementwise math (fused_attention.cuh's Softmax) as the bf16 kernels run it: in
+// base 2 and specialised at compile time. Logits are kept in units of log2 e (z2 = z·log2 e, so
+// e^(z − m) = 2^(z2 − m2): one FFMA and one ex2.approx), and the cap and the clip are compiled
+// in or out (a run-time option tested per value cost the kernels more than their products).
+//   no cap: z2 = s·zs2,                       zs2 = scale/τ·log2 e
+//   cap:    th = tanh(s·scale/(τ·c)) = 1 − 2/(2^(s·us2) + 1),  us2 = 2·log2 e·scale/(τ·c)
+//           z2 = c2·th (c2 = c·log2 e), dz/du = 1 − th²  (common.cuh's FastTanh, in base 2)
+// Both are increasing in s (scale, τ > 0: TensorCoreAttention* check), so a row's largest z is
+// that of its largest s: the forward's running max costs one fmax a value.
+template <bool kCap, bool kClip>
+struct Softmax2 {
+  static constexpr bool kClipped = kClip;
+  float scale, inv_temp, zs2, us2, c2, clip_a, clip_g;
+  explicit Softmax2(const AttentionOptions& o)
+      : scale(o.scale),
+        inv_temp(1.0f / o.temperature),
+        zs2(o.scale / o.temperature * kLog2e),
+        us2(kCap ? 2.0f * kLog2e * o.scale / (o.temperature * o.soft_cap) : 0.0f),
+        c2(o.soft_cap * kLog2e),
+        clip_a(o.clip_zeta - o.clip_gamma),
+        clip_g(o.clip_gamma) {}
+  struct Logit {
+    float z2, th;  // th = z/c (cap only)
+  };
+  __device__ Logit Z2(float s) const {
+    if constexpr (kCap) {
+      const float th = 1.0f - 2.0f * RcpApprox(Exp2Approx(s * us2) + 1.0f);
+      return {c2 * th, th};
+    } else {
+      return {s * zs2, 0.0f};
+    }
+  }
+  __device__ float CapSlope(const Logit& z) const { return kCap ? 1.0f - z.th * z.th : 1.0f; }
+  __device__ float Clip(float p) const { return kClip ? fminf(fmaxf(clip_a * p + clip_g, 0.0f), 1.0f) : p; }
+  __device__ float ClipSlope(float p) const {
+    if constexpr (!kClip) return 1.0f;
+    const float pre = clip_a * p + clip_g;
+    return (pre > 0.0f && pre < 1.0f) ? clip_a : 0.0f;
+  }
+};
+
+// Calls f(Softmax2<cap, clip>) for the options' variant.
+template <typename F>
+void ForSoftmaxVariant(const AttentionOptions& o, F&& f) {
+  if (o.soft_cap > 0) {
+    if (o.clip) return f(Softmax2<true, true>(o));
+    return f(Softmax2<true, false>(o));
+  }
+  if (o.clip) return f(Softmax2<false, true>(o));
+  f(Softmax2<false, false>(o));
+}
+
+// A tile's values need a mask only on the diagonal (and past T): the others, most of them,
+// take the element loops compiled without one (f(false_type) vs f(true_type)).
+template <typename F>
+__device__ void MaskedIf(bool masked, F&& f) {
+  if (masked) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+template <int HD, typename SM>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(Heads16 x, int64_t t, int64_t h, Softmax sm, float* out, bf16* out16, float* lse, float* row_max,
+    ForwardKernel(Heads16 x, int64_t t, int64_t h, SM sm, float* out, bf16* out16, float* lse, float* row_max,
                   double* row_entropy) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
@@ -202,12 +267,11 @@ __global__ void __launch_bounds__(kThreads)
 
   float o[HD / 8][4];
   Zero<HD>(o);
-  // Per row (g, g + 8): m the running max of z (the quad's), l and ez this lane's share of Σ E
-  // and Σ E·z, amax the largest scaled logit.
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, ez[2] = {0.0f, 0.0f};
-  float amax[2] = {-INFINITY, -INFINITY}, row_lse[2] = {0.0f, 0.0f};
-  const bool clip = sm.o.clip;
-  const float z_scale = sm.o.scale * (1.0f / sm.o.temperature);  // z = cap(S·z_scale), as the backward
+  // Per row (g, g + 8): m2 the running max of z2 (the quad's), l and ez this lane's share of
+  // Σ E and Σ E·z2, smax its largest S.
+  float m2[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, ez[2] = {0.0f, 0.0f};
+  float smax[2] = {-INFINITY, -INFINITY}, lse2[2] = {0.0f, 0.0f};
+  constexpr bool clip = SM::kClipped;
   // The key tiles of each sweep in turn (the clip's first sweep reads no V): item i is key
   // tile i % tiles of sweep i / tiles.
   const int64_t tiles = last_key / kRows + 1, items = (clip ? 2 : 1) * tiles;
@@ -220,12 +284,11 @@ __global__ void __launch_bounds__(kThreads)
   issue(0);
   for (int64_t it = 0; it < items; ++it) {
     const bool exact = clip && it >= tiles;  // p from the row's known lse
-    const bool with_v = !clip || exact;
     const int64_t s0 = it % tiles * kRows;
     if (clip && it == tiles) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        row_lse[r] = m[r] + logf(QuadSum(l[r]));
+        lse2[r] = m2[r] + log2f(QuadSum(l[r]));
         ez[r] = 0.0f;
       }
     }
@@ -234,66 +297,70 @@ __global__ void __launch_bounds__(kThreads)
     const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
     float s[kBlocks][4];
     RowsTimesRowsT<HD>(qs + 16 * warp * kL, kt, s);  // S = Q Kᵀ
-    // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2. A tile
-    // wholly at or before every row's diagonal (most of them) masks nothing: no compares.
-    const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;
-    const auto valid = [&](int nb, int i) { return whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]; };
+    // Value i of column block nb: row g + 8·(i / 2), key s0 + 8·nb + 2·quad + i % 2 — counted
+    // if that column is at most lim of its row.
+    const int lim[2] = {static_cast<int>(std::max<int64_t>(row_last[0] - s0, -1)),
+                        static_cast<int>(std::max<int64_t>(row_last[1] - s0, -1))};
     float alpha[2] = {1.0f, 1.0f};
-    if (!exact) {  // online max and sums
-      float tmax[2] = {-INFINITY, -INFINITY};
+    MaskedIf(!(s0 + kRows - 1 <= w0 && w0 + 15 < t), [&](auto masked) {
+      const auto valid = [&](int nb, int i) {
+        return !decltype(masked)::value || 8 * nb + 2 * quad + i % 2 <= lim[i / 2];
+      };
+      if (!exact) {  // online max and sums
+        float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int nb = 0; nb < kBlocks; ++nb) {
+        for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          if (!valid(nb, i)) continue;
-          amax[i / 2] = fmaxf(amax[i / 2], s[nb][i] * sm.o.scale);
-          s[nb][i] = sm.CappedFast(s[nb][i] * z_scale);  // z, computed once
-          tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
-        }
-      }
-      float sum[2] = {0.0f, 0.0f}, sz[2] = {0.0f, 0.0f}, m_new[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        m_new[r] = fmaxf(m[r], QuadMax(tmax[r]));
-        alpha[r] = m_new[r] == -INFINITY ? 1.0f : __expf(m[r] - m_new[r]);
-      }
-#pragma unroll
-      for (int nb = 0; nb < kBlocks; ++nb) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float e = 0.0f;
-          if (valid(nb, i)) {
-            const float z = s[nb][i];
-            e = __expf(z - m_new[i / 2]);
-            sum[i / 2] += e;
-            sz[i / 2] += e * z;
+          for (int i = 0; i < 4; ++i) {
+            if (valid(nb, i)) tmax[i / 2] = fmaxf(tmax[i / 2], s[nb][i]);
           }
-          s[nb][i] = e;  // P, unnormalised
         }
-      }
+        float sum[2] = {0.0f, 0.0f}, sz[2] = {0.0f, 0.0f}, m_new[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        l[r] = alpha[r] * l[r] + sum[r];
-        ez[r] = alpha[r] * ez[r] + sz[r];
-        m[r] = m_new[r];
-      }
-    } else {  // the exact p, clipped
+        for (int r = 0; r < 2; ++r) {
+          tmax[r] = QuadMax(tmax[r]);
+          smax[r] = fmaxf(smax[r], tmax[r]);
+          m_new[r] = fmaxf(m2[r], tmax[r] == -INFINITY ? -INFINITY : sm.Z2(tmax[r]).z2);
+          alpha[r] = m_new[r] == -INFINITY ? 1.0f : Exp2Approx(m2[r] - m_new[r]);
+        }
 #pragma unroll
-      for (int nb = 0; nb < kBlocks; ++nb) {
+        for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float pc = 0.0f;
-          if (valid(nb, i)) {
-            const float z = sm.CappedFast(s[nb][i] * z_scale);
-            const float p = __expf(z - row_lse[i / 2]);
-            ez[i / 2] += p * z;
-            pc = sm.Clip(p);
+          for (int i = 0; i < 4; ++i) {
+            float e = 0.0f;
+            if (valid(nb, i)) {
+              const float z2 = sm.Z2(s[nb][i]).z2;
+              e = Exp2Approx(z2 - m_new[i / 2]);
+              sum[i / 2] += e;
+              sz[i / 2] += e * z2;
+            }
+            s[nb][i] = e;  // P, unnormalised
           }
-          s[nb][i] = pc;
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          l[r] = alpha[r] * l[r] + sum[r];
+          ez[r] = alpha[r] * ez[r] + sz[r];
+          m2[r] = m_new[r];
+        }
+      } else {  // the exact p, clipped
+#pragma unroll
+        for (int nb = 0; nb < kBlocks; ++nb) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            float pc = 0.0f;
+            if (valid(nb, i)) {
+              const float z2 = sm.Z2(s[nb][i]).z2;
+              const float p = Exp2Approx(z2 - lse2[i / 2]);
+              ez[i / 2] += p * z2;
+              pc = sm.Clip(p);
+            }
+            s[nb][i] = pc;
+          }
         }
       }
-    }
-    if (with_v) {
+    });
+    if (!clip || exact) {
 #pragma unroll
       for (int db = 0; db < HD / 8; ++db) {
 #pragma unroll
@@ -305,14 +372,15 @@ __global__ void __launch_bounds__(kThreads)
   float inv[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float l_row = QuadSum(l[r]), ez_row = QuadSum(ez[r]), row_amax = QuadMax(amax[r]);
-    if (!clip) row_lse[r] = m[r] + logf(l_row);
+    const float l_row = QuadSum(l[r]), ez_row = QuadSum(ez[r]) * kLn2;  // Σ E·z
+    if (!clip) lse2[r] = m2[r] + log2f(l_row);
     inv[r] = clip ? 1.0f : 1.0f / l_row;
     if (tq[r] < t && quad == 0) {
       const int64_t row = bh * t + tq[r];
-      lse[row] = row_lse[r];
-      row_max[row] = row_amax;
-      row_entropy[row] = static_cast<double>(row_lse[r]) - (clip ? ez_row : ez_row / l_row);
+      const float row_lse = lse2[r] * kLn2;
+      lse[row] = row_lse;
+      row_max[row] = smax[r] * sm.scale;
+      row_entropy[row] = static_cast<double>(row_lse) - (clip ? ez_row : ez_row / l_row);
     }
   }
 #pragma unroll
@@ -326,10 +394,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // Per query row: D (from dO·O, or a first sweep under the clip), then dQ (G: fp32 or bf16).
 // out and dout fp32 for D = dO·O.
-template <int HD, typename G>
+template <int HD, typename SM, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardQueryKernel(Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
-                        Softmax sm, int64_t ld_dq, G* dq, float* rowd) {
+    BackwardQueryKernel(Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h, SM sm,
+                        int64_t ld_dq, G* dq, float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -345,7 +413,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
   const int64_t tq[2] = {w0 + g, w0 + g + 8};
   const int64_t row_last[2] = {tq[0] < t ? tq[0] : -1, tq[1] < t ? tq[1] : -1};
-  const bool d_from_out = out != nullptr && !sm.o.clip;
+  const bool d_from_out = out != nullptr && !SM::kClipped;
   // The key tiles of each sweep in turn: item i is key tile i % tiles of sweep
   // i / tiles + (d_from_out ? 1 : 0); every item reads K and V.
   const int64_t tiles = last_key / kRows + 1, items = (d_from_out ? 1 : 2) * tiles, dq_from = d_from_out ? 0 : tiles;
@@ -357,10 +425,9 @@ __global__ void __launch_bounds__(kThreads)
   CopyTile<HD>(x.q + bh * t * HD, q0, t, qs);  // with item 0's group
   CopyTile<HD>(x.dout + bh * t * HD, q0, t, dos);
   issue(0);
-  float row_lse[2];
+  float lse2[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) row_lse[r] = tq[r] < t ? lse[bh * t + tq[r]] : 0.0f;
-  const float inv_temp = 1.0f / sm.o.temperature, z_scale = sm.o.scale * inv_temp;
+  for (int r = 0; r < 2; ++r) lse2[r] = tq[r] < t ? lse[bh * t + tq[r]] * kLog2e : 0.0f;
   float acc[HD / 8][4];
   Zero<HD>(acc);
   float d_part[2] = {0.0f, 0.0f}, d_row[2] = {0.0f, 0.0f};
@@ -384,29 +451,33 @@ __global__ void __launch_bounds__(kThreads)
     if (w0 >= t) continue;
     const bf16 *kt = ks + it % 2 * kTile, *vt = vs + it % 2 * kTile;
     float s[kBlocks][4], dp[kBlocks][4];
-    RowsTimesRowsT<HD>(qs + 16 * warp * kL, kt, s);          // S
-    RowsTimesRowsT<HD>(dos + 16 * warp * kL, vt, dp);        // dP' = dO Vᵀ
-    const bool whole = s0 + kRows - 1 <= w0 && w0 + 15 < t;  // no key of the tile masked
+    RowsTimesRowsT<HD>(qs + 16 * warp * kL, kt, s);    // S
+    RowsTimesRowsT<HD>(dos + 16 * warp * kL, vt, dp);  // dP' = dO Vᵀ
+    const int lim[2] = {static_cast<int>(std::max<int64_t>(row_last[0] - s0, -1)),
+                        static_cast<int>(std::max<int64_t>(row_last[1] - s0, -1))};
+    // dZ without its 1/τ (in dQ's final scale).
+    MaskedIf(!(s0 + kRows - 1 <= w0 && w0 + 15 < t), [&](auto masked) {
 #pragma unroll
-    for (int nb = 0; nb < kBlocks; ++nb) {
+      for (int nb = 0; nb < kBlocks; ++nb) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float dz = 0.0f;
-        if (whole || s0 + 8 * nb + 2 * quad + i % 2 <= row_last[i / 2]) {
-          const float z = sm.CappedFast(s[nb][i] * z_scale);
-          const float p = __expf(z - row_lse[i / 2]);
-          const float dpc = sm.ClipSlope(p) * dp[nb][i];
-          if (!dq_sweep)
-            d_part[i / 2] += p * dpc;
-          else
-            dz = p * (dpc - d_row[i / 2]) * sm.CapSlope(z) * inv_temp;
+        for (int i = 0; i < 4; ++i) {
+          float dz = 0.0f;
+          if (!decltype(masked)::value || 8 * nb + 2 * quad + i % 2 <= lim[i / 2]) {
+            const auto z = sm.Z2(s[nb][i]);
+            const float p = Exp2Approx(z.z2 - lse2[i / 2]);
+            const float dpc = sm.ClipSlope(p) * dp[nb][i];
+            if (!dq_sweep)
+              d_part[i / 2] += p * dpc;
+            else
+              dz = p * (dpc - d_row[i / 2]) * sm.CapSlope(z);
+          }
+          s[nb][i] = dz;
         }
-        s[nb][i] = dz;
       }
-    }
+    });
     if (dq_sweep) AccumulateTimesRows<HD>(s, kt, acc);  // dQ += dZ K
   }
-  WriteRows<HD>(acc, w0, t, ld_dq, sm.o.scale, dq + HeadOffset(bi, hi, t, ld_dq, HD));
+  WriteRows<HD>(acc, w0, t, ld_dq, sm.scale * sm.inv_temp, dq + HeadOffset(bi, hi, t, ld_dq, HD));
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (tq[r] < t && quad == 0) rowd[bh * t + tq[r]] = d_row[r];
@@ -414,9 +485,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Per key row s: dK and dV over the queries t ≥ s (G: fp32 or bf16).
-template <int HD, typename G>
+template <int HD, typename SM, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardKeyKernel(Heads16 x, const float* lse, const float* rowd, int64_t t, int64_t h, Softmax sm, int64_t ld_dk,
+    BackwardKeyKernel(Heads16 x, const float* lse, const float* rowd, int64_t t, int64_t h, SM sm, int64_t ld_dk,
                       int64_t ld_dv, G* dk, G* dv) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
@@ -446,7 +517,6 @@ __global__ void __launch_bounds__(kThreads)
   CopyTile<HD>(x.k + bh * t * HD, k0, t, ks);  // with item 0's group
   CopyTile<HD>(x.v + bh * t * HD, k0, t, vs);
   issue(0);
-  const float inv_temp = 1.0f / sm.o.temperature, z_scale = sm.o.scale * inv_temp;
   float acc_dk[HD / 8][4], acc_dv[HD / 8][4];
   Zero<HD>(acc_dk);
   Zero<HD>(acc_dv);
@@ -459,31 +529,40 @@ __global__ void __launch_bounds__(kThreads)
     float s[kBlocks][4], dp[kBlocks][4];
     RowsTimesRowsT<HD>(ks + 16 * warp * kL, qt, s);    // Sᵀ = K Qᵀ
     RowsTimesRowsT<HD>(vs + 16 * warp * kL, dot, dp);  // dP'ᵀ = V dOᵀ
-    // Value i of column block nb: key row sk[i / 2], query t0 + j with j = 8·nb + 2·quad + i % 2.
-    // dZᵀ replaces Sᵀ, and P'ᵀ dP'ᵀ (each value read before it is replaced).
-    const bool whole = t0 >= w0 + 15 && t0 + kRows - 1 < t && w0 + 15 < t;  // every query sees every key
+    // Value i of column block nb: key row sk[i / 2], query t0 + j with j = 8·nb + 2·quad + i % 2,
+    // counted if lo[i / 2] ≤ j < hi (the key is at or before the query, the query before T).
+    // dZᵀ (without its 1/τ: in dK's final scale) replaces Sᵀ, and P'ᵀ dP'ᵀ (each value read
+    // before it is replaced).
+    const int lo[2] = {sk[0] < t ? static_cast<int>(std::max<int64_t>(sk[0] - t0, -1)) : kRows,
+                       sk[1] < t ? static_cast<int>(std::max<int64_t>(sk[1] - t0, -1)) : kRows};
+    const int hi_j = static_cast<int>(std::min<int64_t>(t - t0, kRows));
+    MaskedIf(!(t0 >= w0 + 15 && t0 + kRows - 1 < t && w0 + 15 < t), [&](auto masked) {
 #pragma unroll
-    for (int nb = 0; nb < kBlocks; ++nb) {
+      for (int nb = 0; nb < kBlocks; ++nb) {
+        const int j0 = 8 * nb + 2 * quad;
+        const float2 lse_j = *reinterpret_cast<const float2*>(lset + j0),
+                     d_j = *reinterpret_cast<const float2*>(dt + j0);
+        const float lse2_j[2] = {lse_j.x * kLog2e, lse_j.y * kLog2e}, dd_j[2] = {d_j.x, d_j.y};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = 8 * nb + 2 * quad + i % 2;
-        const int64_t tq = t0 + j, key = sk[i / 2];
-        float dz = 0.0f, clipped = 0.0f;
-        if (whole || (key < t && tq >= key && tq < t)) {
-          const float z = sm.CappedFast(s[nb][i] * z_scale);
-          const float p = __expf(z - lset[j]);
-          const float dpc = sm.ClipSlope(p) * dp[nb][i];
-          dz = p * (dpc - dt[j]) * sm.CapSlope(z) * inv_temp;
-          clipped = sm.Clip(p);
+        for (int i = 0; i < 4; ++i) {
+          const int j = j0 + i % 2;
+          float dz = 0.0f, clipped = 0.0f;
+          if (!decltype(masked)::value || (j >= lo[i / 2] && j < hi_j)) {
+            const auto z = sm.Z2(s[nb][i]);
+            const float p = Exp2Approx(z.z2 - lse2_j[i % 2]);
+            const float dpc = sm.ClipSlope(p) * dp[nb][i];
+            dz = p * (dpc - dd_j[i % 2]) * sm.CapSlope(z);
+            clipped = sm.Clip(p);
+          }
+          s[nb][i] = dz;
+          dp[nb][i] = clipped;
         }
-        s[nb][i] = dz;
-        dp[nb][i] = clipped;
       }
-    }
+    });
     AccumulateTimesRows<HD>(s, qt, acc_dk);    // dK += dZᵀ Q
     AccumulateTimesRows<HD>(dp, dot, acc_dv);  // dV += P'ᵀ dO
   }
-  WriteRows<HD>(acc_dk, w0, t, ld_dk, sm.o.scale, dk + HeadOffset(bi, hi, t, ld_dk, HD));
+  WriteRows<HD>(acc_dk, w0, t, ld_dk, sm.scale * sm.inv_temp, dk + HeadOffset(bi, hi, t, ld_dk, HD));
   WriteRows<HD>(acc_dv, w0, t, ld_dv, 1.0f, dv + HeadOffset(bi, hi, t, ld_dv, HD));
 }
 
@@ -529,29 +608,39 @@ Heads16 ToHeads(const float* q, const float* k, const float* v, const float* dou
 
 template <int HD>
 struct LaunchForward {
-  static void Run(dim3 grid, Heads16 x, int64_t t, int64_t h, Softmax sm, float* out, bf16* out16, float* lse,
-                  float* row_max, double* row_entropy) {
-    AllowSharedBytes(ForwardKernel<HD>, Layout<HD>::kForwardBytes, "tensor-core attention");
-    ForwardKernel<HD>
-        <<<grid, kThreads, Layout<HD>::kForwardBytes>>>(x, t, h, sm, out, out16, lse, row_max, row_entropy);
+  static void Run(dim3 grid, Heads16 x, int64_t t, int64_t h, const AttentionOptions& opt, float* out, bf16* out16,
+                  float* lse, float* row_max, double* row_entropy) {
+    ForSoftmaxVariant(opt, [&](auto sm) {
+      const auto kernel = ForwardKernel<HD, decltype(sm)>;
+      AllowSharedBytes(kernel, Layout<HD>::kForwardBytes, "tensor-core attention");
+      kernel<<<grid, kThreads, Layout<HD>::kForwardBytes>>>(x, t, h, sm, out, out16, lse, row_max, row_entropy);
+    });
   }
 };
 template <int HD>
 struct LaunchBackward {
   template <typename G>
   static void Run(dim3 grid, Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
-                  Softmax sm, const AttentionStrides& ld, G* dq, G* dk, G* dv, float* rowd) {
-    AllowSharedBytes(BackwardQueryKernel<HD, G>, Layout<HD>::kQueryBytes, "tensor-core attention");
-    AllowSharedBytes(BackwardKeyKernel<HD, G>, Layout<HD>::kKeyBytes, "tensor-core attention");
-    BackwardQueryKernel<HD, G>
-        <<<grid, kThreads, Layout<HD>::kQueryBytes>>>(x, out, lse, dout, t, h, sm, ld.dq, dq, rowd);
-    BackwardKeyKernel<HD, G><<<grid, kThreads, Layout<HD>::kKeyBytes>>>(x, lse, rowd, t, h, sm, ld.dk, ld.dv, dk, dv);
+                  const AttentionOptions& opt, const AttentionStrides& ld, G* dq, G* dk, G* dv, float* rowd) {
+    ForSoftmaxVariant(opt, [&](auto sm) {
+      const auto query = BackwardQueryKernel<HD, decltype(sm), G>;
+      const auto key = BackwardKeyKernel<HD, decltype(sm), G>;
+      AllowSharedBytes(query, Layout<HD>::kQueryBytes, "tensor-core attention");
+      AllowSharedBytes(key, Layout<HD>::kKeyBytes, "tensor-core attention");
+      query<<<grid, kThreads, Layout<HD>::kQueryBytes>>>(x, out, lse, dout, t, h, sm, ld.dq, dq, rowd);
+      key<<<grid, kThreads, Layout<HD>::kKeyBytes>>>(x, lse, rowd, t, h, sm, ld.dk, ld.dv, dk, dv);
+    });
   }
 };
 
 // HeadsToBf16Kernel's float4 loads need 16-byte aligned rows: every pointer read, and row
 // strides of whole float4s (heads start HD % 16 == 0 floats apart). The gradients are
 // written a value at a time.
+// Softmax2 takes the largest logit of a row from its largest S: scale and τ positive.
+bool Supports(int64_t hd, const AttentionOptions& opt) {
+  return CudaBackend::FusedAttentionSupports(hd) && opt.scale > 0 && opt.temperature > 0;
+}
+
 bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int64_t> strides) {
   for (const void* p : ptrs) {
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
@@ -570,11 +659,11 @@ bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, con
                                              int64_t h, int64_t hd, const AttentionOptions& opt,
                                              const AttentionStrides& ld, float* out, bf16* out16, float* lse,
                                              float* row_max, double* row_entropy) {
-  if (!FusedAttentionSupports(hd) || !Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
+  if (!Supports(hd, opt) || !Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
   auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
   const Heads16 x = ToHeads(q, k, v, nullptr, ld, b, t, h, hd, heads);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  ForHeadDim<LaunchForward>(hd, grid, x, t, h, Softmax{opt}, out, out16, lse, row_max, row_entropy);
+  ForHeadDim<LaunchForward>(hd, grid, x, t, h, opt, out, out16, lse, row_max, row_entropy);
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");
   return true;
 }
@@ -584,11 +673,11 @@ bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, co
                                               const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
                                               int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
                                               G* dq, G* dk, G* dv, float* rowd) {
-  if (!FusedAttentionSupports(hd) || !Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
+  if (!Supports(hd, opt) || !Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
   auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
   const Heads16 x = ToHeads(q, k, v, dout, ld, b, t, h, hd, heads);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd);
+  ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, dout, t, h, opt, ld, dq, dk, dv, rowd);
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
   return true;
 }

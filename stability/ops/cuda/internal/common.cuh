@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -144,6 +145,25 @@ __device__ inline void GridStrideBatched(int64_t start, int64_t stride, int64_t 
 // tanhf's accurate polynomial and the branch between its two ranges take several times as many.
 // For math whose result is rounded to bf16 (2⁻⁹) anyway.
 __device__ inline float FastTanh(float x) { return 1.0f - __fdividef(2.0f, __expf(2.0f * x) + 1.0f); }
+
+// 2^x and 1/x in one MUFU instruction each (ex2/rcp.approx.ftz: ~2 ulp relative; results
+// under 2⁻¹²⁶ flush to zero) — what __expf and __fdividef are made of, less their scaling and
+// subnormal handling, for math rounded to bf16 afterwards (the tensor-core attention's softmax).
+#if defined(STABILITY_OPS_CUDA_EMULATOR_CUDA_EMULATOR_H_)
+__device__ inline float Exp2Approx(float x) { return std::exp2(x); }
+__device__ inline float RcpApprox(float x) { return 1.0f / x; }
+#else
+__device__ inline float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ inline float RcpApprox(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+#endif
 
 __device__ inline float ShuffleDown(float v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
 __device__ inline double ShuffleDown(double v, int o) { return __shfl_down_sync(0xffffffffu, v, o); }
