@@ -548,6 +548,16 @@ TEST_F(CudaBackendTest, TensorCoreAttentionWithEveryOption) {
   // 6 tiles of 64 (the last partial): the double buffers each reused several times, and under
   // the clip the second sweep's first tile issued while the first sweep's last is in use.
   for (const AttentionOptions& opt : EveryAttentionOption(64)) CompareAttention(1, 330, 1, 64, opt, true, bf16);
+  // Every option at once (the kernels' Softmax2<cap, clip> both compiled in).
+  AttentionOptions all = EveryAttentionOption(64)[0];
+  all.soft_cap = 2.0f, all.temperature = 1.7f, all.clip = true;
+  for (int64_t t : {100, 330}) CompareAttention(1, t, 2, 64, all, true, bf16);
+  // A negative scale: the tensor-core kernels take a row's largest logit from its largest S,
+  // which needs scale > 0, so the fp32 fused kernel answers instead: fp32's tolerances, and
+  // next not written.
+  AttentionOptions negative = EveryAttentionOption(64)[1];
+  negative.scale = -negative.scale;
+  CompareAttention(2, 100, 2, 64, negative, true);
   gpu_->SetAttentionKernel(AttentionKernel::kGemm);
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
