@@ -94,12 +94,23 @@ __device__ inline void CopyRowValues(const float* x, int64_t i0, int64_t t, floa
   }
 }
 
-// A warp's product of two row tiles, F [16 × 64] = A Bᵀ: A the warp's 16 rows of one tile
-// (a: its first), B the 64 rows of another (S = Q Kᵀ, dP' = dO Vᵀ, Sᵀ = K Qᵀ, dP'ᵀ = V dOᵀ).
-// Per 16 dims, A's fragment is one ldmatrix (matrix j = lane / 8: rows 8·(j % 2).., dims
-// 8·(j / 2)..), and B's, two column blocks a load (matrix j: rows 8·(j / 2).., dims 8·(j % 2)..).
+// A warp's 16 rows of a tile (a: its first) as A fragments, per 16 dims one ldmatrix (matrix
+// j = lane / 8: rows 8·(j % 2).., dims 8·(j / 2)..).
 template <int HD>
-__device__ void RowsTimesRowsT(const bf16* a, const bf16* b, float (&f)[kBlocks][4]) {
+__device__ void LoadRowFragments(const bf16* a, uint32_t (&af)[HD / 16][4]) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    LdMatrixX4(af[kk], a + ((lane / 8 % 2) * 8 + lane % 8) * Layout<HD>::kL + kk * 16 + (lane / 16) * 8);
+  }
+}
+
+// A warp's product of two row tiles, F [16 × 64] = A Bᵀ: A the warp's 16 rows of one tile (as
+// LoadRowFragments', af), B the 64 rows of another (S = Q Kᵀ, dP' = dO Vᵀ, Sᵀ = K Qᵀ,
+// dP'ᵀ = V dOᵀ). B's fragments two column blocks a load (matrix j: rows 8·(j / 2).., dims
+// 8·(j % 2)..).
+template <int HD>
+__device__ void RowsTimesRowsT(const uint32_t (&af)[HD / 16][4], const bf16* b, float (&f)[kBlocks][4]) {
   constexpr int kL = Layout<HD>::kL;
   const int lane = threadIdx.x % 32;
 #pragma unroll
@@ -109,17 +120,22 @@ __device__ void RowsTimesRowsT(const bf16* a, const bf16* b, float (&f)[kBlocks]
   }
 #pragma unroll
   for (int kk = 0; kk < HD / 16; ++kk) {
-    uint32_t af[4];
-    LdMatrixX4(af, a + ((lane / 8 % 2) * 8 + lane % 8) * kL + kk * 16 + (lane / 16) * 8);
 #pragma unroll
     for (int nb = 0; nb < kBlocks; nb += 2) {
       uint32_t bf[4];
       LdMatrixX4(bf, b + (nb * 8 + (lane / 16) * 8 + lane % 8) * kL + kk * 16 + (lane / 8 % 2) * 8);
       const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
-      MmaBf16(f[nb], af, b0);
-      MmaBf16(f[nb + 1], af, b1);
+      MmaBf16(f[nb], af[kk], b0);
+      MmaBf16(f[nb + 1], af[kk], b1);
     }
   }
+}
+// The same with A from shared memory (a: the warp's first row).
+template <int HD>
+__device__ void RowsTimesRowsT(const bf16* a, const bf16* b, float (&f)[kBlocks][4]) {
+  uint32_t af[HD / 16][4];
+  LoadRowFragments<HD>(a, af);
+  RowsTimesRowsT<HD>(af, b, f);
 }
 
 // acc [16 × HD] += P [16 × 64] · B, B the 64 rows of a tile (P V, dZ K, dZᵀ Q, P'ᵀ dO). P is
@@ -520,15 +536,32 @@ __global__ void __launch_bounds__(kThreads)
   float acc_dk[HD / 8][4], acc_dv[HD / 8][4];
   Zero<HD>(acc_dk);
   Zero<HD>(acc_dv);
+  // The warp's K and V rows, the A operands of every tile's two products, kept in registers
+  // at head dim 64 (the presets'): 240 registers, no spill, 2 blocks an SM as at 192. At 96 and
+  // 128 they spill, at 16 and 32 they cost a block an SM: those read them from shared memory
+  // each tile.
+  constexpr bool kFragmentsKept = HD == 64;
+  uint32_t kf[kFragmentsKept ? HD / 16 : 1][4], vf[kFragmentsKept ? HD / 16 : 1][4];
   for (int64_t it = 0; it < items; ++it) {
     const int64_t t0 = k0 + it * kRows;
     DoubleBufferedNext(it, items, issue);  // item it (and K, V) landed, item it + 1 in flight
     if (w0 >= t) continue;
+    if constexpr (kFragmentsKept) {
+      if (it == 0) {
+        LoadRowFragments<HD>(ks + 16 * warp * kL, kf);
+        LoadRowFragments<HD>(vs + 16 * warp * kL, vf);
+      }
+    }
     const bf16 *qt = qs + it % 2 * kTile, *dot = dos + it % 2 * kTile;
     const float *lset = lses + it % 2 * kRows, *dt = ds + it % 2 * kRows;
     float s[kBlocks][4], dp[kBlocks][4];
-    RowsTimesRowsT<HD>(ks + 16 * warp * kL, qt, s);    // Sᵀ = K Qᵀ
-    RowsTimesRowsT<HD>(vs + 16 * warp * kL, dot, dp);  // dP'ᵀ = V dOᵀ
+    if constexpr (kFragmentsKept) {
+      RowsTimesRowsT<HD>(kf, qt, s);    // Sᵀ = K Qᵀ
+      RowsTimesRowsT<HD>(vf, dot, dp);  // dP'ᵀ = V dOᵀ
+    } else {
+      RowsTimesRowsT<HD>(ks + 16 * warp * kL, qt, s);
+      RowsTimesRowsT<HD>(vs + 16 * warp * kL, dot, dp);
+    }
     // Value i of column block nb: key row sk[i / 2], query t0 + j with j = 8·nb + 2·quad + i % 2,
     // counted if lo[i / 2] ≤ j < hi (the key is at or before the query, the query before T).
     // dZᵀ (without its 1/τ: in dK's final scale) replaces Sᵀ, and P'ᵀ dP'ᵀ (each value read
