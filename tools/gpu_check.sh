@@ -9,7 +9,9 @@
 # variant, 20 training steps, determinism, the NCCL communicator of size 1), the training
 # benchmark (tools/gpu_bench.py: tokens/s and MFU for tiny, GPT-2 124M and the paper's 830M
 # shape, baseline and methods), the op tests again under compute-sanitizer's memcheck,
-# then Nsight Compute's view of the largest kernels (where the image has ncu), the op
+# then Nsight Compute's source page of the attention kernels (their SASS, executions and stall
+# samples per instruction: tools/ncu_source_summary.py) and its view of the largest kernels
+# (where the image has ncu), the op
 # benchmarks (//stability/ops/cuda:benchmarks) and, in the time left, compute-sanitizer's
 # racecheck of the attention kernels, and writes one Markdown report to
 # $OUT/gpu_check.md (device tool) or docs/gpu/gpu_check-<date>.md. It keeps to one deadline,
@@ -146,9 +148,32 @@ run_alone() {  # name, binary
   # they took): Nsight Compute, where the image has it, on one launch of each — compute and
   # memory throughput against the card's peaks, the pipes, occupancy, stalls, and its rules'
   # advice. The summary lines here; each kernel's whole report comes back as ncu-*.log.
+  ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
+  # The attention kernels' compiled loops, seen where they run (no SASS disassembler here):
+  # ncu's source page — each SASS instruction, how often it ran and its stall samples —
+  # summed up by tools/ncu_source_summary.py; the whole pages come back in the logs.
+  echo "## Where the attention kernels stall (ncu source page: SASS and stall samples)"
+  echo '```'
+  if [ ! -x "$ncu" ]; then
+    echo "(skipped: no ncu in this image)"
+  else
+    for spec in "BM_Attention/shape:0/backward:0/cap:0/fused:1/bf16:1/;ForwardKernel" \
+        "BM_Attention/shape:0/backward:1/cap:0/fused:1/bf16:1/;BackwardKeyKernel" \
+        "BM_Attention/shape:0/backward:1/cap:0/fused:1/bf16:1/;BackwardQueryKernel"; do
+      IFS=';' read -r filter kernel <<< "$spec"
+      if [ $((deadline - SECONDS)) -lt 60 ]; then echo "$kernel: not profiled (out of time)"; continue; fi
+      timeout "$(left 60)" "$ncu" --section SourceCounters --section WarpStateStats --kernel-name "regex:$kernel" \
+        --launch-count 1 --page source --csv --print-source sass \
+        "$work/bin/benchmarks" --benchmark_filter="$filter" --benchmark_min_time=0.01 \
+        > "$work/ncu-source-$kernel.csv" 2> "$work/ncu-source-$kernel.log"
+      echo "== $kernel ($filter): exit $? (the page: ncu-source-$kernel.csv)"
+      python3 tools/ncu_source_summary.py "$work/ncu-source-$kernel.csv" --top 25 2>&1 | head -40
+    done
+  fi
+  echo '```'
+  echo
   echo "## Nsight Compute: the largest kernels, one launch each"
   echo '```'
-  ncu="$(command -v ncu || echo /usr/local/cuda/bin/ncu)"
   if [ ! -x "$ncu" ]; then
     echo "(skipped: no ncu in this image)"
   else
@@ -198,9 +223,9 @@ run_alone() {  # name, binary
 } > "$report" 2>&1
 # The device tool brings back only a few files: the logs travel as one archive there.
 if [ -n "${OUT:-}" ]; then
-  (cd "$work" && tar -czf "$out_dir/logs.tar.gz" ./*.log)
+  (cd "$work" && tar -czf "$out_dir/logs.tar.gz" ./*.log ./*.csv 2>/dev/null)
 else
-  cp "$work"/*.log "$out_dir/" 2>/dev/null
+  cp "$work"/*.log "$work"/*.csv "$out_dir/" 2>/dev/null
 fi
 echo "wrote $report"
 cat "$report"
