@@ -19,7 +19,7 @@
 # GPU_CHECK_QUICK=1 keeps to what a short call can hold (a rerun after a kernel change): the
 # op and model tests, the targets' training rows (gpu_bench.py --plan quick), the attention's
 # Nsight Compute profiles and benchmarks —
-#   run(carry=[".gpu"], command="GPU_CHECK_QUICK=1 GPU_CHECK_BUDGET_S=220 bash tools/gpu_check.sh", timeout_s=250)
+#   run(carry=[".gpu"], command="GPU_CHECK_QUICK=1 GPU_CHECK_BUDGET_S=245 bash tools/gpu_check.sh", timeout_s=270)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out_dir="${OUT:-docs/gpu}"
