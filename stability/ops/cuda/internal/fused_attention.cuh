@@ -1,6 +1,7 @@
 // What the fused attention kernels share (fused_attention.cu on CUDA cores in fp32,
 // tensor_core_attention.cu in bf16): the softmax's elementwise math of AttentionOptions
-// (ops/backend.h) and the dispatch over the head dims they are compiled for.
+// (ops/backend.h: Softmax, fp32's; the bf16 kernels run it in base 2, their Softmax2) and the
+// dispatch over the head dims they are compiled for.
 //   a → z = cap(a/τ),  dz/du = 1 − (z/c)²,  p' = clip(p),  dp'/dp = ζ − γ inside (0, 1).
 #ifndef STABILITY_OPS_CUDA_INTERNAL_FUSED_ATTENTION_CUH_
 #define STABILITY_OPS_CUDA_INTERNAL_FUSED_ATTENTION_CUH_
@@ -16,12 +17,6 @@ struct Softmax {
   AttentionOptions o;
   __device__ float Z(float a) const { return Capped(a / o.temperature); }  // a → z: temperature, then the cap
   __device__ float Capped(float u) const { return o.soft_cap > 0 ? o.soft_cap * tanhf(u * (1.0f / o.soft_cap)) : u; }
-  // Capped for the bf16 kernels (FastTanh): at most cap·7e-7 off in z, absolute — what the
-  // softmax sees, being shift-invariant — against bf16's 2⁻⁹ rounding of P; tanhf cost those
-  // kernels more than their own exponentials.
-  __device__ float CappedFast(float u) const {
-    return o.soft_cap > 0 ? o.soft_cap * FastTanh(u * (1.0f / o.soft_cap)) : u;
-  }
   __device__ float CapSlope(float z) const {  // dz/du
     if (o.soft_cap <= 0) return 1.0f;
     const float th = z / o.soft_cap;
