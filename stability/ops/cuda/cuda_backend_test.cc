@@ -187,9 +187,21 @@ TEST_F(CudaBackendTest, Norms) {
     // block, 4 or 5 rows each), GPT-2's width and the 830M shape's (4 warps; 24 and 32 columns
     // a lane in registers), one of 16 a lane, one warp a block whose column sums (8 bytes a
     // column) pass the default 48 KB of shared memory (its rows streamed: past 1,024), and 34
-    // chunks: more than the column totals' warps, so that each warp adds several.
-    for (auto [rows, d] :
-         {std::pair<int64_t, int64_t>{48, 64}, {100, 200}, {40, 768}, {64, 1024}, {20, 500}, {70, 7000}, {1100, 40}}) {
+    // chunks: more than the column totals' warps, so that each warp adds several. Rows up to
+    // 128 wide go four to a warp (8 lanes a row): row counts that leave a warp's last groups
+    // without a row, forward and in the backward's chunks (37, 13, 7), a width not a multiple
+    // of 8 (100), the widest such (128) and the narrowest past it (129, 32 lanes).
+    for (auto [rows, d] : {std::pair<int64_t, int64_t>{48, 64},
+                           {100, 200},
+                           {40, 768},
+                           {64, 1024},
+                           {20, 500},
+                           {70, 7000},
+                           {1100, 40},
+                           {37, 64},
+                           {13, 100},
+                           {7, 128},
+                           {30, 129}}) {
       SCOPED_TRACE(testing::Message() << "rows " << rows << ", d " << d);
       std::vector<float> x = Random(rows * d, 2.0), g = Random(d), b = Random(d), dy = Random(rows * d);
       std::vector<float> y(rows * d), mean(rows), rstd(rows), dx(rows * d), dg(d, 0.0f), db(d, 0.0f);

@@ -1,8 +1,11 @@
 // LayerNorm and RMSNorm on the GPU: statistics in double through a fixed reduction tree;
-// one warp a row both ways, the backward's blocks a chunk of rows each with dx and the
+// a row to a group of lanes both ways — a warp for rows over 128 wide, 8 lanes (four rows a
+// warp) up to 128: a per-head norm's 64-wide rows, one a warp, spent more on two 32-lane
+// reductions and on their warps' launch than on their 256 bytes (~1.5 TB/s of the H200's 4.8:
+// the qk_norm profile, docs/gpu) —, the backward's blocks a chunk of rows each with dx and the
 // parameter gradients' deterministic column sums in one pass over x and dy.
 //
-// A lane's columns of a row (l, l + 32, …) are read into registers all at once, before the
+// A lane's columns of a row (l, l + L, …; L its group's lanes) are read into registers all at once, before the
 // first is used and before the row's first store (LanePart; rows up to 1,024 wide): a loop
 // that stores as it goes cannot have its next loads moved above the store (as far as the
 // compiler knows they may alias), so it waits out one memory latency a column — which is
@@ -18,51 +21,80 @@
 namespace stability::ops::cuda::internal {
 namespace {
 
-constexpr int kForwardWarps = 4;  // rows a block of the forward
+constexpr int kForwardWarps = 4;  // warps a block of the forward
 
-// Columns a lane holds in registers: ⌈d / 32⌉ rounded up to 2, 4, 8, 16, 24 or 32, or 0 past
-// 1,024 (streamed). A per-head row (64) is 2, GPT-2's 768 24, the 830M shape's 1,024 32.
+// Lanes a row: 8 up to 128 columns (four rows a warp), else 32.
+int LanesPerRow(int64_t d) { return d <= 128 ? 8 : 32; }
+// Warps the forward needs for `rows` rows of d.
+int64_t ForwardWarpsFor(int64_t rows, int64_t d) {
+  const int64_t per_warp = 32 / LanesPerRow(d);
+  return (rows + per_warp - 1) / per_warp;
+}
+// Columns a lane holds in registers: ⌈d / L⌉ rounded up to 2, 4, 8, 16, 24 or 32, or 0 past
+// 1,024 (streamed). A per-head row (64) is 8 (of 8 lanes), GPT-2's 768 24, the 830M shape's
+// 1,024 32.
 int LanePart(int64_t d) {
-  const int64_t need = (d + 31) / 32;
+  const int64_t need = (d + LanesPerRow(d) - 1) / LanesPerRow(d);
   for (int p : {2, 4, 8, 16, 24, 32}) {
     if (need <= p) return p;
   }
   return 0;
 }
-// f(std::integral_constant<int, LanePart(d)>): the kernel instantiation for the width.
+// f(integral_constant<LanePart(d)>, integral_constant<LanesPerRow(d)>): the kernel
+// instantiation for the width.
 template <typename F>
-void WithLanePart(int64_t d, F f) {
-  switch (LanePart(d)) {
-    case 2:
-      return f(std::integral_constant<int, 2>{});
-    case 4:
-      return f(std::integral_constant<int, 4>{});
+void WithRowShape(int64_t d, F f) {
+  using std::integral_constant;
+  if (LanesPerRow(d) == 8) {
+    switch (LanePart(d)) {
+      case 2:
+        return f(integral_constant<int, 2>{}, integral_constant<int, 8>{});
+      case 4:
+        return f(integral_constant<int, 4>{}, integral_constant<int, 8>{});
+      case 8:
+        return f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+      default:
+        return f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
+    }
+  }
+  switch (LanePart(d)) {  // d > 128: at least 5 columns a lane
     case 8:
-      return f(std::integral_constant<int, 8>{});
+      return f(integral_constant<int, 8>{}, integral_constant<int, 32>{});
     case 16:
-      return f(std::integral_constant<int, 16>{});
+      return f(integral_constant<int, 16>{}, integral_constant<int, 32>{});
     case 24:
-      return f(std::integral_constant<int, 24>{});
+      return f(integral_constant<int, 24>{}, integral_constant<int, 32>{});
     case 32:
-      return f(std::integral_constant<int, 32>{});
+      return f(integral_constant<int, 32>{}, integral_constant<int, 32>{});
     default:
-      return f(std::integral_constant<int, 0>{});
+      return f(integral_constant<int, 0>{}, integral_constant<int, 32>{});
   }
 }
 
-// The values of a row that a lane owns — columns j = lane + 32·i < d, in order of i —: for
+// Σ v over a row's L lanes (aligned groups of L) in each of them: a butterfly, where the two
+// lanes of each pair add the same two values (addition commutes), so every lane of the group
+// ends with the same bits. L = 32: common.cuh's WarpAllSum.
+template <int L>
+__device__ inline double GroupAllSum(double v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The values of a row that a lane owns — columns j = sub + L·i < d, in order of i, sub its
+// place in the row's group —: for
 // P > 0 (LanePart) read into registers at once when constructed (every load issued before any
 // is used, and before the row's first store); for P = 0 read from row at each use. read false:
 // an absent operand (a null row), never used.
-template <int P, typename T>
+template <int P, int L, typename T>
 struct LaneRow {
   const T* row;
   float v[P > 0 ? P : 1];
-  __device__ LaneRow(const T* row, int64_t d, int lane, bool read = true) : row(row) {
+  __device__ LaneRow(const T* row, int64_t d, int sub, bool read = true) : row(row) {
     if constexpr (P > 0) {
       if (!read) return;
 #pragma unroll
-      for (int i = 0; i < P; ++i) v[i] = lane + 32 * i < d ? Load(row + lane + 32 * i) : 0.0f;
+      for (int i = 0; i < P; ++i) v[i] = sub + L * i < d ? Load(row + sub + L * i) : 0.0f;
     }
   }
   __device__ float operator()(int i, int64_t j) const {
@@ -74,62 +106,66 @@ struct LaneRow {
   }
 };
 
-// f(i, j) for a lane's columns j = lane + 32·i < d, in order.
-template <int P, typename F>
-__device__ inline void ForLane(int64_t d, int lane, F f) {
+// f(i, j) for a lane's columns j = sub + L·i < d, in order.
+template <int P, int L, typename F>
+__device__ inline void ForLane(int64_t d, int sub, F f) {
   if constexpr (P > 0) {
 #pragma unroll
     for (int i = 0; i < P; ++i) {
-      if (lane + 32 * i < d) f(i, lane + 32 * i);
+      if (sub + L * i < d) f(i, sub + L * i);
     }
   } else {
-    for (int64_t j = lane; j < d; j += 32) f(0, j);
+    for (int64_t j = sub; j < d; j += L) f(0, j);
   }
 }
 
-// One warp a row (lane l: columns l, l + 32, …), the statistics by shuffles alone: no block
-// barrier, and a per-head row (64 wide) keeps every lane busy. With a (AddNormForward; x
-// contiguous): the row of x + a ⊙ s (s nullable) is written to sum and normalised from there;
-// each lane reads back only what it wrote. __fmul_rn: a·s rounded on its own, as
-// ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next product's operand), y
-// then nullable. P: LanePart(d).
-template <int P>
+// A row to each group of L lanes (lane sub of the group: columns sub, sub + L, …; a warp 32 / L
+// rows), the statistics by shuffles alone: no block barrier. A group past the last row
+// computes on its warp's first row and stores nothing (its lanes take part in the shuffles).
+// With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to sum
+// and normalised from there; each lane reads back only what it wrote. __fmul_rn: a·s rounded
+// on its own, as ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next
+// product's operand), y then nullable. P, L: LanePart(d), LanesPerRow(d).
+template <int P, int L>
 __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
                                   const float* g, const float* b, int64_t rows, int64_t d, float eps, float* sum,
                                   float* y, __nv_bfloat16* y16, float* mean, float* rstd) {
-  const int64_t r = blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32;
-  if (r >= rows) return;
-  const int lane = threadIdx.x & 31;
-  LaneRow<P, float> xv(x + x_rows.Offset(r, d), d, lane);
+  const int lane = threadIdx.x & 31, sub = lane % L;
+  const int64_t first = (blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32) * (32 / L);
+  if (first >= rows) return;  // the whole warp
+  const bool active = first + lane / L < rows;
+  const int64_t r = active ? first + lane / L : first;
+  LaneRow<P, L, float> xv(x + x_rows.Offset(r, d), d, sub);
   if (a) {
-    const LaneRow<P, float> av(a + r * d, d, lane), sv(s, d, lane, s != nullptr);
+    const LaneRow<P, L, float> av(a + r * d, d, sub), sv(s, d, sub, s != nullptr);
     float* sr = sum + r * d;
-    ForLane<P>(d, lane, [&](int i, int64_t j) {
+    ForLane<P, L>(d, sub, [&](int i, int64_t j) {
       const float v = xv(i, j) + (s ? __fmul_rn(av(i, j), sv(i, j)) : av(i, j));
-      sr[j] = v;
+      if (active) sr[j] = v;
       if constexpr (P > 0) xv.v[i] = v;
     });
     xv.row = sr;  // streamed: normalised from the stored sum
   }
   // g and b read after the sum is stored: 3·P values live at most.
-  const LaneRow<P, float> gv(g, d, lane), bv(b, d, lane, b != nullptr);
+  const LaneRow<P, L, float> gv(g, d, sub), bv(b, d, sub, b != nullptr);
   double mu = 0;
   if (layer) {
     double t = 0;
-    ForLane<P>(d, lane, [&](int i, int64_t j) { t += xv(i, j); });
-    mu = WarpAllSum(t) / d;
+    ForLane<P, L>(d, sub, [&](int i, int64_t j) { t += xv(i, j); });
+    mu = GroupAllSum<L>(t) / d;
   }
   double s2 = 0;
-  ForLane<P>(d, lane, [&](int i, int64_t j) { s2 += (xv(i, j) - mu) * (xv(i, j) - mu); });
-  const double var = WarpAllSum(s2) / d;
+  ForLane<P, L>(d, sub, [&](int i, int64_t j) { s2 += (xv(i, j) - mu) * (xv(i, j) - mu); });
+  const double var = GroupAllSum<L>(s2) / d;
   const float rs = static_cast<float>(1.0 / sqrt(var + eps));
   const float m = static_cast<float>(mu);
-  ForLane<P>(d, lane, [&](int i, int64_t j) {
+  if (!active) return;
+  ForLane<P, L>(d, sub, [&](int i, int64_t j) {
     const float v = (xv(i, j) - m) * rs * gv(i, j) + (b ? bv(i, j) : 0.0f);
     if (y) y[r * d + j] = v;
     if (y16) y16[r * d + j] = __float2bfloat16_rn(v);
   });
-  if (lane == 0) {
+  if (sub == 0) {
     if (mean) mean[r] = m;
     rstd[r] = rs;
   }
@@ -139,58 +175,67 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
 // blocks and a per-head one (196,608 rows × 64) 2,048, and at most 2,048 partial rows for the
 // column totals to add up.
 int NormChunks(int64_t rows) { return static_cast<int>(rows < 32 ? 1 : rows / 32 < 2048 ? rows / 32 : 2048); }
-// Warps a block of the backward: as many as keep their column sums (8 bytes a column each)
-// within the default 48 KB of shared memory (1 from d = 6,144), at most 8, and at most 4 where a
-// lane holds 16 or more columns (d > 256: ~140–200 registers, so two or three blocks share an
-// SM, not one with a quarter of the grid left for a last wave) — 8 at a per-head width, 4 at
-// GPT-2's and the 830M shape's.
+// Warps a block of the backward: as many as keep their groups' column sums (8 bytes a column
+// each, 32 / L groups a warp) within the default 48 KB of shared memory (1 from d = 6,144), at
+// most 8, and at most 4 where a lane holds 16 or more columns (d > 256: ~140–200 registers, so
+// two or three blocks share an SM, not one with a quarter of the grid left for a last wave) —
+// 8 at a per-head width, 4 at GPT-2's and the 830M shape's.
 int NormBackwardWarps(int64_t d) {
-  const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)));
+  const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)) * (32 / LanesPerRow(d)));
   const int64_t most = LanePart(d) >= 16 ? 4 : 8;
   return static_cast<int>(fit < 1 ? 1 : fit > most ? most : fit);
 }
 
 // dx and the parameter gradients' partials in one pass over x and dy: block `chunk` (of
-// gridDim.x = NormChunks) takes its rows, one warp a row (lane l: columns l, l + 32, …; warp w
-// rows w, w + warps, … of the chunk), the row's two sums by shuffles alone — no block barrier
-// a row, which the one-block-a-row kernel before paid twice (145 µs a GPT-2 norm on the H200,
-// ~1.4 TB/s) —
+// gridDim.x = NormChunks) takes its rows, a row to each group of L lanes (lane sub: columns sub,
+// sub + L, …; the block's groups take rows in turn, group q of warp w rows w·R + q, then
+// + warps·R, … of the chunk, R = 32 / L), the row's two sums by shuffles alone — no block
+// barrier a row, which the one-block-a-row kernel before paid twice (145 µs a GPT-2 norm on the
+// H200, ~1.4 TB/s) —
 //   dx = r·(ĝ − [LayerNorm] mean(ĝ) − x̂·mean(ĝ·x̂)),  ĝ = dy·g,  x̂ = (x − μ)·r
 // (accumulate: dx += , the residual stream's gradient; dx laid out as x; dy and dx fp32 or
 // bf16, the math fp32 either way, the row sums in double; dx16 nullable: the stored dx rounded
 // to bf16, contiguous rows — the next product's operand). Each lane adds its columns' dy·x̂ and
-// dy into its warp's own shared slots (float, the warp's rows in order: a few — 8 of a GPT-2
-// 124M norm's 16,384 rows, 12 of its per-head norms' 196,608), and the block writes
-// partials_g/partials_b[chunk, j] (double: the warps' slots in warp order; partials_b nullable)
-// for AddColumnTotals. x and dy come from memory once (streamed rows: the second pass reads
-// what the first just loaded, from L1). P: LanePart(d).
-template <int P, typename DY, typename DX>
+// dy into its group's own shared slots (float, the group's rows in order: a few — 8 of a GPT-2
+// 124M norm's 16,384 rows, 3 of its per-head norms' 196,608), and the block writes
+// partials_g/partials_b[chunk, j] (double: the groups' slots in order; partials_b nullable)
+// for AddColumnTotals. A group past the chunk's last row computes on its warp's first and
+// stores and adds nothing. x and dy come from memory once (streamed rows: the second pass reads
+// what the first just loaded, from L1). P, L: LanePart(d), LanesPerRow(d).
+template <int P, int L, typename DY, typename DX>
 __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                                    const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
                                    __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
-  extern __shared__ float acc[];  // warp w: [2dw, 2dw + d) its Σ dy·x̂, [2dw + d, 2dw + 2d) its Σ dy
+  constexpr int kGroups = 32 / L;  // rows a warp at a time
+  // Group q of warp w: [2d(w·R + q), … + d) its Σ dy·x̂, [… + d, … + 2d) its Σ dy.
+  extern __shared__ float acc[];
   const int64_t chunk = blockIdx.x, chunks = gridDim.x;
-  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-  float* const sum_g = acc + 2 * d * warp;
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x & 31, sub = lane % L;
+  const int slot = warp * kGroups + lane / L;
+  float* const sum_g = acc + 2 * d * slot;
   float* const sum_b = sum_g + d;
-  for (int64_t j = lane; j < d; j += 32) sum_g[j] = sum_b[j] = 0;  // each slot its owner's: no barrier
-  for (int64_t r = rows * chunk / chunks + warp; r < rows * (chunk + 1) / chunks; r += warps) {
+  for (int64_t j = sub; j < d; j += L) sum_g[j] = sum_b[j] = 0;  // each slot its owner's: no barrier
+  const int64_t end = rows * (chunk + 1) / chunks;
+  for (int64_t first = rows * chunk / chunks + warp * kGroups; first < end; first += warps * kGroups) {
+    const bool active = first + lane / L < end;
+    const int64_t r = active ? first + lane / L : first;
     const float* xr = x + x_rows.Offset(r, d);
     DX* dxr = dx + x_rows.Offset(r, d);
     const DY* dyr = dy + r * d;
     const float m = layer ? mean[r] : 0.0f, rs = rstd[r];
-    const LaneRow<P, DY> dyv(dyr, d, lane);
-    const LaneRow<P, float> xv(xr, d, lane), gv(g, d, lane);
-    const LaneRow<P, DX> prior(dxr, d, lane, accumulate);
+    const LaneRow<P, L, DY> dyv(dyr, d, sub);
+    const LaneRow<P, L, float> xv(xr, d, sub), gv(g, d, sub);
+    const LaneRow<P, L, DX> prior(dxr, d, sub, accumulate);
     double sg = 0, sgx = 0;
-    ForLane<P>(d, lane, [&](int i, int64_t j) {
+    ForLane<P, L>(d, sub, [&](int i, int64_t j) {
       const double gh = dyv(i, j) * gv(i, j);
       sg += gh;
       sgx += gh * (xv(i, j) - m) * rs;
     });
-    const float mg = layer ? static_cast<float>(WarpAllSum(sg) / d) : 0.0f;
-    const float mgx = static_cast<float>(WarpAllSum(sgx) / d);
-    ForLane<P>(d, lane, [&](int i, int64_t j) {
+    const float mg = layer ? static_cast<float>(GroupAllSum<L>(sg) / d) : 0.0f;
+    const float mgx = static_cast<float>(GroupAllSum<L>(sgx) / d);
+    if (!active) continue;
+    ForLane<P, L>(d, sub, [&](int i, int64_t j) {
       const float xh = (xv(i, j) - m) * rs, dyj = dyv(i, j);
       const float v = rs * (dyj * gv(i, j) - mg - xh * mgx);
       const float stored = accumulate ? __fadd_rn(prior(i, j), v) : v;  // never an FMA: the bits of Add's
@@ -201,11 +246,12 @@ __global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows,
     });
   }
   __syncthreads();
+  const int slots = warps * kGroups;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     double tg = 0, tb = 0;
-    for (int w = 0; w < warps; ++w) {
-      tg += acc[2 * d * w + j];
-      tb += acc[2 * d * w + d + j];
+    for (int q = 0; q < slots; ++q) {
+      tg += acc[2 * d * q + j];
+      tb += acc[2 * d * q + d + j];
     }
     partials_g[chunk * d + j] = tg;
     if (partials_b) partials_b[chunk * d + j] = tb;
@@ -231,9 +277,10 @@ void CudaBackend::NormForward(NormKind kind, const float* x, const RowLayout& x_
                               int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                               Bf16Operands* next) {
   __nv_bfloat16* y16 = NextOperand(next);
-  WithLanePart(d, [&](auto part) {
-    NormForwardKernel<decltype(part)::value><<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(
-        kind == NormKind::kLayerNorm, x, x_rows, nullptr, nullptr, g, b, rows, d, eps, nullptr, y, y16, mean, rstd);
+  WithRowShape(d, [&](auto part, auto lanes) {
+    NormForwardKernel<decltype(part)::value, decltype(lanes)::value>
+        <<<Blocks(ForwardWarpsFor(rows, d), kForwardWarps), 32 * kForwardWarps>>>(
+            kind == NormKind::kLayerNorm, x, x_rows, nullptr, nullptr, g, b, rows, d, eps, nullptr, y, y16, mean, rstd);
   });
   STABILITY_CUDA_LAUNCHED("NormForwardKernel");
 }
@@ -242,9 +289,11 @@ void CudaBackend::AddNormForward(NormKind kind, const float* x, const float* a, 
                                  const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, float* mean,
                                  float* rstd, Bf16Operands* next) {
   __nv_bfloat16* y16 = NextOperand(next);
-  WithLanePart(d, [&](auto part) {
-    NormForwardKernel<decltype(part)::value><<<Blocks(rows, kForwardWarps), 32 * kForwardWarps>>>(
-        kind == NormKind::kLayerNorm, x, RowLayout::Contiguous(d), a, s, g, b, rows, d, eps, sum, y, y16, mean, rstd);
+  WithRowShape(d, [&](auto part, auto lanes) {
+    NormForwardKernel<decltype(part)::value, decltype(lanes)::value>
+        <<<Blocks(ForwardWarpsFor(rows, d), kForwardWarps), 32 * kForwardWarps>>>(
+            kind == NormKind::kLayerNorm, x, RowLayout::Contiguous(d), a, s, g, b, rows, d, eps, sum, y, y16, mean,
+            rstd);
   });
   STABILITY_CUDA_LAUNCHED("NormForwardKernel (add)");
 }
@@ -257,15 +306,13 @@ void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayou
   double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
   double* partials_b = db ? partials_g + chunks * d : nullptr;
   const int warps = NormBackwardWarps(d);
-  const size_t shared = 2 * d * warps * sizeof(float);  // past the default 48 KB from d = 6,145
-  WithLanePart(d, [&](auto part) {
-    constexpr int kPart = decltype(part)::value;
-    if (shared > 48 * 1024) {
-      AllowSharedBytes(NormBackwardKernel<kPart, DY, DX>, shared, "NormBackwardKernel (the norm's width)");
-    }
-    NormBackwardKernel<kPart, DY, DX><<<chunks, 32 * warps, shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean,
-                                                                      rstd, dy, rows, d, accumulate, dx, dx16,
-                                                                      partials_g, partials_b);
+  // Past the default 48 KB from d = 6,145.
+  const size_t shared = 2 * d * warps * (32 / LanesPerRow(d)) * sizeof(float);
+  WithRowShape(d, [&](auto part, auto lanes) {
+    const auto kernel = NormBackwardKernel<decltype(part)::value, decltype(lanes)::value, DY, DX>;
+    if (shared > 48 * 1024) AllowSharedBytes(kernel, shared, "NormBackwardKernel (the norm's width)");
+    kernel<<<chunks, 32 * warps, shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd, dy, rows, d,
+                                           accumulate, dx, dx16, partials_g, partials_b);
   });
   STABILITY_CUDA_LAUNCHED((std::is_same_v<DX, float> ? "NormBackwardKernel" : "NormBackwardKernel (bf16)"));
   AddColumnTotals(partials_g, chunks, d, dg);
