@@ -429,6 +429,8 @@ void* DeviceMalloc(size_t bytes) {
 
 CudaBackend::CudaBackend(int device_index, const CublasApi* blas) : device_index_(device_index), blas_(blas) {
   Check(cudaSetDevice(device_index), "cudaSetDevice");
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device_index) == cudaSuccess) multiprocessors_ = prop.multiProcessorCount;
   Check(blas_->create(&cublas_), "cublasCreate");
   // fp32 SGEMM without TF32 tensor cores: the fp32 mode is for parity with the CPU.
   Check(blas_->set_math_mode(cublas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
@@ -440,6 +442,15 @@ CudaBackend::~CudaBackend() {
   cudaFree(queue_dev_);
   for (void* p : scratch_) cudaFree(p);
   if (cublas_) blas_->destroy(cublas_);
+}
+
+int CudaBackend::ResidentBlocks(const void* kernel, int threads, size_t shared) const {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared) != cudaSuccess) {
+    cudaGetLastError();  // the query's failure is no kernel's: not left for the next launch check
+    return 0;
+  }
+  return per_sm * multiprocessors_;
 }
 
 void* CudaBackend::Scratch(int slot, size_t bytes) {

@@ -5,8 +5,9 @@
 // the qk_norm profile, docs/gpu) —, the backward's blocks a chunk of rows each with dx and the
 // parameter gradients' deterministic column sums in one pass over x and dy.
 //
-// A lane's columns of a row (l, l + L, …; L its group's lanes) are read into registers all at once, before the
-// first is used and before the row's first store (LanePart; rows up to 1,024 wide): a loop
+// A lane's columns of a row (l, l + L, …; L its group's lanes) are read into registers all at
+// once, before the first is used and before the row's first store (LanePart, internal/
+// norm_shape.h, with the rest of the kernels' shapes; rows up to 1,024 wide): a loop
 // that stores as it goes cannot have its next loads moved above the store (as far as the
 // compiler knows they may alias), so it waits out one memory latency a column — which is
 // what the first GPU report's rates say the norms did (the residual add + norm at ~2.5 TB/s of
@@ -17,29 +18,13 @@
 #include <utility>
 
 #include "stability/ops/cuda/internal/common.cuh"
+#include "stability/ops/cuda/internal/norm_shape.h"
 
 namespace stability::ops::cuda::internal {
 namespace {
 
 constexpr int kForwardWarps = 4;  // warps a block of the forward
 
-// Lanes a row: 8 up to 128 columns (four rows a warp), else 32.
-int LanesPerRow(int64_t d) { return d <= 128 ? 8 : 32; }
-// Warps the forward needs for `rows` rows of d.
-int64_t ForwardWarpsFor(int64_t rows, int64_t d) {
-  const int64_t per_warp = 32 / LanesPerRow(d);
-  return (rows + per_warp - 1) / per_warp;
-}
-// Columns a lane holds in registers: ⌈d / L⌉ rounded up to 2, 4, 8, 16, 24 or 32, or 0 past
-// 1,024 (streamed). A per-head row (64) is 8 (of 8 lanes), GPT-2's 768 24, the 830M shape's
-// 1,024 32.
-int LanePart(int64_t d) {
-  const int64_t need = (d + LanesPerRow(d) - 1) / LanesPerRow(d);
-  for (int p : {2, 4, 8, 16, 24, 32}) {
-    if (need <= p) return p;
-  }
-  return 0;
-}
 // f(integral_constant<LanePart(d)>, integral_constant<LanesPerRow(d)>): the kernel
 // instantiation for the width.
 template <typename F>
@@ -171,21 +156,6 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
   }
 }
 
-// Row chunks of the backward: ~32 rows a block, so that a GPT-2 norm (16,384 rows) gets 512
-// blocks and a per-head one (196,608 rows × 64) 2,048, and at most 2,048 partial rows for the
-// column totals to add up.
-int NormChunks(int64_t rows) { return static_cast<int>(rows < 32 ? 1 : rows / 32 < 2048 ? rows / 32 : 2048); }
-// Warps a block of the backward: as many as keep their groups' column sums (8 bytes a column
-// each, 32 / L groups a warp) within the default 48 KB of shared memory (1 from d = 6,144), at
-// most 8, and at most 4 where a lane holds 16 or more columns (d > 256: ~140–200 registers, so
-// two or three blocks share an SM, not one with a quarter of the grid left for a last wave) —
-// 8 at a per-head width, 4 at GPT-2's and the 830M shape's.
-int NormBackwardWarps(int64_t d) {
-  const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)) * (32 / LanesPerRow(d)));
-  const int64_t most = LanePart(d) >= 16 ? 4 : 8;
-  return static_cast<int>(fit < 1 ? 1 : fit > most ? most : fit);
-}
-
 // dx and the parameter gradients' partials in one pass over x and dy: block `chunk` (of
 // gridDim.x = NormChunks) takes its rows, a row to each group of L lanes (lane sub: columns sub,
 // sub + L, …; the block's groups take rows in turn, group q of warp w rows w·R + q, then
@@ -302,15 +272,17 @@ template <typename DY, typename DX>
 void CudaBackend::NormBackwardRows(NormKind kind, const float* x, const RowLayout& x_rows, const float* g,
                                    const float* mean, const float* rstd, const DY* dy, int64_t rows, int64_t d,
                                    bool accumulate, DX* dx, float* dg, float* db, __nv_bfloat16* dx16) {
-  const int chunks = NormChunks(rows);
-  double* partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
-  double* partials_b = db ? partials_g + chunks * d : nullptr;
   const int warps = NormBackwardWarps(d);
   // Past the default 48 KB from d = 6,145.
   const size_t shared = 2 * d * warps * (32 / LanesPerRow(d)) * sizeof(float);
+  int chunks = 0;
+  double *partials_g = nullptr, *partials_b = nullptr;
   WithRowShape(d, [&](auto part, auto lanes) {
     const auto kernel = NormBackwardKernel<decltype(part)::value, decltype(lanes)::value, DY, DX>;
     if (shared > 48 * 1024) AllowSharedBytes(kernel, shared, "NormBackwardKernel (the norm's width)");
+    chunks = NormChunks(rows, ResidentBlocks(reinterpret_cast<const void*>(kernel), 32 * warps, shared));
+    partials_g = static_cast<double*>(Scratch(kColumnPartials, 2 * chunks * d * sizeof(double)));
+    partials_b = db ? partials_g + chunks * d : nullptr;
     kernel<<<chunks, 32 * warps, shared>>>(kind == NormKind::kLayerNorm, x, x_rows, g, mean, rstd, dy, rows, d,
                                            accumulate, dx, dx16, partials_g, partials_b);
   });

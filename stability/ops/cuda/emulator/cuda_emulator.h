@@ -213,6 +213,13 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
   return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
 }
 
+template <typename... P>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, void (*kernel)(P...), int block_size,
+                                                          size_t dynamic_shared) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, reinterpret_cast<const void*>(kernel), block_size,
+                                                       dynamic_shared);
+}
+
 #define __syncthreads() ::emu::SyncThreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::emu::SyncWarp(mask, "__syncwarp", /*orders_memory=*/true); }
 template <typename T>

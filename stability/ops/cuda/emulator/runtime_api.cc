@@ -3,6 +3,7 @@
 // by the time each call returns (so streams, events and synchronisations are immediate).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -133,6 +134,18 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
 
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) return emu::internal::SetMaxDynamicShared(kernel, value);
+  return cudaSuccess;
+}
+
+// The blocks an SM holds at once by its thread and shared-memory limits (an H100's: 2,048
+// threads, 32 blocks, 228 KB of which 1 KB a block is the runtime's). Registers, which often
+// decide it on a GPU, are not modelled: the emulator's count is the most a GPU could hold.
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void*, int block_size,
+                                                          size_t dynamic_shared) {
+  if (blocks == nullptr || block_size <= 0 || block_size > 1024) return cudaErrorInvalidValue;
+  int n = std::min(32, 2048 / block_size);
+  n = std::min<int>(n, static_cast<int>((228 * 1024) / (dynamic_shared + 1024)));
+  *blocks = n;
   return cudaSuccess;
 }
 

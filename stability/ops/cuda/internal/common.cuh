@@ -432,6 +432,10 @@ class CudaBackend final : public Backend {
                        int64_t out, void* y, cudaDataType y_type, void* gelu_pre);
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
+  // Blocks of `kernel` (threads a block, dynamic shared bytes) the whole GPU holds at once:
+  // SMs × cudaOccupancyMaxActiveBlocksPerMultiprocessor; 0 where the runtime cannot say. A grid
+  // of whole multiples of it leaves no last wave partly empty.
+  int ResidentBlocks(const void* kernel, int threads, size_t shared) const;
   // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
   // block's fixed tree), into *out on the device or returned.
   void DotInto(const float* a, const float* b, int64_t n, double* out);
@@ -455,6 +459,7 @@ class CudaBackend final : public Backend {
 
  private:
   int device_index_;
+  int multiprocessors_ = 0;
   const struct CublasApi* blas_;  // internal/cublas_api.cuh: opened at run time, not linked
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<LtLinear> lt_;
