@@ -172,10 +172,15 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
 // for AddColumnTotals. A group past the chunk's last row computes on its warp's first and
 // stores and adds nothing. x and dy come from memory once (streamed rows: the second pass reads
 // what the first just loaded, from L1). P, L: LanePart(d), LanesPerRow(d).
+// At 16 and 24 columns a lane (4 warps a block: GPT-2's 768) three blocks an SM need at most
+// 170 registers a thread; its bf16-dy instantiation took 173 unbounded (2 blocks an SM).
+template <int P>
+constexpr int kBackwardMinBlocks = P == 16 || P == 24 ? 3 : 1;
 template <int P, int L, typename DY, typename DX>
-__global__ void NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
-                                   const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
-                                   __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
+__global__ void __launch_bounds__(P >= 16 ? 128 : 256, kBackwardMinBlocks<P>)
+    NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
+                       const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
+                       __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
   constexpr int kGroups = 32 / L;  // rows a warp at a time
   // Group q of warp w: [2d(w·R + q), … + d) its Σ dy·x̂, [… + d, … + 2d) its Σ dy.
   extern __shared__ float acc[];
