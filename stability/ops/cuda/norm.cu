@@ -104,6 +104,12 @@ __device__ inline void ForLane(int64_t d, int sub, F f) {
   }
 }
 
+// Blocks an SM the kernels are compiled for: at 16 and 24 columns a lane (4 warps a block:
+// GPT-2's 768) three need at most 170 registers a thread — unbounded, the forward took 173 and
+// the backward's bf16-dy instantiation 173: 2 blocks an SM, 8 rows in flight.
+template <int P>
+constexpr int kMinBlocks = P == 16 || P == 24 ? 3 : 1;
+
 // A row to each group of L lanes (lane sub of the group: columns sub, sub + L, …; a warp 32 / L
 // rows), the statistics by shuffles alone: no block barrier. A group past the last row
 // computes on its warp's first row and stores nothing (its lanes take part in the shuffles).
@@ -112,9 +118,10 @@ __device__ inline void ForLane(int64_t d, int sub, F f) {
 // on its own, as ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next
 // product's operand), y then nullable. P, L: LanePart(d), LanesPerRow(d).
 template <int P, int L>
-__global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s,
-                                  const float* g, const float* b, int64_t rows, int64_t d, float eps, float* sum,
-                                  float* y, __nv_bfloat16* y16, float* mean, float* rstd) {
+__global__ void __launch_bounds__(32 * kForwardWarps, kMinBlocks<P>)
+    NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s, const float* g,
+                      const float* b, int64_t rows, int64_t d, float eps, float* sum, float* y, __nv_bfloat16* y16,
+                      float* mean, float* rstd) {
   const int lane = threadIdx.x & 31, sub = lane % L;
   const int64_t first = (blockIdx.x * static_cast<int64_t>(kForwardWarps) + threadIdx.x / 32) * (32 / L);
   if (first >= rows) return;  // the whole warp
@@ -172,12 +179,8 @@ __global__ void NormForwardKernel(bool layer, const float* x, RowLayout x_rows, 
 // for AddColumnTotals. A group past the chunk's last row computes on its warp's first and
 // stores and adds nothing. x and dy come from memory once (streamed rows: the second pass reads
 // what the first just loaded, from L1). P, L: LanePart(d), LanesPerRow(d).
-// At 16 and 24 columns a lane (4 warps a block: GPT-2's 768) three blocks an SM need at most
-// 170 registers a thread; its bf16-dy instantiation took 173 unbounded (2 blocks an SM).
-template <int P>
-constexpr int kBackwardMinBlocks = P == 16 || P == 24 ? 3 : 1;
 template <int P, int L, typename DY, typename DX>
-__global__ void __launch_bounds__(P >= 16 ? 128 : 256, kBackwardMinBlocks<P>)
+__global__ void __launch_bounds__(P >= 16 ? 128 : 256, kMinBlocks<P>)
     NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                        const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
                        __nv_bfloat16* dx16, double* partials_g, double* partials_b) {
