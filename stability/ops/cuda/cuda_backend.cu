@@ -445,12 +445,16 @@ CudaBackend::~CudaBackend() {
 }
 
 int CudaBackend::ResidentBlocks(const void* kernel, int threads, size_t shared) const {
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared) != cudaSuccess) {
-    cudaGetLastError();  // the query's failure is no kernel's: not left for the next launch check
-    return 0;
+  const auto [it, added] = resident_blocks_.try_emplace({kernel, threads, shared}, 0);
+  if (added) {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared) == cudaSuccess) {
+      it->second = per_sm * multiprocessors_;
+    } else {
+      cudaGetLastError();  // the query's failure is no kernel's: not left for the next launch check
+    }
   }
-  return per_sm * multiprocessors_;
+  return it->second;
 }
 
 void* CudaBackend::Scratch(int slot, size_t bytes) {

@@ -56,16 +56,6 @@ void WithRowShape(int64_t d, F f) {
   }
 }
 
-// Σ v over a row's L lanes (aligned groups of L) in each of them: a butterfly, where the two
-// lanes of each pair add the same two values (addition commutes), so every lane of the group
-// ends with the same bits. L = 32: common.cuh's WarpAllSum.
-template <int L>
-__device__ inline double GroupAllSum(double v) {
-#pragma unroll
-  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The values of a row that a lane owns — columns j = sub + L·i < d, in order of i, sub its
 // place in the row's group —: for
 // P > 0 (LanePart) read into registers at once when constructed (every load issued before any
@@ -180,7 +170,7 @@ __global__ void __launch_bounds__(32 * kForwardWarps, kMinBlocks<P>)
 // stores and adds nothing. x and dy come from memory once (streamed rows: the second pass reads
 // what the first just loaded, from L1). P, L: LanePart(d), LanesPerRow(d).
 template <int P, int L, typename DY, typename DX>
-__global__ void __launch_bounds__(P >= 16 ? 128 : 256, kMinBlocks<P>)
+__global__ void __launch_bounds__(32 * BackwardMostWarps(P), kMinBlocks<P>)
     NormBackwardKernel(bool layer, const float* x, RowLayout x_rows, const float* g, const float* mean,
                        const float* rstd, const DY* dy, int64_t rows, int64_t d, bool accumulate, DX* dx,
                        __nv_bfloat16* dx16, double* partials_g, double* partials_b) {

@@ -9,9 +9,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -175,10 +177,13 @@ __device__ inline T WarpReduce(T v, Op op) {
   return v;  // lane 0 holds the result
 }
 __device__ inline double WarpSum(double v) { return WarpReduce(v, SumOp{}); }
-// Σ v over the warp in every lane: a butterfly, where the two lanes of each pair add the same
-// two values (addition commutes), so every lane ends with the same bits.
-__device__ inline double WarpAllSum(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+// Σ v over each aligned group of L lanes (L = 32: the warp) in every lane of it: a butterfly,
+// where the two lanes of each pair add the same two values (addition commutes), so every lane
+// of a group ends with the same bits. Every lane of the warp takes part.
+template <int L = 32>
+__device__ inline double GroupAllSum(double v) {
+#pragma unroll
+  for (int o = L / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 __device__ inline float WarpSum(float v) { return WarpReduce(v, SumOp{}); }
@@ -433,8 +438,9 @@ class CudaBackend final : public Backend {
   // Device scratch of at least `bytes` in slot i (grows, kept).
   void* Scratch(int slot, size_t bytes);
   // Blocks of `kernel` (threads a block, dynamic shared bytes) the whole GPU holds at once:
-  // SMs × cudaOccupancyMaxActiveBlocksPerMultiprocessor; 0 where the runtime cannot say. A grid
-  // of whole multiples of it leaves no last wave partly empty.
+  // SMs × cudaOccupancyMaxActiveBlocksPerMultiprocessor, asked once per kernel and launch shape;
+  // 0 where the runtime cannot say. A grid of whole multiples of it leaves no last wave partly
+  // empty.
   int ResidentBlocks(const void* kernel, int threads, size_t shared) const;
   // Σ a·b over n elements in double, deterministic (a fixed grid of partial sums, then one
   // block's fixed tree), into *out on the device or returned.
@@ -460,6 +466,7 @@ class CudaBackend final : public Backend {
  private:
   int device_index_;
   int multiprocessors_ = 0;
+  mutable std::map<std::tuple<const void*, int, size_t>, int> resident_blocks_;  // ResidentBlocks'
   const struct CublasApi* blas_;  // internal/cublas_api.cuh: opened at run time, not linked
   cublasHandle_t cublas_ = nullptr;
   std::unique_ptr<LtLinear> lt_;

@@ -40,9 +40,10 @@ inline int NormChunks(int64_t rows, int resident) {
 // most 8, and at most 4 where a lane holds 16 or more columns (d > 256: ~140–200 registers, so
 // two or three blocks share an SM, not one with a quarter of the grid left for a last wave) —
 // 8 at a per-head width, 4 at GPT-2's and the 830M shape's.
+constexpr int BackwardMostWarps(int lane_part) { return lane_part >= 16 ? 4 : 8; }  // and its launch bound
 inline int NormBackwardWarps(int64_t d) {
   const int64_t fit = 48 * 1024 / (2 * d * static_cast<int64_t>(sizeof(float)) * (32 / LanesPerRow(d)));
-  const int64_t most = LanePart(d) >= 16 ? 4 : 8;
+  const int64_t most = BackwardMostWarps(LanePart(d));
   return static_cast<int>(fit < 1 ? 1 : fit > most ? most : fit);
 }
 
