@@ -179,7 +179,7 @@ run_alone() {  # name, binary
   else
     n=0
     # benchmark filter ; kernel-name regex ; launches
-    for spec in "BM_Attention/shape:0/backward:0/cap:0/fused:1/bf16:1/;(HeadsToBf16|Forward)Kernel;2" \
+    for spec in "BM_Attention/shape:0/backward:0/cap:0/fused:1/bf16:1/;(RowsToBf16|Forward)Kernel;2" \
         "BM_Attention/shape:0/backward:1/cap:0/fused:1/bf16:1/;Backward(Query|Key)Kernel;2" \
         "BM_LossHead/shape:0/fused:1/;CrossEntropyFusedKernel;1" \
         "BM_LayerNorm/shape:0/per_head:0/;Norm(Forward|Backward)Kernel;2" \

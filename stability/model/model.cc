@@ -79,6 +79,17 @@ struct KeptOperands {
     return prepared;
   }
   const ops::Bf16Operands* get() const { return ptrs.x ? &ptrs : nullptr; }
+  // An op that multiplies no weight of its own (the attention: q, k and v rounded, 3·N·C
+  // values): x alone, which its forward rounds into and its backward reads.
+  ops::Bf16Operands* PrepareInputs(bool keep, Device device, int64_t x_values) {
+    if (!keep) {
+      *this = KeptOperands();
+      return nullptr;
+    }
+    if (x.numel() != x_values) x = Tensor::Empty({x_values}, DType::kBF16, device);
+    ptrs.x = x.data();
+    return &ptrs;
+  }
 };
 
 struct Linear {
@@ -121,6 +132,7 @@ struct Layer {
   ops::AttentionStrides attn_ld{};
   const Tensor* branch1_in = nullptr;  // what layer scale 1 multiplied
   const Tensor* branch2_in = nullptr;
+  KeptOperands attn_kept;  // the attention's q, k, v in bf16, from its forward to its backward
 };
 
 ops::AttentionOptions AttentionOptionsFor(const ModelConfig& c) {
@@ -565,7 +577,9 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     ops::AttentionStats stats;
     // out (which the backward reads) and, where the kernel can, rounded into Proj's operand.
     be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), ProbsOf(y),
-                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr, kept_of(y.proj));
+                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr,
+                        y.attn_kept.PrepareInputs(keep_bf16 && !y.probs.defined(), device_, 3 * N * C),
+                        kept_of(y.proj));
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
@@ -738,13 +752,14 @@ absl::Status Model::Backward(float dloss) {
       if (y.v_norm.on()) vn = qkv_norm_of(y.v_norm, y.vn), norms.v = &vn;
       // Without N1, QKV's input gradient joins the residual stream's in dres directly.
       be.AttentionQkvBackward(y.qkv_out.f32(), y.q_att, y.k_att, y.v_att, y.attn_ld, y.att.f32(), ProbsOf(y),
-                              y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn, norms, gradients_of(y.qkv, a1),
-                              m.dq.f32(), m.dk.f32(), m.dv.f32(), dqkv, y.n1.on() ? m.dtmp.f32() : m.dres.f32(),
-                              !y.n1.on());
+                              y.attn_lse.f32(), m.t3.f32(), B, T, H, HD, attn, y.attn_kept.get(), norms,
+                              gradients_of(y.qkv, a1), m.dq.f32(), m.dk.f32(), m.dv.f32(), dqkv,
+                              y.n1.on() ? m.dtmp.f32() : m.dres.f32(), !y.n1.on());
     } else {  // RoPE between them: op by op
       const bool v_in_place = y.attn_ld.dv == 3 * C;
       be.AttentionBackward(y.q_att, y.k_att, y.v_att, y.att.f32(), ProbsOf(y), y.attn_lse.f32(), m.t3.f32(), B, T, H,
-                           HD, attn, y.attn_ld, m.dq.f32(), m.dk.f32(), v_in_place ? dqkv + 2 * C : m.dv.f32());
+                           HD, attn, y.attn_ld, y.attn_kept.get(), m.dq.f32(), m.dk.f32(),
+                           v_in_place ? dqkv + 2 * C : m.dv.f32());
       const bool last = !y.q_norm.on();  // RoPE's input gradients end in their QKV blocks, or the norms' do
       be.Rope(m.dq.f32(), C, last ? dqkv : m.dq.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);
       be.Rope(m.dk.f32(), C, last ? dqkv + C : m.dk.f32(), last ? 3 * C : C, B, T, H, HD, c.rope_base, true);

@@ -259,18 +259,24 @@ class Backend {
   // nullable. next (nullable): the Bf16Operands of the product that reads out (Proj's); a
   // kernel that can writes out rounded into next->x as well and sets next->x_rounded (out is
   // still written: the backward reads it), others leave next alone.
+  // kept (nullable; only where KeepsBf16Operands): the attention's own bf16 operands, as a
+  // linear layer's — kept->x 3·B·T·H·hd bf16 values the caller owns for the layer, in the
+  // backend's layout. A kernel that rounds q, k and v to bf16 rounds them into kept->x and sets
+  // kept->x_rounded; any other clears it. The layer's backward, given the same kept, then reads
+  // them there instead of rounding q, k and v again (q, k, v must not change in between).
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                 int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                float* probs, float* lse, AttentionStats* stats, Bf16Operands* next) = 0;
+                                float* probs, float* lse, AttentionStats* stats, Bf16Operands* kept,
+                                Bf16Operands* next) = 0;
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
   // fused kernel that recomputes them from lse; the caller then passes nullptr).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
   // dq, dk, dv overwritten. out: the forward's output (nullable), from which a fused kernel
   // takes each row's D = Σ_s p·dp = dO·O instead of a sweep over the keys (not under the
-  // clipped softmax, whose output is of p', not p).
-  virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* out,
-                                 const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
-                                 int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
+  // clipped softmax, whose output is of p', not p). kept: as the forward's (nullable).
+  virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
+                                 const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                 const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept,
                                  float* dq, float* dk, float* dv) = 0;
   // The norms between QKV's output and the attention (q_norm, k_norm, v_norm; the methods'
   // QK and QKV norms): each a block's, nullable where that block is read in place. A norm's
@@ -303,17 +309,17 @@ class Backend {
   // tensor-core kernels write the attention's gradients in bf16 (what QKV's products read,
   // rounded as LinearBackward would; behind a norm, the norm's backward reads them so, as under
   // autocast) and the norms write theirs in bf16, QKV's bias gradient summed from those: no
-  // fp32 pass over dqkv.
+  // fp32 pass over dqkv. kept: the attention's, as AttentionBackward's (nullable).
   virtual void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                                     const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                                     const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                    const AttentionOptions& opt, const QkvNorms& norms,
+                                    const AttentionOptions& opt, const Bf16Operands* kept, const QkvNorms& norms,
                                     const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
                                     float* dx, bool accumulate_dx) {
     const int64_t c = h * hd;
     const QkvNorm* norm[3] = {norms.q, norms.k, norms.v};
     float* grad[3] = {norms.q ? dq : dqkv, norms.k ? dk : dqkv + c, norms.v ? dv : dqkv + 2 * c};
-    AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, grad[0], grad[1], grad[2]);
+    AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, kept, grad[0], grad[1], grad[2]);
     for (int i = 0; i < 3; ++i) {
       if (norm[i] == nullptr) continue;
       NormBackward(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd, grad[i], norms.rows,

@@ -61,7 +61,8 @@ void ForEachHead(int64_t bh_count, int64_t t, Body body) {
 
 void CpuBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                  float* probs, float* lse, AttentionStats* stats, Bf16Operands* /*next: fp32*/) {
+                                  float* probs, float* lse, AttentionStats* stats, Bf16Operands* /*kept: fp32*/,
+                                  Bf16Operands* /*next: fp32*/) {
   internal::OpScope scope("AttentionForward");
   const int64_t c = h * hd;
   const bool transform = opt.temperature != 1.0f || opt.soft_cap > 0;
@@ -125,10 +126,11 @@ void CpuBackend::AttentionForward(const float* q, const float* k, const float* v
   if (stats) *stats = AttentionStatsFromRows(entropy.data(), max_logit.data(), b * h);  // per head
 }
 
-void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* /*out: the probs
-                                   suffice*/, const float* probs, const float* lse, const float* dout, int64_t b,
-                                   int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
-                                   const AttentionStrides& ld, float* dq, float* dk, float* dv) {
+void CpuBackend::AttentionBackward(const float* q, const float* k, const float* v,
+                                   const float* /*out: the probs
+suffice*/, const float* probs, const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
+                                   const AttentionOptions& opt, const AttentionStrides& ld,
+                                   const Bf16Operands* /*kept: fp32*/, float* dq, float* dk, float* dv) {
   internal::OpScope scope("AttentionBackward");
   const int64_t c = h * hd;
   const float clip_a = opt.clip_zeta - opt.clip_gamma;

@@ -26,14 +26,14 @@ void BM_Attention(benchmark::State& state) {
   const AttentionStrides ld = AttentionStrides::Contiguous(c);
   CpuBackend& be = GetCpuBackend();
   be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, ld, out.data(), probs.data(), lse.data(),
-                      nullptr, nullptr);
+                      nullptr, nullptr, nullptr);
   for (auto _ : state) {
     if (backward) {
       be.AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), out.data(), s.b, s.t,
-                           s.h, s.hd, opt, ld, dq.data(), dk.data(), dv.data());
+                           s.h, s.hd, opt, ld, nullptr, dq.data(), dk.data(), dv.data());
     } else {
       be.AttentionForward(q.data(), k.data(), v.data(), s.b, s.t, s.h, s.hd, opt, ld, out.data(), probs.data(),
-                          lse.data(), nullptr, nullptr);
+                          lse.data(), nullptr, nullptr, nullptr);
     }
   }
   // Useful (causal) FLOPs: forward 2 GEMMs of T²·hd/2 each, backward 4.

@@ -24,13 +24,13 @@ TEST_P(AttentionGradTest, BackwardMatchesFiniteDifferences) {
   CpuBackend& be = GetCpuBackend();
   auto forward = [&] {
     be.AttentionForward(q.data(), k.data(), v.data(), B, T, H, HD, opt, AttentionStrides::Contiguous(C), out.data(),
-                        probs.data(), lse.data(), nullptr, nullptr);
+                        probs.data(), lse.data(), nullptr, nullptr, nullptr);
     return out;
   };
   forward();
   std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
   be.AttentionBackward(q.data(), k.data(), v.data(), nullptr, probs.data(), lse.data(), r.data(), B, T, H, HD, opt,
-                       AttentionStrides::Contiguous(C), dq.data(), dk.data(), dv.data());
+                       AttentionStrides::Contiguous(C), nullptr, dq.data(), dk.data(), dv.data());
   ExpectGradientsMatch(forward, r, {{"q", &q, &dq}, {"k", &k, &dk}, {"v", &v, &dv}});
 }
 
@@ -47,7 +47,7 @@ TEST(AttentionTest, CausalAndStats) {
   float out[3], probs[9], lse[3];
   AttentionStats stats;
   GetCpuBackend().AttentionForward(q, k, v, 1, 3, 1, 1, {}, AttentionStrides::Contiguous(1), out, probs, lse, &stats,
-                                   nullptr);
+                                   nullptr, nullptr);
   EXPECT_FLOAT_EQ(out[0], 10.0f);
   EXPECT_EQ(probs[1], 0.0f);  // future keys get nothing
   EXPECT_EQ(probs[2], 0.0f);
@@ -58,7 +58,7 @@ TEST(AttentionTest, CausalAndStats) {
   EXPECT_GT(stats.entropy_sum, h1);  // row 2 adds a positive entropy
   AttentionStats one;
   GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {}, AttentionStrides::Contiguous(1), out, probs, lse, &one,
-                                   nullptr);
+                                   nullptr, nullptr);
   EXPECT_NEAR(one.entropy_sum, h1, 1e-6);
 }
 
@@ -67,11 +67,12 @@ TEST(AttentionTest, SoftCapBoundsTheLogitsAndClipReachesZero) {
   const float q[2] = {0, 100}, k[2] = {1, -1}, v[2] = {0, 1};
   float out[2], probs[4], lse[2];
   const AttentionStrides ld = AttentionStrides::Contiguous(1);
-  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 1.0f}, ld, out, probs, lse, nullptr, nullptr);
+  GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 1.0f}, ld, out, probs, lse, nullptr, nullptr,
+                                   nullptr);
   EXPECT_NEAR(probs[2], std::exp(1.0) / (std::exp(1.0) + std::exp(-1.0)), 1e-5);
   // Clipped softmax: p = 0.0067 < 0.03/1.06 is clipped to exactly 0 weight on v.
   GetCpuBackend().AttentionForward(q, k, v, 1, 2, 1, 1, {.soft_cap = 2.5f, .clip = true}, ld, out, probs, lse, nullptr,
-                                   nullptr);
+                                   nullptr, nullptr);
   EXPECT_LT(probs[3], 0.03f / 1.06f);
   EXPECT_FLOAT_EQ(out[1], 0.0f);
 }
@@ -87,9 +88,9 @@ TEST(AttentionTest, StridedBlocksAreTheContiguousBuffers) {
   std::vector<float> probs(B * H * T * T), lse(B * H * T), out(N * C), dq(N * C), dk(N * C), dv(N * C);
   CpuBackend& be = GetCpuBackend();
   be.AttentionForward(q.data(), k.data(), v.data(), B, T, H, HD, opt, AttentionStrides::Contiguous(C), out.data(),
-                      probs.data(), lse.data(), nullptr, nullptr);
+                      probs.data(), lse.data(), nullptr, nullptr, nullptr);
   be.AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), B, T, H, HD,
-                       opt, AttentionStrides::Contiguous(C), dq.data(), dk.data(), dv.data());
+                       opt, AttentionStrides::Contiguous(C), nullptr, dq.data(), dk.data(), dv.data());
 
   std::vector<float> qkv(N * LD, NAN), dqkv(N * LD, -7.0f);
   for (int64_t i = 0; i < N; ++i) {
@@ -102,9 +103,9 @@ TEST(AttentionTest, StridedBlocksAreTheContiguousBuffers) {
   const AttentionStrides ld{LD, LD, LD, LD, LD, LD};
   std::vector<float> probs2(probs.size()), lse2(lse.size()), out2(out.size());
   be.AttentionForward(qkv.data(), qkv.data() + C, qkv.data() + 2 * C, B, T, H, HD, opt, ld, out2.data(), probs2.data(),
-                      lse2.data(), nullptr, nullptr);
+                      lse2.data(), nullptr, nullptr, nullptr);
   be.AttentionBackward(qkv.data(), qkv.data() + C, qkv.data() + 2 * C, out2.data(), probs2.data(), lse2.data(),
-                       dout.data(), B, T, H, HD, opt, ld, dqkv.data(), dqkv.data() + C, dqkv.data() + 2 * C);
+                       dout.data(), B, T, H, HD, opt, ld, nullptr, dqkv.data(), dqkv.data() + C, dqkv.data() + 2 * C);
   EXPECT_EQ(out2, out);
   EXPECT_EQ(lse2, lse);
   for (int64_t i = 0; i < N; ++i) {

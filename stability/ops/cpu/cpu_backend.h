@@ -34,11 +34,11 @@ class CpuBackend final : public Backend {
                        const Bf16Operands* from, Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
-                        AttentionStats* stats, Bf16Operands* next) override;
+                        AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                         const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
-                         float* dv) override;
+                         const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept, float* dq,
+                         float* dk, float* dv) override;
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;

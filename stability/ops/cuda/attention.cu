@@ -134,9 +134,11 @@ void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row
 
 void CudaBackend::AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                    int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                   float* probs, float* lse, AttentionStats* stats, Bf16Operands* next) {
+                                   float* probs, float* lse, AttentionStats* stats, Bf16Operands* kept,
+                                   Bf16Operands* next) {
+  if (kept) kept->x_rounded = false;  // until a kernel rounds q, k, v into it
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats, next)) {
+      FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats, kept, next)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;
@@ -162,9 +164,9 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
 void CudaBackend::AttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                     const float* probs, const float* lse, const float* dout, int64_t b, int64_t t,
                                     int64_t h, int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
-                                    float* dq, float* dk, float* dv) {
+                                    const Bf16Operands* kept, float* dq, float* dk, float* dv) {
   if (attention_kernel_ == AttentionKernel::kFused &&
-      FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv)) {
+      FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, kept, dq, dk, dv)) {
     return;
   }
   const int64_t c = h * hd, rows = b * h * t;
@@ -204,7 +206,7 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
 void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                                        const AttentionStrides& ld, const float* out, const float* probs,
                                        const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                       const AttentionOptions& opt, const QkvNorms& norms,
+                                       const AttentionOptions& opt, const Bf16Operands* kept, const QkvNorms& norms,
                                        const LinearGradients& qkv_layer, float* dq, float* dk, float* dv, float* dqkv,
                                        float* dx, bool accumulate_dx) {
   const int64_t c = h * hd, n = b * t, w = 3 * c;
@@ -215,7 +217,8 @@ void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const f
     float* scratch[3] = {dq, dk, dv};
     for (int i = 0; i < 3; ++i) grad[i] = norm[i] ? reinterpret_cast<__nv_bfloat16*>(scratch[i]) : d16 + i * c;
     float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
-    if (TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, grad[0], grad[1], grad[2], rowd)) {
+    if (TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, kept, grad[0], grad[1], grad[2],
+                                    rowd)) {
       for (int i = 0; i < 3; ++i) {
         if (norm[i] == nullptr) continue;
         NormBackwardRows(norms.kind, qkv + i * c, norms.layout, norm[i]->g, norm[i]->mean, norm[i]->rstd,
@@ -227,8 +230,8 @@ void CudaBackend::AttentionQkvBackward(const float* qkv, const float* q, const f
       return;
     }
   }
-  Backend::AttentionQkvBackward(qkv, q, k, v, ld, out, probs, lse, dout, b, t, h, hd, opt, norms, qkv_layer, dq, dk, dv,
-                                dqkv, dx, accumulate_dx);
+  Backend::AttentionQkvBackward(qkv, q, k, v, ld, out, probs, lse, dout, b, t, h, hd, opt, kept, norms, qkv_layer, dq,
+                                dk, dv, dqkv, dx, accumulate_dx);
 }
 
 }  // namespace stability::ops::cuda::internal

@@ -461,33 +461,50 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   AttentionStats cs, gs;
   const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
   cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(), &cs,
-                         nullptr);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, &gs, nullptr);
+                         nullptr, nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, &gs, nullptr, nullptr);
   ExpectClose(Down(gout, n), out, tol.out, 0, "attention out");
   if (!fused) ExpectClose(Down(gprobs, probs.size()), probs, tol.probs, 0, "probs");
   ExpectClose(Down(glse, lse.size()), lse, tol.lse, 0, "lse");
   EXPECT_NEAR(gs.max_logit, cs.max_logit, tol.stats * std::abs(cs.max_logit));
   EXPECT_NEAR(gs.entropy_sum, cs.entropy_sum, tol.stats * cs.entropy_sum);
+  const bool tensor_core = fused && tol.bf16_inputs;
   {  // next: the tensor-core kernel (bf16) also writes out rounded into the next product's
      // operand, bit for bit, and out unchanged; the other kernels leave next alone.
     Bf16Operands next{UpBf16(std::vector<float>(n)), nullptr, false};
     float *gout3 = Up(out), *glse3 = Up(lse), *gprobs3 = fused ? nullptr : Up(probs);
-    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout3, gprobs3, glse3, nullptr, &next);
-    const bool tensor_core = fused && tol.bf16_inputs;
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout3, gprobs3, glse3, nullptr, nullptr, &next);
     EXPECT_EQ(next.x_rounded, tensor_core) << "next marked rounded";
     EXPECT_EQ(Down(gout3, n), Down(gout, n)) << "out beside next";
     if (tensor_core) {
       EXPECT_TRUE(SameBits(DownBf16(next.x, n), RoundedToBf16(Down(gout, n)))) << "next: out rounded";
     }
   }
-  cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h,
-                          hd, opt, ld, dq.data(), dk.data(), dv.data());
-  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
+  cpu_->AttentionBackward(q.data(), k.data(), v.data(), out.data(), probs.data(), lse.data(), dout.data(), b, t, h, hd,
+                          opt, ld, nullptr, dq.data(), dk.data(), dv.data());
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, nullptr, gdq, gdk, gdv);
   const std::vector<float> first_dk = Down(gdk, n);
   ExpectClose(Down(gdq, n), dq, tol.grads, 0, "dq");
   ExpectClose(first_dk, dk, tol.grads, 0, "dk");
   ExpectClose(Down(gdv, n), dv, tol.grads, 0, "dv");
-  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
+  {  // kept: the tensor-core forward rounds q, k, v into the layer's kept operands (the other
+     // kernels clear the flag), and a backward given them reads them there, not q, k, v: the
+     // same bits with q, k and v zero.
+    Bf16Operands kept{UpBf16(std::vector<float>(3 * n)), nullptr, true};
+    float *gout4 = Up(out), *glse4 = Up(lse), *gprobs4 = fused ? nullptr : Up(probs);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout4, gprobs4, glse4, nullptr, &kept, nullptr);
+    EXPECT_EQ(kept.x_rounded, tensor_core) << "kept marked rounded";
+    EXPECT_EQ(Down(gout4, n), Down(gout, n)) << "out beside kept";
+    if (tensor_core) {
+      float *gzero = Up(std::vector<float>(n, 0.0f)), *gdq4 = Up(dq), *gdk4 = Up(dk), *gdv4 = Up(dv);
+      gpu_->AttentionBackward(gzero, gzero, gzero, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, &kept, gdq4, gdk4,
+                              gdv4);
+      EXPECT_EQ(Down(gdq4, n), Down(gdq, n)) << "dq from the kept q, k, v";
+      EXPECT_EQ(Down(gdk4, n), first_dk) << "dk from the kept q, k, v";
+      EXPECT_EQ(Down(gdv4, n), Down(gdv, n)) << "dv from the kept q, k, v";
+    }
+  }
+  gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, nullptr, gdq, gdk, gdv);
   EXPECT_EQ(Down(gdk, n), first_dk);
 
   // q, k, v read in place as the column blocks of one [B·T, 3·C + 4] buffer (NaN between the
@@ -507,9 +524,9 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   float* gprobs2 = fused ? nullptr : Up(probs);
   const AttentionStrides blocks{wide, wide, wide, wide, wide, wide};
   gpu_->AttentionForward(gqkv, gqkv + c, gqkv + 2 * c, b, t, h, hd, opt, blocks, gout2, gprobs2, glse2, nullptr,
-                         nullptr);
-  gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout2, gprobs2, glse2, gdout, b, t, h, hd, opt, blocks, gdqkv,
-                          gdqkv + c, gdqkv + 2 * c);
+                         nullptr, nullptr);
+  gpu_->AttentionBackward(gqkv, gqkv + c, gqkv + 2 * c, gout2, gprobs2, glse2, gdout, b, t, h, hd, opt, blocks, nullptr,
+                          gdqkv, gdqkv + c, gdqkv + 2 * c);
   const double same = fused ? 0.0 : 1e-6;
   ExpectClose(Down(gout2, n), Down(gout, n), same, 0, "out, strided inputs");
   ExpectClose(Down(glse2, lse.size()), Down(glse, lse.size()), same, 0, "lse, strided inputs");
@@ -539,7 +556,7 @@ TEST_F(CudaBackendTest, FusedAttentionWithEveryOption) {
 
 // The tensor-core kernel (fused, bf16) at every head dim it has, T not a multiple of its
 // 64-row tiles, every option, against the fp32 CPU on the same bf16-rounded q, k, v and dO
-// (the kernel rounds them once, HeadsToBf16Kernel, so that rounding is the same on both sides). What
+// (the kernel rounds them once, RowsToBf16Kernel, so that rounding is the same on both sides). What
 // remains is the kernel's own: P (or P') and dZ rounded to bf16 for their products, and
 // (no clip) D = dO·O from the forward's output. Emulated in PyTorch
 // (tensor_core_attention_numerics.py), the worst over every head dim and option: out
@@ -767,8 +784,8 @@ TEST_F(CudaBackendTest, RunsAreBitwiseRepeatable) {
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
     const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
-    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr);
-    gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, gdq, gdk, gdv);
+    gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr, nullptr);
+    gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, nullptr, gdq, gdk, gdv);
     std::vector<float> got = Down(gdq, n);
     if (run == 0) first = got;
     else EXPECT_EQ(got, first);
@@ -808,8 +825,8 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   float *gq = Up(q), *gk = Up(k), *gv = Up(v), *go = Up(o), *gp = Up(probs), *gl = Up(lse);
   const AttentionStrides ld = AttentionStrides::Contiguous(h * hd);
   cpu_->AttentionForward(q.data(), k.data(), v.data(), b, t, h, hd, opt, ld, o.data(), probs.data(), lse.data(),
-                         nullptr, nullptr);
-  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr, nullptr);
+                         nullptr, nullptr, nullptr);
+  gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr, nullptr, nullptr);
   ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
   gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
@@ -1545,11 +1562,11 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
       }
       const Backend::LinearGradients qkv_layer{bx, bw, nullptr, dw, db};
       if (one_op) {
-        be->AttentionQkvBackward(bqkv, bin[0], bin[1], bin[2], ld, bout, bprobs, blse, bdout, b, t, h, hd, opt, norms,
-                                 qkv_layer, dq, dk, dv, dqkv, dx, cs.accumulate_dx);
+        be->AttentionQkvBackward(bqkv, bin[0], bin[1], bin[2], ld, bout, bprobs, blse, bdout, b, t, h, hd, opt, nullptr,
+                                 norms, qkv_layer, dq, dk, dv, dqkv, dx, cs.accumulate_dx);
       } else {  // in place only
-        be->AttentionBackward(bin[0], bin[1], bin[2], bout, bprobs, blse, bdout, b, t, h, hd, opt, ld, dqkv, dqkv + c,
-                              dqkv + 2 * c);
+        be->AttentionBackward(bin[0], bin[1], bin[2], bout, bprobs, blse, bdout, b, t, h, hd, opt, ld, nullptr, dqkv,
+                              dqkv + c, dqkv + 2 * c);
         *dqkv_fp32 = Down(dqkv, n * w3);
         be->LinearBackward(bx, bw, dqkv, n, c, w3, dx, dw, db, nullptr);
       }
@@ -1566,7 +1583,7 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
     };
     std::vector<float> out(n * c), probs(b * h * t * t), lse(b * h * t);
     cpu_->AttentionForward(cpu_in(0), cpu_in(1), cpu_in(2), b, t, h, hd, opt, ld, out.data(), probs.data(), lse.data(),
-                           nullptr, nullptr);
+                           nullptr, nullptr, nullptr);
     Ptrs cin = {cpu_in(0), cpu_in(1), cpu_in(2)}, cmean(3), crstd(3), cgain(3);
     for (int i = 0; i < 3; ++i) {
       if (normed[i]) cmean[i] = mean[i].data(), crstd[i] = rstd[i].data(), cgain[i] = gain[i].data();
@@ -1582,7 +1599,8 @@ TEST_F(CudaBackendTest, AttentionQkvBackwardIsTheAttentionsThenTheNormsThenQkvs)
       gpu_->SetAttentionKernel(kernel);
       float *gout = Up(std::vector<float>(n * c)), *glse = Up(std::vector<float>(b * h * t));
       float* gprobs = gpu_->AttentionStoresProbs(hd) ? Up(std::vector<float>(b * h * t * t)) : nullptr;
-      gpu_->AttentionForward(g_in[0], g_in[1], g_in[2], b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr);
+      gpu_->AttentionForward(g_in[0], g_in[1], g_in[2], b, t, h, hd, opt, ld, gout, gprobs, glse, nullptr, nullptr,
+                             nullptr);
       const std::vector<std::vector<float>> got =
           run(gpu_, gqkv, g_in, gout, gprobs, glse, gdout, gx, gw, g_mean, g_rstd, g_gain, true, nullptr);
       ASSERT_EQ(got.size(), want.size());

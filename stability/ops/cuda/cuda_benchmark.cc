@@ -208,13 +208,15 @@ void BM_Attention(benchmark::State& state) {
   const float *q = qkv.f32(), *k = q + c, *v = q + 2 * c;
   const AttentionStrides ld{3 * c, 3 * c, 3 * c, 3 * c, 3 * c, 3 * c};
   Backend* be = Gpu();
-  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr);
+  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr,
+                       nullptr);
   Timed(state, [&] {
     if (backward) {
       be->AttentionBackward(q, k, v, out.f32(), probs.f32(), lse.f32(), out.f32(), s.b, s.t, s.h, s.hd, opt, ld,
-                            dqkv.f32(), dqkv.f32() + c, dqkv.f32() + 2 * c);
+                            nullptr, dqkv.f32(), dqkv.f32() + c, dqkv.f32() + 2 * c);
     } else {
-      be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr);
+      be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), probs.f32(), lse.f32(), nullptr, nullptr,
+                           nullptr);
     }
   });
   Gpu()->SetAttentionKernel(AttentionKernel::kGemm);
@@ -262,15 +264,16 @@ void BM_AttentionQkvBackward(benchmark::State& state) {
   if (qk_norm) norms.q = &norm_q, norms.k = &norm_k;
   const Backend::LinearGradients qkv_layer{x.f32(), w.f32(), nullptr, dw.f32(), db.f32()};
   const float* v = qkv.f32() + 2 * c;
-  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), nullptr, lse.f32(), nullptr, nullptr);
+  be->AttentionForward(q, k, v, s.b, s.t, s.h, s.hd, opt, ld, out.f32(), nullptr, lse.f32(), nullptr, nullptr, nullptr);
   Timed(state, [&] {
     if (state.range(2) == 1) {
       be->AttentionQkvBackward(qkv.f32(), q, k, v, ld, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd,
-                               opt, norms, qkv_layer, dq.f32(), dk.f32(), dv.f32(), dqkv.f32(), dx.f32(), false);
+                               opt, nullptr, norms, qkv_layer, dq.f32(), dk.f32(), dv.f32(), dqkv.f32(), dx.f32(),
+                               false);
       return;
     }
     float* d = dqkv.f32();
-    be->AttentionBackward(q, k, v, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd, opt, ld,
+    be->AttentionBackward(q, k, v, out.f32(), nullptr, lse.f32(), dout.f32(), s.b, s.t, s.h, s.hd, opt, ld, nullptr,
                           qk_norm ? dq.f32() : d, qk_norm ? dk.f32() : d + c, d + 2 * c);
     if (qk_norm) {
       be->NormBackward(NormKind::kLayerNorm, qkv.f32(), layout, norm_q.g, norm_q.mean, norm_q.rstd, dq.f32(), n, c, d,

@@ -210,7 +210,7 @@ struct LaunchBackward {
 
 bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                         int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                        float* lse, AttentionStats* stats, Bf16Operands* next) {
+                                        float* lse, AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next) {
   const int64_t rows = b * h * t;
   char* stats_buf = static_cast<char*>(Scratch(kRowStats, rows * (sizeof(float) + sizeof(double))));
   double* row_entropy = reinterpret_cast<double*>(stats_buf);
@@ -220,7 +220,7 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
   // file's kernel.
   auto* out16 = precision_ == MatmulPrecision::kBf16 && next ? static_cast<__nv_bfloat16*>(next->x) : nullptr;
   if (precision_ == MatmulPrecision::kBf16 &&
-      TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, out16, lse, row_max, row_entropy)) {
+      TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, out16, lse, row_max, row_entropy, kept)) {
     if (out16) next->x_rounded = true;
   } else {
     if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
@@ -235,10 +235,10 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
 bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
                                          int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
-                                         float* dq, float* dk, float* dv) {
+                                         const Bf16Operands* kept, float* dq, float* dk, float* dv) {
   float* rowd = static_cast<float*>(Scratch(kRowStats, b * h * t * sizeof(float)));
   if (precision_ == MatmulPrecision::kBf16 &&
-      TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv, rowd)) {
+      TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, kept, dq, dk, dv, rowd)) {
     return true;
   }
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));

@@ -6,19 +6,17 @@
 // A block owns 64 rows (queries in the forward and dQ kernels, keys in the dK/dV kernel), 4 warps
 // of 16; the other side streams through shared memory in tiles of 64 rows, two buffers each: while
 // the warps compute on tile i, tile i + 1's cp.async copies are in flight (internal/cp_async.cuh),
-// as FlashAttention-2. Q, K, V and dO are read in bf16, each head's rows contiguous, rounded once
-// by HeadsToBf16Kernel (the values the kernels rounded as they loaded each tile before: the same
-// bits out). A warp's products stay in its registers: each lane holds rows g and g + 8 of the
-// warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q =
-// lane % 4) — so a row's reduction is the lane's 16 values a tile and two shuffles across its quad,
-// and the accumulators of one product, rounded to bf16 in pairs, are the A fragments of the next (P
-// V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory. Softmax, statistics and accumulators are fp32; P
-// and dZ are rounded to bf16 for their products, as FlashAttention does, and the softmax runs in
-// base 2 on ex2.approx (Softmax2, below: ~1e-7 relative, far under that rounding; the soft cap's
-// tanh is made of it too; fused_attention.cu, the fp32 parity kernel, keeps expf and tanhf).
-// Measured on an H200 (docs/gpu): the first version, each WMMA product stored to shared memory
-// and read back a value at a time, took 43 ms of a GPT-2 124M step (3–4% of the tensor cores);
-// this one's forward and backward 2.7 and 7.3 ms (~12%).
+// as FlashAttention-2. Q, K, V and dO are read in bf16 as the fp32 ones are laid out (a head's
+// rows ld apart), rounded once by RowsToBf16Kernel — q, k, v by the forward into the layer's kept
+// operands, which the backward reads again. A warp's products stay in its registers: each lane holds rows g and g + 8
+// of the warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q = lane % 4) — so
+// a row's reduction is the lane's 16 values a tile and two shuffles across its quad, and the accumulators of one
+// product, rounded to bf16 in pairs, are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory.
+// Softmax, statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as FlashAttention
+// does, and the softmax runs in base 2 on ex2.approx (Softmax2, below: ~1e-7 relative, far under that rounding; the
+// soft cap's tanh is made of it too; fused_attention.cu, the fp32 parity kernel, keeps expf and tanhf). Measured on an
+// H200 (docs/gpu): the first version, each WMMA product stored to shared memory and read back a value at a time, took
+// 43 ms of a GPT-2 124M step (3–4% of the tensor cores); this one's forward and backward 2.7 and 7.3 ms (~12%).
 //
 // Forward, per key tile: S = Q Kᵀ, z = cap(scale·S/τ), keys s > t masked.
 //   no clip, one sweep (online softmax): m' = max(m, max z), α = e^(m−m'), E = e^(z−m'),
@@ -70,21 +68,30 @@ struct Layout {
   static constexpr int kKeyBytes = 6 * kTileBytes + 2 * 2 * kRows * 4;  // K, V; Q, dO ×2; lse, D ×2
 };
 
-// The kernels' inputs in bf16, each head's rows contiguous: x[(bh·T + t)·HD + d] for head
-// bh = b·H + h (HeadsToBf16Kernel).
-struct Heads16 {
-  const bf16 *q, *k, *v, *dout;
+// The kernels' inputs in bf16, laid out as the fp32 ones ([B·T, C] blocks, C = H·HD, heads
+// contiguous in a row): head h of token row b·T + t at x[(b·T + t)·ld + h·HD], rows ld apart
+// (a multiple of 8: 16-byte aligned rows).
+struct Rows16 {
+  const bf16* x;
+  int64_t ld;
+  // Row 0 of head hi of batch row bi.
+  __device__ const bf16* Head(int64_t bi, int64_t hi, int64_t t, int hd) const {
+    return x + HeadOffset(bi, hi, t, ld, hd);
+  }
+};
+struct Operands16 {
+  Rows16 q, k, v, dout;
 };
 
-// Rows [row0, row0 + 64) of a head (x: its row 0; rows at or past t as zeros) into a shared
-// tile by cp.async, 16 bytes a copy; the caller commits and waits.
+// Rows [row0, row0 + 64) of a head (x: its row 0, rows ld apart; rows at or past t as zeros)
+// into a shared tile by cp.async, 16 bytes a copy; the caller commits and waits.
 template <int HD>
-__device__ void CopyTile(const bf16* x, int64_t row0, int64_t t, bf16* tile) {
+__device__ void CopyTile(const bf16* x, int64_t ld, int64_t row0, int64_t t, bf16* tile) {
   constexpr int kChunks = HD / 8;
   for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
     const int r = i / kChunks, d = (i % kChunks) * 8;
     const bool in = row0 + r < t;
-    CpAsync<16>(tile + r * Layout<HD>::kL + d, x + (in ? (row0 + r) * HD + d : 0), in);
+    CpAsync<16>(tile + r * Layout<HD>::kL + d, x + (in ? (row0 + r) * ld + d : 0), in);
   }
 }
 // Values [i0, i0 + 64) of a row statistic (rows at or past t as zeros) into shared memory.
@@ -265,7 +272,7 @@ __device__ void MaskedIf(bool masked, F&& f) {
 
 template <int HD, typename SM>
 __global__ void __launch_bounds__(kThreads)
-    ForwardKernel(Heads16 x, int64_t t, int64_t h, SM sm, float* out, bf16* out16, float* lse, float* row_max,
+    ForwardKernel(Operands16 x, int64_t t, int64_t h, SM sm, float* out, bf16* out16, float* lse, float* row_max,
                   double* row_entropy) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
@@ -275,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* ks = qs + kTile;      // key tile i at ks + (i % 2)·kTile
   bf16* vs = qs + 3 * kTile;  // value tile i at vs + (i % 2)·kTile
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
-  const bf16 *qh = x.q + bh * t * HD, *kh = x.k + bh * t * HD, *vh = x.v + bh * t * HD;
+  const bf16 *qh = x.q.Head(bi, hi, t, HD), *kh = x.k.Head(bi, hi, t, HD), *vh = x.v.Head(bi, hi, t, HD);
   // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
   const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
@@ -293,11 +300,11 @@ __global__ void __launch_bounds__(kThreads)
   // tile i % tiles of sweep i / tiles.
   const int64_t tiles = last_key / kRows + 1, items = (clip ? 2 : 1) * tiles;
   const auto issue = [&](int64_t i) {
-    CopyTile<HD>(kh, i % tiles * kRows, t, ks + i % 2 * kTile);
-    if (!clip || i >= tiles) CopyTile<HD>(vh, i % tiles * kRows, t, vs + i % 2 * kTile);
+    CopyTile<HD>(kh, x.k.ld, i % tiles * kRows, t, ks + i % 2 * kTile);
+    if (!clip || i >= tiles) CopyTile<HD>(vh, x.v.ld, i % tiles * kRows, t, vs + i % 2 * kTile);
     CpAsyncCommit();
   };
-  CopyTile<HD>(qh, q0, t, qs);  // with item 0's group
+  CopyTile<HD>(qh, x.q.ld, q0, t, qs);  // with item 0's group
   issue(0);
   for (int64_t it = 0; it < items; ++it) {
     const bool exact = clip && it >= tiles;  // p from the row's known lse
@@ -413,8 +420,8 @@ __global__ void __launch_bounds__(kThreads)
 // out and dout fp32 for D = dO·O.
 template <int HD, typename SM, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardQueryKernel(Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h, SM sm,
-                        int64_t ld_dq, G* dq, float* rowd) {
+    BackwardQueryKernel(Operands16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
+                        SM sm, int64_t ld_dq, G* dq, float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -424,7 +431,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* ks = qs + 2 * kTile;  // key tile i at ks + (i % 2)·kTile
   bf16* vs = qs + 4 * kTile;  // value tile i at vs + (i % 2)·kTile
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h, c = h * HD, off = HeadOffset(bi, hi, t, c, HD);
-  const bf16 *kh = x.k + bh * t * HD, *vh = x.v + bh * t * HD;
+  const bf16 *kh = x.k.Head(bi, hi, t, HD), *vh = x.v.Head(bi, hi, t, HD);
   // The last query blocks (the most key tiles: causal) first, so the light ones fill the tail.
   const int64_t q0 = (gridDim.x - 1 - blockIdx.x) * static_cast<int64_t>(kRows), w0 = q0 + 16 * warp;
   const int64_t last_key = std::min<int64_t>(t - 1, q0 + kRows - 1);
@@ -435,12 +442,12 @@ __global__ void __launch_bounds__(kThreads)
   // i / tiles + (d_from_out ? 1 : 0); every item reads K and V.
   const int64_t tiles = last_key / kRows + 1, items = (d_from_out ? 1 : 2) * tiles, dq_from = d_from_out ? 0 : tiles;
   const auto issue = [&](int64_t i) {
-    CopyTile<HD>(kh, i % tiles * kRows, t, ks + i % 2 * kTile);
-    CopyTile<HD>(vh, i % tiles * kRows, t, vs + i % 2 * kTile);
+    CopyTile<HD>(kh, x.k.ld, i % tiles * kRows, t, ks + i % 2 * kTile);
+    CopyTile<HD>(vh, x.v.ld, i % tiles * kRows, t, vs + i % 2 * kTile);
     CpAsyncCommit();
   };
-  CopyTile<HD>(x.q + bh * t * HD, q0, t, qs);  // with item 0's group
-  CopyTile<HD>(x.dout + bh * t * HD, q0, t, dos);
+  CopyTile<HD>(x.q.Head(bi, hi, t, HD), x.q.ld, q0, t, qs);  // with item 0's group
+  CopyTile<HD>(x.dout.Head(bi, hi, t, HD), x.dout.ld, q0, t, dos);
   issue(0);
   float lse2[2];
 #pragma unroll
@@ -504,7 +511,7 @@ __global__ void __launch_bounds__(kThreads)
 // Per key row s: dK and dV over the queries t ≥ s (G: fp32 or bf16).
 template <int HD, typename SM, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardKeyKernel(Heads16 x, const float* lse, const float* rowd, int64_t t, int64_t h, SM sm, int64_t ld_dk,
+    BackwardKeyKernel(Operands16 x, const float* lse, const float* rowd, int64_t t, int64_t h, SM sm, int64_t ld_dk,
                       int64_t ld_dv, G* dk, G* dv) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
@@ -517,7 +524,7 @@ __global__ void __launch_bounds__(kThreads)
   float* lses = reinterpret_cast<float*>(smem + 6 * Lay::kTileBytes);  // its lse at lses + (i % 2)·64
   float* ds = lses + 2 * kRows;                                        // its D at ds + (i % 2)·64
   const int64_t bh = blockIdx.y, bi = bh / h, hi = bh % h;
-  const bf16 *qh = x.q + bh * t * HD, *doh = x.dout + bh * t * HD;
+  const bf16 *qh = x.q.Head(bi, hi, t, HD), *doh = x.dout.Head(bi, hi, t, HD);
   // Key block 0 (every query tile) first: the blocks run heaviest first, as the query kernels'.
   const int64_t k0 = blockIdx.x * static_cast<int64_t>(kRows), w0 = k0 + 16 * warp;
   const int64_t sk[2] = {w0 + g, w0 + g + 8};
@@ -525,14 +532,14 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t items = (t - k0 + kRows - 1) / kRows;
   const auto issue = [&](int64_t i) {
     const int64_t t0 = k0 + i * kRows;
-    CopyTile<HD>(qh, t0, t, qs + i % 2 * kTile);
-    CopyTile<HD>(doh, t0, t, dos + i % 2 * kTile);
+    CopyTile<HD>(qh, x.q.ld, t0, t, qs + i % 2 * kTile);
+    CopyTile<HD>(doh, x.dout.ld, t0, t, dos + i % 2 * kTile);
     CopyRowValues(lse + bh * t, t0, t, lses + i % 2 * kRows);
     CopyRowValues(rowd + bh * t, t0, t, ds + i % 2 * kRows);
     CpAsyncCommit();
   };
-  CopyTile<HD>(x.k + bh * t * HD, k0, t, ks);  // with item 0's group
-  CopyTile<HD>(x.v + bh * t * HD, k0, t, vs);
+  CopyTile<HD>(x.k.Head(bi, hi, t, HD), x.k.ld, k0, t, ks);  // with item 0's group
+  CopyTile<HD>(x.v.Head(bi, hi, t, HD), x.v.ld, k0, t, vs);
   issue(0);
   float acc_dk[HD / 8][4], acc_dv[HD / 8][4];
   Zero<HD>(acc_dk);
@@ -600,20 +607,23 @@ __global__ void __launch_bounds__(kThreads)
   WriteRows<HD>(acc_dv, w0, t, ld_dv, 1.0f, dv + HeadOffset(bi, hi, t, ld_dv, HD));
 }
 
-// q, k, v (and dout: rows c = H·HD apart) rounded to bf16 into the heads layout (Heads16) at
-// heads, each [B·H·T·HD] after the one before: 8 values at a time, two 16-byte loads and one
+// Up to four [B·T, C] fp32 tensors (rows ld[i] apart) rounded to bf16 into y[i] (rows ld_y[i]
+// apart; grid.y: one row of blocks a tensor): 8 values at a time, two 16-byte loads and one
 // 16-byte store, two such in flight a thread.
-struct HeadSources {
+struct RowSources {
   const float* x[4];
   int64_t ld[4];
+  bf16* y[4];
+  int64_t ld_y[4];
 };
-__global__ void HeadsToBf16Kernel(HeadSources src, int64_t rows, int64_t t, int64_t h, int hd, bf16* heads) {
+__global__ void RowsToBf16Kernel(RowSources src, int64_t rows, int64_t c) {
   // Selected, not indexed: a kernel parameter's array indexed at run time is copied to the stack.
   const unsigned w = blockIdx.y;
   const float* x = w == 0 ? src.x[0] : w == 1 ? src.x[1] : w == 2 ? src.x[2] : src.x[3];
   const int64_t ld = w == 0 ? src.ld[0] : w == 1 ? src.ld[1] : w == 2 ? src.ld[2] : src.ld[3];
-  const int64_t c = h * hd, chunks = c / 8;
-  bf16* y = heads + blockIdx.y * rows * c;
+  bf16* y = w == 0 ? src.y[0] : w == 1 ? src.y[1] : w == 2 ? src.y[2] : src.y[3];
+  const int64_t ld_y = w == 0 ? src.ld_y[0] : w == 1 ? src.ld_y[1] : w == 2 ? src.ld_y[2] : src.ld_y[3];
+  const int64_t chunks = c / 8;
   GridStrideBatched<2>(
       blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, static_cast<int64_t>(gridDim.x) * blockDim.x,
       rows * chunks,
@@ -622,27 +632,31 @@ __global__ void HeadsToBf16Kernel(HeadSources src, int64_t rows, int64_t t, int6
         const float4 lo = *reinterpret_cast<const float4*>(p), hi = *reinterpret_cast<const float4*>(p + 4);
         return uint4{PackBf16x2(lo.x, lo.y), PackBf16x2(lo.z, lo.w), PackBf16x2(hi.x, hi.y), PackBf16x2(hi.z, hi.w)};
       },
-      [&](int64_t i, uint4 packed) {
-        const int64_t row = i / chunks, col = i % chunks * 8, bi = row / t, ti = row % t;
-        *reinterpret_cast<uint4*>(y + ((bi * h + col / hd) * t + ti) * hd + col % hd) = packed;
-      });
+      [&](int64_t i, uint4 packed) { *reinterpret_cast<uint4*>(y + i / chunks * ld_y + i % chunks * 8) = packed; });
 }
 
-Heads16 ToHeads(const float* q, const float* k, const float* v, const float* dout, const AttentionStrides& ld,
-                int64_t b, int64_t t, int64_t h, int64_t hd, bf16* heads) {
-  const int64_t rows = b * t, n = rows * h * hd;
-  const HeadSources src{{q, k, v, dout}, {ld.q, ld.k, ld.v, h * hd}};
+// The first `count` of src's tensors [rows, c], one launch.
+void RoundRows(const RowSources& src, int count, int64_t rows, int64_t c) {
   constexpr int kThreadsPerBlock = 256;
-  const int64_t blocks = std::min<int64_t>((n / 8 + 2 * kThreadsPerBlock - 1) / (2 * kThreadsPerBlock), 8192);
-  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)), dout ? 4u : 3u);
-  HeadsToBf16Kernel<<<grid, kThreadsPerBlock>>>(src, rows, t, h, static_cast<int>(hd), heads);
-  STABILITY_CUDA_LAUNCHED("HeadsToBf16Kernel");
-  return {heads, heads + n, heads + 2 * n, dout ? heads + 3 * n : nullptr};
+  const int64_t blocks = std::min<int64_t>((rows * c / 8 + 2 * kThreadsPerBlock - 1) / (2 * kThreadsPerBlock), 8192);
+  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)), static_cast<unsigned>(count));
+  RowsToBf16Kernel<<<grid, kThreadsPerBlock>>>(src, rows, c);
+  STABILITY_CUDA_LAUNCHED("RowsToBf16Kernel");
+}
+
+// q, k, v rounded into qkv16 [B·T, 3·C] (q, k, v the column blocks, as QKV's output), the
+// first n values of a fourth tensor dout (if any) after it, rows C apart.
+Operands16 RoundOperands(const float* q, const float* k, const float* v, const float* dout, const AttentionStrides& ld,
+                         int64_t rows, int64_t c, bf16* qkv16, bf16* dout16) {
+  const int64_t w = 3 * c;
+  RoundRows({{q, k, v, dout}, {ld.q, ld.k, ld.v, c}, {qkv16, qkv16 + c, qkv16 + 2 * c, dout16}, {w, w, w, c}},
+            dout ? 4 : 3, rows, c);
+  return {{qkv16, w}, {qkv16 + c, w}, {qkv16 + 2 * c, w}, {dout16, c}};
 }
 
 template <int HD>
 struct LaunchForward {
-  static void Run(dim3 grid, Heads16 x, int64_t t, int64_t h, const AttentionOptions& opt, float* out, bf16* out16,
+  static void Run(dim3 grid, Operands16 x, int64_t t, int64_t h, const AttentionOptions& opt, float* out, bf16* out16,
                   float* lse, float* row_max, double* row_entropy) {
     ForSoftmaxVariant(opt, [&](auto sm) {
       const auto kernel = ForwardKernel<HD, decltype(sm)>;
@@ -654,7 +668,7 @@ struct LaunchForward {
 template <int HD>
 struct LaunchBackward {
   template <typename G>
-  static void Run(dim3 grid, Heads16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
+  static void Run(dim3 grid, Operands16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
                   const AttentionOptions& opt, const AttentionStrides& ld, G* dq, G* dk, G* dv, float* rowd) {
     ForSoftmaxVariant(opt, [&](auto sm) {
       const auto query = BackwardQueryKernel<HD, decltype(sm), G>;
@@ -667,7 +681,7 @@ struct LaunchBackward {
   }
 };
 
-// HeadsToBf16Kernel's float4 loads need 16-byte aligned rows: every pointer read, and row
+// RowsToBf16Kernel's float4 loads need 16-byte aligned rows: every pointer read, and row
 // strides of whole float4s (heads start HD % 16 == 0 floats apart). The gradients are
 // written a value at a time.
 // Softmax2 takes the largest logit of a row from its largest S: scale and τ positive.
@@ -687,18 +701,23 @@ bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int6
 
 }  // namespace
 
-// The heads' bf16 copies live in one scratch slot sized for four (q, k, v, dout), so that the
-// forward's three and the backward's four share it without regrowing.
+// The forward rounds q, k, v into the layer's kept operands (kept->x: [B·T, 3·C], as QKV's
+// output), which the backward then reads, rounding dO alone: a GPT-2 124M step's backward
+// rounded all four again (four of the seven tensors the rounding kernel wrote in 1.65 ms of an
+// H200's step). Without kept (the op tests), q, k, v and dO live in one scratch slot sized for
+// four, so that the forward's three and the backward's four share it without regrowing.
 bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
                                              int64_t h, int64_t hd, const AttentionOptions& opt,
                                              const AttentionStrides& ld, float* out, bf16* out16, float* lse,
-                                             float* row_max, double* row_entropy) {
+                                             float* row_max, double* row_entropy, Bf16Operands* kept) {
   if (!Supports(hd, opt) || !Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
-  auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
-  const Heads16 x = ToHeads(q, k, v, nullptr, ld, b, t, h, hd, heads);
+  const int64_t rows = b * t, c = h * hd;
+  auto* qkv16 = static_cast<bf16*>(kept ? kept->x : Scratch(kAttentionOperands, 4 * rows * c * sizeof(bf16)));
+  const Operands16 x = RoundOperands(q, k, v, nullptr, ld, rows, c, qkv16, nullptr);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   ForHeadDim<LaunchForward>(hd, grid, x, t, h, opt, out, out16, lse, row_max, row_entropy);
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");
+  if (kept) kept->x_rounded = true;
   return true;
 }
 
@@ -706,10 +725,19 @@ template <typename G>
 bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out,
                                               const float* lse, const float* dout, int64_t b, int64_t t, int64_t h,
                                               int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld,
-                                              G* dq, G* dk, G* dv, float* rowd) {
+                                              const Bf16Operands* kept, G* dq, G* dk, G* dv, float* rowd) {
   if (!Supports(hd, opt) || !Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
-  auto* heads = static_cast<bf16*>(Scratch(kAttentionHeads, 4 * b * t * h * hd * sizeof(bf16)));
-  const Heads16 x = ToHeads(q, k, v, dout, ld, b, t, h, hd, heads);
+  const int64_t rows = b * t, c = h * hd;
+  Operands16 x;
+  if (kept && kept->x_rounded) {  // the forward's q, k, v
+    const auto* qkv16 = static_cast<const bf16*>(kept->x);
+    auto* dout16 = static_cast<bf16*>(Scratch(kAttentionOperands, rows * c * sizeof(bf16)));
+    RoundRows({{dout}, {c}, {dout16}, {c}}, 1, rows, c);
+    x = {{qkv16, 3 * c}, {qkv16 + c, 3 * c}, {qkv16 + 2 * c, 3 * c}, {dout16, c}};
+  } else {
+    auto* qkv16 = static_cast<bf16*>(Scratch(kAttentionOperands, 4 * rows * c * sizeof(bf16)));
+    x = RoundOperands(q, k, v, dout, ld, rows, c, qkv16, qkv16 + 3 * rows * c);
+  }
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, dout, t, h, opt, ld, dq, dk, dv, rowd);
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
@@ -717,11 +745,12 @@ bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, co
 }
 template bool CudaBackend::TensorCoreAttentionBackward(const float*, const float*, const float*, const float*,
                                                        const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                                                       const AttentionOptions&, const AttentionStrides&, float*, float*,
-                                                       float*, float*);
+                                                       const AttentionOptions&, const AttentionStrides&,
+                                                       const Bf16Operands*, float*, float*, float*, float*);
 template bool CudaBackend::TensorCoreAttentionBackward(const float*, const float*, const float*, const float*,
                                                        const float*, const float*, int64_t, int64_t, int64_t, int64_t,
-                                                       const AttentionOptions&, const AttentionStrides&, __nv_bfloat16*,
-                                                       __nv_bfloat16*, __nv_bfloat16*, float*);
+                                                       const AttentionOptions&, const AttentionStrides&,
+                                                       const Bf16Operands*, __nv_bfloat16*, __nv_bfloat16*,
+                                                       __nv_bfloat16*, float*);
 
 }  // namespace stability::ops::cuda::internal

@@ -422,26 +422,31 @@ class CheckedBackend final : public Backend {
   }
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
-                        AttentionStats* stats, Bf16Operands* next) override {
+                        AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next) override {
+    if (kept) kept->x_rounded = false;
     if (!AttentionStoresProbs(hd)) {
       {
         const Opened open =
             Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
         std::vector<float> host_probs(b * h * t * t);
-        cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats, nullptr);
+        cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats, nullptr, nullptr);
       }
-      if (bf16_ && next) Into(next, out, b * t * h * hd);  // the tensor-core kernel's
+      if (bf16_ && kept) KeptInto(kept, {q, k, v}, {ld.q, ld.k, ld.v}, b * t, h * hd);  // the tensor-core kernel's
+      if (bf16_ && next) Into(next, out, b * t * h * hd);
       return;
     }
     const Opened open =
         Need("AttentionForward", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"probs", probs}, {"lse", lse}});
-    cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats, nullptr);
+    cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, probs, lse, stats, nullptr, nullptr);
   }
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                         const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
-                         float* dv) override {
+                         const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept, float* dq,
+                         float* dk, float* dv) override {
     if (!AttentionStoresProbs(hd)) {
+      if (bf16_ && kept && kept->x_rounded) {  // the tensor-core kernels read the forward's q, k, v there
+        const Opened read = Need("AttentionBackward (kept operands)", {{"kept x", kept->x}});
+      }
       const Opened open = Need("AttentionBackward (fused)", {{"q", q},
                                                              {"k", k},
                                                              {"v", v},
@@ -453,8 +458,8 @@ class CheckedBackend final : public Backend {
                                                              {"dv", dv}});
       std::vector<float> host_probs(b * h * t * t), host_out(b * t * h * hd), host_lse(b * h * t);
       cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(), nullptr,
-                            nullptr);
-      cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
+                            nullptr, nullptr);
+      cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, nullptr, dq, dk, dv);
       return;
     }
     const Opened open = Need("AttentionBackward", {{"q", q},
@@ -467,7 +472,7 @@ class CheckedBackend final : public Backend {
                                                    {"dq", dq},
                                                    {"dk", dk},
                                                    {"dv", dv}});
-    cpu_.AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, dq, dk, dv);
+    cpu_.AttentionBackward(q, k, v, out, probs, lse, dout, b, t, h, hd, opt, ld, nullptr, dq, dk, dv);
   }
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override {
@@ -616,6 +621,20 @@ class CheckedBackend final : public Backend {
   }
   // y rounded into the next product's operand, marked as rounded (NextOperand on CUDA).
   // y: device memory, or a host buffer of the op's own.
+  // The tensor-core attention's q, k, v (rows ld apart) rounded into its kept operands: three
+  // [rows, c] blocks (the CUDA kernels' heads layout holds as many values).
+  void KeptInto(Bf16Operands* kept, std::initializer_list<const float*> x, std::initializer_list<int64_t> ld,
+                int64_t rows, int64_t c) {
+    Opened open = Need("kept attention operands", {{"kept x", kept->x}});
+    auto* into = static_cast<uint16_t*>(kept->x);
+    const int64_t* stride = ld.begin();
+    for (const float* block : x) {
+      if (const uintptr_t opened = TheAllocator().Open(block)) open.Add(opened);
+      for (int64_t r = 0; r < rows; ++r, into += c) Round(block + r * *stride, c, into);
+      ++stride;
+    }
+    kept->x_rounded = true;
+  }
   void Into(Bf16Operands* next, const float* y, int64_t n) {
     Opened open = Need("next operand", {{"next x", next->x}});
     if (const uintptr_t block = TheAllocator().Open(y)) open.Add(block);

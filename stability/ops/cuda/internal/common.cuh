@@ -279,16 +279,16 @@ class CudaBackend final : public Backend {
                        const Bf16Operands* from, Bf16Operands* next) override;
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
-                        AttentionStats* stats, Bf16Operands* next) override;
+                        AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next) override;
   void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                          const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                         const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
-                         float* dv) override;
+                         const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept, float* dq,
+                         float* dk, float* dv) override;
   void AttentionQkvBackward(const float* qkv, const float* q, const float* k, const float* v,
                             const AttentionStrides& ld, const float* out, const float* probs, const float* lse,
                             const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd, const AttentionOptions& opt,
-                            const QkvNorms& norms, const LinearGradients& qkv_layer, float* dq, float* dk, float* dv,
-                            float* dqkv, float* dx, bool accumulate_dx) override;
+                            const Bf16Operands* kept, const QkvNorms& norms, const LinearGradients& qkv_layer,
+                            float* dq, float* dk, float* dv, float* dqkv, float* dx, bool accumulate_dx) override;
   void Rope(const float* x, int64_t x_ld, float* y, int64_t y_ld, int64_t b, int64_t t, int64_t h, int64_t hd,
             float base, bool inverse) override;
   void ActivationForward(Activation act, const float* x, int64_t n, float* y) override;
@@ -389,26 +389,29 @@ class CudaBackend final : public Backend {
     return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
   }
   // fused_attention.cu; false (nothing done) for a head dim it has no kernel for.
-  // next: as AttentionForward's (the tensor-core kernel writes it).
+  // kept, next: as AttentionForward's (the tensor-core kernels use them).
   bool FusedAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                              int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                             float* lse, AttentionStats* stats, Bf16Operands* next);
+                             float* lse, AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next);
   bool FusedAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
                               const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                              const AttentionOptions& opt, const AttentionStrides& ld, float* dq, float* dk,
-                              float* dv);
+                              const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept,
+                              float* dq, float* dk, float* dv);
   // tensor_core_attention.cu (bf16): false, nothing done, for a head dim it has no kernel
   // for or buffers not 16-byte aligned. Per-row telemetry into row_max and row_entropy;
   // rowd [B·H·T] is the backward's scratch; dq, dk, dv fp32 or bf16 (G).
-  // out16 (nullable): out rounded to bf16 as well.
+  // out16 (nullable): out rounded to bf16 as well. kept (nullable): AttentionForward's — the
+  // forward rounds q, k, v into kept->x (else into scratch), the backward reads them there
+  // where kept->x_rounded (else rounds them into scratch).
   bool TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                   int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
-                                  __nv_bfloat16* out16, float* lse, float* row_max, double* row_entropy);
+                                  __nv_bfloat16* out16, float* lse, float* row_max, double* row_entropy,
+                                  Bf16Operands* kept);
   template <typename G>
   bool TensorCoreAttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* lse,
                                    const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
-                                   const AttentionOptions& opt, const AttentionStrides& ld, G* dq, G* dk, G* dv,
-                                   float* rowd);
+                                   const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept,
+                                   G* dq, G* dk, G* dv, float* rowd);
   // The per-row attention telemetry (device arrays) → stats, reduced on the host in row order.
   void ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows, AttentionStats* stats);
   // next->x (marked rounded) where an op writes its output straight into the next
@@ -494,15 +497,15 @@ enum ScratchSlot {
   kVector = 5,  // σ-reparam's w v of a batch of layers
   kBf16A = 6,   // a GEMM's operands rounded to bf16 (MatmulPrecision::kBf16)
   kBf16B = 7,
-  kLtWorkspace = 8,      // cuBLASLt's
-  kSigma = 9,            // σ-reparam's σ of a batch of layers, in double
-  kBf16C = 10,           // a third bf16 operand (LinearBackward's dy, shared by its two products)
-  kTokenOrder = 11,      // EmbeddingBackward's positions sorted by token id
-  kEachPartials = 12,    // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
-  kPreActivation = 13,   // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
-  kBf16Bias = 14,        // FC1's bias rounded to bf16 (the type of its bf16 output)
-  kBiasGradient = 15,    // a bias gradient from cuBLASLt's BGRADB epilogue (which overwrites), to add
-  kAttentionHeads = 16,  // the tensor-core attention's q, k, v and dO in bf16 (tensor_core_attention.cu)
+  kLtWorkspace = 8,         // cuBLASLt's
+  kSigma = 9,               // σ-reparam's σ of a batch of layers, in double
+  kBf16C = 10,              // a third bf16 operand (LinearBackward's dy, shared by its two products)
+  kTokenOrder = 11,         // EmbeddingBackward's positions sorted by token id
+  kEachPartials = 12,       // QueueSumSquaresOfEach's partial sums, σ-reparam's ⟨G, w⟩ ones
+  kPreActivation = 13,      // a row chunk of FC1's fp32 pre-activation, where cuBLASLt's GELU epilogue is not taken
+  kBf16Bias = 14,           // FC1's bias rounded to bf16 (the type of its bf16 output)
+  kBiasGradient = 15,       // a bias gradient from cuBLASLt's BGRADB epilogue (which overwrites), to add
+  kAttentionOperands = 16,  // the tensor-core attention's q, k, v and dO in bf16 (tensor_core_attention.cu)
 };
 
 }  // namespace stability::ops::cuda::internal
