@@ -38,17 +38,15 @@ TrainingMemory EstimateTrainingMemory(const ModelConfig& c, int64_t batch, int64
   m.logits = be.SavedValueBytes() * N * be.LogitsRowStride(V);  // the logits (their gradient in place)
 
   // The products' kept operands (the weights' copies the parameters keep among them), the norm
-  // backwards' bf16 gradient for the product after, and the products' for the norm before;
-  // the fused attention's q, k and v (its kept operands).
+  // backwards' bf16 gradient for the product after, the products' for the norm before and
+  // Proj's for the attention; the fused attention's q, k and v (its kept operands).
   if (be.KeepsBf16Operands()) {
-    m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C + 2 * N * C);
+    m.bf16 = 2 * (L * ((3 * C + F) * N + weights) + N * C + V * C + 3 * N * C);
     if (!probs) m.bf16 += 2 * L * 3 * N * C;
   }
   // The GEMM attention's backward tile (and the clipped probabilities) are the backend's
-  // scratch, as large as the probabilities; the bf16 fused attention's, dO in bf16; plus
-  // workspaces and partial sums.
+  // scratch, as large as the probabilities; plus workspaces and partial sums.
   if (probs) m.scratch = 4 * (c.softmax_clip ? 2 : 1) * batch * H * seq * seq;
-  if (!probs && be.KeepsBf16Operands()) m.scratch = 2 * N * C;
   if (be.device().type != DeviceType::kCpu) m.scratch += int64_t{256} << 20;
   return m;
 }

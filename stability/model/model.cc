@@ -80,7 +80,8 @@ struct KeptOperands {
   }
   const ops::Bf16Operands* get() const { return ptrs.x ? &ptrs : nullptr; }
   // An op that multiplies no weight of its own (the attention: q, k and v rounded, 3·N·C
-  // values): x alone, which its forward rounds into and its backward reads.
+  // values): x alone, which its producer or its forward rounds into and its backward reads;
+  // prepared before each forward's producers (nothing rounded yet).
   ops::Bf16Operands* PrepareInputs(bool keep, Device device, int64_t x_values) {
     if (!keep) {
       *this = KeptOperands();
@@ -88,6 +89,7 @@ struct KeptOperands {
     }
     if (x.numel() != x_values) x = Tensor::Empty({x_values}, DType::kBF16, device);
     ptrs.x = x.data();
+    ptrs.x_rounded = ptrs.dy_rounded = false;
     return &ptrs;
   }
 };
@@ -165,6 +167,7 @@ struct Model::Impl {
   Tensor dres, dxf, t1, t2, t3, dq, dk, dv, dqkv, dF1, dF2, dtmp;  // the logits' gradient: in logits
   Tensor dres16;  // a norm backward's output rounded to bf16 for the product it reaches next
   Tensor dx16;    // a product's input gradient in bf16 for the norm backward after it (N1's, N2's)
+  Tensor dout16;  // Proj's input gradient in bf16 for the attention's backward (its dout)
   Tensor dw_eff;  // σ-reparam: every Linear::dw_eff a view of it, zeroed at once by Backward
 };
 
@@ -446,8 +449,10 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // which `next` multiplies next: where the backend keeps bf16 operands, act goes straight
   // into next's bf16 input and its fp32 copy is written only for telemetry.
   // With `act`, y is the pre-activation the backward reads, in the backend's saved format.
+  // y_into (nullable; bf16 only): the op that reads y takes it in bf16 alone (QKV's output, the
+  // attention's kept operands): y goes there and not into y, telemetry reads it there.
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
-                              Linear* next = nullptr) {
+                              Linear* next = nullptr, ops::Bf16Operands* y_into = nullptr) {
     Alloc(device_, y, {N, lin.out}, act ? saved : DType::kF32);
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
     ops::Bf16Operands* kept = lin.kept.ForForward(kept_of(lin), lin.multiplied_parameter());
@@ -457,11 +462,11 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.data(),
                                  fp32_out(*act, next_kept), kept, next_kept);
     } else {
-      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.f32(), kept);
+      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y_into ? nullptr : y.f32(), kept, y_into);
     }
     if (telemetry_on_) {
-      if (act) {
-        be.QueueMeanRowNormOfSaved(y.data(), N, lin.out);
+      if (act || y_into) {  // bf16 values: the backend's saved format where it keeps bf16 operands
+        be.QueueMeanRowNormOfSaved(y_into ? y_into->x : y.data(), N, lin.out);
       } else {
         be.QueueMeanRowNorm(y.f32(), N, lin.out);
       }
@@ -527,7 +532,19 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       if (l == 0) run_norm(y.n1, x.f32(), rows_of_c, N, C, y.a1, kept_of(y.qkv));  // later: in the add before
       a1 = &y.a1.y;
     }
-    run_linear(y.qkv, *a1, y.qkv_out, name + "qkv");
+    // The T×T probabilities only where the backend keeps them (not for a fused kernel).
+    if (be.AttentionStoresProbs(HD)) {
+      Alloc(device_, y.probs, {B, H, T, T});
+    } else {
+      y.probs = Tensor();  // a fused kernel: nothing T×T
+    }
+    // The attention's q, k, v in bf16, kept for its backward: written by QKV's product alone
+    // where the attention reads its blocks in place and takes them so (the tensor-core
+    // kernels), else rounded by the attention's forward.
+    ops::Bf16Operands* attn_kept = y.attn_kept.PrepareInputs(keep_bf16 && !y.probs.defined(), device_, 3 * N * C);
+    const bool qkv_into_attention =
+        attn_kept != nullptr && !y.q_norm.on() && !y.v_norm.on() && !rope && be.AttentionReadsRoundedInputs(HD, attn);
+    run_linear(y.qkv, *a1, y.qkv_out, name + "qkv", nullptr, nullptr, qkv_into_attention ? attn_kept : nullptr);
     const float* qkv = y.qkv_out.f32();
     y.q_att = qkv;
     y.k_att = qkv + C;
@@ -566,20 +583,12 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.v_att = y.vn.y.f32();
       y.attn_ld.v = y.attn_ld.dv = C;
     }
-    // The T×T probabilities only where the backend keeps them (not for a fused kernel).
-    if (be.AttentionStoresProbs(HD)) {
-      Alloc(device_, y.probs, {B, H, T, T});
-    } else {
-      y.probs = Tensor();  // a fused kernel: nothing T×T
-    }
     Alloc(device_, y.attn_lse, {B, H, T});
     Alloc(device_, y.att, {N, C});
     ops::AttentionStats stats;
     // out (which the backward reads) and, where the kernel can, rounded into Proj's operand.
     be.AttentionForward(y.q_att, y.k_att, y.v_att, B, T, H, HD, attn, y.attn_ld, y.att.f32(), ProbsOf(y),
-                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr,
-                        y.attn_kept.PrepareInputs(keep_bf16 && !y.probs.defined(), device_, 3 * N * C),
-                        kept_of(y.proj));
+                        y.attn_lse.f32(), telemetry_on_ ? &stats : nullptr, attn_kept, kept_of(y.proj));
     if (telemetry_on_) {
       telemetry_.Set(name + "attn.max_logit", stats.max_logit);
       telemetry_.Set(name + "attn.entropy", stats.entropy_sum / static_cast<double>(B * H * T));
@@ -644,13 +653,16 @@ absl::Status Model::Backward(float dloss) {
   // the next norm backward writes it. gradient_for: that product's Bf16Operands, pointed at it.
   // The other way, a product whose input gradient the add-norm before it reads (QKV → N1,
   // FC1 → N2) writes it in bf16 only, as autocast's bf16 product returns it (Bf16Operands::dx,
-  // AddNormBackward's `from`): dx_for points the product at m.dx16 and undoes it after the norm.
+  // AddNormBackward's `from`): dx_for points the product at m.dx16 and undoes it after the norm;
+  // Proj's, which the tensor-core attention reads in bf16 as its dout, at m.dout16.
   if (be.KeepsBf16Operands()) {
     Alloc(device_, m.dres16, {N, C}, DType::kBF16);
     Alloc(device_, m.dx16, {N, C}, DType::kBF16);
+    Alloc(device_, m.dout16, {N, C}, DType::kBF16);
   } else {
     m.dres16 = Tensor();
     m.dx16 = Tensor();
+    m.dout16 = Tensor();
   }
   const auto gradient_for = [&](Linear& lin) -> ops::Bf16Operands* {
     if (!m.dres16.defined() || lin.kept.get() == nullptr) return nullptr;
@@ -733,8 +745,16 @@ absl::Status Model::Backward(float dloss) {
       norm_back(y.proj_norm, y.proj_out.f32(), rows_of_c, y.pn, g, N, C, m.t2.f32(), gradient_for(y.proj));
       g = m.t2.f32();
     }
+    // The attention's dout in bf16 alone where its forward ran the tensor-core kernels (they
+    // rounded q, k, v into its kept operands), which read it so.
+    ops::Bf16Operands& attn_kept = y.attn_kept.ptrs;
+    const bool dout_in_bf16 = m.dout16.defined() && y.attn_kept.get() != nullptr && attn_kept.x_rounded &&
+                              y.proj.kept.get() != nullptr && be.AttentionReadsRoundedInputs(HD, attn);
+    if (dout_in_bf16) y.proj.kept.ptrs.dx = attn_kept.dy = m.dout16.data();
     linear_back(y.proj, y.att, g, m.t3.f32());
     y.proj.kept.ptrs.dy_rounded = false;
+    y.proj.kept.ptrs.dx = nullptr;
+    attn_kept.dy_rounded = dout_in_bf16;
     const Tensor& x = m.stream[l];
     const Tensor& a1 = y.n1.on() ? y.a1.y : x;
     const ops::Bf16Operands* qkv_dx = dx_for(y.qkv, y.n1.on());
@@ -774,6 +794,7 @@ absl::Status Model::Backward(float dloss) {
       linear_back(y.qkv, a1, dqkv, m.dtmp.f32());
       if (!y.n1.on()) be.AddInPlace(m.dres.f32(), m.dtmp.f32(), N * C);
     }
+    attn_kept.dy_rounded = false;
     if (y.n1.on()) {
       add_norm_back(y.n1, x, y.a1, m.dtmp.f32(), qkv_dx, mlp_next(l - 1));
       dx_for(y.qkv, false);

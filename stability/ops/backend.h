@@ -166,8 +166,13 @@ class Backend {
                                  float* dwte, float* dwpe) = 0;
 
   // y[N, Out] = x[N, In] · w[Out, In]ᵀ + b[Out]   (b nullable; kept nullable: Bf16Operands)
+  // next (nullable): the Bf16Operands of the op that reads y (QKV's: the attention's kept). A
+  // backend that keeps bf16 operands then writes y rounded straight into next->x ([N, Out]),
+  // the bias rounded to bf16 first as a bf16 product's epilogue takes it, sets
+  // next->x_rounded, and writes y itself only where y is not null. Elsewhere next is ignored
+  // and y required.
   virtual void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                             float* y, Bf16Operands* kept) = 0;
+                             float* y, Bf16Operands* kept, Bf16Operands* next) = 0;
   // y_pre = x·wᵀ + b and y = act(y_pre): LinearForward then ActivationForward, which a
   // backend may fuse. y_pre [n, out] is saved for the backward in the backend's format
   // (SavedValueBytes() a value; CUDA in bf16 keeps it in bf16, from one cuBLASLt product with
@@ -181,7 +186,7 @@ class Backend {
                                        int64_t in, int64_t out, void* y_pre, float* y, Bf16Operands* kept,
                                        Bf16Operands* next) {
     auto* pre = static_cast<float*>(y_pre);
-    LinearForward(x, w, b, n, in, out, pre, kept);
+    LinearForward(x, w, b, n, in, out, pre, kept, nullptr);
     ActivationForward(act, pre, n * out, y);
   }
   // dx = dy · w (overwritten; nullable), dw += dyᵀ · x, db += Σ_n dy (nullable); kept: what
@@ -260,10 +265,14 @@ class Backend {
   // kernel that can writes out rounded into next->x as well and sets next->x_rounded (out is
   // still written: the backward reads it), others leave next alone.
   // kept (nullable; only where KeepsBf16Operands): the attention's own bf16 operands, as a
-  // linear layer's — kept->x 3·B·T·H·hd bf16 values the caller owns for the layer, in the
-  // backend's layout. A kernel that rounds q, k and v to bf16 rounds them into kept->x and sets
-  // kept->x_rounded; any other clears it. The layer's backward, given the same kept, then reads
-  // them there instead of rounding q, k and v again (q, k, v must not change in between).
+  // linear layer's — kept->x [B·T, 3·C] bf16 (C = H·hd; q, k, v the column blocks, as QKV's
+  // output) the caller owns for the layer; x_rounded says kept->x holds this step's q, k, v
+  // rounded (the caller clears it before each step's producers). Where it is set on entry,
+  // the producer (QKV's LinearForward, its `next`) wrote q, k, v there alone — only done where
+  // AttentionReadsRoundedInputs says so — and the forward reads them there, not q, k, v. Else a
+  // kernel that rounds q, k, v to bf16 rounds them into kept->x and sets the flag. The layer's
+  // backward, given the same kept, reads them there where it is set instead of rounding q, k
+  // and v again (q, k, v must not change in between).
   virtual void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h,
                                 int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
                                 float* probs, float* lse, AttentionStats* stats, Bf16Operands* kept,
@@ -271,9 +280,15 @@ class Backend {
   // Whether AttentionForward writes `probs` and AttentionBackward reads them (false for a
   // fused kernel that recomputes them from lse; the caller then passes nullptr).
   virtual bool AttentionStoresProbs(int64_t head_dim) const { return true; }
+  // Whether AttentionForward with these options reads q, k, v from a kept->x its producer
+  // filled (x_rounded on entry), so that the producer may write them in bf16 alone.
+  virtual bool AttentionReadsRoundedInputs(int64_t head_dim, const AttentionOptions& opt) const { return false; }
   // dq, dk, dv overwritten. out: the forward's output (nullable), from which a fused kernel
   // takes each row's D = Σ_s p·dp = dO·O instead of a sweep over the keys (not under the
-  // clipped softmax, whose output is of p', not p). kept: as the forward's (nullable).
+  // clipped softmax, whose output is of p', not p). kept: as the forward's (nullable); where
+  // kept->dy_rounded, kept->dy holds dout rounded to bf16 ([B·T, C]) by the op that produced it
+  // (Proj's LinearBackward, its kept->dx) and dout itself is unwritten — only done where
+  // AttentionReadsRoundedInputs says so.
   virtual void AttentionBackward(const float* q, const float* k, const float* v, const float* out, const float* probs,
                                  const float* lse, const float* dout, int64_t b, int64_t t, int64_t h, int64_t hd,
                                  const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept,
@@ -409,7 +424,7 @@ class Backend {
                                          int64_t v, const CrossEntropyOptions& opt, void* logits, float* lse,
                                          CrossEntropyStats* stats, Bf16Operands* kept, bool with_gradient) {
     auto* l = static_cast<float*>(logits);
-    LinearForward(x, w, nullptr, n, c, v, l, kept);
+    LinearForward(x, w, nullptr, n, c, v, l, kept, nullptr);
     CrossEntropyForward(l, targets, n, v, opt, lse, stats);
     return false;
   }

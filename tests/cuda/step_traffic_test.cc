@@ -70,9 +70,10 @@ TEST(StepTrafficTest, TheMlpsHiddenValuesAreBf16InTheProductsEpilogues) {
 }
 
 // The step's weights are multiplied in the bf16 copies AdamW wrote in its pass: no weight is
-// rounded on its own — the only rounding passes are FC1's bias, F values a layer, for its bf16
-// epilogue. And QKV's and FC1's input gradients go to N1's and N2's backward in bf16: their dx
-// products write 2 bytes a value, once a layer each.
+// rounded on its own — the only rounding passes are FC1's and QKV's biases, F and 3·C values a
+// layer, for their bf16 epilogues. And QKV's and FC1's input gradients go to N1's and N2's
+// backward in bf16, Proj's to the attention's: their dx products write 2 bytes a value, once a
+// layer each.
 TEST(StepTrafficTest, NoWeightIsRoundedAndTheNormsTakeTheProductsGradientsInBf16) {
   const model::ModelConfig c = Tiny();
   const int64_t batch = 2, seq = 64, tokens = batch * seq, C = c.n_embd, F = c.mlp_ratio * c.n_embd;
@@ -81,20 +82,24 @@ TEST(StepTrafficTest, NoWeightIsRoundedAndTheNormsTakeTheProductsGradientsInBf16
   const std::string dx_of_qkv = "cublasGemmEx bf16→bf16 " + std::to_string(C) + "×" + std::to_string(tokens) + "×" +
                                 std::to_string(3 * C),
                     dx_of_fc1 = "cublasGemmEx bf16→bf16 " + std::to_string(C) + "×" + std::to_string(tokens) + "×" +
-                                std::to_string(F);
-  int rounded = 0, qkv = 0, fc1 = 0;
+                                std::to_string(F),
+                    dx_of_proj = "cublasGemmEx bf16→bf16 " + std::to_string(C) + "×" + std::to_string(tokens) + "×" +
+                                 std::to_string(C);
+  int fc1_bias = 0, qkv_bias = 0, qkv = 0, fc1 = 0, proj = 0;
   for (const LaunchCost& l : *step) {
     if (l.name == "ToBf16Kernel") {
-      ++rounded;
-      EXPECT_EQ(l.bytes_read, 4 * F) << "FC1's bias, nothing larger";
-    } else if (l.name == dx_of_qkv || l.name == dx_of_fc1) {
-      ++(l.name == dx_of_qkv ? qkv : fc1);
+      ++(l.bytes_read == 4 * F ? fc1_bias : qkv_bias);
+      if (l.bytes_read != 4 * F) EXPECT_EQ(l.bytes_read, 4 * 3 * C) << "FC1's or QKV's bias, nothing larger";
+    } else if (l.name == dx_of_qkv || l.name == dx_of_fc1 || l.name == dx_of_proj) {
+      ++(l.name == dx_of_qkv ? qkv : l.name == dx_of_fc1 ? fc1 : proj);
       EXPECT_EQ(l.bytes_written, 2 * tokens * C) << l.name;
     }
   }
-  EXPECT_EQ(rounded, c.n_layer);
+  EXPECT_EQ(fc1_bias, c.n_layer);
+  EXPECT_EQ(qkv_bias, c.n_layer);
   EXPECT_EQ(qkv, c.n_layer);
   EXPECT_EQ(fc1, c.n_layer);
+  EXPECT_EQ(proj, c.n_layer);
 }
 
 // Every matrix product of the step has each dimension a multiple of 64, or under 64: the

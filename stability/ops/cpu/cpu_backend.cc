@@ -75,7 +75,7 @@ void CpuBackend::EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, con
 }
 
 void CpuBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                               float* y, Bf16Operands* /*kept: fp32 only*/) {
+                               float* y, Bf16Operands* /*kept: fp32 only*/, Bf16Operands* /*next: fp32 only*/) {
   internal::OpScope scope("LinearForward");
   // Arguments are checked by the caller; Sgemm cannot fail on them.
   (void)Sgemm(Trans::kNo, Trans::kYes, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);

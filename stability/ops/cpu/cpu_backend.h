@@ -17,8 +17,8 @@ class CpuBackend final : public Backend {
                         float* out) override;
   void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
                          float* dwpe) override;
-  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                     float* y, Bf16Operands* kept) override;
+  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
+                     Bf16Operands* kept, Bf16Operands* next) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override;
   void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b, int64_t rows,

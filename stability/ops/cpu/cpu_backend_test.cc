@@ -19,7 +19,7 @@ TEST(LinearTest, BackwardMatchesFiniteDifferences) {
   const std::vector<float> r = RandomVector(N * OUT, 4);
   std::vector<float> y(N * OUT);
   auto forward = [&] {
-    Be().LinearForward(x.data(), w.data(), b.data(), N, IN, OUT, y.data(), nullptr);
+    Be().LinearForward(x.data(), w.data(), b.data(), N, IN, OUT, y.data(), nullptr, nullptr);
     return y;
   };
   std::vector<float> dx(x.size()), dw(w.size(), 0.0f), db(b.size(), 0.0f);

@@ -120,6 +120,22 @@ __global__ void AttentionStatsKernel(const double* row_entropy, const float* row
 
 }  // namespace
 
+void RefuseRoundedInputs(const Bf16Operands* kept) {
+  if (kept && kept->x_rounded) {
+    throw std::logic_error(
+        "AttentionForward: q, k and v were written in bf16 alone (kept->x_rounded) for a kernel that reads them in "
+        "fp32; a producer may write them so only where AttentionReadsRoundedInputs says the kernel reads them there");
+  }
+}
+
+void RefuseRoundedGradient(const Bf16Operands* kept) {
+  if (kept && kept->dy_rounded) {
+    throw std::logic_error(
+        "AttentionBackward: dout was written in bf16 alone (kept->dy_rounded) for a kernel that reads it in fp32; "
+        "Proj's backward may write it so only where AttentionReadsRoundedInputs says the kernel reads it there");
+  }
+}
+
 // Reduced on the device: two values come back, not the B·H·T rows (1.2 MB a layer at 124M).
 void CudaBackend::ReadAttentionStats(const double* row_entropy, const float* row_max, int64_t rows,
                                      AttentionStats* stats) {
@@ -136,11 +152,11 @@ void CudaBackend::AttentionForward(const float* q, const float* k, const float* 
                                    int64_t hd, const AttentionOptions& opt, const AttentionStrides& ld, float* out,
                                    float* probs, float* lse, AttentionStats* stats, Bf16Operands* kept,
                                    Bf16Operands* next) {
-  if (kept) kept->x_rounded = false;  // until a kernel rounds q, k, v into it
   if (attention_kernel_ == AttentionKernel::kFused &&
       FusedAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, lse, stats, kept, next)) {
     return;
   }
+  RefuseRoundedInputs(kept);
   const int64_t c = h * hd, rows = b * h * t;
   float* pc = opt.clip ? static_cast<float*>(Scratch(kAttentionClip, rows * t * sizeof(float))) : probs;
   // Row statistics for telemetry: max raw logit (float) and entropy (double) per row.
@@ -169,6 +185,7 @@ void CudaBackend::AttentionBackward(const float* q, const float* k, const float*
       FusedAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, kept, dq, dk, dv)) {
     return;
   }
+  RefuseRoundedGradient(kept);
   const int64_t c = h * hd, rows = b * h * t;
   float* dp = static_cast<float*>(Scratch(kAttentionTile, rows * t * sizeof(float)));
   const float* pc = probs;

@@ -229,6 +229,7 @@ __global__ void PreActivationKernel(Activation act, const float* z, const __nv_b
   if (i >= rows * cols) return;
   const float v = b16 ? z[i] + __bfloat162float(b16[i % cols]) : z[i];
   pre16[i] = __float2bfloat16_rn(v);
+  if (y == nullptr && y16 == nullptr) return;  // the product and bias alone (LinearForward's next)
   const float a = ActivationValue(act, v);
   if (y16) {
     const __nv_bfloat16 r = __float2bfloat16_rn(a);
@@ -699,10 +700,26 @@ void CudaBackend::ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16
   }
 }
 
+// bf16 into `next`: one cuBLASLt product with the bias epilogue writing y rounded straight into
+// next's operand (the bias rounded to bf16, as that epilogue takes it with a bf16 output; y
+// widened from the operand only where asked, for telemetry): QKV's output for the attention,
+// no fp32 pass over its N×3C values. Where cuBLASLt has no such kernel, the fp32 product by row
+// chunks and the same bias add and rounding (PreActivationKernel without an activation).
 void CudaBackend::LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                                float* y, Bf16Operands* kept) {
+                                float* y, Bf16Operands* kept, Bf16Operands* next) {
   if (precision_ == MatmulPrecision::kBf16) {  // the operands rounded into the kept copies, if any
     const auto [x16, w16] = ForwardOperands(x, w, n, in, out, kept);
+    if (__nv_bfloat16* y16 = NextOperand(next)) {
+      const __nv_bfloat16* b16 = b ? ToBf16(b, out, kBf16Bias) : nullptr;
+      if (!LtLinearForward(x16, w16, b16, n, in, out, y16, CUDA_R_16BF, nullptr)) {
+        ProductAndPreActivation(Activation::kGelu /*none: no y*/, x16, w16, b16, n, in, out, y16, nullptr, nullptr);
+      }
+      if (y) {
+        WidenKernel<<<Blocks(n * out, kThreads), kThreads>>>(y16, n * out, y);
+        STABILITY_CUDA_LAUNCHED("WidenKernel");
+      }
+      return;
+    }
     ForwardBf16(x16, w16, b, n, in, out, y);
     return;
   }
@@ -713,13 +730,28 @@ void CudaBackend::LinearForward(const float* x, const float* w, const float* b, 
   }
 }
 
+// The product in fp32 by row chunks (kPreActivationChunkBytes of scratch), each then one
+// PreActivationKernel pass: pre16 = x16·w16ᵀ + b16 rounded, and act of it into y/y16 where given.
+constexpr int64_t kPreActivationChunkBytes = 16 << 20;
+void CudaBackend::ProductAndPreActivation(Activation act, const __nv_bfloat16* x16, const __nv_bfloat16* w16,
+                                          const __nv_bfloat16* b16, int64_t n, int64_t in, int64_t out,
+                                          __nv_bfloat16* pre16, float* y, __nv_bfloat16* y16) {
+  const int64_t chunk = std::max<int64_t>(1, kPreActivationChunkBytes / (out * static_cast<int64_t>(sizeof(float))));
+  for (int64_t r = 0; r < n; r += chunk) {
+    const int64_t rows = std::min(chunk, n - r);
+    auto* z = static_cast<float*>(Scratch(kPreActivation, rows * out * sizeof(float)));
+    GemmBf16(Trans::kNo, Trans::kYes, rows, out, in, 1.0f, x16 + r * in, in, w16, in, 0.0f, z, out);
+    PreActivationKernel<<<Blocks(rows * out, kThreads), kThreads>>>(
+        act, z, b16, rows, out, pre16 + r * out, y ? y + r * out : nullptr, y16 ? y16 + r * out : nullptr);
+    STABILITY_CUDA_LAUNCHED("PreActivationKernel");
+  }
+}
+
 // bf16: y_pre saved in bf16, the bias rounded to bf16 as cuBLASLt's bf16 epilogue takes it.
 // GELU into `next`: one cuBLASLt product with the bias + GELU epilogue writing y rounded
 // straight into next's operand and y_pre beside it — no fp32 pass over the N×4C values (y
-// widened from next's operand only where asked, for telemetry). Otherwise the product in fp32
-// by row chunks (kPreActivationChunkBytes of scratch), each then one PreActivationKernel
-// pass: the same values from the same bf16 bias, the activation ours.
-constexpr int64_t kPreActivationChunkBytes = 16 << 20;
+// widened from next's operand only where asked, for telemetry). Otherwise
+// ProductAndPreActivation: the same values from the same bf16 bias, the activation ours.
 void CudaBackend::LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n,
                                           int64_t in, int64_t out, void* y_pre, float* y, Bf16Operands* kept,
                                           Bf16Operands* next) {
@@ -738,15 +770,7 @@ void CudaBackend::LinearActivationForward(Activation act, const float* x, const 
     }
     return;
   }
-  const int64_t chunk = std::max<int64_t>(1, kPreActivationChunkBytes / (out * static_cast<int64_t>(sizeof(float))));
-  for (int64_t r = 0; r < n; r += chunk) {
-    const int64_t rows = std::min(chunk, n - r);
-    auto* z = static_cast<float*>(Scratch(kPreActivation, rows * out * sizeof(float)));
-    GemmBf16(Trans::kNo, Trans::kYes, rows, out, in, 1.0f, x16 + r * in, in, w16, in, 0.0f, z, out);
-    PreActivationKernel<<<Blocks(rows * out, kThreads), kThreads>>>(
-        act, z, b16, rows, out, pre16 + r * out, y ? y + r * out : nullptr, y16 ? y16 + r * out : nullptr);
-    STABILITY_CUDA_LAUNCHED("PreActivationKernel");
-  }
+  ProductAndPreActivation(act, x16, w16, b16, n, in, out, pre16, y, y16);
 }
 
 void CudaBackend::LinearBackwardBf16(const float* x, const float* w, const __nv_bfloat16* dy16, int64_t n, int64_t in,

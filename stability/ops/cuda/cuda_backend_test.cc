@@ -152,8 +152,8 @@ TEST_F(CudaBackendTest, LinearForwardAndBackward) {
   std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), b = Random(out), dy = Random(n * out);
   std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.5f), db(out, 0.25f);
   float *gx = Up(x), *gw = Up(w), *gb = Up(b), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw), *gdb = Up(db);
-  cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, y.data(), nullptr);
-  gpu_->LinearForward(gx, gw, gb, n, in, out, gy, nullptr);
+  cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, y.data(), nullptr, nullptr);
+  gpu_->LinearForward(gx, gw, gb, n, in, out, gy, nullptr, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "y");
   cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), db.data(), nullptr);
   gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, gdb, nullptr);
@@ -330,7 +330,7 @@ TEST_F(CudaBackendTest, ProductsHandTheirInputGradientToTheNormInBf16) {
   Tensor x16 = Tensor::Empty({n * in}, DType::kBF16, kGpu), w16 = Tensor::Empty({hidden * in}, DType::kBF16, kGpu),
          dx16 = Tensor::Empty({n * in}, DType::kBF16, kGpu);
   Bf16Operands fc1{x16.data(), w16.data()};
-  gpu_->LinearForward(gsum, w1, nullptr, n, in, hidden, Up(std::vector<float>(n * hidden)), &fc1);
+  gpu_->LinearForward(gsum, w1, nullptr, n, in, hidden, Up(std::vector<float>(n * hidden)), &fc1, nullptr);
   for (int op = 0; op < 2; ++op) {  // LinearBackward (QKV's), MlpBackward's FC1
     SCOPED_TRACE(op == 0 ? "LinearBackward" : "MlpBackward");
     std::vector<std::vector<float>> dx;
@@ -391,7 +391,7 @@ TEST_F(CudaBackendTest, NormBackwardWritesTheNextProductsGradientOperand) {
   Tensor dy16 = Tensor::Empty({rows * d}, DType::kBF16, kGpu);
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
   Bf16Operands kept{x16.data(), w16.data()};
-  gpu_->LinearForward(lx, lw, nullptr, rows, in, d, Up(std::vector<float>(rows * d)), &kept);
+  gpu_->LinearForward(lx, lw, nullptr, rows, in, d, Up(std::vector<float>(rows * d)), &kept, nullptr);
   std::vector<std::vector<float>> dsum, dx, dw, db;
   for (bool handed : {false, true}) {
     float *gdsum = Up(dres), *gdg = Up(std::vector<float>(d)), *gdb = Up(std::vector<float>(d));
@@ -487,21 +487,61 @@ void CudaBackendTest::CompareAttention(int64_t b, int64_t t, int64_t h, int64_t 
   ExpectClose(Down(gdq, n), dq, tol.grads, 0, "dq");
   ExpectClose(first_dk, dk, tol.grads, 0, "dk");
   ExpectClose(Down(gdv, n), dv, tol.grads, 0, "dv");
-  {  // kept: the tensor-core forward rounds q, k, v into the layer's kept operands (the other
-     // kernels clear the flag), and a backward given them reads them there, not q, k, v: the
-     // same bits with q, k and v zero.
-    Bf16Operands kept{UpBf16(std::vector<float>(3 * n)), nullptr, true};
+  {  // kept: the tensor-core forward rounds q, k, v into the layer's kept operands ([B·T, 3·C],
+     // q, k, v the column blocks; the other kernels leave the flag clear), and a backward given
+     // them reads them there, not q, k, v: the same bits with q, k and v zero. Where QKV's
+     // product wrote them there alone (x_rounded on entry), the forward reads them there too:
+     // the same bits again with q, k, v zero; a kernel that reads fp32 refuses them.
+    const int64_t c = h * hd;
+    std::vector<float> qkv16(3 * n);
+    for (int64_t r = 0; r < b * t; ++r) {
+      for (int64_t j = 0; j < c; ++j) {
+        qkv16[r * 3 * c + j] = RoundToBf16(q[r * c + j]);
+        qkv16[r * 3 * c + c + j] = RoundToBf16(k[r * c + j]);
+        qkv16[r * 3 * c + 2 * c + j] = RoundToBf16(v[r * c + j]);
+      }
+    }
+    Bf16Operands kept{UpBf16(std::vector<float>(3 * n, NAN)), nullptr, false};
     float *gout4 = Up(out), *glse4 = Up(lse), *gprobs4 = fused ? nullptr : Up(probs);
     gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, gout4, gprobs4, glse4, nullptr, &kept, nullptr);
     EXPECT_EQ(kept.x_rounded, tensor_core) << "kept marked rounded";
     EXPECT_EQ(Down(gout4, n), Down(gout, n)) << "out beside kept";
+    EXPECT_EQ(gpu_->AttentionReadsRoundedInputs(hd, opt), tensor_core);
+    float* gzero = Up(std::vector<float>(n, 0.0f));
     if (tensor_core) {
-      float *gzero = Up(std::vector<float>(n, 0.0f)), *gdq4 = Up(dq), *gdk4 = Up(dk), *gdv4 = Up(dv);
+      EXPECT_TRUE(SameBits(DownBf16(kept.x, 3 * n), qkv16)) << "kept: q, k, v rounded, QKV's layout";
+      float *gdq4 = Up(dq), *gdk4 = Up(dk), *gdv4 = Up(dv);
       gpu_->AttentionBackward(gzero, gzero, gzero, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, &kept, gdq4, gdk4,
                               gdv4);
       EXPECT_EQ(Down(gdq4, n), Down(gdq, n)) << "dq from the kept q, k, v";
       EXPECT_EQ(Down(gdk4, n), first_dk) << "dk from the kept q, k, v";
       EXPECT_EQ(Down(gdv4, n), Down(gdv, n)) << "dv from the kept q, k, v";
+      // dO in bf16 alone (kept->dy, as Proj's backward writes it): the same bits, dout zero.
+      kept.dy = UpBf16(RoundedToBf16(dout));
+      kept.dy_rounded = true;
+      gpu_->AttentionBackward(gzero, gzero, gzero, gout, gprobs, glse, gzero, b, t, h, hd, opt, ld, &kept, gdq4, gdk4,
+                              gdv4);
+      EXPECT_EQ(Down(gdq4, n), Down(gdq, n)) << "dq from the kept dO";
+      EXPECT_EQ(Down(gdk4, n), first_dk) << "dk from the kept dO";
+      EXPECT_EQ(Down(gdv4, n), Down(gdv, n)) << "dv from the kept dO";
+    } else {
+      Bf16Operands dout_only{nullptr, nullptr, false, UpBf16(RoundedToBf16(dout)), true};
+      EXPECT_THROW(gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gzero, b, t, h, hd, opt, ld, &dout_only, gdq,
+                                           gdk, gdv),
+                   std::logic_error);
+    }
+    Bf16Operands written{UpBf16(qkv16), nullptr, true};
+    float *gout5 = Up(out), *glse5 = Up(lse), *gprobs5 = fused ? nullptr : Up(probs);
+    if (tensor_core) {
+      gpu_->AttentionForward(gzero, gzero, gzero, b, t, h, hd, opt, ld, gout5, gprobs5, glse5, nullptr, &written,
+                             nullptr);
+      EXPECT_TRUE(written.x_rounded);
+      EXPECT_EQ(Down(gout5, n), Down(gout, n)) << "out from q, k, v written into kept by their producer";
+      EXPECT_EQ(Down(glse5, lse.size()), Down(glse, lse.size())) << "lse from the producer's q, k, v";
+    } else {
+      EXPECT_THROW(gpu_->AttentionForward(gzero, gzero, gzero, b, t, h, hd, opt, ld, gout5, gprobs5, glse5, nullptr,
+                                          &written, nullptr),
+                   std::logic_error);
     }
   }
   gpu_->AttentionBackward(gq, gk, gv, gout, gprobs, glse, gdout, b, t, h, hd, opt, ld, nullptr, gdq, gdk, gdv);
@@ -810,8 +850,8 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   std::vector<float> x = Random(n * in), w = Random(out * in, 0.1), dy = Random(n * out);
   std::vector<float> y(n * out), dx(n * in), dw(out * in, 0.0f);
   float *gx = Up(x), *gw = Up(w), *gdy = Up(dy), *gy = Up(y), *gdx = Up(dx), *gdw = Up(dw);
-  cpu_->LinearForward(x.data(), w.data(), nullptr, n, in, out, y.data(), nullptr);
-  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
+  cpu_->LinearForward(x.data(), w.data(), nullptr, n, in, out, y.data(), nullptr, nullptr);
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-2, 0, "bf16 y");
   cpu_->LinearBackward(x.data(), w.data(), dy.data(), n, in, out, dx.data(), dw.data(), nullptr, nullptr);
   gpu_->LinearBackward(gx, gw, gdy, n, in, out, gdx, gdw, nullptr, nullptr);
@@ -829,7 +869,7 @@ TEST_F(CudaBackendTest, Bf16MatrixProductsAreWithinBf16Rounding) {
   gpu_->AttentionForward(gq, gk, gv, b, t, h, hd, opt, ld, go, gp, gl, nullptr, nullptr, nullptr);
   ExpectClose(Down(go, m), o, 2e-2, 0, "bf16 attention out");
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
-  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
+  gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr, nullptr);
   ExpectClose(Down(gy, n * out), y, 1e-5, 0, "fp32 again");
 }
 
@@ -1077,11 +1117,11 @@ TEST_F(CudaBackendTest, Bf16WeightCopyFromTheOptimizerIsTheForwardsWeightOperand
   EXPECT_NE(updated, p);
   EXPECT_EQ(DownBf16(w16.data(), out * in), RoundedToBf16(updated));
   float *y_rounding = Up(std::vector<float>(n * out)), *y_copy = Up(std::vector<float>(n * out));
-  gpu_->LinearForward(gx, gp, gb, n, in, out, y_rounding, nullptr);
+  gpu_->LinearForward(gx, gp, gb, n, in, out, y_rounding, nullptr, nullptr);
   Bf16Operands kept{x16.data(), w16.data()};
   kept.w_rounded = true;
   ASSERT_TRUE(gpu_->StartKernelProfile());
-  gpu_->LinearForward(gx, gp, gb, n, in, out, y_copy, &kept);
+  gpu_->LinearForward(gx, gp, gb, n, in, out, y_copy, &kept, nullptr);
   std::map<std::string, int64_t> calls;
   for (const Backend::KernelTime& r : gpu_->StopKernelProfile()) calls[r.name] += r.calls;
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
@@ -1133,7 +1173,7 @@ TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
         for (bool next : {false, true}) {
           SCOPED_TRACE(std::string(a == Activation::kGelu ? "gelu" : "relu") + (bias ? " with bias" : "") +
                        (next ? " into next" : ""));
-          cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr);
+          cpu_->LinearForward(x.data(), w.data(), bias ? b.data() : nullptr, n, in, out, pre.data(), nullptr, nullptr);
           cpu_->ActivationForward(a, pre.data(), n * out, act.data());
           Bf16Operands into{next_x.data(), nullptr};
           gpu_->LinearActivationForward(a, gx, gw, bias ? gb : nullptr, n, in, out, gpre, gact, nullptr,
@@ -1148,8 +1188,8 @@ TEST_F(CudaBackendTest, CublasLtLinearEpiloguesMatchTheUnfusedOps) {
           }
         }
       }
-      gpu_->LinearForward(gx, gw, gb, n, in, out, gact, nullptr);
-      cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, pre.data(), nullptr);
+      gpu_->LinearForward(gx, gw, gb, n, in, out, gact, nullptr, nullptr);
+      cpu_->LinearForward(x.data(), w.data(), b.data(), n, in, out, pre.data(), nullptr, nullptr);
       ExpectClose(Down(gact, n * out), pre, 1e-2, 0, "linear alone");
     }
   }
@@ -1172,9 +1212,9 @@ TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
     return keep_.back().data();
   };
   float *pre = Up(std::vector<float>(n * f)), *act = Up(std::vector<float>(n * f)), *y = Up(std::vector<float>(n * c));
-  gpu_->LinearForward(gx, gw1, gb1_16, n, c, f, pre, nullptr);
+  gpu_->LinearForward(gx, gw1, gb1_16, n, c, f, pre, nullptr, nullptr);
   gpu_->ActivationForward(Activation::kGelu, pre, n * f, act);
-  gpu_->LinearForward(act, gw2, gb2, n, f, c, y, nullptr);
+  gpu_->LinearForward(act, gw2, gb2, n, f, c, y, nullptr, nullptr);
   for (bool with_act : {false, true}) {
     SCOPED_TRACE(with_act ? "fp32 activation written too" : "bf16 activation only");
     Bf16Operands n1{bf16(n * c), bf16(f * c)}, n2{bf16(n * f), bf16(c * f)};
@@ -1183,7 +1223,7 @@ TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
     float* act2 = with_act ? Up(std::vector<float>(n * f)) : nullptr;
     gpu_->LinearActivationForward(Activation::kGelu, gx, gw1, gb1, n, c, f, pre2, act2, &n1, &n2);
     EXPECT_TRUE(n2.x_rounded);
-    gpu_->LinearForward(nans, gw2, gb2, n, f, c, y2, &n2);
+    gpu_->LinearForward(nans, gw2, gb2, n, f, c, y2, &n2, nullptr);
     EXPECT_FALSE(n2.x_rounded);
     ExpectClose(DownBf16(pre2, n * f), Down(pre, n * f), 1e-2, 0, "saved pre-activation");
     ExpectClose(DownBf16(n2.x, n * f), Down(act, n * f), 1e-2, 0, "FC2's operand");
@@ -1191,6 +1231,41 @@ TEST_F(CudaBackendTest, ActivationIntoTheNextProductsOperandIsItsRounding) {
     if (with_act) {
       EXPECT_TRUE(SameBits(Down(act2, n * f), DownBf16(n2.x, n * f)));
     }
+  }
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+}
+
+// A product's output written straight into the next op's bf16 operand (LinearForward's `next`:
+// QKV's output for the tensor-core attention): the product with the bias rounded to bf16 (as
+// the bf16 epilogue takes it), rounded once: each value within one bf16 step (2^-8 relative)
+// of that product's fp32 output — its rounding, or a neighbour where cuBLAS accumulated in
+// another order for the other output type and the value sat at a rounding boundary; y, where
+// asked, the operand's values widened. In fp32 next is ignored.
+TEST_F(CudaBackendTest, ProductIntoTheNextOperandIsItsRounding) {
+  const int64_t n = 96, in = 64, out = 192;
+  const std::vector<float> b = Random(out);
+  float *gx = Up(Random(n * in)), *gw = Up(Random(out * in, 0.1)), *gb = Up(b), *gb16 = Up(RoundedToBf16(b));
+  Bf16Operands ignored{UpBf16(std::vector<float>(n * out)), nullptr, false};
+  float* y32 = Up(std::vector<float>(n * out));
+  gpu_->LinearForward(gx, gw, gb, n, in, out, y32, nullptr, &ignored);
+  EXPECT_FALSE(ignored.x_rounded) << "fp32: next ignored";
+  ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+  float* want = Up(std::vector<float>(n * out));
+  gpu_->LinearForward(gx, gw, gb16, n, in, out, want, nullptr, nullptr);
+  const std::vector<float> product = Down(want, n * out);
+  for (bool with_y : {false, true}) {
+    SCOPED_TRACE(with_y ? "fp32 y written too" : "bf16 only");
+    Bf16Operands next{UpBf16(std::vector<float>(n * out, NAN)), nullptr, false};
+    float* y = with_y ? Up(std::vector<float>(n * out, NAN)) : nullptr;
+    gpu_->LinearForward(gx, gw, gb, n, in, out, y, nullptr, &next);
+    EXPECT_TRUE(next.x_rounded);
+    const std::vector<float> got = DownBf16(next.x, n * out);
+    int64_t off = 0;
+    for (int64_t i = 0; i < n * out; ++i) {
+      if (!(std::abs(got[i] - product[i]) <= std::ldexp(std::abs(product[i]), -8))) ++off;
+    }
+    EXPECT_EQ(off, 0) << "values of next not within one bf16 step of the product";
+    if (with_y) EXPECT_TRUE(SameBits(Down(y, n * out), DownBf16(next.x, n * out))) << "y: the operand widened";
   }
   ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
 }
@@ -1258,7 +1333,7 @@ TEST_F(CudaBackendTest, KernelProfileTimesEachLaunchByName) {
   gpu_->Add(gy, gy, n * out, gsum);  // off: not recorded
   ASSERT_TRUE(gpu_->StartKernelProfile());
   for (int i = 0; i < 3; ++i) {
-    gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr);
+    gpu_->LinearForward(gx, gw, nullptr, n, in, out, gy, nullptr, nullptr);
     gpu_->Add(gy, gy, n * out, gsum);
   }
   Down(gsum, n * out);  // a copy from the GPU (through a device copy)
@@ -1308,7 +1383,7 @@ TEST_F(CudaBackendTest, KeptBf16OperandsChangeNoResult) {
         Bf16Operands next{next_x[with].data(), nullptr};
         gpu_->LinearActivationForward(Activation::kGelu, gx, gw, bias, n, in, out, y[with], act[with], k, &next);
       } else {
-        gpu_->LinearForward(gx, gw, bias, n, in, out, y[with], k);
+        gpu_->LinearForward(gx, gw, bias, n, in, out, y[with], k, nullptr);
       }
       gpu_->LinearBackward(gx, gw, gdy, n, in, out, dx[with], dw[with], db[with], k);
     }

@@ -97,7 +97,7 @@ void BM_Linear(benchmark::State& state) {
       be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), bias, n, in, out, y.f32(), act.f32(), nullptr,
                                   nullptr);
     } else {
-      be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32(), nullptr);
+      be->LinearForward(x.f32(), w.f32(), bias, n, in, out, y.f32(), nullptr, nullptr);
     }
   });
   be->SetMatmulPrecision(MatmulPrecision::kFp32);
@@ -143,7 +143,7 @@ void BM_Fc1Gelu(benchmark::State& state) {
       be->LinearActivationForward(Activation::kGelu, x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), act.f32(), nullptr,
                                   nullptr);
     } else {
-      be->LinearForward(x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), nullptr);
+      be->LinearForward(x.f32(), w.f32(), b.f32(), n, c, f, pre.f32(), nullptr, nullptr);
       be->ActivationForward(Activation::kGelu, pre.f32(), n * f, act.f32());
     }
   });

@@ -223,6 +223,7 @@ bool CudaBackend::FusedAttentionForward(const float* q, const float* k, const fl
       TensorCoreAttentionForward(q, k, v, b, t, h, hd, opt, ld, out, out16, lse, row_max, row_entropy, kept)) {
     if (out16) next->x_rounded = true;
   } else {
+    RefuseRoundedInputs(kept);
     if (!ForHeadDim<LaunchForward>(hd, grid, q, k, v, t, h, Softmax{opt}, ld, out, lse, row_max, row_entropy)) {
       return false;
     }
@@ -241,6 +242,7 @@ bool CudaBackend::FusedAttentionBackward(const float* q, const float* k, const f
       TensorCoreAttentionBackward(q, k, v, out, lse, dout, b, t, h, hd, opt, ld, kept, dq, dk, dv, rowd)) {
     return true;
   }
+  RefuseRoundedGradient(kept);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   if (!ForHeadDim<LaunchBackward>(hd, grid, q, k, v, lse, dout, t, h, Softmax{opt}, ld, dq, dk, dv, rowd)) {
     return false;

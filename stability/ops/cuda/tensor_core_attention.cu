@@ -417,11 +417,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Per query row: D (from dO·O, or a first sweep under the clip), then dQ (G: fp32 or bf16).
-// out and dout fp32 for D = dO·O.
+// D = dO·O from the bf16 dO the products read (as FlashAttention-2) and the fp32 out.
 template <int HD, typename SM, typename G>
 __global__ void __launch_bounds__(kThreads)
-    BackwardQueryKernel(Operands16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
-                        SM sm, int64_t ld_dq, G* dq, float* rowd) {
+    BackwardQueryKernel(Operands16 x, const float* out, const float* lse, int64_t t, int64_t h, SM sm, int64_t ld_dq,
+                        G* dq, float* rowd) {
   using Lay = Layout<HD>;
   constexpr int kL = Lay::kL, kTile = Lay::kTile;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -460,8 +460,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < 2; ++r) {
       if (tq[r] >= t) continue;
       const float* orow = out + off + tq[r] * c + quad * (HD / 4);
-      const float* dorow = dout + off + tq[r] * c + quad * (HD / 4);
-      for (int i = 0; i < HD / 4; ++i) d_part[r] += dorow[i] * orow[i];
+      const bf16* dorow = x.dout.Head(bi, hi, t, HD) + tq[r] * x.dout.ld + quad * (HD / 4);
+      for (int i = 0; i < HD / 4; ++i) d_part[r] += __bfloat162float(dorow[i]) * orow[i];
     }
   }
   for (int64_t it = 0; it < items; ++it) {
@@ -644,13 +644,23 @@ void RoundRows(const RowSources& src, int count, int64_t rows, int64_t c) {
   STABILITY_CUDA_LAUNCHED("RowsToBf16Kernel");
 }
 
-// q, k, v rounded into qkv16 [B·T, 3·C] (q, k, v the column blocks, as QKV's output), the
-// first n values of a fourth tensor dout (if any) after it, rows C apart.
-Operands16 RoundOperands(const float* q, const float* k, const float* v, const float* dout, const AttentionStrides& ld,
-                         int64_t rows, int64_t c, bf16* qkv16, bf16* dout16) {
+// The kernels' bf16 operands: q, k, v in qkv16 [B·T, 3·C] (the column blocks, as QKV's output)
+// and dO in dout16 [B·T, C] (backward only), each rounded here from its fp32 tensor unless
+// already there (*_kept: the layer's kept operands, written by their producer or an earlier
+// forward) — one launch for those rounded.
+Operands16 PrepareOperands(const float* q, const float* k, const float* v, const float* dout,
+                           const AttentionStrides& ld, int64_t rows, int64_t c, bf16* qkv16, bool qkv_kept,
+                           bf16* dout16, bool dout_kept) {
   const int64_t w = 3 * c;
-  RoundRows({{q, k, v, dout}, {ld.q, ld.k, ld.v, c}, {qkv16, qkv16 + c, qkv16 + 2 * c, dout16}, {w, w, w, c}},
-            dout ? 4 : 3, rows, c);
+  RowSources src{};
+  int count = 0;
+  const auto round = [&](const float* x, int64_t ld_x, bf16* y, int64_t ld_y) {
+    src.x[count] = x, src.ld[count] = ld_x, src.y[count] = y, src.ld_y[count] = ld_y;
+    ++count;
+  };
+  if (!qkv_kept) round(q, ld.q, qkv16, w), round(k, ld.k, qkv16 + c, w), round(v, ld.v, qkv16 + 2 * c, w);
+  if (dout && !dout_kept) round(dout, c, dout16, c);
+  if (count > 0) RoundRows(src, count, rows, c);
   return {{qkv16, w}, {qkv16 + c, w}, {qkv16 + 2 * c, w}, {dout16, c}};
 }
 
@@ -668,14 +678,14 @@ struct LaunchForward {
 template <int HD>
 struct LaunchBackward {
   template <typename G>
-  static void Run(dim3 grid, Operands16 x, const float* out, const float* lse, const float* dout, int64_t t, int64_t h,
+  static void Run(dim3 grid, Operands16 x, const float* out, const float* lse, int64_t t, int64_t h,
                   const AttentionOptions& opt, const AttentionStrides& ld, G* dq, G* dk, G* dv, float* rowd) {
     ForSoftmaxVariant(opt, [&](auto sm) {
       const auto query = BackwardQueryKernel<HD, decltype(sm), G>;
       const auto key = BackwardKeyKernel<HD, decltype(sm), G>;
       AllowSharedBytes(query, Layout<HD>::kQueryBytes, "tensor-core attention");
       AllowSharedBytes(key, Layout<HD>::kKeyBytes, "tensor-core attention");
-      query<<<grid, kThreads, Layout<HD>::kQueryBytes>>>(x, out, lse, dout, t, h, sm, ld.dq, dq, rowd);
+      query<<<grid, kThreads, Layout<HD>::kQueryBytes>>>(x, out, lse, t, h, sm, ld.dq, dq, rowd);
       key<<<grid, kThreads, Layout<HD>::kKeyBytes>>>(x, lse, rowd, t, h, sm, ld.dk, ld.dv, dk, dv);
     });
   }
@@ -701,11 +711,18 @@ bool Aligned(std::initializer_list<const void*> ptrs, std::initializer_list<int6
 
 }  // namespace
 
-// The forward rounds q, k, v into the layer's kept operands (kept->x: [B·T, 3·C], as QKV's
-// output), which the backward then reads, rounding dO alone: a GPT-2 124M step's backward
-// rounded all four again (four of the seven tensors the rounding kernel wrote in 1.65 ms of an
-// H200's step). Without kept (the op tests), q, k, v and dO live in one scratch slot sized for
-// four, so that the forward's three and the backward's four share it without regrowing.
+bool CudaBackend::AttentionReadsRoundedInputs(int64_t head_dim, const AttentionOptions& opt) const {
+  return precision_ == MatmulPrecision::kBf16 && attention_kernel_ == AttentionKernel::kFused &&
+         Supports(head_dim, opt);
+}
+
+// q, k, v in bf16 in the layer's kept operands (kept->x: [B·T, 3·C], as QKV's output): written
+// there by QKV's product (x_rounded on entry), or rounded there by the forward; the backward
+// reads them there, and dO from kept->dy where Proj's backward wrote it in bf16 (dy_rounded),
+// else rounds it. (A GPT-2 124M step on an H200 rounded all seven — the forward's three, the
+// backward's four — in 1.65 ms.) Without kept (the op tests), q, k, v and dO live in one
+// scratch slot sized for four, so that the forward's three and the backward's four share it
+// without regrowing.
 bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t,
                                              int64_t h, int64_t hd, const AttentionOptions& opt,
                                              const AttentionStrides& ld, float* out, bf16* out16, float* lse,
@@ -713,7 +730,7 @@ bool CudaBackend::TensorCoreAttentionForward(const float* q, const float* k, con
   if (!Supports(hd, opt) || !Aligned({q, k, v, out}, {ld.q, ld.k, ld.v})) return false;
   const int64_t rows = b * t, c = h * hd;
   auto* qkv16 = static_cast<bf16*>(kept ? kept->x : Scratch(kAttentionOperands, 4 * rows * c * sizeof(bf16)));
-  const Operands16 x = RoundOperands(q, k, v, nullptr, ld, rows, c, qkv16, nullptr);
+  const Operands16 x = PrepareOperands(q, k, v, nullptr, ld, rows, c, qkv16, kept && kept->x_rounded, nullptr, false);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
   ForHeadDim<LaunchForward>(hd, grid, x, t, h, opt, out, out16, lse, row_max, row_entropy);
   STABILITY_CUDA_LAUNCHED("tensor-core attention forward");
@@ -728,18 +745,15 @@ bool CudaBackend::TensorCoreAttentionBackward(const float* q, const float* k, co
                                               const Bf16Operands* kept, G* dq, G* dk, G* dv, float* rowd) {
   if (!Supports(hd, opt) || !Aligned({q, k, v, dout}, {ld.q, ld.k, ld.v})) return false;
   const int64_t rows = b * t, c = h * hd;
-  Operands16 x;
-  if (kept && kept->x_rounded) {  // the forward's q, k, v
-    const auto* qkv16 = static_cast<const bf16*>(kept->x);
-    auto* dout16 = static_cast<bf16*>(Scratch(kAttentionOperands, rows * c * sizeof(bf16)));
-    RoundRows({{dout}, {c}, {dout16}, {c}}, 1, rows, c);
-    x = {{qkv16, 3 * c}, {qkv16 + c, 3 * c}, {qkv16 + 2 * c, 3 * c}, {dout16, c}};
-  } else {
-    auto* qkv16 = static_cast<bf16*>(Scratch(kAttentionOperands, 4 * rows * c * sizeof(bf16)));
-    x = RoundOperands(q, k, v, dout, ld, rows, c, qkv16, qkv16 + 3 * rows * c);
-  }
+  const bool qkv_kept = kept && kept->x_rounded, dout_kept = kept && kept->dy_rounded;
+  bf16* scratch = qkv_kept && dout_kept
+                      ? nullptr
+                      : static_cast<bf16*>(Scratch(kAttentionOperands, (qkv_kept ? 1 : 4) * rows * c * sizeof(bf16)));
+  bf16* qkv16 = qkv_kept ? static_cast<bf16*>(kept->x) : scratch;
+  bf16* dout16 = dout_kept ? static_cast<bf16*>(kept->dy) : qkv_kept ? scratch : scratch + 3 * rows * c;
+  const Operands16 x = PrepareOperands(q, k, v, dout, ld, rows, c, qkv16, qkv_kept, dout16, dout_kept);
   const dim3 grid(static_cast<unsigned>((t + kRows - 1) / kRows), static_cast<unsigned>(b * h));
-  ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, dout, t, h, opt, ld, dq, dk, dv, rowd);
+  ForHeadDim<LaunchBackward>(hd, grid, x, out, lse, t, h, opt, ld, dq, dk, dv, rowd);
   STABILITY_CUDA_LAUNCHED("tensor-core attention backward");
   return true;
 }

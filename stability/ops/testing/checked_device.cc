@@ -253,9 +253,9 @@ class CheckedBackend final : public Backend {
     cpu_.EmbeddingBackward(ids, n, t, dout, c, dwte, dwpe);
   }
   void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
-                     Bf16Operands* kept) override {
+                     Bf16Operands* kept, Bf16Operands* next) override {
     const Opened open = Need("LinearForward", {{"x", x}, {"w", w}, {"b", b}, {"y", y}});
-    if (!bf16_) return cpu_.LinearForward(x, w, b, n, in, out, y, kept);
+    if (!bf16_) return cpu_.LinearForward(x, w, b, n, in, out, y, kept, nullptr);
     // As the CUDA backend: x as its producer left it rounded (x_rounded; x itself may be
     // stale then), else rounded here; both into the kept copies for the backward.
     std::vector<float> x16;
@@ -278,7 +278,18 @@ class CheckedBackend final : public Backend {
     } else if (kept) {
       Round(w, out * in, kept->w);
     }
-    cpu_.LinearForward(x16.data(), w16.data(), b, n, in, out, y, nullptr);
+    if (next) {  // as the CUDA backend: y rounded into next's operand, from the bias rounded to bf16
+      const std::vector<float> b16 = b ? Round(b, out, nullptr) : std::vector<float>();
+      std::vector<float> y32(n * out);
+      cpu_.LinearForward(x16.data(), w16.data(), b ? b16.data() : nullptr, n, in, out, y32.data(), nullptr, nullptr);
+      Into(next, y32.data(), n * out);
+      if (y) {
+        const std::vector<float> rounded = Round(y32.data(), n * out, nullptr);
+        std::copy(rounded.begin(), rounded.end(), y);
+      }
+      return;
+    }
+    cpu_.LinearForward(x16.data(), w16.data(), b, n, in, out, y, nullptr, nullptr);
   }
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
                       float* dw, float* db, const Bf16Operands* kept) override {
@@ -317,12 +328,12 @@ class CheckedBackend final : public Backend {
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
                                int64_t out, void* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override {
     if (!bf16_) {
-      LinearForward(x, w, b, n, in, out, static_cast<float*>(y_pre), kept);
+      LinearForward(x, w, b, n, in, out, static_cast<float*>(y_pre), kept, nullptr);
       ActivationForward(act, static_cast<float*>(y_pre), n * out, y);
       return;
     }
     std::vector<float> pre(n * out), act_out(n * out);
-    LinearForward(x, w, nullptr, n, in, out, Scratch(pre), kept);
+    LinearForward(x, w, nullptr, n, in, out, Scratch(pre), kept, nullptr);
     const Opened open = Need("LinearActivationForward", {{"b", b}, {"y_pre", y_pre}, {"y", y}});
     if (b) {
       const std::vector<float> b16 = Round(b, out, nullptr);
@@ -420,18 +431,28 @@ class CheckedBackend final : public Backend {
     const bool fused_kernel = head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
     return !(fused_ && fused_kernel);
   }
+  // As the CUDA backend: the tensor-core kernels (bf16, fused) read q, k, v in bf16 from the
+  // kept operands QKV's product filled, for the options they take.
+  bool AttentionReadsRoundedInputs(int64_t head_dim, const AttentionOptions& opt) const override {
+    return bf16_ && !AttentionStoresProbs(head_dim) && opt.scale > 0 && opt.temperature > 0;
+  }
   void AttentionForward(const float* q, const float* k, const float* v, int64_t b, int64_t t, int64_t h, int64_t hd,
                         const AttentionOptions& opt, const AttentionStrides& ld, float* out, float* probs, float* lse,
                         AttentionStats* stats, Bf16Operands* kept, Bf16Operands* next) override {
-    if (kept) kept->x_rounded = false;
+    const bool from_kept = kept && kept->x_rounded;  // q, k, v written there alone by their producer
+    if (from_kept && !AttentionReadsRoundedInputs(hd, opt)) {
+      throw std::logic_error("AttentionForward: q, k, v given in bf16 alone to a kernel that reads them in fp32");
+    }
     if (!AttentionStoresProbs(hd)) {
       {
         const Opened open =
             Need("AttentionForward (fused)", {{"q", q}, {"k", k}, {"v", v}, {"out", out}, {"lse", lse}});
-        std::vector<float> host_probs(b * h * t * t);
-        cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, out, host_probs.data(), lse, stats, nullptr, nullptr);
+        std::vector<float> host_probs(b * h * t * t), qkv;
+        const Inputs in = from_kept ? KeptInputs(*kept, ld, b * t, h * hd, &qkv) : Inputs{q, k, v, ld};
+        cpu_.AttentionForward(in.q, in.k, in.v, b, t, h, hd, opt, in.ld, out, host_probs.data(), lse, stats, nullptr,
+                              nullptr);
       }
-      if (bf16_ && kept) KeptInto(kept, {q, k, v}, {ld.q, ld.k, ld.v}, b * t, h * hd);  // the tensor-core kernel's
+      if (bf16_ && kept && !from_kept) KeptInto(kept, {q, k, v}, {ld.q, ld.k, ld.v}, b * t, h * hd);
       if (bf16_ && next) Into(next, out, b * t * h * hd);
       return;
     }
@@ -444,8 +465,14 @@ class CheckedBackend final : public Backend {
                          const AttentionOptions& opt, const AttentionStrides& ld, const Bf16Operands* kept, float* dq,
                          float* dk, float* dv) override {
     if (!AttentionStoresProbs(hd)) {
-      if (bf16_ && kept && kept->x_rounded) {  // the tensor-core kernels read the forward's q, k, v there
-        const Opened read = Need("AttentionBackward (kept operands)", {{"kept x", kept->x}});
+      // The tensor-core kernels read q, k, v in bf16 from the kept operands (q, k, v themselves
+      // may be unwritten: QKV's product wrote the kept ones alone).
+      std::vector<float> qkv, dout16;
+      const Inputs in =
+          bf16_ && kept && kept->x_rounded ? KeptInputs(*kept, ld, b * t, h * hd, &qkv) : Inputs{q, k, v, ld};
+      if (bf16_ && kept && kept->dy_rounded) {  // dout in bf16 alone, from Proj's backward
+        const Opened open_dy = Need("AttentionBackward (kept dout)", {{"kept dy", kept->dy}});
+        dout16 = Widen(kept->dy, b * t * h * hd);
       }
       const Opened open = Need("AttentionBackward (fused)", {{"q", q},
                                                              {"k", k},
@@ -457,9 +484,10 @@ class CheckedBackend final : public Backend {
                                                              {"dk", dk},
                                                              {"dv", dv}});
       std::vector<float> host_probs(b * h * t * t), host_out(b * t * h * hd), host_lse(b * h * t);
-      cpu_.AttentionForward(q, k, v, b, t, h, hd, opt, ld, host_out.data(), host_probs.data(), host_lse.data(), nullptr,
-                            nullptr, nullptr);
-      cpu_.AttentionBackward(q, k, v, out, host_probs.data(), lse, dout, b, t, h, hd, opt, ld, nullptr, dq, dk, dv);
+      cpu_.AttentionForward(in.q, in.k, in.v, b, t, h, hd, opt, in.ld, host_out.data(), host_probs.data(),
+                            host_lse.data(), nullptr, nullptr, nullptr);
+      cpu_.AttentionBackward(in.q, in.k, in.v, out, host_probs.data(), lse, dout16.empty() ? dout : dout16.data(), b, t,
+                             h, hd, opt, in.ld, nullptr, dq, dk, dv);
       return;
     }
     const Opened open = Need("AttentionBackward", {{"q", q},
@@ -545,7 +573,7 @@ class CheckedBackend final : public Backend {
     const Opened open = Need("CrossEntropyLinearForward", {{"logits", logits}, {"targets", targets}, {"lse", lse}});
     const int64_t stride = LogitsRowStride(v);
     std::vector<float> l(n * v);
-    LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept);
+    LinearForward(x, w, nullptr, n, c, v, Scratch(l), kept, nullptr);
     const std::vector<float> l16 = RoundRows(l.data(), n, v, stride, logits);
     cpu_.CrossEntropyForward(l16.data(), targets, n, v, opt, lse, stats);
     if (!with_gradient) return false;
@@ -621,8 +649,8 @@ class CheckedBackend final : public Backend {
   }
   // y rounded into the next product's operand, marked as rounded (NextOperand on CUDA).
   // y: device memory, or a host buffer of the op's own.
-  // The tensor-core attention's q, k, v (rows ld apart) rounded into its kept operands: three
-  // [rows, c] blocks (the CUDA kernels' heads layout holds as many values).
+  // The tensor-core attention's q, k, v (rows ld apart) rounded into its kept operands, as the
+  // CUDA kernels lay them out: [rows, 3·c], q, k, v the column blocks.
   void KeptInto(Bf16Operands* kept, std::initializer_list<const float*> x, std::initializer_list<int64_t> ld,
                 int64_t rows, int64_t c) {
     Opened open = Need("kept attention operands", {{"kept x", kept->x}});
@@ -630,10 +658,23 @@ class CheckedBackend final : public Backend {
     const int64_t* stride = ld.begin();
     for (const float* block : x) {
       if (const uintptr_t opened = TheAllocator().Open(block)) open.Add(opened);
-      for (int64_t r = 0; r < rows; ++r, into += c) Round(block + r * *stride, c, into);
-      ++stride;
+      for (int64_t r = 0; r < rows; ++r) Round(block + r * *stride, c, into + r * 3 * c);
+      ++stride, into += c;
     }
     kept->x_rounded = true;
+  }
+  // The attention's inputs as the CPU's kernel takes them: q, k, v themselves, or the kept
+  // bf16 ones widened into *host ([rows, 3·c]).
+  struct Inputs {
+    const float *q, *k, *v;
+    AttentionStrides ld;
+  };
+  Inputs KeptInputs(const Bf16Operands& kept, AttentionStrides ld, int64_t rows, int64_t c, std::vector<float>* host) {
+    const Opened open = Need("kept attention operands", {{"kept x", kept.x}});
+    *host = Widen(kept.x, rows * 3 * c);
+    const float* x = host->data();
+    ld.q = ld.k = ld.v = 3 * c;
+    return {x, x + c, x + 2 * c, ld};
   }
   void Into(Bf16Operands* next, const float* y, int64_t n) {
     Opened open = Need("next operand", {{"next x", next->x}});

@@ -238,6 +238,12 @@ __device__ inline double DotPartial(const float* a, const float* b, int64_t n, i
 
 enum class Trans : char { kNo = 'N', kYes = 'T' };
 
+// Throws where an attention kernel that reads q, k, v in fp32 is given them in bf16 alone
+// (kept->x_rounded on AttentionForward's entry): a caller's error, not a fallback.
+void RefuseRoundedInputs(const Bf16Operands* kept);
+// The same for dout given in bf16 alone (kept->dy_rounded on AttentionBackward's entry).
+void RefuseRoundedGradient(const Bf16Operands* kept);
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device_index, const struct CublasApi* blas);
@@ -254,8 +260,8 @@ class CudaBackend final : public Backend {
                         float* out) override;
   void EmbeddingBackward(const int32_t* ids, int64_t n, int64_t t, const float* dout, int64_t c, float* dwte,
                          float* dwpe) override;
-  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out,
-                     float* y, Bf16Operands* kept) override;
+  void LinearForward(const float* x, const float* w, const float* b, int64_t n, int64_t in, int64_t out, float* y,
+                     Bf16Operands* kept, Bf16Operands* next) override;
   void LinearActivationForward(Activation act, const float* x, const float* w, const float* b, int64_t n, int64_t in,
                                int64_t out, void* y_pre, float* y, Bf16Operands* kept, Bf16Operands* next) override;
   void LinearBackward(const float* x, const float* w, const float* dy, int64_t n, int64_t in, int64_t out, float* dx,
@@ -385,6 +391,7 @@ class CudaBackend final : public Backend {
   bool AttentionStoresProbs(int64_t head_dim) const override {
     return attention_kernel_ == AttentionKernel::kGemm || !FusedAttentionSupports(head_dim);
   }
+  bool AttentionReadsRoundedInputs(int64_t head_dim, const AttentionOptions& opt) const override;
   static bool FusedAttentionSupports(int64_t head_dim) {
     return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
   }
@@ -431,6 +438,10 @@ class CudaBackend final : public Backend {
                                                                         int64_t in, int64_t out, Bf16Operands* kept);
   // y = x·wᵀ + b (fp32) from bf16 operands (b nullable): cuBLASLt with the bias in its
   // epilogue where it has a kernel for it, else cuBLAS and a pass adding the bias.
+  // cuda_backend.cu's: pre16 = x16·w16ᵀ + b16 (rounded), y/y16 (each nullable) = act(pre).
+  void ProductAndPreActivation(Activation act, const __nv_bfloat16* x16, const __nv_bfloat16* w16,
+                               const __nv_bfloat16* b16, int64_t n, int64_t in, int64_t out, __nv_bfloat16* pre16,
+                               float* y, __nv_bfloat16* y16);
   void ForwardBf16(const __nv_bfloat16* x16, const __nv_bfloat16* w16, const float* b, int64_t n, int64_t in,
                    int64_t out, float* y);
   // cuBLASLt (internal/lt_linear.cuh): y = x·wᵀ + b, or with gelu_pre, gelu_pre = x·wᵀ + b
