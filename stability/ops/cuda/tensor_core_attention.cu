@@ -6,17 +6,21 @@
 // A block owns 64 rows (queries in the forward and dQ kernels, keys in the dK/dV kernel), 4 warps
 // of 16; the other side streams through shared memory in tiles of 64 rows, two buffers each: while
 // the warps compute on tile i, tile i + 1's cp.async copies are in flight (internal/cp_async.cuh),
-// as FlashAttention-2. Q, K, V and dO are read in bf16 as the fp32 ones are laid out (a head's
-// rows ld apart), rounded once by RowsToBf16Kernel — q, k, v by the forward into the layer's kept
-// operands, which the backward reads again. A warp's products stay in its registers: each lane holds rows g and g + 8
-// of the warp's 16 (g = lane / 4) and, of each 8-column block of a tile, the columns 2q and 2q + 1 (q = lane % 4) — so
-// a row's reduction is the lane's 16 values a tile and two shuffles across its quad, and the accumulators of one
-// product, rounded to bf16 in pairs, are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO) without shared memory.
-// Softmax, statistics and accumulators are fp32; P and dZ are rounded to bf16 for their products, as FlashAttention
-// does, and the softmax runs in base 2 on ex2.approx (Softmax2, below: ~1e-7 relative, far under that rounding; the
-// soft cap's tanh is made of it too; fused_attention.cu, the fp32 parity kernel, keeps expf and tanhf). Measured on an
-// H200 (docs/gpu): the first version, each WMMA product stored to shared memory and read back a value at a time, took
-// 43 ms of a GPT-2 124M step (3–4% of the tensor cores); this one's forward and backward 2.7 and 7.3 ms (~12%).
+// as FlashAttention-2. Q, K, V and dO are read in bf16 laid out as the fp32 ones (a head's rows
+// ld apart): written so by their producers in a model's step (QKV's product, Proj's backward:
+// the layer's kept operands), else rounded once by RowsToBf16Kernel — q, k, v by the forward
+// into the kept operands, which the backward reads again. A warp's products stay in its
+// registers: each lane holds rows g and g + 8 of the warp's 16 (g = lane / 4) and, of each
+// 8-column block of a tile, the columns 2q and 2q + 1 (q = lane % 4) — so a row's reduction is
+// the lane's 16 values a tile and two shuffles across its quad, and the accumulators of one
+// product, rounded to bf16 in pairs, are the A fragments of the next (P V, dZ K, dZᵀ Q, P'ᵀ dO)
+// without shared memory. Softmax, statistics and accumulators are fp32; P and dZ are rounded to
+// bf16 for their products, as FlashAttention does, and the softmax runs in base 2 on ex2.approx
+// (Softmax2, below: ~1e-7 relative, far under that rounding; the soft cap's tanh is made of it
+// too; fused_attention.cu, the fp32 parity kernel, keeps expf and tanhf). Measured on an H200
+// (docs/gpu): the first version, each WMMA product stored to shared memory and read back a value
+// at a time, took 43 ms of a GPT-2 124M step (3–4% of the tensor cores); this one's forward and
+// backward 2.7 and 7.3 ms (~12%).
 //
 // Forward, per key tile: S = Q Kᵀ, z = cap(scale·S/τ), keys s > t masked.
 //   no clip, one sweep (online softmax): m' = max(m, max z), α = e^(m−m'), E = e^(z−m'),
