@@ -437,7 +437,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     return next && !telemetry_on_ ? nullptr : y.f32();
   };
   // x's rows where x_rows says (a QKV block's are read in place), y contiguous; `next`: the
-  // product that reads y (nullable).
+  // op that reads y (nullable; its bf16 rows laid out as x's).
   const auto run_norm = [&](const Norm& n, const float* x, const ops::RowLayout& x_rows, int64_t rows, int64_t d,
                             NormActs& a, ops::Bf16Operands* next = nullptr) {
     AllocNorm(device_, a, rows, d);
@@ -449,10 +449,11 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
   // which `next` multiplies next: where the backend keeps bf16 operands, act goes straight
   // into next's bf16 input and its fp32 copy is written only for telemetry.
   // With `act`, y is the pre-activation the backward reads, in the backend's saved format.
-  // y_into (nullable; bf16 only): the op that reads y takes it in bf16 alone (QKV's output, the
-  // attention's kept operands): y goes there and not into y, telemetry reads it there.
+  // y_into (nullable; bf16 only): the op that reads y takes it in bf16 (QKV's output, the
+  // attention's kept operands): y goes there, and into y (those values widened) only with
+  // y_too; telemetry reads it there.
   const auto run_linear = [&](Linear& lin, const Tensor& x, Tensor& y, const std::string& name, Tensor* act = nullptr,
-                              Linear* next = nullptr, ops::Bf16Operands* y_into = nullptr) {
+                              Linear* next = nullptr, ops::Bf16Operands* y_into = nullptr, bool y_too = false) {
     Alloc(device_, y, {N, lin.out}, act ? saved : DType::kF32);
     const float* bias = lin.b ? lin.b->value.f32() : nullptr;
     ops::Bf16Operands* kept = lin.kept.ForForward(kept_of(lin), lin.multiplied_parameter());
@@ -462,7 +463,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       be.LinearActivationForward(c.activation, x.f32(), lin.weight(), bias, N, lin.in, lin.out, y.data(),
                                  fp32_out(*act, next_kept), kept, next_kept);
     } else {
-      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y_into ? nullptr : y.f32(), kept, y_into);
+      be.LinearForward(x.f32(), lin.weight(), bias, N, lin.in, lin.out, y_into && !y_too ? nullptr : y.f32(), kept,
+                       y_into);
     }
     if (telemetry_on_) {
       if (act || y_into) {  // bf16 values: the backend's saved format where it keeps bf16 operands
@@ -538,13 +540,22 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
     } else {
       y.probs = Tensor();  // a fused kernel: nothing T×T
     }
-    // The attention's q, k, v in bf16, kept for its backward: written by QKV's product alone
-    // where the attention reads its blocks in place and takes them so (the tensor-core
-    // kernels), else rounded by the attention's forward.
+    // The attention's q, k, v in bf16, kept for its backward: where the attention takes them so
+    // (the tensor-core kernels) and no RoPE stands between, written by their producers — QKV's
+    // product into all three blocks, then each q/k/v norm over its block (the product then
+    // writes its fp32 output too, widened from those values: the norms' input, as under
+    // autocast) —, else rounded by the attention's forward.
     ops::Bf16Operands* attn_kept = y.attn_kept.PrepareInputs(keep_bf16 && !y.probs.defined(), device_, 3 * N * C);
-    const bool qkv_into_attention =
-        attn_kept != nullptr && !y.q_norm.on() && !y.v_norm.on() && !rope && be.AttentionReadsRoundedInputs(HD, attn);
-    run_linear(y.qkv, *a1, y.qkv_out, name + "qkv", nullptr, nullptr, qkv_into_attention ? attn_kept : nullptr);
+    const bool into_attention = attn_kept != nullptr && !rope && be.AttentionReadsRoundedInputs(HD, attn);
+    const bool qkv_norms = y.q_norm.on() || y.v_norm.on();
+    run_linear(y.qkv, *a1, y.qkv_out, name + "qkv", nullptr, nullptr, into_attention ? attn_kept : nullptr,
+               /*y_too=*/qkv_norms);
+    ops::Bf16Operands norm_into[3];  // the q/k/v norms' outputs into their blocks of attn_kept
+    const auto into_block = [&](int i) -> ops::Bf16Operands* {
+      if (!into_attention) return nullptr;
+      norm_into[i].x = static_cast<char*>(attn_kept->x) + i * C * static_cast<int64_t>(sizeof(uint16_t));
+      return &norm_into[i];
+    };
     const float* qkv = y.qkv_out.f32();
     y.q_att = qkv;
     y.k_att = qkv + C;
@@ -557,8 +568,8 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       Tensor* qt = &y.qn.y;
       Tensor* kt = &y.kn.y;
       if (y.q_norm.on()) {
-        run_norm(y.q_norm, qkv, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.qn);
-        run_norm(y.k_norm, qkv + C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.kn);
+        run_norm(y.q_norm, qkv, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.qn, into_block(0));
+        run_norm(y.k_norm, qkv + C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.kn, into_block(1));
       }
       if (rope) {
         const float* q_in = qkv;
@@ -579,7 +590,7 @@ absl::StatusOr<double> Model::Forward(const Tensor& ids, const Tensor& targets) 
       y.attn_ld.q = y.attn_ld.k = y.attn_ld.dq = y.attn_ld.dk = C;
     }
     if (y.v_norm.on()) {
-      run_norm(y.v_norm, qkv + 2 * C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.vn);
+      run_norm(y.v_norm, qkv + 2 * C, qkv_norm.layout, qkv_norm.rows, qkv_norm.d, y.vn, into_block(2));
       y.v_att = y.vn.y.f32();
       y.attn_ld.v = y.attn_ld.dv = C;
     }

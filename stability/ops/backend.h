@@ -231,8 +231,10 @@ class Backend {
   //                     RMSNorm    y = x·r·g,            r = 1/sqrt(mean(x²) + eps)
   // mean (LayerNorm only) and rstd [rows] are saved for backward. b nullable. x's rows (and
   // dx's, laid out as x) where x_rows says; y and dy contiguous [rows, D]. next (nullable):
-  // the Bf16Operands of the product that reads y, as LinearActivationForward's `next` (y
-  // rounded into next->x where the backend keeps bf16 operands; y then nullable).
+  // the Bf16Operands of the op that reads y, as LinearActivationForward's `next` (y rounded
+  // into next->x where the backend keeps bf16 operands, its rows laid out as x's — a product's
+  // operand from a contiguous x; a q/k/v norm's into its block of the attention's kept
+  // operands, QKV's layout, from its block of QKV's output; y then nullable).
   virtual void NormForward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* b,
                            int64_t rows, int64_t d, float eps, float* y, float* mean, float* rstd,
                            Bf16Operands* next) = 0;

@@ -1323,6 +1323,37 @@ TEST_F(CudaBackendTest, NormIntoTheNextProductsOperandIsItsRounding) {
   }
 }
 
+// A q/k/v norm's output into its block of the attention's kept operands: NormForward's `next`
+// lays y's rows out as x's (a block of QKV's [N, 3·C] output, full width or per head), each the
+// plain call's row rounded; nothing else of the buffer written.
+TEST_F(CudaBackendTest, NormIntoABlockKeepsTheRowLayout) {
+  const int64_t n = 24, heads = 4, hd = 32, c = heads * hd, w = 3 * c;
+  const std::vector<float> qkv = Random(n * w, 2.0), g = Random(hd * heads), b = Random(hd * heads);
+  float *gqkv = Up(qkv), *gg = Up(g), *gb = Up(b);
+  for (bool per_head : {false, true}) {
+    SCOPED_TRACE(per_head ? "per head" : "full width");
+    const int64_t rows = per_head ? n * heads : n, d = per_head ? hd : c;
+    const RowLayout layout = per_head ? RowLayout{heads, w} : RowLayout{1, w};
+    const float* x = gqkv + c;  // k's block
+    float *y = Up(std::vector<float>(rows * d)), *mean = Up(std::vector<float>(rows)),
+          *rstd = Up(std::vector<float>(rows));
+    gpu_->NormForward(NormKind::kLayerNorm, x, layout, gg, gb, rows, d, 1e-5f, y, mean, rstd, nullptr);
+    const std::vector<float> want = Down(y, rows * d);
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kBf16));
+    std::vector<float> untouched(n * w, 7.0f);
+    Bf16Operands kept{UpBf16(untouched), nullptr};
+    Bf16Operands into{static_cast<char*>(kept.x) + c * 2, nullptr};
+    gpu_->NormForward(NormKind::kLayerNorm, x, layout, gg, gb, rows, d, 1e-5f, nullptr, mean, rstd, &into);
+    ASSERT_TRUE(gpu_->SetMatmulPrecision(MatmulPrecision::kFp32));
+    EXPECT_TRUE(into.x_rounded);
+    std::vector<float> expected = untouched;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < d; ++j) expected[c + layout.Offset(r, d) + j] = RoundToBf16(want[r * d + j]);
+    }
+    EXPECT_TRUE(SameBits(DownBf16(kept.x, n * w), expected));
+  }
+}
+
 // The kernel profile (--profile_step): between Start and Stop each launch, product and copy
 // is a row, by name, with its count and non-negative device time; nothing is recorded while
 // it is off.

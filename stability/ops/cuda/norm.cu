@@ -105,8 +105,9 @@ constexpr int kMinBlocks = P == 16 || P == 24 ? 3 : 1;
 // computes on its warp's first row and stores nothing (its lanes take part in the shuffles).
 // With a (AddNormForward; x contiguous): the row of x + a ⊙ s (s nullable) is written to sum
 // and normalised from there; each lane reads back only what it wrote. __fmul_rn: a·s rounded
-// on its own, as ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next
-// product's operand), y then nullable. P, L: LanePart(d), LanesPerRow(d).
+// on its own, as ChannelScaleKernel does. y16 (nullable): y rounded to bf16 (the next op's
+// operand), its rows laid out as x's; y (contiguous) then nullable. P, L: LanePart(d),
+// LanesPerRow(d).
 template <int P, int L>
 __global__ void __launch_bounds__(32 * kForwardWarps, kMinBlocks<P>)
     NormForwardKernel(bool layer, const float* x, RowLayout x_rows, const float* a, const float* s, const float* g,
@@ -145,7 +146,7 @@ __global__ void __launch_bounds__(32 * kForwardWarps, kMinBlocks<P>)
   ForLane<P, L>(d, sub, [&](int i, int64_t j) {
     const float v = (xv(i, j) - m) * rs * gv(i, j) + (b ? bv(i, j) : 0.0f);
     if (y) y[r * d + j] = v;
-    if (y16) y16[r * d + j] = __float2bfloat16_rn(v);
+    if (y16) y16[x_rows.Offset(r, d) + j] = __float2bfloat16_rn(v);
   });
   if (sub == 0) {
     if (mean) mean[r] = m;

@@ -378,7 +378,14 @@ class CheckedBackend final : public Backend {
     const Opened open = Need("NormForward", {{"x", x}, {"g", g}, {"b", b}, {"y", y}, {"mean", mean}, {"rstd", rstd}});
     std::vector<float> tmp(y ? 0 : rows * d);
     cpu_.NormForward(kind, x, x_rows, g, b, rows, d, eps, y ? y : tmp.data(), mean, rstd, nullptr);
-    if (bf16_ && next) Into(next, y ? y : tmp.data(), rows * d);
+    if (bf16_ && next) {  // rows laid out as x's
+      if (x_rows.IsContiguous(d)) return Into(next, y ? y : tmp.data(), rows * d);
+      const float* out = y ? y : tmp.data();
+      Opened open_next = Need("next operand", {{"next x", next->x}});
+      if (const uintptr_t block = TheAllocator().Open(out)) open_next.Add(block);
+      for (int64_t r = 0; r < rows; ++r) Round(out + r * d, d, static_cast<uint16_t*>(next->x) + x_rows.Offset(r, d));
+      next->x_rounded = true;
+    }
   }
   void NormBackward(NormKind kind, const float* x, const RowLayout& x_rows, const float* g, const float* mean,
                     const float* rstd, const float* dy, int64_t rows, int64_t d, float* dx, float* dg, float* db,
